@@ -1,0 +1,30 @@
+# l2s-data: `make demo` and `make test` work on a fresh clone; both create .venv when missing.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test bench-store bench-extract clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/l2s demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+bench-store: $(STAMP)
+	$(BIN)/python benchmarks/store.py
+
+bench-extract: $(STAMP)
+	$(BIN)/python benchmarks/extract.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

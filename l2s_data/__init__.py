@@ -1,0 +1,3 @@
+"""l2s-data: the data platform under Learn-to-Steer (input-dependent steering of MLLMs)."""
+
+__version__ = "0.1.0"

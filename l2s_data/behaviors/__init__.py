@@ -1,0 +1,1 @@
+"""behaviors stage."""

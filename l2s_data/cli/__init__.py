@@ -1,0 +1,36 @@
+"""The ``l2s`` command line: thin wrappers over the library.
+
+Each command group lives in its own module and is mounted here.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from l2s_data.cli import data as _data
+from l2s_data.cli import demo as _demo
+from l2s_data.cli import extract as _extract
+from l2s_data.cli import models as _models
+from l2s_data.cli import store as _store
+
+app = typer.Typer(
+    name="l2s",
+    help=(
+        "l2s-data: extract contrastive MLLM activations once into a Zarr v3 store with a "
+        "DuckDB catalog, then train and evaluate Learn-to-Steer predictors from that cache."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+app.add_typer(_models.app, name="models")
+app.add_typer(_data.app, name="data")
+app.add_typer(_store.app, name="store")
+_store.register_top_level(app)  # `l2s sql`, `l2s catalog ...`
+_extract.register_top_level(app)  # `l2s extract`
+_demo.register_top_level(app)  # `l2s demo`
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

@@ -1,0 +1,131 @@
+"""Every error the library raises on purpose.
+
+One root, :class:`L2SError`. Each subclass also inherits the builtin that a caller would
+naturally catch (``ValueError`` for bad values, ``FileNotFoundError`` for missing files...),
+so ``except ValueError`` keeps working for code that does not know about l2s-data.
+
+Messages say what was expected, what came, which sample / file / key, and how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "L2SError",
+    "ConfigError",
+    "InputError",
+    "PromptTooLongError",
+    "LayerIndexError",
+    "PositionError",
+    "ModelLoadError",
+    "DataSourceError",
+    "ImageError",
+    "BehaviorError",
+    "StoreError",
+    "StoreNotFoundError",
+    "SchemaMismatchError",
+    "WriteMismatchError",
+    "CommitConflictError",
+    "CorruptChunkError",
+    "KeyNotFoundError",
+    "SQLRefusedError",
+    "ReferencedRecipeError",
+    "ExtractionError",
+]
+
+
+class L2SError(Exception):
+    """Root of every error raised on purpose by l2s-data."""
+
+
+# --- configuration and user input -------------------------------------------------------
+
+
+class ConfigError(L2SError, ValueError):
+    """A config file or config object is invalid (unknown key, bad value, bad type)."""
+
+
+class InputError(L2SError, ValueError):
+    """A model input cannot be processed as asked."""
+
+
+class PromptTooLongError(InputError):
+    """A formatted sequence is longer than the model's context window."""
+
+
+class LayerIndexError(InputError, IndexError):
+    """A decoder layer index is outside ``[0, num_layers)``."""
+
+
+class PositionError(InputError):
+    """A named token position does not exist in the sequence (e.g. no completion)."""
+
+
+class ModelLoadError(L2SError, OSError):
+    """A directory holds no model that l2s-data supports, or it cannot be loaded."""
+
+
+# --- data sources -----------------------------------------------------------------------
+
+
+class DataSourceError(L2SError, ValueError):
+    """A data set file is malformed, missing or inconsistent."""
+
+
+class ImageError(DataSourceError):
+    """An image is missing, unreadable, or outside the data set root."""
+
+
+class BehaviorError(L2SError, KeyError):
+    """A behavior or preset is unknown, malformed, or has no pair for a category."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+# --- store ------------------------------------------------------------------------------
+
+
+class StoreError(L2SError, RuntimeError):
+    """The activation store refused an operation or found it inconsistent."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """No store exists at the given URL (and creation was not asked for)."""
+
+
+class SchemaMismatchError(StoreError, ValueError):
+    """A Parquet part or manifest does not match the pinned Arrow schema."""
+
+
+class WriteMismatchError(StoreError, ValueError):
+    """A write's shape, dtype or row count disagrees with what the shard declared."""
+
+
+class CommitConflictError(StoreError):
+    """Another attempt committed this shard first; this attempt is an orphan."""
+
+
+class CorruptChunkError(StoreError):
+    """A stored chunk's bytes do not match their checksum."""
+
+
+class KeyNotFoundError(StoreError, KeyError):
+    """A requested (recipe, view, position, layer, sample) key is not committed."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class SQLRefusedError(StoreError, PermissionError):
+    """A SQL statement tried to write, read files, attach, install or change settings."""
+
+
+class ReferencedRecipeError(StoreError):
+    """A recipe cannot be deleted while runs still reference it."""
+
+
+# --- extraction -------------------------------------------------------------------------
+
+
+class ExtractionError(L2SError, RuntimeError):
+    """An extraction job could not proceed."""
