@@ -41,4 +41,143 @@ MEMBERSHIPS = pa.schema(
     metadata={"l2s.table": "memberships", "l2s.format_version": str(FORMAT_VERSION)},
 )
 
-__all__ = ["FORMAT_VERSION", "SAMPLES", "MEMBERSHIPS"]
+def _meta(table: str) -> dict[str, str]:
+    return {"l2s.table": table, "l2s.format_version": str(FORMAT_VERSION)}
+
+
+_UTC_US = pa.timestamp("us", tz="UTC")
+
+#: One row per (recipe, name). ``recipe_id`` is the sha256 (first 32 hex chars) of the
+#: canonical JSON of ``spec_json``; ``name`` is an optional human alias, unique per store.
+RECIPES = pa.schema(
+    [
+        pa.field("recipe_id", pa.string(), nullable=False),
+        pa.field("name", pa.string(), nullable=True),
+        pa.field("spec_json", pa.string(), nullable=False),
+        pa.field("created_at", _UTC_US, nullable=False),
+    ],
+    metadata=_meta("recipes"),
+)
+
+#: One row per stored key (recipe, view, position, layer, sample), written by the shard attempt
+#: that holds it. The file ``manifests/<shard>.parquet`` existing is what commits the shard.
+MANIFESTS = pa.schema(
+    [
+        pa.field("recipe_id", pa.string(), nullable=False),
+        pa.field("view", pa.string(), nullable=False),
+        pa.field("position", pa.string(), nullable=False),
+        pa.field("layer", pa.int32(), nullable=False),
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("attempt", pa.string(), nullable=False),
+        # Zarr array path relative to the store root: shards/<shard>/<attempt>/<view>.<position>.L<layer>
+        pa.field("array", pa.string(), nullable=False),
+        pa.field("row", pa.int64(), nullable=False),
+        pa.field("chunk_rows", pa.int32(), nullable=False),
+        # Logical dtype: float32, float16 or bfloat16 (bfloat16 is stored as uint16 bits).
+        pa.field("dtype", pa.string(), nullable=False),
+        pa.field("dim", pa.int32(), nullable=False),
+        # L2 norm of the stored row, computed in float32 from the stored (down-cast) values.
+        pa.field("norm", pa.float32(), nullable=False),
+        # crc32c (8 hex chars) of the row's stored little-endian bytes.
+        pa.field("checksum", pa.string(), nullable=False),
+        pa.field("written_at", _UTC_US, nullable=False),
+    ],
+    metadata=_meta("manifests"),
+)
+
+#: One row per training run / sweep member. ``recipe_ids`` keeps recipes from being deleted.
+RUNS = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("created_at", _UTC_US, nullable=False),
+        pa.field("recipe_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("snapshot_id", pa.string(), nullable=True),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("config_json", pa.string(), nullable=False),
+        pa.field("metrics_json", pa.string(), nullable=True),
+        pa.field("artifact", pa.string(), nullable=True),
+    ],
+    metadata=_meta("runs"),
+)
+
+#: One row per evaluated response (method x alpha x sample).
+EVALUATIONS = pa.schema(
+    [
+        pa.field("evaluation_id", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=True),
+        pa.field("created_at", _UTC_US, nullable=False),
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("alpha", pa.float64(), nullable=True),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("question_id", pa.string(), nullable=True),
+        pa.field("response", pa.string(), nullable=False),
+        pa.field("scores_json", pa.string(), nullable=True),
+    ],
+    metadata=_meta("evaluations"),
+)
+
+#: One row per quarantined input or failed unit of work.
+ERRORS = pa.schema(
+    [
+        pa.field("recipe_id", pa.string(), nullable=True),
+        pa.field("sample_id", pa.string(), nullable=True),
+        pa.field("shard", pa.string(), nullable=True),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("error_type", pa.string(), nullable=False),
+        pa.field("message", pa.string(), nullable=False),
+        pa.field("created_at", _UTC_US, nullable=False),
+    ],
+    metadata=_meta("errors"),
+)
+
+#: Every committed Parquet table of a store, by its folder / catalog name.
+TABLES: dict[str, pa.Schema] = {
+    "samples": SAMPLES,
+    "memberships": MEMBERSHIPS,
+    "recipes": RECIPES,
+    "manifests": MANIFESTS,
+    "runs": RUNS,
+    "evaluations": EVALUATIONS,
+    "errors": ERRORS,
+}
+
+#: ``zarr.json`` attributes of every stored array live under this key.
+ZARR_ATTRIBUTES_KEY = "l2s"
+#: The keys of that attribute object, in order (pinned by the golden test).
+ZARR_ATTRIBUTES = (
+    "format_version",
+    "recipe_id",
+    "shard",
+    "attempt",
+    "view",
+    "position",
+    "layer",
+    "logical_dtype",
+    "sample_ids_sha256",
+)
+
+
+def catalog_sql() -> str:
+    """The SQL that builds the catalog views over the raw registered tables ``_<name>``."""
+    from pathlib import Path
+
+    return (Path(__file__).parent / "catalog.sql").read_text(encoding="utf-8")
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "SAMPLES",
+    "MEMBERSHIPS",
+    "RECIPES",
+    "MANIFESTS",
+    "RUNS",
+    "EVALUATIONS",
+    "ERRORS",
+    "TABLES",
+    "ZARR_ATTRIBUTES_KEY",
+    "ZARR_ATTRIBUTES",
+    "catalog_sql",
+]

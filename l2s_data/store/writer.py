@@ -1,0 +1,222 @@
+"""Shard attempts: write immutable Zarr arrays into a private folder, then commit a manifest.
+
+::
+
+    with store.shard_writer("s-000017", rid, sample_ids) as w:
+        w.write("p2s", "completion_last", 14, p2s_rows, "float32")   # [len(sample_ids), D]
+        w.write("pos", "completion_last", 14, pos_rows, "bfloat16")
+    w.won   # True: committed; False: another attempt committed this shard first (orphan)
+
+Each attempt writes ``shards/<shard>/<attempt-uuid>/``, which no other process touches
+(DESIGN 4.2: two writers never share a Zarr shard). Leaving the ``with`` block normally builds
+the manifest (one row per key) and creates ``manifests/<shard>.parquet`` only if it is absent:
+that single create is the commit. A crash or an exception before it leaves an orphan attempt
+that readers never see and ``l2s store gc`` removes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import google_crc32c
+import numpy as np
+import pyarrow as pa
+
+from l2s_data.errors import StoreError, WriteMismatchError
+from l2s_data.schemas import FORMAT_VERSION, MANIFESTS, ZARR_ATTRIBUTES_KEY
+from l2s_data.store._format import (
+    COMPACTED_PREFIX, DTYPES, array_name, attempt_dir, check_exact, check_name, check_part,
+    manifest_path, now, parquet_bytes, to_float32, to_stored,
+)
+
+if TYPE_CHECKING:
+    from l2s_data.store.store import Store
+
+__all__ = ["ShardWriter", "DEFAULT_CHUNK_BYTES"]
+
+#: Target bytes of one chunk (rows x D x itemsize). Whole chunks are the unit of every read, so
+#: big enough to amortise a request on an object store, small enough to shuffle well.
+DEFAULT_CHUNK_BYTES = 2 << 20
+
+
+@dataclass
+class _Written:
+    view: str
+    position: str
+    layer: int
+    dtype: str
+    dim: int
+    chunk_rows: int
+    path: str
+    norms: np.ndarray
+    checksums: list[str]
+
+
+class ShardWriter:
+    """One attempt at one shard. Use as a context manager; see the module docstring."""
+
+    def __init__(self, store: Store, shard_id: str, recipe_id: str, sample_ids: Sequence[str], *,
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+        check_name("shard id", shard_id, fix=" (e.g. 's-000017')")
+        if shard_id.startswith(COMPACTED_PREFIX.rstrip("-")) or shard_id.startswith("_"):
+            raise WriteMismatchError(f"shard id {shard_id!r} may not start with '_' (reserved).")
+        if not isinstance(recipe_id, str) or not recipe_id:
+            raise WriteMismatchError(f"recipe_id must be a non-empty string, got {recipe_id!r}.")
+        ids = list(sample_ids)
+        if not ids:
+            raise WriteMismatchError(f"shard {shard_id}: sample_ids is empty; a shard holds >= 1 sample.")
+        bad = [s for s in ids if not isinstance(s, str) or not s]
+        if bad:
+            raise WriteMismatchError(f"shard {shard_id}: sample ids must be non-empty strings, got {bad[:3]!r}.")
+        if len(set(ids)) != len(ids):
+            dup = sorted({s for s in ids if ids.count(s) > 1})[:3]
+            raise WriteMismatchError(f"shard {shard_id}: duplicate sample ids {dup}; each sample once per shard.")
+        if chunk_bytes < 1:
+            raise WriteMismatchError(f"chunk_bytes must be >= 1, got {chunk_bytes}.")
+        self.store = store
+        self.shard = shard_id
+        self.recipe_id = store.resolve_recipe(recipe_id, must_exist=False)
+        self.sample_ids = ids
+        self.chunk_bytes = int(chunk_bytes)
+        self.attempt = uuid.uuid4().hex
+        self.dir = attempt_dir(shard_id, self.attempt)
+        self.won: bool | None = None
+        self._written: dict[tuple[str, str, int], _Written] = {}
+        self._dim: int | None = None
+        self._zarr: Any = None
+        self._ids_hash = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+        self._entered = False
+
+    # -- context manager -------------------------------------------------------------------
+    def __enter__(self) -> ShardWriter:
+        if self._entered:
+            raise StoreError(f"shard writer {self.shard}/{self.attempt} was already used; make a new one.")
+        self._entered = True
+        meta = {
+            "format_version": FORMAT_VERSION, "shard": self.shard, "attempt": self.attempt,
+            "recipe_id": self.recipe_id, "rows": len(self.sample_ids),
+            "started_at": now().isoformat(), "host": socket.gethostname(), "pid": os.getpid(),
+            "sample_ids": self.sample_ids,
+        }
+        self.store._backend.write_bytes(f"{self.dir}/attempt.json", json.dumps(meta).encode())
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.commit()
+        # On an exception the attempt stays an uncommitted orphan: nothing points at it.
+        return False
+
+    # -- writing ---------------------------------------------------------------------------
+    def write(self, view: str, position: str, layer: int, array: Any, dtype: str) -> None:
+        """Store ``array`` ``[len(sample_ids), D]`` (rows aligned to sample_ids) as one Zarr array.
+
+        Every check runs before a byte is written: names, dtype, rank, row count, D equal to
+        the shard's earlier arrays, and no (view, position, layer) written twice.
+        """
+        if not self._entered or self.won is not None:
+            raise StoreError(f"shard {self.shard}: write() outside its `with store.shard_writer(...)` block.")
+        check_part("view", view)
+        check_part("position", position)
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or layer < 0:
+            raise WriteMismatchError(f"shard {self.shard}: layer must be an int >= 0, got {layer!r}.")
+        layer = int(layer)
+        key = (view, position, layer)
+        what = f"shard {self.shard} key {key} (recipe {self.recipe_id})"
+        if dtype not in DTYPES:
+            raise WriteMismatchError(f"{what}: dtype {dtype!r} is not one of {DTYPES}.")
+        if key in self._written:
+            raise WriteMismatchError(f"{what}: already written in this attempt; each key once per shard.")
+        shape = tuple(getattr(array, "shape", ()))
+        if len(shape) != 2 or shape[0] != len(self.sample_ids) or shape[1] < 1:
+            raise WriteMismatchError(
+                f"{what}: got shape {shape}, expected [{len(self.sample_ids)}, D] "
+                f"(one row per sample id, in the order given to shard_writer)."
+            )
+        if self._dim is not None and shape[1] != self._dim:
+            raise WriteMismatchError(
+                f"{what}: got D={shape[1]}, but this shard's earlier arrays have D={self._dim}."
+            )
+        stored = to_stored(array, dtype, what=what)
+        self._dim = shape[1]
+        self._write_array(key, stored, dtype)
+
+    def _write_array(self, key: tuple[str, str, int], stored: np.ndarray, dtype: str) -> None:
+        import zarr
+        from zarr.codecs import Crc32cCodec
+
+        view, position, layer = key
+        n, dim = stored.shape
+        chunk_rows = max(1, min(n, self.chunk_bytes // (dim * stored.dtype.itemsize)))
+        name = array_name(view, position, layer)
+        if self._zarr is None:
+            self._zarr = self.store._backend.zarr_store(self.dir)
+        attrs = {
+            ZARR_ATTRIBUTES_KEY: {
+                "format_version": FORMAT_VERSION, "recipe_id": self.recipe_id, "shard": self.shard,
+                "attempt": self.attempt, "view": view, "position": position, "layer": layer,
+                "logical_dtype": dtype, "sample_ids_sha256": self._ids_hash,
+            }
+        }
+        arr = zarr.create_array(
+            self._zarr, name=name, shape=(n, dim), chunks=(chunk_rows, dim), dtype=stored.dtype,
+            fill_value=0, compressors=[Crc32cCodec()], filters=None, attributes=attrs,
+            # Every chunk must exist on disk, so verify can tell "missing" from "zero".
+            config={"write_empty_chunks": True}, zarr_format=3,
+        )
+        arr[...] = stored
+        logical = to_float32(stored, dtype)
+        norms = np.linalg.norm(logical, axis=1).astype(np.float32)
+        checksums = [f"{google_crc32c.value(stored[i].tobytes()):08x}" for i in range(n)]
+        self._written[key] = _Written(view, position, layer, dtype, dim, chunk_rows,
+                                      f"{self.dir}/{name}", norms, checksums)
+
+    # -- commit ----------------------------------------------------------------------------
+    def manifest(self) -> pa.Table:
+        """The manifest rows of everything written so far (MANIFESTS schema)."""
+        n = len(self.sample_ids)
+        cols: dict[str, list] = {f.name: [] for f in MANIFESTS}
+        written_at = now()
+        for w in self._written.values():
+            cols["recipe_id"] += [self.recipe_id] * n
+            cols["view"] += [w.view] * n
+            cols["position"] += [w.position] * n
+            cols["layer"] += [w.layer] * n
+            cols["sample_id"] += self.sample_ids
+            cols["shard"] += [self.shard] * n
+            cols["attempt"] += [self.attempt] * n
+            cols["array"] += [w.path] * n
+            cols["row"] += list(range(n))
+            cols["chunk_rows"] += [w.chunk_rows] * n
+            cols["dtype"] += [w.dtype] * n
+            cols["dim"] += [w.dim] * n
+            cols["norm"] += w.norms.tolist()
+            cols["checksum"] += w.checksums
+            cols["written_at"] += [written_at] * n
+        table = pa.Table.from_pydict(cols, schema=MANIFESTS)
+        return check_exact(table, MANIFESTS, what=f"manifest of shard {self.shard}")
+
+    def commit(self) -> bool:
+        """Create the shard's manifest if absent. Sets and returns ``won``."""
+        if self.won is not None:
+            return self.won
+        if not self._written:
+            raise WriteMismatchError(
+                f"shard {self.shard}: nothing was written; call w.write(...) at least once before "
+                f"leaving the block."
+            )
+        data = parquet_bytes(self.manifest())
+        backend = self.store._backend
+        if self.shard in self.store._compacted_shards():
+            # Committed earlier and since folded into a compacted manifest: this attempt lost.
+            self.won = False
+        else:
+            self.won = backend.put_if_absent(manifest_path(self.shard), data)
+        return self.won
