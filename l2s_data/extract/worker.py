@@ -1,0 +1,345 @@
+"""The worker: one shard of samples -> model activations -> one committed store shard per recipe.
+
+:class:`ExtractionWorker` is what a Ray actor will wrap (one per GPU): it is built from a
+picklable :class:`ExtractJob`, loads its own adapter, dataset and store lazily, and exposes
+``run_shard(shard)``. In one process, :meth:`ExtractionWorker.run` pipelines shards: the caller's
+thread computes shard k+1 while a background thread writes and commits shard k (bounded queue,
+so at most ``run.write_queue`` computed shards wait in memory).
+
+A sample that fails (unreadable image, prompt too long, missing position...) is quarantined in
+the store's errors table with its reason; the rest of the shard goes on.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+
+from l2s_data.errors import DataSourceError, ExtractionError, InputError
+
+from l2s_data.extract.config import ExtractConfig
+from l2s_data.extract.plan import SampleItem, Shard, ShardPart
+from l2s_data.extract.recipe import RecipeRef
+
+__all__ = ["ExtractJob", "ShardResult", "ShardOutcome", "ExtractionWorker", "QUARANTINED"]
+
+#: Errors that belong to one sample: quarantined, never fatal for the shard.
+QUARANTINED = (InputError, DataSourceError)
+
+
+@dataclass(frozen=True)
+class ExtractJob:
+    """Everything a worker needs, picklable (a Ray actor is built from this alone)."""
+
+    config: ExtractConfig
+    recipes: Mapping[str, RecipeRef]
+
+    @property
+    def completion(self) -> dict[str, Any]:
+        pair = self.recipes.get("pair")
+        return dict(pair.recipe.completion) if pair else {}
+
+
+@dataclass
+class ShardResult:
+    """A computed shard, in memory: per recipe kind, the sample ids and their float32 rows.
+
+    ``arrays[kind][(view, position, layer)]`` is a float32 CPU tensor ``[len(sample_ids[kind]), D]``
+    with row i = ``sample_ids[kind][i]``; p2s was taken in float32 before any down-cast.
+    """
+
+    shard: Shard
+    sample_ids: dict[str, list[str]] = field(default_factory=dict)
+    arrays: dict[str, dict[tuple[str, str, int], torch.Tensor]] = field(default_factory=dict)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    compute_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class ShardOutcome:
+    """What committing a shard did. ``won[kind]`` False = another attempt committed it first."""
+
+    shard_id: str
+    samples: int
+    keys: int
+    quarantined: int
+    won: Mapping[str, bool]
+    compute_s: float
+    write_s: float
+
+
+def _row_order(item: SampleItem) -> tuple[int, str]:
+    # Batch similar lengths together (less padding); deterministic, from the plan alone.
+    extra = len(item.pair[0]) + max(len(item.pair[1]), len(item.pair[2])) if item.pair else 0
+    return (len(item.query) + extra, item.sample_id)
+
+
+class ExtractionWorker:
+    """Computes and commits shards. ``adapter`` / ``store`` / ``dataset`` may be injected (tests,
+    benchmarks); otherwise they are opened from the job's config on first use."""
+
+    def __init__(self, job: ExtractJob, *, adapter: Any = None, store: Any = None, dataset: Any = None):
+        self.job = job
+        self._adapter = adapter
+        self._store = store
+        self._dataset = dataset
+
+    # -- lazily opened resources ---------------------------------------------------------
+    @property
+    def adapter(self) -> Any:
+        if self._adapter is None:
+            from l2s_data.models import load_adapter
+
+            m = self.job.config.model
+            self._adapter = load_adapter(m.path, dtype=m.dtype, device=m.device,
+                                         attn_implementation=m.attn_implementation,
+                                         trust_remote_code=m.trust_remote_code)
+        return self._adapter
+
+    @property
+    def store(self) -> Any:
+        if self._store is None:
+            from l2s_data.store import Store
+
+            self._store = Store.open(self.job.config.run.store, create=True)
+        return self._store
+
+    @property
+    def dataset(self) -> Any:
+        if self._dataset is None:
+            from l2s_data.datasets import read_dataset
+
+            self._dataset = read_dataset(self.job.config.data.path)
+        return self._dataset
+
+    # -- compute -------------------------------------------------------------------------
+    def compute_shard(self, shard: Shard) -> ShardResult:
+        """Load, check and run every sample of ``shard``; nothing is written."""
+        from l2s_data.models import ChatInput, ContrastiveItem
+
+        t0 = time.perf_counter()
+        res = ShardResult(shard)
+        parts = {p.kind: p for p in shard.parts}
+        need = {k: set(p.sample_ids) for k, p in parts.items()}
+        system = self.job.config.behavior.system
+        rin, rpair = self.job.recipes.get("input"), self.job.recipes.get("pair")
+
+        def quarantine(item: SampleItem, stage: str, err: BaseException) -> None:
+            for kind, part in parts.items():
+                if item.sample_id in need[kind]:
+                    res.errors.append({
+                        "recipe_id": part.recipe_id, "sample_id": item.sample_id, "stage": stage,
+                        "error_type": type(err).__name__, "message": str(err), "shard": part.shard_id,
+                    })
+
+        ready: list[tuple[SampleItem, Any]] = []
+        for item in sorted(shard.items, key=_row_order):
+            if not any(item.sample_id in ids for ids in need.values()):
+                continue
+            try:
+                image = self.dataset.load_image(item.sample_id)
+                self._check(item, image, need, system)
+            except QUARANTINED as err:
+                quarantine(item, "load" if isinstance(err, DataSourceError) else "check", err)
+                continue
+            ready.append((item, image))
+
+        if rpair is not None and self.job.completion.get("max_new_tokens", 0) > 0:
+            ready = self._extend_completions(ready, need.get("pair", set()), system, quarantine)
+
+        pair_rows = [(it, im) for it, im in ready if it.sample_id in need.get("pair", ())]
+        input_only = [(it, im) for it, im in ready
+                      if it.sample_id in need.get("input", ()) and it.sample_id not in need.get("pair", ())]
+        bs = self.job.config.run.batch_size
+        outs: dict[str, list[tuple[list[str], dict[tuple[str, str, int], torch.Tensor]]]] = {"input": [], "pair": []}
+
+        def contrastive(batch: list[tuple[SampleItem, Any]]) -> dict[tuple[str, str, int], torch.Tensor]:
+            items = [ContrastiveItem(im, it.query, it.pair[0], it.pair[1], it.pair[2], system) for it, im in batch]
+            ref_in = rin or rpair  # the input branch runs anyway; when not stored, read it cheaply
+            return self.adapter.capture_contrastive(
+                items,
+                input_layers=list(ref_in.recipe.layers) if rin else [rpair.recipe.layers[0]],
+                input_positions=list(rin.recipe.positions) if rin else ["prompt_last"],
+                pair_layers=list(rpair.recipe.layers), pair_positions=list(rpair.recipe.positions),
+                prefix_sharing=self.job.config.run.prefix_sharing)
+
+        def plain(batch: list[tuple[SampleItem, Any]]) -> dict[tuple[str, str, int], torch.Tensor]:
+            got = self.adapter.capture([ChatInput(im, it.query, system=system) for it, im in batch],
+                                       layers=list(rin.recipe.layers), positions=list(rin.recipe.positions))
+            return {("input", p, layer): t for (p, layer), t in got.items()}
+
+        for rows, fn in ((pair_rows, contrastive), (input_only, plain)):
+            for start in range(0, len(rows), bs):
+                batch = rows[start:start + bs]
+                for ok, out in self._run_batch(batch, fn, quarantine):
+                    ids = [it.sample_id for it, _ in ok]
+                    if rin is not None:
+                        in_ids = [s for s in ids if s in need.get("input", ())]
+                        if in_ids:
+                            sel = _select(ids, in_ids)
+                            outs["input"].append((in_ids, {k: _take(out[k], sel) for k in _keys(rin)}))
+                    if fn is contrastive:
+                        outs["pair"].append((ids, {k: out[k] for k in _keys(rpair)}))
+
+        for kind, chunks in outs.items():
+            if not chunks:
+                continue
+            ref = self.job.recipes[kind]
+            res.sample_ids[kind] = [s for ids, _ in chunks for s in ids]
+            res.arrays[kind] = {k: torch.cat([c[k] for _, c in chunks]).float() for k in _keys(ref)}
+        res.compute_s = time.perf_counter() - t0
+        return res
+
+    def _check(self, item: SampleItem, image: Any, need: Mapping[str, set[str]], system: str | None) -> None:
+        from l2s_data.models import ChatInput
+
+        rin, rpair = self.job.recipes.get("input"), self.job.recipes.get("pair")
+        if rin is not None and item.sample_id in need.get("input", ()):
+            self.adapter.check(ChatInput(image, item.query, system=system),
+                               layers=rin.recipe.layers, positions=rin.recipe.positions)
+        if rpair is not None and item.sample_id in need.get("pair", ()):
+            suffix, pos, neg = item.pair
+            for completion in (pos, neg):
+                self.adapter.check(ChatInput(image, item.query, suffix, completion, system),
+                                   layers=rpair.recipe.layers, positions=rpair.recipe.positions)
+
+    def _extend_completions(self, ready, need_pair, system, quarantine):
+        """Continuation: P_c and N_c each extended by up to max_new_tokens generated tokens.
+
+        Seeded per shard batch, so a rerun of the same plan samples the same tokens (on the same
+        device). The extended completions are re-checked against the context length.
+        """
+        from l2s_data.models import ChatInput
+
+        comp = self.job.completion
+        bs = self.job.config.run.batch_size
+        out = []
+        rows = [(it, im) for it, im in ready if it.sample_id in need_pair]
+        rest = [(it, im) for it, im in ready if it.sample_id not in need_pair]
+        for start in range(0, len(rows), bs):
+            batch = rows[start:start + bs]
+            ext: list[list[str]] = []
+            for idx in (1, 2):
+                chats = [ChatInput(im, it.query, it.pair[0], it.pair[idx], system) for it, im in batch]
+                ext.append(self.adapter.generate(chats, max_new_tokens=int(comp["max_new_tokens"]),
+                                                 do_sample=bool(comp.get("do_sample", False)),
+                                                 seed=int(comp.get("seed", 0)) + start))
+            for j, (it, im) in enumerate(batch):
+                new = SampleItem(it.sample_id, it.query, (it.pair[0], it.pair[1] + ext[0][j], it.pair[2] + ext[1][j]))
+                try:
+                    self._check(new, im, {"pair": need_pair}, system)
+                except QUARANTINED as err:
+                    quarantine(it, "check", err)
+                    continue
+                out.append((new, im))
+        return out + rest
+
+    def _run_batch(self, batch, fn: Callable, quarantine) -> Iterable[tuple[list, dict]]:
+        """Run a batch; if one sample breaks it, rerun one by one and quarantine the culprit."""
+        if not batch:
+            return []
+        try:
+            return [(batch, fn(batch))]
+        except QUARANTINED:
+            if len(batch) == 1:
+                raise
+        done = []
+        for row in batch:
+            try:
+                done.append(([row], fn([row])))
+            except QUARANTINED as err:
+                quarantine(row[0], "forward", err)
+        return done
+
+    # -- write ---------------------------------------------------------------------------
+    def write_shard(self, result: ShardResult) -> ShardOutcome:
+        """Write every recipe part of a computed shard and commit it; record quarantined samples."""
+        t0 = time.perf_counter()
+        won: dict[str, bool] = {}
+        keys = 0
+        for part in result.shard.parts:
+            ids = result.sample_ids.get(part.kind)
+            if not ids:
+                continue
+            ref = self.job.recipes[part.kind]
+            arrays = result.arrays[part.kind]
+            with self.store.shard_writer(part.shard_id, part.recipe_id, ids) as w:
+                for key in ref.recipe.keys():
+                    view, position, layer = key
+                    w.write(view, position, layer, arrays[key].numpy(), dtype=ref.recipe.store_dtype)
+            won[part.kind] = bool(getattr(w, "won", True))
+            keys += len(ids) * ref.recipe.keys_per_sample
+        if result.errors:
+            self.store.put_errors(result.errors)
+        n = len(set().union(*map(set, result.sample_ids.values()))) if result.sample_ids else 0
+        return ShardOutcome(result.shard.shard_id, n, keys, len({e["sample_id"] for e in result.errors}),
+                            won, result.compute_s, time.perf_counter() - t0)
+
+    def run_shard(self, shard: Shard) -> ShardOutcome:
+        """Compute and commit one shard (the unit a Ray actor retries)."""
+        return self.write_shard(self.compute_shard(shard))
+
+    def run(self, shards: Sequence[Shard], *, on_done: Callable[[ShardOutcome], None] | None = None,
+            write: bool = True) -> list[ShardOutcome]:
+        """Compute shards in this thread while a background thread writes the previous ones.
+
+        ``write=False`` computes and drops the results (benchmarks: extraction without writes).
+        An error in either thread stops the run after the shards already computed are written.
+        """
+        outcomes: list[ShardOutcome] = []
+        if not write:
+            for shard in shards:
+                r = self.compute_shard(shard)
+                o = ShardOutcome(shard.shard_id, sum(map(len, r.sample_ids.values())), 0,
+                                 len({e["sample_id"] for e in r.errors}), {}, r.compute_s, 0.0)
+                outcomes.append(o)
+                if on_done:
+                    on_done(o)
+            return outcomes
+        _ = self.store  # open it here, not inside the writer thread
+        q: queue.Queue[ShardResult | None] = queue.Queue(maxsize=self.job.config.run.write_queue)
+        failed: list[BaseException] = []
+
+        def writer() -> None:
+            while (res := q.get()) is not None:
+                if failed:
+                    continue  # drain so the producer never blocks on a dead consumer
+                try:
+                    o = self.write_shard(res)
+                    outcomes.append(o)
+                    if on_done:
+                        on_done(o)
+                except BaseException as err:  # re-raised in the caller's thread below
+                    failed.append(err)
+
+        t = threading.Thread(target=writer, name="l2s-shard-writer", daemon=True)
+        t.start()
+        try:
+            for shard in shards:
+                if failed:
+                    break
+                q.put(self.compute_shard(shard))
+        finally:
+            q.put(None)
+            t.join()
+        if failed:
+            raise ExtractionError(f"writing a shard to {self.job.config.run.store!r} failed: {failed[0]}") from failed[0]
+        return outcomes
+
+
+def _keys(ref: RecipeRef) -> list[tuple[str, str, int]]:
+    return ref.recipe.keys()
+
+
+def _select(ids: Sequence[str], wanted: Sequence[str]) -> torch.Tensor:
+    pos = {s: i for i, s in enumerate(ids)}
+    return torch.tensor([pos[s] for s in wanted], dtype=torch.long)
+
+
+def _take(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    return t.index_select(0, rows) if rows.numel() != t.shape[0] else t
