@@ -1,1 +1,23 @@
-"""datasets stage."""
+"""Data sources -> samples + memberships (DESIGN 1, CONTRACTS B).
+
+A sample is one distinct model input, named by :func:`content_id` over (image bytes, query);
+a membership places it in a data set (dataset, subset, question_id, category, label, split).
+"""
+
+from l2s_data.datasets.categories import MMSB_SCENARIOS, POPE_SUBSETS, SAFETY_LABELS
+from l2s_data.datasets.ids import content_id
+from l2s_data.datasets.synthetic import SYNTHETIC_NAMES, make_synthetic
+from l2s_data.datasets.tables import ERRORS_SCHEMA, DatasetTables, read_dataset, write_dataset
+
+__all__ = [
+    "DatasetTables",
+    "read_dataset",
+    "write_dataset",
+    "content_id",
+    "make_synthetic",
+    "SYNTHETIC_NAMES",
+    "MMSB_SCENARIOS",
+    "POPE_SUBSETS",
+    "SAFETY_LABELS",
+    "ERRORS_SCHEMA",
+]
