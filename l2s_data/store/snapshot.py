@@ -99,11 +99,14 @@ class Snapshot:
         raw = pa.concat_tables(tables) if tables else MANIFESTS.empty_table()
         pairs = sorted(set(zip(raw.column("shard").to_pylist(), raw.column("attempt").to_pylist())))
         self.id = hashlib.sha256("\n".join(f"{s}/{a}" for s, a in pairs).encode()).hexdigest()[:32]
-        #: shard -> attempt of every committed shard in this snapshot
-        self.shards: dict[str, str] = {}
-        for s, a in pairs:
-            self.shards.setdefault(s, a)
+        #: every (shard, attempt) that some manifest commits
+        self.attempts: frozenset[tuple[str, str]] = frozenset(pairs)
         self.manifests = dedupe_manifests(raw)
+        #: shard -> the attempt whose rows are read (one per shard, even after a rare double commit)
+        self.shards: dict[str, str] = dict(
+            sorted(set(zip(self.manifests["shard"].to_pylist(), self.manifests["attempt"].to_pylist())))
+        )
+        self._recipe_ids = frozenset(pc.unique(self.manifests["recipe_id"]).to_pylist())
         self._index: dict[tuple[str, str, str, int], dict[str, tuple[str, int]]] = {}
         self._infos: dict[str, ArrayInfo] = {}
 
@@ -115,9 +118,13 @@ class Snapshot:
         return self.store._backend
 
     # -- lookup ----------------------------------------------------------------------------
+    def resolve(self, recipe: str) -> str:
+        """Recipe id for an id with rows here, or a registered recipe id or name."""
+        return recipe if recipe in self._recipe_ids else self.store.resolve_recipe(recipe)
+
     def key_rows(self, recipe: str, view: str, position: str, layer: int) -> pa.Table:
         """Manifest rows of one key column (all its samples), sorted by sample id."""
-        rid = self.store.resolve_recipe(recipe)
+        rid = self.resolve(recipe)
         m = self.manifests
         mask = pc.and_(
             pc.and_(pc.equal(m["recipe_id"], rid), pc.equal(m["view"], view)),
@@ -127,7 +134,7 @@ class Snapshot:
 
     def index(self, recipe: str, view: str, position: str, layer: int) -> dict[str, tuple[str, int]]:
         """sample_id -> (array path, row) for one key column."""
-        rid = self.store.resolve_recipe(recipe)
+        rid = self.resolve(recipe)
         k = (rid, view, position, int(layer))
         if k not in self._index:
             t = self.key_rows(rid, view, position, layer)

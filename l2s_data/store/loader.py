@@ -1,0 +1,317 @@
+"""Streaming keyed columns out of a store: a DataLoader-ready torch IterableDataset.
+
+::
+
+    ds = store.pairs(Key("input-llava", "input", "prompt_last", 14),
+                     Key("safety-llava", "p2s", "completion_last", 14),
+                     where="dataset = 'mmsb' AND split = 'train'", batch_size=64, seed=0)
+    for epoch in range(100):
+        ds.set_epoch(epoch)
+        for x, y in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2):
+            ...   # x [B, Dx], y [B, Dy] float32
+
+Reads are chunk-granular (DESIGN 4.5): zarr gathers random single rows about 300x slower than
+a memmap, whole chunks at page-cache speed. So the unit of work is one chunk of the first key's
+array (all selected samples in it); units are shuffled, dealt out to ranks and DataLoader
+workers, read whole, and shuffled again inside an in-memory buffer of ``buffer_rows`` rows.
+The other keys' rows come from their own chunks through a small cache (when extraction wrote
+the keys with the same sample order, as it does, each chunk is read once).
+
+Every epoch yields every selected row exactly once over all workers and ranks, in an order
+that depends only on (seed, epoch, world size, worker count). A selection whose bytes fit
+``memory_budget`` is read once into memory and then permuted per epoch (``in_memory=None``
+picks automatically; ``False`` forces streaming).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from l2s_data.errors import KeyNotFoundError, StoreError
+from l2s_data.store._backend import Backend
+from l2s_data.store._chunks import ArrayInfo, read_chunk
+from l2s_data.store.snapshot import Key
+
+if TYPE_CHECKING:
+    from l2s_data.store.store import Store
+
+__all__ = ["KeyedDataset"]
+
+_TORCH_DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class KeyedDataset(torch.utils.data.IterableDataset):
+    """Batches ``(col_0 [B, D_0], ..., col_k [B, D_k])`` (+ sample ids if ``with_ids``).
+
+    Use with ``DataLoader(ds, batch_size=None, num_workers=...)``: the dataset batches itself.
+
+    Args:
+        keys: the columns to yield, in order.
+        where: a SQL boolean expression over the columns of ``samples`` and ``memberships``
+            (``split = 'train' AND category LIKE '0%'``); None = every sample having all keys.
+        batch_size: rows per batch (the last batch of an epoch may be smaller).
+        shuffle: shuffle chunk order and rows inside the buffer; False = storage order.
+        seed: with the epoch (``set_epoch``), fixes the order.
+        drop_last: drop each worker's final partial batch.
+        buffer_rows: rows of the shuffle buffer (default: 8 chunks, at least 4 batches).
+        in_memory: True / False / None (= when the selection fits ``memory_budget`` bytes).
+        dtype: "float32" (default) or "stored" (float16 / bfloat16 tensors as stored).
+        missing: "error" if a selected sample lacks a key, or "skip" it.
+        rank, world_size: split units across data-parallel ranks as well.
+    """
+
+    def __init__(self, store: Store, keys: Sequence[Key], *, where: str | None = None,
+                 batch_size: int = 64, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
+                 buffer_rows: int | None = None, in_memory: bool | None = None,
+                 memory_budget: int = 2 << 30, dtype: str = "float32", with_ids: bool = False,
+                 missing: str = "error", rank: int = 0, world_size: int = 1, epoch: int = 0,
+                 cache_chunks: int = 64):
+        super().__init__()
+        keys = tuple(keys)
+        if not keys or not all(isinstance(k, Key) for k in keys):
+            raise KeyNotFoundError(f"keys must be a non-empty sequence of Key(...), got {keys!r}.")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+        if dtype not in ("float32", "stored"):
+            raise ValueError(f"dtype must be 'float32' or 'stored', got {dtype!r}.")
+        if missing not in ("error", "skip"):
+            raise ValueError(f"missing must be 'error' or 'skip', got {missing!r}.")
+        if not (0 <= rank < world_size):
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}.")
+        self.keys = keys
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.dtype = dtype
+        self.with_ids = with_ids
+        self.rank, self.world_size = rank, world_size
+        self.epoch = int(epoch)
+        self.cache_chunks = cache_chunks
+        self._backend: Backend = store._backend
+        snap = store.snapshot()
+        self.snapshot_id = snap.id
+
+        selected = None if where is None else _select(store, snap, where)
+        indexes = [snap.index(k.recipe, k.view, k.position, k.layer) for k in keys]
+        for k, idx in zip(keys, indexes):
+            if not idx:
+                raise KeyNotFoundError(
+                    f"key {k} has no committed rows in snapshot {snap.id} of {store.url}; check it "
+                    f"with `l2s sql \"SELECT DISTINCT recipe_id, view, position, layer FROM manifests\"`."
+                )
+        base = sorted(indexes[0]) if selected is None else sorted(selected)
+        have = [s for s in base if all(s in idx for idx in indexes)]
+        if len(have) != len(base) and missing == "error":
+            lost = [s for s in base if s not in set(have)]
+            raise KeyNotFoundError(
+                f"{len(lost)} of {len(base)} selected sample(s) lack one of the keys "
+                f"{[str(k) for k in keys]}, e.g. {lost[:3]}. Extract them, narrow `where`, or pass "
+                f"missing='skip'."
+            )
+        self.skipped = len(base) - len(have)
+
+        # Per key: the arrays it lives in, and (array index, row) of every selected sample.
+        self._infos: list[list[ArrayInfo]] = []
+        locs: list[np.ndarray] = []
+        for idx in indexes:
+            paths = sorted({idx[s][0] for s in have})
+            pos = {p: i for i, p in enumerate(paths)}
+            self._infos.append([snap.array_info(p) for p in paths])
+            loc = np.array([(pos[idx[s][0]], idx[s][1]) for s in have], np.int64).reshape(-1, 2)
+            locs.append(loc)
+        # Storage order of the first key, so a unit (one chunk of key 0) is contiguous.
+        if have:
+            c0 = np.array([self._infos[0][a].chunk_rows for a in locs[0][:, 0]], np.int64)
+            order = np.lexsort((locs[0][:, 1], locs[0][:, 1] // c0, locs[0][:, 0]))
+        else:
+            order = np.zeros(0, np.int64)
+        self.sample_ids = [have[i] for i in order]
+        self._locs = [loc[order] for loc in locs]
+        if have:
+            l0 = self._locs[0]
+            chunk_of = l0[:, 1] // np.array([self._infos[0][a].chunk_rows for a in l0[:, 0]], np.int64)
+            unit_key = l0[:, 0] * (1 << 32) + chunk_of
+            starts = np.flatnonzero(np.r_[True, unit_key[1:] != unit_key[:-1]])
+            self._units = np.stack([starts, np.r_[starts[1:], len(have)]], axis=1)
+        else:
+            self._units = np.zeros((0, 2), np.int64)
+        self.dims = [infos[0].dim if infos else 0 for infos in self._infos]
+        self.num_rows = len(have)
+        row_bytes = sum(infos[0].dim * infos[0].stored_dtype.itemsize for infos in self._infos if infos)
+        self.nbytes = self.num_rows * row_bytes
+        self.in_memory = self.nbytes <= memory_budget if in_memory is None else bool(in_memory)
+        typical_chunk = self._infos[0][0].chunk_rows if have else 1
+        self.buffer_rows = int(buffer_rows or max(8 * typical_chunk, 4 * batch_size))
+        self._memory: list[np.ndarray] | None = None
+
+    # -- public ----------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Pick the epoch whose order the next iteration yields (call before each epoch)."""
+        self.epoch = int(epoch)
+
+    def __repr__(self) -> str:
+        mode = "in-memory" if self.in_memory else "streaming"
+        return (f"KeyedDataset({len(self.keys)} keys, {self.num_rows} rows, {mode}, "
+                f"batch_size={self.batch_size}, snapshot={self.snapshot_id})")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_memory"] = None  # each worker loads its own copy, never pickles one
+        return state
+
+    def __iter__(self) -> Iterator[tuple]:
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        stream, streams = self.rank * nw + wid, self.world_size * nw
+        if self.in_memory:
+            return self._iter_memory(stream, streams)
+        return self._iter_stream(stream, streams)
+
+    # -- in memory -------------------------------------------------------------------------
+    def _load_all(self) -> list[np.ndarray]:
+        if self._memory is None:
+            cols = []
+            for k in range(len(self.keys)):
+                cols.append(self._gather(k, np.arange(self.num_rows), _ChunkCache(self._backend, 4)))
+            self._memory = cols
+        return self._memory
+
+    def _iter_memory(self, stream: int, streams: int) -> Iterator[tuple]:
+        cols = self._load_all()
+        n = self.num_rows
+        perm = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
+        starts = range(0, n, self.batch_size)
+        for b, s in enumerate(starts):
+            if b % streams != stream:
+                continue
+            sel = perm[s : s + self.batch_size]
+            if self.drop_last and len(sel) < self.batch_size:
+                continue
+            yield self._emit(sel, [c[sel] for c in cols])
+
+    # -- streaming -------------------------------------------------------------------------
+    def _iter_stream(self, stream: int, streams: int) -> Iterator[tuple]:
+        units = self._units
+        if self.shuffle:
+            units = units[np.random.default_rng([self.seed, self.epoch]).permutation(len(units))]
+        mine = units[stream::streams]
+        rng = np.random.default_rng([self.seed, self.epoch, stream, streams])
+        caches = [_ChunkCache(self._backend, self.cache_chunks) for _ in self.keys]
+        buf_pos: list[np.ndarray] = []
+        buf_cols: list[list[np.ndarray]] = [[] for _ in self.keys]
+        held = 0
+        for start, stop in mine:
+            positions = np.arange(start, stop)
+            buf_pos.append(positions)
+            for k in range(len(self.keys)):
+                buf_cols[k].append(self._gather(k, positions, caches[k]))
+            held += stop - start
+            if held >= self.buffer_rows:
+                pos, cols = _concat(buf_pos, buf_cols)
+                perm = rng.permutation(len(pos)) if self.shuffle else np.arange(len(pos))
+                out_n = len(pos) - len(pos) % self.batch_size
+                yield from self._batches(pos, cols, perm[:out_n])
+                rest = perm[out_n:]  # fewer than a batch: stays in the buffer
+                buf_pos.append(pos[rest])
+                for k in range(len(self.keys)):
+                    buf_cols[k].append(cols[k][rest])
+                held = len(rest)
+        if held:
+            pos, cols = _concat(buf_pos, buf_cols)
+            perm = rng.permutation(len(pos)) if self.shuffle else np.arange(len(pos))
+            yield from self._batches(pos, cols, perm)
+
+    def _batches(self, pos: np.ndarray, cols: list[np.ndarray], order: np.ndarray) -> Iterator[tuple]:
+        for s in range(0, len(order), self.batch_size):
+            sel = order[s : s + self.batch_size]
+            if len(sel) < self.batch_size and self.drop_last:
+                return
+            yield self._emit(pos[sel], [c[sel] for c in cols])
+
+    def _emit(self, positions: np.ndarray, cols: list[np.ndarray]) -> tuple:
+        out = [self._tensor(k, c) for k, c in enumerate(cols)]
+        if self.with_ids:
+            out.append([self.sample_ids[i] for i in positions])
+        return tuple(out)
+
+    def _tensor(self, k: int, a: np.ndarray) -> torch.Tensor:
+        logical = self._infos[k][0].logical_dtype
+        if logical == "bfloat16":
+            t = torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
+        else:
+            t = torch.from_numpy(np.ascontiguousarray(a))
+        return t.float() if self.dtype == "float32" and t.dtype != torch.float32 else t
+
+    def _gather(self, k: int, positions: np.ndarray, cache: _ChunkCache) -> np.ndarray:
+        """Stored-dtype rows ``[len(positions), D_k]`` of key k for the given sample positions."""
+        infos = self._infos[k]
+        loc = self._locs[k][positions]
+        info0 = infos[0]
+        out = np.empty((len(positions), info0.dim), info0.stored_dtype)
+        chunk_rows = np.array([infos[a].chunk_rows for a in loc[:, 0]], np.int64)
+        chunk = loc[:, 1] // chunk_rows
+        order = np.lexsort((chunk, loc[:, 0]))
+        a_s, c_s = loc[order, 0], chunk[order]
+        bounds = np.flatnonzero(np.r_[True, (a_s[1:] != a_s[:-1]) | (c_s[1:] != c_s[:-1]), True])
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            info = infos[int(a_s[lo])]
+            block = cache.get(info, int(c_s[lo]))
+            dst = order[lo:hi]
+            rows = loc[dst, 1] - c_s[lo] * info.chunk_rows
+            if hi - lo == block.shape[0] and np.array_equal(rows, np.arange(hi - lo)) and np.array_equal(dst, np.arange(dst[0], dst[0] + hi - lo)):
+                out[dst[0] : dst[0] + hi - lo] = block  # a whole chunk in order: one copy
+            else:
+                out[dst] = block[rows]
+        return out
+
+
+def _concat(buf_pos: list[np.ndarray], buf_cols: list[list[np.ndarray]]):
+    pos = np.concatenate(buf_pos) if len(buf_pos) > 1 else buf_pos[0]
+    cols = [np.concatenate(c) if len(c) > 1 else c[0] for c in buf_cols]
+    buf_pos.clear()
+    for c in buf_cols:
+        c.clear()
+    return pos, cols
+
+
+class _ChunkCache:
+    """The last few chunks read, so keys stored in another order are not read once per row."""
+
+    def __init__(self, backend: Backend, capacity: int):
+        self.backend = backend
+        self.capacity = max(1, capacity)
+        self._items: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+
+    def get(self, info: ArrayInfo, i: int) -> np.ndarray:
+        k = (info.path, i)
+        hit = self._items.get(k)
+        if hit is not None:
+            self._items.move_to_end(k)
+            return hit
+        block = read_chunk(self.backend, info, i)
+        self._items[k] = block
+        if len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        return block
+
+
+def _select(store: Store, snap, where: str) -> set[str]:
+    """Sample ids that ``where`` selects over samples joined with memberships (sandboxed)."""
+    from l2s_data.store.catalog import Catalog, check_where
+
+    with Catalog(store, snapshot=snap) as cat:
+        check_where(cat.con, where)
+        try:
+            t = cat.query(
+                "SELECT DISTINCT sample_id FROM memberships LEFT JOIN samples USING (sample_id) "
+                f"WHERE ({where})"
+            )
+        except StoreError as exc:
+            raise type(exc)(f"{exc} (from the loader's where={where!r})") from exc
+    return set(t["sample_id"].to_pylist())
