@@ -1,0 +1,331 @@
+"""``ModelAdapter``: one loaded MLLM with chat formatting, capture, steering and generation.
+
+Shapes: B items, R rows of a pass (B, or 3B for the contrastive views), L padded tokens,
+D hidden size. Batches are left-padded; explicit position ids make every row compute what it
+would compute alone (llava: positions counted from the first real token; qwen: M-RoPE ids
+from ``get_rope_index`` over the padded batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from l2s_data.errors import InputError, LayerIndexError, PositionError, PromptTooLongError
+from l2s_data.models import families
+from l2s_data.models.encoding import Encoded, encode, position_weights
+from l2s_data.models.gather import Gather, layer_hooks, layer_output, to_cpu
+from l2s_data.models.types import POSITIONS, ChatInput, ContrastiveItem
+
+__all__ = ["ModelAdapter"]
+
+_PAIR_VIEWS = ("pos", "neg")
+
+
+class ModelAdapter:
+    """A loaded model + processor of one family. Build it with :func:`load_adapter`."""
+
+    def __init__(self, model, processor, family: str, *, path: str | Path | None = None,
+                 attn_implementation: str = "eager"):
+        self.model = model.eval()
+        self.processor = processor
+        self.family = family
+        self.path = None if path is None else Path(path)
+        self.attn_implementation = attn_implementation
+        text = model.config.get_text_config()
+        self.num_layers: int = int(text.num_hidden_layers)
+        self.hidden_size: int = int(text.hidden_size)
+        self.max_context: int = int(text.max_position_embeddings)
+        param = next(model.parameters())
+        self.device: torch.device = param.device
+        self.dtype: torch.dtype = param.dtype
+        self.layers = families.decoder_layers(model)
+        self.image_token_id = families.image_token_id(model.config)
+        tok = processor.tokenizer
+        self.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        params = inspect.signature(model.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._fingerprint: str | None = None
+
+    def __repr__(self) -> str:
+        return (f"ModelAdapter(family={self.family!r}, layers={self.num_layers}, hidden={self.hidden_size}, "
+                f"dtype={self.dtype}, device={self.device}, path={str(self.path)!r})")
+
+    # --- fingerprint ---------------------------------------------------------------------
+
+    def fingerprint_spec(self) -> dict:
+        """The JSON-able components the fingerprint hashes (see :mod:`.fingerprint`)."""
+        from l2s_data.models.fingerprint import fingerprint_spec
+
+        return fingerprint_spec(self)
+
+    def fingerprint(self) -> str:
+        """Hex digest of :meth:`fingerprint_spec`; stable across processes."""
+        if self._fingerprint is None:
+            from l2s_data.models.fingerprint import digest
+
+            self._fingerprint = digest(self.fingerprint_spec())
+        return self._fingerprint
+
+    # --- validation ----------------------------------------------------------------------
+
+    def check_layers(self, layers: Sequence[int]) -> list[int]:
+        out = []
+        for layer in layers:
+            if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.num_layers:
+                raise LayerIndexError(
+                    f"layer {layer!r} is out of range: this {self.family} model has {self.num_layers} decoder "
+                    f"layers, so expected an integer in [0, {self.num_layers - 1}] (0-based)."
+                )
+            out.append(int(layer))
+        return out
+
+    @staticmethod
+    def check_positions(positions: Sequence[str]) -> list[str]:
+        for p in positions:
+            if p not in POSITIONS:
+                raise PositionError(f"position {p!r} is unknown; expected one of {', '.join(POSITIONS)}.")
+        return list(positions)
+
+    def _check_encoded(self, enc: Encoded, positions: Sequence[str], what: str) -> None:
+        if len(enc) > self.max_context:
+            raise PromptTooLongError(
+                f"{what}: the templated sequence has {len(enc)} tokens, more than the model's context of "
+                f"{self.max_context} (max_position_embeddings). Shorten the query/suffix/completion "
+                f"(query starts {enc.text[:60]!r})."
+            )
+        for p in positions:
+            try:
+                position_weights(enc, p)
+            except PositionError as exc:
+                raise PositionError(f"{what}: {exc}") from None
+
+    def check(self, item: ChatInput | ContrastiveItem, *, layers: Sequence[int], positions: Sequence[str]) -> None:
+        """Raise for ONE item what a capture would raise: :class:`PromptTooLongError`,
+        :class:`LayerIndexError` or :class:`PositionError` (each names the bad value).
+
+        For a :class:`ContrastiveItem`, completion positions are checked on the ``pos`` and
+        ``neg`` views and the other positions on all three views.
+        """
+        self.check_layers(layers)
+        positions = self.check_positions(positions)
+        vision = families.process_images(self.family, self.processor, [item.image])
+        if isinstance(item, ContrastiveItem):
+            for view, chat in item.views().items():
+                wanted = positions if view != "input" else [p for p in positions if not p.startswith("completion")]
+                self._check_encoded(self._encode(chat, vision.n_tokens[0]), wanted, f"view {view!r}")
+        else:
+            self._check_encoded(self._encode(item, vision.n_tokens[0]), positions, "item")
+
+    # --- batching ------------------------------------------------------------------------
+
+    def _encode(self, item: ChatInput, n_image_tokens: int) -> Encoded:
+        if not isinstance(item.query, str) or not isinstance(item.suffix, str):
+            raise InputError(f"query and suffix must be strings, got {type(item.query).__name__} / "
+                             f"{type(item.suffix).__name__}.")
+        return encode(self.processor, item, n_image_tokens, self.image_token_id)
+
+    def encode_items(self, items: Sequence[ChatInput]) -> tuple[list[Encoded], families.Vision]:
+        """Tokenize ``items`` (one image-processor call for all images)."""
+        vision = families.process_images(self.family, self.processor, [it.image for it in items])
+        return [self._encode(it, n) for it, n in zip(items, vision.n_tokens, strict=True)], vision
+
+    def pad_left(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-pad token lists: ids [R, L], attention mask [R, L] (CPU)."""
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            if s:
+                ids[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
+                mask[r, width - len(s):] = 1
+        return ids, mask
+
+    def positions_for(self, ids: torch.Tensor, mask: torch.Tensor, vision: families.Vision | None,
+                      images: Sequence[int]) -> torch.Tensor:
+        grid = None if vision is None or vision.grid is None else vision.grid[list(images)]
+        return families.position_ids(self.family, self.model, ids, mask, grid, self.image_token_id)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, *,
+                vision_kwargs: dict | None = None, cache=None, use_cache: bool = False):
+        """One forward of the base model (no LM head: logits are not needed to capture)."""
+        dev = self.device
+        kwargs = {"input_ids": ids.to(dev, non_blocking=True), "attention_mask": mask.to(dev, non_blocking=True),
+                  "position_ids": pos.to(dev, non_blocking=True), "use_cache": use_cache}
+        if cache is not None:
+            kwargs[self._cache_kw] = cache
+        for k, v in (vision_kwargs or {}).items():
+            kwargs[k] = v.to(dev, dtype=self.dtype if v.is_floating_point() else v.dtype, non_blocking=True)
+        return self.model.model(**kwargs)
+
+    # --- capture -------------------------------------------------------------------------
+
+    def _validate(self, encs: Sequence[Encoded], positions: Sequence[str], label: str) -> None:
+        for i, enc in enumerate(encs):
+            self._check_encoded(enc, positions, f"{label} {i}")
+
+    def _run_rows(self, gather: Gather, view_rows: dict, encs_by_row: list[Encoded], images: list[int],
+                  vision: families.Vision) -> None:
+        """One full left-padded forward of ``encs_by_row``; ``view_rows[key] = [(row, out_row)]``."""
+        ids, mask = self.pad_left([e.ids for e in encs_by_row])
+        pos = self.positions_for(ids, mask, vision, images)
+        width = ids.shape[1]
+        entries = {}
+        for key, rows in view_rows.items():
+            src, dst, w = [], [], []
+            position = key[-1]
+            for r, out_row in rows:
+                enc = encs_by_row[r]
+                base = r * width + (width - len(enc))
+                for t, weight in position_weights(enc, position):
+                    src.append(base + t)
+                    dst.append(out_row)
+                    w.append(weight)
+            entries[key] = (src, dst, w)
+        gather.set_pass(entries)
+        with layer_hooks(self.layers, gather.hooks()):
+            self.forward(ids, mask, pos, vision_kwargs=vision.take(images))
+
+    @torch.inference_mode()
+    def capture(self, items: Sequence[ChatInput], *, layers: Sequence[int],
+                positions: Sequence[str]) -> dict[tuple[str, int], torch.Tensor]:
+        """Layer outputs at named positions: key (position, layer) -> float32 [B, D] on CPU.
+
+        Row i is ``items[i]``; layer k is the output of decoder layer k (0-based). One
+        left-padded forward for the whole batch.
+        """
+        layers = self.check_layers(layers)
+        positions = self.check_positions(positions)
+        if not items:
+            return {}
+        encs, vision = self.encode_items(items)
+        self._validate(encs, positions, "item")
+        b = len(items)
+        gather = Gather({(p,): (layers, b) for p in positions}, self.hidden_size, self.device)
+        rows = [(i, i) for i in range(b)]
+        self._run_rows(gather, {(p,): rows for p in positions}, encs, list(range(b)), vision)
+        out = {(key[0], layer): gather.get(key, layer) for key, layer in gather.keys()}
+        return to_cpu(out)
+
+    def encode_contrastive(self, items: Sequence[ContrastiveItem], views: Sequence[str]):
+        """Encoded views of every item: ``{view: [Encoded per item]}``, and the images."""
+        vision = families.process_images(self.family, self.processor, [it.image for it in items])
+        encs = {v: [] for v in views}
+        for it, n in zip(items, vision.n_tokens, strict=True):
+            chats = it.views()
+            for v in views:
+                encs[v].append(self._encode(chats[v], n))
+        return encs, vision
+
+    @torch.inference_mode()
+    def capture_contrastive(self, items: Sequence[ContrastiveItem], *, input_layers: Sequence[int],
+                            input_positions: Sequence[str], pair_layers: Sequence[int],
+                            pair_positions: Sequence[str],
+                            prefix_sharing: bool = True) -> dict[tuple[str, str, int], torch.Tensor]:
+        """The ``input``, ``pos``, ``neg`` and ``p2s`` views of every item.
+
+        Key (view, position, layer) -> float32 [B, D] on CPU, row i = ``items[i]``. ``input``
+        keys use ``input_positions`` x ``input_layers``; ``pos``, ``neg`` and ``p2s`` use
+        ``pair_positions`` x ``pair_layers``. ``p2s = pos - neg`` is taken in float32 on the
+        device from the float32 gathers, before anything is down-cast or moved.
+
+        ``prefix_sharing=True`` runs the common token prefix of the three sequences once with a
+        KV cache and the three branches as continuations in one call
+        (:mod:`l2s_data.models.prefix`); ``False`` runs three separate forwards (the reference).
+        """
+        input_layers = self.check_layers(input_layers)
+        pair_layers = self.check_layers(pair_layers)
+        input_positions = self.check_positions(input_positions)
+        pair_positions = self.check_positions(pair_positions)
+        want = {"input": (input_layers, input_positions), "pos": (pair_layers, pair_positions),
+                "neg": (pair_layers, pair_positions)}
+        views = [v for v, (ls, ps) in want.items() if ls and ps]
+        if not items or not views:
+            return {}
+        encs, vision = self.encode_contrastive(items, views)
+        for v in views:
+            self._validate(encs[v], want[v][1], f"view {v!r} of item")
+        b = len(items)
+        keys = {(v, p): (want[v][0], b) for v in views for p in want[v][1]}
+        gather = Gather(keys, self.hidden_size, self.device)
+        if prefix_sharing:
+            from l2s_data.models.prefix import run_prefix_shared
+
+            run_prefix_shared(self, gather, encs, vision, views, want)
+        else:
+            for v in views:
+                rows = [(i, i) for i in range(b)]
+                self._run_rows(gather, {(v, p): rows for p in want[v][1]}, encs[v], list(range(b)), vision)
+        out = {(v, p, layer): gather.get((v, p), layer) for (v, p), layer in gather.keys()}
+        if "pos" in views:
+            for p in pair_positions:
+                for layer in pair_layers:
+                    # float32 on the device: the difference of close vectors keeps its precision.
+                    out[("p2s", p, layer)] = out[("pos", p, layer)] - out[("neg", p, layer)]
+        return to_cpu(out)
+
+    # --- steering and generation ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def steering(self, layer: int, vectors: torch.Tensor, alpha: float) -> Iterator[None]:
+        """Add ``alpha * v`` to decoder layer ``layer``'s output at every position (prompt and
+        every generated token) while the block runs.
+
+        ``vectors``: [B, D] (row i of the batch gets ``vectors[i]``) or [D] (every row).
+        """
+        (layer,) = self.check_layers([layer])
+        v = torch.as_tensor(vectors)
+        if v.ndim not in (1, 2) or v.shape[-1] != self.hidden_size:
+            raise InputError(f"steering vectors have shape {tuple(v.shape)}; expected [B, {self.hidden_size}] "
+                             f"or [{self.hidden_size}].")
+        delta = (float(alpha) * v.to(self.device, torch.float32)).to(self.dtype)
+        delta = delta[:, None, :] if delta.ndim == 2 else delta
+
+        def hook(_module, _args, output):
+            hidden = layer_output(output)
+            if delta.ndim == 3 and delta.shape[0] != hidden.shape[0]:
+                raise InputError(f"steering vectors have {delta.shape[0]} rows but the batch has "
+                                 f"{hidden.shape[0]}; pass one vector per item, or a single [D] vector.")
+            steered = hidden + delta
+            return (steered, *output[1:]) if isinstance(output, tuple) else steered
+
+        handle = self.layers[layer].register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def generation_inputs(self, items: Sequence[ChatInput]) -> dict[str, torch.Tensor]:
+        """Left-padded ``generate()`` kwargs for ``items`` (a completion is continued)."""
+        encs, vision = self.encode_items(items)
+        seqs = [e.ids if e.completion is None else e.ids[: e.completion[1]] for e in encs]
+        for i, s in enumerate(seqs):
+            if len(s) > self.max_context:
+                raise PromptTooLongError(f"item {i}: {len(s)} tokens exceed the model's context of "
+                                         f"{self.max_context}; shorten the query.")
+        ids, mask = self.pad_left(seqs)
+        kwargs = {"input_ids": ids, "attention_mask": mask, **vision.take(list(range(len(items))))}
+        if self.family != "llava":
+            kwargs["mm_token_type_ids"] = (ids == self.image_token_id).int()
+        return {k: v.to(self.device, dtype=self.dtype if v.is_floating_point() else v.dtype)
+                for k, v in kwargs.items()}
+
+    @torch.inference_mode()
+    def generate(self, items: Sequence[ChatInput], *, max_new_tokens: int, do_sample: bool = False,
+                 seed: int | None = None) -> list[str]:
+        """Greedy (or sampled, seeded) continuations of ``items``, decoded without special tokens."""
+        if not items:
+            return []
+        kwargs = self.generation_inputs(items)
+        width = kwargs["input_ids"].shape[1]
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = self.model.generate(**kwargs, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                      pad_token_id=self.pad_token_id, use_cache=True)
+        return self.processor.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
