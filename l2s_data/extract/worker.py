@@ -91,6 +91,16 @@ class ExtractionWorker:
 
     # -- lazily opened resources ---------------------------------------------------------
     @property
+    def prefix_sharing(self) -> bool:
+        """The config's choice, unless the adapter package has no prefix-shared path: then the
+        three separate forwards (same keys, same numbers within dtype tolerance)."""
+        if not self.job.config.run.prefix_sharing:
+            return False
+        import importlib.util
+
+        return importlib.util.find_spec("l2s_data.models.prefix") is not None
+
+    @property
     def adapter(self) -> Any:
         if self._adapter is None:
             from l2s_data.models import load_adapter
@@ -160,13 +170,14 @@ class ExtractionWorker:
 
         def contrastive(batch: list[tuple[SampleItem, Any]]) -> dict[tuple[str, str, int], torch.Tensor]:
             items = [ContrastiveItem(im, it.query, it.pair[0], it.pair[1], it.pair[2], system) for it, im in batch]
-            ref_in = rin or rpair  # the input branch runs anyway; when not stored, read it cheaply
+            # The input branch is skipped (empty layers) when no row of the batch needs it.
+            with_input = rin is not None and any(it.sample_id in need.get("input", ()) for it, _ in batch)
             return self.adapter.capture_contrastive(
                 items,
-                input_layers=list(ref_in.recipe.layers) if rin else [rpair.recipe.layers[0]],
-                input_positions=list(rin.recipe.positions) if rin else ["prompt_last"],
+                input_layers=list(rin.recipe.layers) if with_input else [],
+                input_positions=list(rin.recipe.positions) if with_input else [],
                 pair_layers=list(rpair.recipe.layers), pair_positions=list(rpair.recipe.positions),
-                prefix_sharing=self.job.config.run.prefix_sharing)
+                prefix_sharing=self.prefix_sharing)
 
         def plain(batch: list[tuple[SampleItem, Any]]) -> dict[tuple[str, str, int], torch.Tensor]:
             got = self.adapter.capture([ChatInput(im, it.query, system=system) for it, im in batch],
@@ -196,17 +207,23 @@ class ExtractionWorker:
         return res
 
     def _check(self, item: SampleItem, image: Any, need: Mapping[str, set[str]], system: str | None) -> None:
-        from l2s_data.models import ChatInput
+        """``adapter.check`` for one sample: the views it needs, at the recipes' layers and positions.
+
+        A sample that needs pair views is checked as a ContrastiveItem (one image-processor
+        call, all three views); the adapter checks completion positions on pos/neg only.
+        """
+        from l2s_data.models import ChatInput, ContrastiveItem
 
         rin, rpair = self.job.recipes.get("input"), self.job.recipes.get("pair")
-        if rin is not None and item.sample_id in need.get("input", ()):
+        wants_in = rin is not None and item.sample_id in need.get("input", ())
+        if rpair is not None and item.sample_id in need.get("pair", ()):
+            layers = set(rpair.recipe.layers) | (set(rin.recipe.layers) if wants_in else set())
+            positions = set(rpair.recipe.positions) | (set(rin.recipe.positions) if wants_in else set())
+            self.adapter.check(ContrastiveItem(image, item.query, *item.pair, system=system),
+                               layers=sorted(layers), positions=sorted(positions))
+        elif wants_in:
             self.adapter.check(ChatInput(image, item.query, system=system),
                                layers=rin.recipe.layers, positions=rin.recipe.positions)
-        if rpair is not None and item.sample_id in need.get("pair", ()):
-            suffix, pos, neg = item.pair
-            for completion in (pos, neg):
-                self.adapter.check(ChatInput(image, item.query, suffix, completion, system),
-                                   layers=rpair.recipe.layers, positions=rpair.recipe.positions)
 
     def _extend_completions(self, ready, need_pair, system, quarantine):
         """Continuation: P_c and N_c each extended by up to max_new_tokens generated tokens.
