@@ -1,9 +1,36 @@
-"""`l2s demo`."""
+"""`l2s demo`: tiny model -> synthetic data -> extraction -> a look at the store (thin)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+from rich.console import Console
+
+from l2s_data.errors import L2SError
+
+
+def demo(
+    out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for the cached checkpoint, data set and store."),
+    n: int = typer.Option(26, "--n", min=13, help="Synthetic-safety samples (13 scenarios; used when first built)."),
+) -> None:
+    """Build a tiny LLaVA and a synthetic-safety set, extract every view into a store, show it.
+
+    Runs offline on a CPU in about a minute; a second run reuses everything and computes nothing.
+    """
+    from transformers.utils import logging as hf_logging
+
+    from l2s_data.demo import run_demo
+
+    hf_logging.disable_progress_bar()  # the demo prints its own steps
+    console = Console()
+    try:
+        run_demo(out, n=n, console=console)
+    except L2SError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
 
 
 def register_top_level(root: typer.Typer) -> None:
     """Mount ``l2s demo`` on ``root``."""
+    root.command("demo")(demo)

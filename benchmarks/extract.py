@@ -1,0 +1,251 @@
+"""Extraction throughput against the bare forward, on the same batches and the same model.
+
+    python benchmarks/extract.py            # CPU: a small LLaVA with real LLaVA-1.5 shapes
+                                            # (336 px images -> 576 image tokens), ~2 min
+    python benchmarks/extract.py --gpu      # one GPU: a LLaVA-1.5-7B-shaped model with random
+                                            # bf16 weights (built once under --work, ~14 GB)
+    make bench-extract                      # the CPU run
+
+Every number is samples/s measured in this run; the printed ratios are what to compare:
+
+- ``extract (writes)``   end-to-end ``Extraction.run()`` into a fresh store: plan, image
+                         loading, checks, the prefix-shared forward, and Zarr writes + commits
+                         (a background writer thread overlaps them with compute);
+- ``extract (no writes)``  the same worker on the same shards, results dropped;
+- ``bare forward``       ``model(**inputs)`` on the input view only, inputs pre-encoded;
+- ``bare + processor``   the same, including the processor call (tokens, pixels);
+- ``three forwards``     ``capture_contrastive(prefix_sharing=False)``: input, pos, neg run as
+                         three full forwards (the reference code's way);
+- ``prefix-shared``      ``capture_contrastive(prefix_sharing=True)``: the model side alone.
+
+Targets (issue 5): extract (writes) >= 0.8x bare forward; extract (writes) >= 0.95x extract
+(no writes). Batch composition depends on the plan alone, so every variant sees the same rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+# Runs from a fresh clone without installing: the repository root on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from l2s_data.datasets import make_synthetic  # noqa: E402
+from l2s_data.extract import Extraction, ExtractionWorker, parse_config  # noqa: E402
+from l2s_data.models import ChatInput, ContrastiveItem, load_adapter, make_tiny  # noqa: E402
+
+
+def build_model(out: Path, *, gpu: bool, layers: int, hidden: int, seed: int = 0) -> Path:
+    """A LLaVA checkpoint with LLaVA-1.5's sequence shapes (336 px, patch 14: 576 image tokens).
+
+    CPU: a small text model (``hidden``, ``layers``) and a small CLIP tower. GPU: LLaVA-1.5-7B
+    shapes (Llama 4096 x 32 layers, CLIP ViT-L/14-336), random weights in bfloat16.
+    The tokenizer and chat template are the tiny checkpoint's (byte-level BPE, LLaVA format).
+    """
+    from transformers import AutoProcessor, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    if (out / "config.json").is_file():
+        return out
+    base = make_tiny("llava", out / "_tiny", seed=seed)
+    proc = AutoProcessor.from_pretrained(base)
+    ip = proc.image_processor
+    ip.size = {"shortest_edge": 336}
+    ip.crop_size = {"height": 336, "width": 336}
+    cfg = LlavaConfig.from_pretrained(base)
+    t = cfg.text_config
+    if gpu:
+        vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                  num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768)
+        t.hidden_size, t.intermediate_size, t.num_hidden_layers = 4096, 11008, 32
+        t.num_attention_heads = t.num_key_value_heads = 32
+        t.head_dim = 128
+        t.vocab_size = 32064
+    else:
+        vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=2, image_size=336, patch_size=14, projection_dim=64)
+        t.hidden_size, t.intermediate_size, t.num_hidden_layers = hidden, 2 * hidden, layers
+        t.num_attention_heads, t.num_key_value_heads = 4, 4
+        t.head_dim = hidden // 4
+    t.max_position_embeddings = 4096
+    cfg.vision_config = vision
+    cfg.image_seq_length = 576
+    torch.manual_seed(seed)
+    if gpu:
+        torch.set_default_dtype(torch.bfloat16)
+        with torch.device("cuda"):
+            model = LlavaForConditionalGeneration(cfg)
+        torch.set_default_dtype(torch.float32)
+        model = model.to(torch.bfloat16)
+    else:
+        model = LlavaForConditionalGeneration(cfg)
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    shutil.rmtree(out / "_tiny")
+    del model
+    return out
+
+
+def rate(fn, n: int, repeats: int) -> float:
+    """Best-of-``repeats`` samples/s of ``fn()`` processing ``n`` samples (a sync for CUDA)."""
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return n / min(times)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--gpu", action="store_true", help="LLaVA-1.5-7B shapes, bf16, on cuda")
+    ap.add_argument("--samples", type=int, default=None, help="samples (default: 48 CPU, 256 GPU)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: 8 CPU, 16 GPU")
+    ap.add_argument("--shard-size", type=int, default=None, help="default: 2 batches")
+    ap.add_argument("--layers", type=int, default=4, help="CPU text layers")
+    ap.add_argument("--hidden", type=int, default=256, help="CPU text hidden size")
+    ap.add_argument("--store-layers", default="all", help='layers stored ("all", "a:b", ...)')
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
+    ap.add_argument("--work", type=Path, default=None, help="where the model, data and stores go")
+    args = ap.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gpu = args.gpu
+    if gpu and not torch.cuda.is_available():
+        ap.error("--gpu needs a CUDA device")
+    n = args.samples or (256 if gpu else 48)
+    bs = args.batch_size or (16 if gpu else 8)
+    shard = args.shard_size or 2 * bs
+    work = args.work or Path(tempfile.gettempdir()) / ("l2s-bench-extract-gpu" if gpu else "l2s-bench-extract")
+    work.mkdir(parents=True, exist_ok=True)
+    name = "llava-7b-shape" if gpu else f"llava-{args.hidden}x{args.layers}"
+    t0 = time.perf_counter()
+    ckpt = build_model(work / name, gpu=gpu, layers=args.layers, hidden=args.hidden)
+    data = work / f"data-{n}"
+    if not (data / "samples.parquet").is_file():
+        make_synthetic("synthetic-safety", data, n=n)
+    dtype, device = ("bfloat16", "cuda") if gpu else ("float32", "cpu")
+    adapter = load_adapter(ckpt, dtype=dtype, device=device, attn_implementation="sdpa")
+    print(f"model {name}: {adapter.num_layers} layers, D={adapter.hidden_size}, {dtype} on {device} "
+          f"(ready in {time.perf_counter() - t0:.1f} s); torch threads {torch.get_num_threads()}")
+
+    def config(store: Path):
+        return parse_config({
+            "model": {"path": str(ckpt), "dtype": dtype, "device": device, "attn_implementation": "sdpa"},
+            "data": {"path": str(data)},
+            "behavior": {"behavior": "safety-llava"},
+            "recipe": {"layers": args.store_layers, "store_dtype": "bfloat16" if gpu else "float16"},
+            "run": {"store": str(store), "batch_size": bs, "shard_size": shard},
+        }, source="(benchmark)")
+
+    ex = Extraction(config(work / "store-probe"), adapter=adapter)
+    plan = ex.plan()  # against an empty store: every sample, the same shards for every variant
+    job = ex.job(plan.recipes)
+    dataset = ex.dataset
+    # The same batches for the model-only variants: the worker's row order within each shard.
+    from l2s_data.extract.worker import _row_order
+
+    batches = []
+    for s in plan.shards:
+        rows = sorted(s.items, key=_row_order)
+        for i in range(0, len(rows), bs):
+            batch = rows[i:i + bs]
+            batches.append([(it, dataset.load_image(it.sample_id)) for it in batch])
+    rin, rpair = plan.recipes["input"].recipe, plan.recipes["pair"].recipe
+    proc, model = adapter.processor, adapter.model
+    enc_in = []
+    seq_in, seq_pair = [], []
+    for b in batches:
+        texts = [proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text",
+                 "text": it.query}]}], tokenize=False, add_generation_prompt=True) for it, _ in b]
+        inputs = proc(text=texts, images=[im for _, im in b], padding=True, return_tensors="pt")
+        seq_in += inputs["attention_mask"].sum(1).tolist()
+        enc_in.append((texts, [im for _, im in b], {k: v.to(adapter.device) for k, v in inputs.items()}))
+        for it, _ in b:
+            full = proc.apply_chat_template(
+                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": it.query + it.pair[0]}]},
+                 {"role": "assistant", "content": [{"type": "text", "text": it.pair[1]}]}], tokenize=False)
+            seq_pair.append(len(proc.tokenizer(full)["input_ids"]) + 575)
+    print(f"{n} samples in {len(batches)} batches of {bs}, {len(plan.shards)} shards; tokens a sample: input "
+          f"{statistics.mean(seq_in):.0f} (576 image), pos/neg {statistics.mean(seq_pair):.0f}; stored layers "
+          f"{len(rpair.layers)}, keys a sample {rin.keys_per_sample + rpair.keys_per_sample}")
+
+    @torch.inference_mode()
+    def bare():
+        for _, _, inputs in enc_in:
+            model(**inputs)
+
+    @torch.inference_mode()
+    def bare_proc():
+        for texts, ims, _ in enc_in:
+            inputs = proc(text=texts, images=ims, padding=True, return_tensors="pt")
+            model(**{k: v.to(adapter.device) for k, v in inputs.items()})
+
+    def contrastive(prefix_sharing: bool):
+        def go():
+            for b in batches:
+                adapter.capture_contrastive(
+                    [ContrastiveItem(im, it.query, *it.pair) for it, im in b],
+                    input_layers=list(rin.layers), input_positions=list(rin.positions),
+                    pair_layers=list(rpair.layers), pair_positions=list(rpair.positions),
+                    prefix_sharing=prefix_sharing)
+        return go
+
+    worker = ExtractionWorker(job, adapter=adapter, dataset=dataset)
+
+    def no_writes():
+        worker.run(plan.shards, write=False)
+
+    stores = iter(range(10_000))
+
+    def with_writes():
+        store = work / f"store-{next(stores)}"
+        shutil.rmtree(store, ignore_errors=True)
+        report = Extraction(config(store), adapter=adapter, dataset=dataset).run()
+        if report.computed_samples != n:
+            raise SystemExit(f"benchmark run computed {report.computed_samples} of {n} samples")
+
+    # Warm-up: one batch through each path (first calls allocate, compile kernels, fill caches).
+    adapter.capture([ChatInput(im, it.query) for it, im in batches[0]], layers=[0], positions=["prompt_last"])
+    adapter.capture_contrastive([ContrastiveItem(im, it.query, *it.pair) for it, im in batches[0]],
+                                input_layers=[0], input_positions=["prompt_last"], pair_layers=[0],
+                                pair_positions=["completion_last"])
+    r = {}
+    r["bare forward"] = rate(bare, n, args.repeats)
+    r["bare + processor"] = rate(bare_proc, n, args.repeats)
+    r["three forwards"] = rate(contrastive(False), n, args.repeats)
+    r["prefix-shared"] = rate(contrastive(True), n, args.repeats)
+    r["extract (no writes)"] = rate(no_writes, n, args.repeats)
+    r["extract (writes)"] = rate(with_writes, n, args.repeats)
+    for i in range(10_000):
+        if not (work / f"store-{i}").exists():
+            break
+        shutil.rmtree(work / f"store-{i}")
+
+    dev = torch.cuda.get_device_name() if gpu else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\n{'variant':<22}{'samples/s':>11}   device: {dev}")
+    for k, v in r.items():
+        print(f"{k:<22}{v:>11.2f}")
+    e = r["extract (writes)"]
+    print("\nratios (same batches, same model, this run):")
+    print(f"  extract (writes) / bare forward        {e / r['bare forward']:.3f}   target >= 0.80")
+    print(f"  extract (writes) / bare + processor    {e / r['bare + processor']:.3f}")
+    print(f"  extract (writes) / three forwards      {e / r['three forwards']:.3f}")
+    print(f"  extract (writes) / extract (no writes) {e / r['extract (no writes)']:.3f}   target >= 0.95")
+    print(f"  prefix-shared / three forwards         {r['prefix-shared'] / r['three forwards']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

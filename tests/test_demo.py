@@ -1,0 +1,39 @@
+"""`l2s demo` runs from nothing, prints the views, and a second run computes nothing."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from rich.console import Console
+
+
+def test_the_demo_runs_end_to_end_and_its_second_run_computes_nothing(tmp_path):
+    from l2s_data.demo import run_demo
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=120)
+    res = run_demo(tmp_path / "demo", n=13, console=console)
+    out = buf.getvalue()
+    assert res.first.computed_samples == 13 and res.first.quarantined == 0
+    assert res.second.computed_samples == 0 and res.second.plan.missing_keys == 0
+    assert "nothing to compute" in out and "cosine between categories" in out
+    # p2s norms were taken in float32 and are non-zero; the cosine matrix is a real one
+    assert all(r["p2s"] > 0 for r in res.norms) and len(res.norms) == 4
+    c = len(res.categories)
+    assert res.cosines.shape == (c, c) and np.allclose(np.diag(res.cosines), 1.0, atol=1e-5)
+    assert res.sql_result.num_rows == 13 and set(res.sql_result.column_names) >= {"category", "mean_p2s_norm"}
+
+    # a second `l2s demo` reuses the checkpoint, the data and the store: nothing computed at all
+    buf2 = io.StringIO()
+    again = run_demo(tmp_path / "demo", n=13, console=Console(file=buf2, width=120))
+    assert again.first.computed_samples == 0 and "cached" in buf2.getvalue()
+
+
+def test_the_demo_command_is_mounted():
+    from typer.testing import CliRunner
+
+    from l2s_data.cli import app
+
+    res = CliRunner().invoke(app, ["demo", "--help"])
+    assert res.exit_code == 0 and "--out" in res.output
