@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
+from l2s_data.datasets.ids import sha256_hex
 from l2s_data.errors import DataSourceError, ImageError
 from l2s_data.schemas import FORMAT_VERSION, MEMBERSHIPS, SAMPLES
 
@@ -259,7 +260,7 @@ def write_dataset(tables: DatasetTables, out_dir: str | os.PathLike, *, copy_ima
         else:
             src = resolve_inside(root_r, rel, what=f"sample {sid}")
         dst = resolve_inside(out_r, rel, what=f"sample {sid}")
-        if src != dst and not dst.exists():
+        if src != dst and not (dst.is_file() and sha256_hex(dst.read_bytes()) == sha):
             if not src.is_file():
                 raise ImageError(f"sample {sid}: image {str(src)!r} does not exist, cannot copy it.")
             dst.parent.mkdir(parents=True, exist_ok=True)
