@@ -19,7 +19,7 @@ from l2s_data.errors import CorruptChunkError, StoreError
 from l2s_data.store._backend import Backend
 from l2s_data.store._format import STORED_DTYPE
 
-__all__ = ["ArrayInfo", "load_array_info", "read_chunk", "chunk_key"]
+__all__ = ["ArrayInfo", "load_array_info", "read_chunk", "read_chunk_into", "chunk_key"]
 
 
 @dataclass(frozen=True)
@@ -122,3 +122,47 @@ def read_chunk(backend: Backend, info: ArrayInfo, i: int) -> np.ndarray:
     arr = np.frombuffer(view, dtype=info.stored_dtype).reshape(info.chunk_rows, info.dim)
     n = min(info.chunk_rows, info.rows - i * info.chunk_rows)
     return arr[:n]
+
+
+def read_chunk_into(backend: Backend, info: ArrayInfo, i: int, out: np.ndarray) -> None:
+    """Read chunk ``i`` straight into ``out`` (``[rows_in_chunk, D]``, stored dtype, C-contiguous).
+
+    The streaming loader's fast path: one copy from the page cache into its shuffle buffer,
+    then the crc32c over those bytes plus the edge padding; same errors as :func:`read_chunk`.
+    """
+    n = min(info.chunk_rows, info.rows - i * info.chunk_rows)
+    if out.shape != (n, info.dim) or out.dtype != info.stored_dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous {info.stored_dtype} [{n}, {info.dim}], got {out.dtype} {out.shape}")
+    rel = f"{info.path}/{chunk_key(i)}"
+    where = f"chunk {i} of array {info.path} (shard {info.shard}, recipe {info.recipe_id})"
+    target = out.reshape(-1).view(np.uint8)
+    tail_len = info.chunk_nbytes - target.nbytes + (4 if info.checksummed else 0)
+    try:
+        with backend.open_read(rel) as f:
+            got = _readinto_full(f, target)
+            tail = f.read(tail_len + 1)
+    except FileNotFoundError as exc:
+        raise CorruptChunkError(f"{where} is missing; run `l2s store verify` and re-extract the shard.") from exc
+    if got != target.nbytes or len(tail) != tail_len:
+        raise CorruptChunkError(
+            f"{where} has {got + len(tail)} bytes, expected {target.nbytes + tail_len}; the file was "
+            f"truncated or replaced. Re-extract the shard (delete its manifest, then rerun extraction)."
+        )
+    if info.checksummed:
+        crc = google_crc32c.extend(google_crc32c.value(target), tail[:-4]) if tail_len > 4 else google_crc32c.value(target)
+        if crc != int.from_bytes(tail[-4:], "little"):
+            raise CorruptChunkError(
+                f"{where} failed its crc32c checksum: the bytes on disk were altered. "
+                f"Re-extract the shard (delete its manifest, then rerun extraction)."
+            )
+
+
+def _readinto_full(f, target: np.ndarray) -> int:
+    view = memoryview(target)
+    got = 0
+    while got < len(view):
+        k = f.readinto(view[got:])
+        if not k:
+            break
+        got += k
+    return got

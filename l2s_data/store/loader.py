@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,7 +35,7 @@ import torch
 
 from l2s_data.errors import KeyNotFoundError, StoreError
 from l2s_data.store._backend import Backend
-from l2s_data.store._chunks import ArrayInfo, read_chunk
+from l2s_data.store._chunks import ArrayInfo, read_chunk, read_chunk_into
 from l2s_data.store.snapshot import Key
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         in_memory: True / False / None (= when the selection fits ``memory_budget`` bytes).
         dtype: "float32" (default) or "stored" (float16 / bfloat16 tensors as stored).
         missing: "error" if a selected sample lacks a key, or "skip" it.
+        prefetch: read the next buffer's chunks in a background thread while batches go out
+            (helps with free cores and remote stores; on a busy 2-core host it costs more).
         rank, world_size: split units across data-parallel ranks as well.
     """
 
@@ -70,7 +73,7 @@ class KeyedDataset(torch.utils.data.IterableDataset):
                  buffer_rows: int | None = None, in_memory: bool | None = None,
                  memory_budget: int = 2 << 30, dtype: str = "float32", with_ids: bool = False,
                  missing: str = "error", rank: int = 0, world_size: int = 1, epoch: int = 0,
-                 cache_chunks: int = 64):
+                 cache_chunks: int = 64, prefetch: bool = False):
         super().__init__()
         keys = tuple(keys)
         if not keys or not all(isinstance(k, Key) for k in keys):
@@ -93,6 +96,7 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.epoch = int(epoch)
         self.cache_chunks = cache_chunks
+        self.prefetch = prefetch
         self._backend: Backend = store._backend
         snap = store.snapshot()
         self.snapshot_id = snap.id
@@ -149,6 +153,8 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         typical_chunk = self._infos[0][0].chunk_rows if have else 1
         self.buffer_rows = int(buffer_rows or max(8 * typical_chunk, 4 * batch_size))
         self._memory: list[np.ndarray] | None = None
+        self._sets: list | None = None
+        self._sets_shape: tuple | None = None
 
     # -- public ----------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -163,6 +169,7 @@ class KeyedDataset(torch.utils.data.IterableDataset):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_memory"] = None  # each worker loads its own copy, never pickles one
+        state["_sets"] = state["_sets_shape"] = None
         return state
 
     def __iter__(self) -> Iterator[tuple]:
@@ -201,38 +208,83 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         if self.shuffle:
             units = units[np.random.default_rng([self.seed, self.epoch]).permutation(len(units))]
         mine = units[stream::streams]
+        if not len(mine):
+            return
         rng = np.random.default_rng([self.seed, self.epoch, stream, streams])
+        # Rounds: consecutive units holding >= buffer_rows rows, shuffled together.
+        sizes = mine[:, 1] - mine[:, 0]
+        rounds, acc, first = [], 0, 0
+        for j, m in enumerate(sizes):
+            acc += int(m)
+            if acc >= self.buffer_rows:
+                rounds.append(mine[first : j + 1])
+                first, acc = j + 1, 0
+        if first < len(mine):
+            rounds.append(mine[first:])
+        # Two buffer sets, allocated once per epoch and refilled in place (a fresh allocation per
+        # chunk costs a page fault per 4 KiB, more than the copy): while the consumer takes
+        # batches out of one, a thread reads the next round's chunks into the other. The first
+        # batch_size rows of each buffer are kept free for the previous round's leftover rows.
+        head = self.batch_size
+        cap = head + max(int((r[:, 1] - r[:, 0]).sum()) for r in rounds)
+        want = (cap, 2 if self.prefetch else 1)
+        if getattr(self, "_sets_shape", None) != want:
+            self._sets = [
+                ([np.empty((cap, infos[0].dim), infos[0].stored_dtype) for infos in self._infos],
+                 np.empty(cap, np.int64))
+                for _ in range(want[1])
+            ]
+            self._sets_shape = want
+        sets = self._sets  # reused across epochs: warm pages
         caches = [_ChunkCache(self._backend, self.cache_chunks) for _ in self.keys]
-        buf_pos: list[np.ndarray] = []
-        buf_cols: list[list[np.ndarray]] = [[] for _ in self.keys]
-        held = 0
-        for start, stop in mine:
-            positions = np.arange(start, stop)
-            buf_pos.append(positions)
-            for k in range(len(self.keys)):
-                buf_cols[k].append(self._gather(k, positions, caches[k]))
-            held += stop - start
-            if held >= self.buffer_rows:
-                pos, cols = _concat(buf_pos, buf_cols)
-                perm = rng.permutation(len(pos)) if self.shuffle else np.arange(len(pos))
-                out_n = len(pos) - len(pos) % self.batch_size
-                yield from self._batches(pos, cols, perm[:out_n])
-                rest = perm[out_n:]  # fewer than a batch: stays in the buffer
-                buf_pos.append(pos[rest])
+
+        def fill(which: int, rnd: np.ndarray) -> int:
+            bufs, pos = sets[which]
+            at = head
+            for start, stop in rnd:
+                m = int(stop - start)
+                positions = np.arange(start, stop)
+                pos[at : at + m] = positions
                 for k in range(len(self.keys)):
-                    buf_cols[k].append(cols[k][rest])
-                held = len(rest)
-        if held:
-            pos, cols = _concat(buf_pos, buf_cols)
-            perm = rng.permutation(len(pos)) if self.shuffle else np.arange(len(pos))
-            yield from self._batches(pos, cols, perm)
+                    self._fill(k, positions, bufs[k][at : at + m], caches[k])
+                at += m
+            return at
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="l2s-loader") if self.prefetch else None
+        try:
+            pending = pool.submit(fill, 0, rounds[0]) if pool else None
+            carry_pos, carry_cols = np.zeros(0, np.int64), None
+            for r, rnd in enumerate(rounds):
+                which = r % len(sets)
+                end = pending.result() if pool else fill(which, rnd)
+                if pool and r + 1 < len(rounds):
+                    pending = pool.submit(fill, (r + 1) % len(sets), rounds[r + 1])
+                bufs, pos = sets[which]
+                c = len(carry_pos)
+                lo = head - c
+                if c:
+                    pos[lo:head] = carry_pos
+                    for k, b in enumerate(bufs):
+                        b[lo:head] = carry_cols[k]
+                held = end - lo
+                perm = rng.permutation(held) if self.shuffle else np.arange(held)
+                last = r == len(rounds) - 1
+                out_n = held if last else held - held % self.batch_size
+                view_pos, view_cols = pos[lo:end], [b[lo:end] for b in bufs]
+                rest = perm[out_n:]  # fewer than a batch: carried into the next round
+                carry_pos = view_pos[rest]
+                carry_cols = [v[rest] for v in view_cols]
+                yield from self._batches(view_pos, view_cols, perm[:out_n])
+        finally:
+            if pool:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def _batches(self, pos: np.ndarray, cols: list[np.ndarray], order: np.ndarray) -> Iterator[tuple]:
         for s in range(0, len(order), self.batch_size):
             sel = order[s : s + self.batch_size]
             if len(sel) < self.batch_size and self.drop_last:
                 return
-            yield self._emit(pos[sel], [c[sel] for c in cols])
+            yield self._emit(pos[sel], [np.take(c, sel, axis=0) for c in cols])
 
     def _emit(self, positions: np.ndarray, cols: list[np.ndarray]) -> tuple:
         out = [self._tensor(k, c) for k, c in enumerate(cols)]
@@ -250,10 +302,27 @@ class KeyedDataset(torch.utils.data.IterableDataset):
 
     def _gather(self, k: int, positions: np.ndarray, cache: _ChunkCache) -> np.ndarray:
         """Stored-dtype rows ``[len(positions), D_k]`` of key k for the given sample positions."""
+        info0 = self._infos[k][0]
+        out = np.empty((len(positions), info0.dim), info0.stored_dtype)
+        self._fill(k, positions, out, cache)
+        return out
+
+    def _fill(self, k: int, positions: np.ndarray, out: np.ndarray, cache: _ChunkCache) -> None:
+        """Write key k's rows of ``positions`` into ``out`` ``[len(positions), D_k]``."""
         infos = self._infos[k]
         loc = self._locs[k][positions]
-        info0 = infos[0]
-        out = np.empty((len(positions), info0.dim), info0.stored_dtype)
+        a0, r0 = int(loc[0, 0]), int(loc[0, 1])
+        info = infos[a0]
+        n = len(positions)
+        if (
+            r0 % info.chunk_rows == 0
+            and n == min(info.chunk_rows, info.rows - r0)
+            and (loc[:, 0] == a0).all()
+            and (loc[:, 1] == np.arange(r0, r0 + n)).all()
+        ):
+            # One whole chunk in storage order (the usual unit): read it straight into place.
+            read_chunk_into(self._backend, info, r0 // info.chunk_rows, out)
+            return
         chunk_rows = np.array([infos[a].chunk_rows for a in loc[:, 0]], np.int64)
         chunk = loc[:, 1] // chunk_rows
         order = np.lexsort((chunk, loc[:, 0]))
@@ -263,21 +332,7 @@ class KeyedDataset(torch.utils.data.IterableDataset):
             info = infos[int(a_s[lo])]
             block = cache.get(info, int(c_s[lo]))
             dst = order[lo:hi]
-            rows = loc[dst, 1] - c_s[lo] * info.chunk_rows
-            if hi - lo == block.shape[0] and np.array_equal(rows, np.arange(hi - lo)) and np.array_equal(dst, np.arange(dst[0], dst[0] + hi - lo)):
-                out[dst[0] : dst[0] + hi - lo] = block  # a whole chunk in order: one copy
-            else:
-                out[dst] = block[rows]
-        return out
-
-
-def _concat(buf_pos: list[np.ndarray], buf_cols: list[list[np.ndarray]]):
-    pos = np.concatenate(buf_pos) if len(buf_pos) > 1 else buf_pos[0]
-    cols = [np.concatenate(c) if len(c) > 1 else c[0] for c in buf_cols]
-    buf_pos.clear()
-    for c in buf_cols:
-        c.clear()
-    return pos, cols
+            out[dst] = block[loc[dst, 1] - c_s[lo] * info.chunk_rows]
 
 
 class _ChunkCache:
