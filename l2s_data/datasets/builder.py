@@ -141,6 +141,11 @@ class TableBuilder:
     def n_errors(self) -> int:
         return len(self._errors)
 
+    @property
+    def first_error(self) -> str | None:
+        """The reason of the first quarantined item, if any."""
+        return self._errors[0]["reason"] if self._errors else None
+
     def build(self, info: dict[str, Any] | None = None) -> DatasetTables:
         samples = pa.Table.from_pylist(list(self._samples.values()), schema=SAMPLES)
         members = pa.Table.from_pylist(self._members, schema=MEMBERSHIPS)

@@ -91,7 +91,7 @@ def load_mmsafetybench(root: str | os.PathLike, *, question_field: str = "Rephra
         raise DataSourceError(
             f"no MM-SafetyBench scenario file could be read under {str(base / 'processed_questions')!r} "
             f"(looked for {len(scenarios)} scenarios, e.g. {scenarios[0]}.json)."
-            + (f" First problem: {b._errors[0]['reason']}" if b._errors else "")
+            + (f" First problem: {b.first_error}" if b.first_error else "")
         )
 
     ref = reference_split(len(items), train_fraction=1.0 - test_fraction, seed=seed) if split == "reference" else None
