@@ -1,7 +1,103 @@
-"""`l2s models ...` commands."""
+"""`l2s models ...`: write tiny offline checkpoints, describe a checkpoint directory.
+
+    l2s models make-tiny llava models/tiny-llava --seed 0 --hidden-size 64 --layers 4
+    l2s models make-tiny qwen2-vl models/tiny-qwen2-vl
+    l2s models info models/tiny-llava
+    l2s models info /models/llava-1.5-7b-hf --dtype bfloat16
+"""
 
 from __future__ import annotations
 
-import typer
+import json
+from enum import Enum
+from pathlib import Path
 
-app = typer.Typer(help="models commands.", no_args_is_help=True)
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from l2s_data.errors import L2SError
+
+app = typer.Typer(
+    help="Model checkpoints: tiny offline ones for demos and tests, and what a directory holds.",
+    no_args_is_help=True,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+class Family(str, Enum):
+    llava = "llava"
+    qwen2_vl = "qwen2-vl"
+    qwen2_5_vl = "qwen2.5-vl"
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+def _fail(e: L2SError) -> None:
+    err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=1)
+
+
+@app.command("make-tiny")
+def make_tiny_cmd(
+    family: Family = typer.Argument(..., help="Model family: the real transformers class to instantiate."),
+    out_dir: Path = typer.Argument(..., help="Directory to write (save_pretrained model + full processor)."),
+    seed: int = typer.Option(0, help="Seed of the random weights (same seed, same checkpoint)."),
+    hidden_size: int = typer.Option(64, help="Hidden size of the language model (a multiple of 8)."),
+    layers: int = typer.Option(4, help="Number of decoder layers."),
+) -> None:
+    """Write a tiny random checkpoint of FAMILY with its processor (tokenizer, image processor,
+    chat template), built offline. Reload it with `from_pretrained(OUT_DIR)`."""
+    from l2s_data.models import make_tiny
+
+    try:
+        path = make_tiny(family.value, out_dir, seed=seed, hidden_size=hidden_size, layers=layers)
+    except L2SError as e:
+        _fail(e)
+    console.print(f"wrote tiny {family.value} checkpoint to {path} "
+                  f"(hidden {hidden_size}, {layers} layers, seed {seed})", highlight=False)
+
+
+@app.command("info")
+def info_cmd(
+    path: Path = typer.Argument(..., help="A checkpoint directory (tiny, or a real llava-hf / Qwen2-VL one)."),
+    dtype: DType = typer.Option(DType.float32, help="Compute dtype to load with (part of the fingerprint)."),
+    attn_implementation: str = typer.Option("eager", help="Attention implementation (part of the fingerprint)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the fingerprint spec as JSON instead of a table."),
+) -> None:
+    """Load PATH offline and print its family, layers, hidden size, context and fingerprint."""
+    from l2s_data.models import load_adapter
+
+    try:
+        adapter = load_adapter(path, dtype=dtype.value, attn_implementation=attn_implementation)
+        spec = adapter.fingerprint_spec()
+        fingerprint = adapter.fingerprint()
+    except L2SError as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps({"family": adapter.family, "num_layers": adapter.num_layers,
+                               "hidden_size": adapter.hidden_size, "max_context": adapter.max_context,
+                               "fingerprint": fingerprint, "spec": spec}, indent=2, sort_keys=True))
+        return
+    table = Table(title=str(path), show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for field, value in [
+        ("family", adapter.family),
+        ("model class", spec["model_class"]),
+        ("processor", spec["processor"]["class"]),
+        ("layers", str(adapter.num_layers)),
+        ("hidden size", str(adapter.hidden_size)),
+        ("max context", str(adapter.max_context)),
+        ("dtype", spec["dtype"]),
+        ("attention", spec["attn_implementation"]),
+        ("weights digest", f"{spec['weights']['digest'][:16]} ({spec['weights']['method']})"),
+        ("fingerprint", fingerprint),
+    ]:
+        table.add_row(field, value)
+    console.print(table)
