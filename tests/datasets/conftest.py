@@ -3,6 +3,7 @@ and a small MM-SafetyBench tree in its release layout."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
@@ -12,18 +13,21 @@ from PIL import Image
 
 from l2s_data.datasets import MMSB_SCENARIOS
 
-# The POPE question files ship beside the repository (MIT licence, see their README).
-POPE_DIR = Path(os.environ.get("L2S_POPE_DIR", Path(__file__).resolve().parents[3] / "shared" / "data" / "pope"))
+# The official POPE question files (MIT), vendored gzipped beside this file; L2S_POPE_DIR may
+# point at an uncompressed copy instead.
+VENDORED_POPE = Path(__file__).resolve().parent / "data" / "pope"
+POPE_FILES = ("coco_pope_random.json", "coco_pope_popular.json", "coco_pope_adversarial.json")
 
 
 @pytest.fixture(scope="session")
-def pope_dir() -> Path:
-    if not (POPE_DIR / "coco_pope_random.json").is_file():
-        raise FileNotFoundError(
-            f"POPE question files not found in {POPE_DIR}; set L2S_POPE_DIR to the folder holding "
-            f"coco_pope_{{random,popular,adversarial}}.json"
-        )
-    return POPE_DIR
+def pope_dir(tmp_path_factory) -> Path:
+    env = os.environ.get("L2S_POPE_DIR")
+    if env:
+        return Path(env)
+    d = tmp_path_factory.mktemp("pope_questions")
+    for name in POPE_FILES:
+        (d / name).write_bytes(gzip.decompress((VENDORED_POPE / f"{name}.gz").read_bytes()))
+    return d
 
 
 def _placeholder(path: Path, index: int, size: int = 8) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections import Counter, defaultdict
@@ -17,6 +18,18 @@ from l2s_data.errors import DataSourceError, ImageError
 @pytest.fixture(scope="module")
 def pope(pope_dir, coco_images):
     return load_pope(pope_dir, coco_images, seed=0, test_fraction=0.2)
+
+
+OFFICIAL_SHA256 = {
+    "coco_pope_adversarial.json": "420b3407db1fa9f1187a805dca41cb7b97fd91504e6c2179706188c107fb8ef8",
+    "coco_pope_popular.json": "72c1a8ad45d0c13514f5f22598261df41d3b533854d29682e924db50ed8aa753",
+    "coco_pope_random.json": "ac25245170b975a5bdf9080b23fd431dfe6be458bc038259c1f4f09a6bef7994",
+}
+
+
+def test_the_question_files_are_the_official_ones(pope_dir):
+    for name, sha in OFFICIAL_SHA256.items():
+        assert hashlib.sha256((pope_dir / name).read_bytes()).hexdigest() == sha, name
 
 
 def test_all_9000_questions_parse_into_5127_distinct_samples(pope):
