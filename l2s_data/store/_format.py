@@ -188,13 +188,13 @@ def content_hash(table: pa.Table) -> str:
 
 def to_stored(array: Any, dtype: str, *, what: str) -> np.ndarray:
     """Convert a float ndarray / tensor to the stored numpy array for ``dtype`` (C-contiguous)."""
-    import torch
-
     if dtype not in DTYPES:
         raise WriteMismatchError(f"{what}: dtype {dtype!r} is not one of {DTYPES}.")
-    if isinstance(array, torch.Tensor):
-        if not array.is_floating_point():
-            raise WriteMismatchError(f"{what}: got a {array.dtype} tensor; expected floating point.")
+    if type(array).__module__.startswith("torch"):
+        import torch  # only when given a tensor: writers of numpy arrays never import torch
+
+        if not isinstance(array, torch.Tensor) or not array.is_floating_point():
+            raise WriteMismatchError(f"{what}: got a {getattr(array, 'dtype', type(array))} tensor; expected floating point.")
         t = array.detach().to("cpu")
         if dtype == "bfloat16":
             return t.to(torch.bfloat16).contiguous().view(torch.int16).numpy().view("<u2")
@@ -205,12 +205,21 @@ def to_stored(array: Any, dtype: str, *, what: str) -> np.ndarray:
                 f"{what}: got a numpy array of dtype {array.dtype}; expected floating point."
             )
         if dtype == "bfloat16":
-            # Round to nearest even the way torch does, rather than truncating the bits.
-            return to_stored(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), dtype, what=what)
+            return float32_to_bfloat16_bits(np.asarray(array, dtype=np.float32))
         return np.ascontiguousarray(array, dtype=STORED_DTYPE[dtype])
     raise WriteMismatchError(
         f"{what}: got {type(array).__name__}; expected a numpy array or torch tensor [n, D]."
     )
+
+
+def float32_to_bfloat16_bits(a: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits as uint16, rounding to nearest even like torch (NaN stays NaN)."""
+    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + (((bits >> 16) & 1) + 0x7FFF)) >> 16).astype(np.uint16)
+    nan = np.isnan(a)
+    if nan.any():
+        rounded[nan] = ((bits[nan] >> 16) | 0x40).astype(np.uint16)  # quiet NaN, sign kept
+    return rounded
 
 
 def to_float32(stored: np.ndarray, dtype: str) -> np.ndarray:

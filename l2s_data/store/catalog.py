@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from l2s_data.store.snapshot import Snapshot
     from l2s_data.store.store import Store
 
-__all__ = ["Catalog", "check_where", "VIEWS"]
+__all__ = ["Catalog", "check_where", "parse_one", "export_catalog", "VIEWS"]
 
 #: Views a user can query.
 VIEWS = ("samples", "memberships", "recipes", "manifests", "runs", "evaluations", "errors", "shards")
@@ -82,18 +82,7 @@ class Catalog:
 
     def statement(self, query: str) -> duckdb.Statement:
         """Parse ``query``; SQLRefusedError unless it is exactly one read-only SELECT."""
-        if not isinstance(query, str) or not query.strip():
-            raise _refuse(str(query), "empty query")
-        try:
-            stmts = self.con.extract_statements(query)
-        except duckdb.Error as exc:
-            raise StoreError(f"SQL does not parse: {exc}. Query: {query!r}") from exc
-        if len(stmts) != 1:
-            raise _refuse(query, f"{len(stmts)} statements; exactly one is allowed")
-        st = stmts[0]
-        if st.type not in _READ_ONLY:
-            raise _refuse(query, f"{st.type.name} statement")
-        return st
+        return parse_one(query, self.con)
 
     def query(self, query: str, params: list | None = None) -> pa.Table:
         """Run one read-only SELECT and return its rows."""
@@ -111,6 +100,27 @@ class Catalog:
             if "external access" in str(exc).lower() or "disabled" in str(exc).lower():
                 raise _refuse(query, str(exc)) from exc
             raise StoreError(f"SQL failed: {exc}. Query: {query!r}") from exc
+
+
+def parse_one(query: str, con: duckdb.DuckDBPyConnection | None = None) -> duckdb.Statement:
+    """Parse ``query``; SQLRefusedError unless it is exactly one read-only SELECT."""
+    if not isinstance(query, str) or not query.strip():
+        raise _refuse(str(query), "empty query")
+    own = con is None
+    con = duckdb.connect(":memory:") if own else con
+    try:
+        stmts = con.extract_statements(query)
+    except duckdb.Error as exc:
+        raise StoreError(f"SQL does not parse: {exc}. Query: {query!r}") from exc
+    finally:
+        if own:
+            con.close()
+    if len(stmts) != 1:
+        raise _refuse(query, f"{len(stmts)} statements; exactly one is allowed")
+    st = stmts[0]
+    if st.type not in _READ_ONLY:
+        raise _refuse(query, f"{st.type.name} statement")
+    return st
 
 
 def _scan_tokens(fragment: str) -> list[str]:

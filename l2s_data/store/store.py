@@ -243,8 +243,9 @@ class Store:
     # -- SQL and loading -------------------------------------------------------------------
     def sql(self, query: str, *, snapshot: Snapshot | None = None) -> pa.Table:
         """Run one read-only SELECT on the sandboxed catalog (DESIGN 4.4); SQLRefusedError else."""
-        from l2s_data.store.catalog import Catalog
+        from l2s_data.store.catalog import Catalog, parse_one
 
+        parse_one(query)  # refuse before paying for a snapshot and a catalog
         with Catalog(self, snapshot=snapshot) as cat:
             return cat.query(query)
 

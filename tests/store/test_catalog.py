@@ -1,0 +1,153 @@
+"""The SQL catalog: views over committed tables, and every way out of the sandbox refused."""
+
+from __future__ import annotations
+
+import os
+
+import duckdb
+import pytest
+
+from l2s_data.errors import SQLRefusedError, StoreError
+from l2s_data.store import Key
+from l2s_data.store.catalog import Catalog, check_where, export_catalog
+
+from .conftest import sample_ids, tables, write_shard
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory):
+    # Built once: the tests here only read it (the escapes must leave it unchanged anyway).
+    from l2s_data.store import Store
+
+    store = Store.open(tmp_path_factory.mktemp("catalog") / "store", create=True)
+    rid = store.put_recipe({"r": 1}, name="r")
+    ids = sample_ids(12)
+    write_shard(store, "a", rid, ids[:6])
+    write_shard(store, "b", rid, ids[6:])
+    s, m = tables(ids)
+    store.put_samples(s, m)
+    store.put_samples(s, m)  # same content again: same part, the views dedupe anyway
+    store.put_runs([{"run_id": "run1", "kind": "train", "recipe_ids": [rid], "status": "done", "config_json": "{}"}])
+    return store
+
+
+def _snapshot_of_files(root):
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(d, f)
+            out[p] = os.path.getsize(p)
+    return out
+
+
+def test_views_answer_queries_over_committed_tables(filled):
+    t = filled.sql("SELECT split, count(*) AS n FROM memberships GROUP BY split ORDER BY split")
+    assert t.to_pylist() == [{"split": "test", "n": 3}, {"split": "train", "n": 9}]
+    assert filled.sql("SELECT count(*) AS n FROM samples")["n"][0].as_py() == 12
+    assert filled.sql("SELECT count(*) AS n FROM manifests")["n"][0].as_py() == 12
+    assert filled.sql("SELECT count(*) AS n FROM shards")["n"][0].as_py() == 2
+    assert filled.sql("SELECT name FROM recipes")["name"].to_pylist() == ["r"]
+    assert filled.sql("SELECT run_id FROM runs")["run_id"].to_pylist() == ["run1"]
+    assert filled.sql("SELECT count(*) AS n FROM errors")["n"][0].as_py() == 0
+    assert filled.sql("SELECT count(*) AS n FROM evaluations")["n"][0].as_py() == 0
+
+
+ESCAPES = [
+    "COPY (SELECT 1) TO '{root}/out.csv'",
+    "COPY (SELECT * FROM manifests) TO '{root}/store/manifests/evil.parquet' (FORMAT parquet)",
+    "COPY manifests TO '/tmp/l2s-escape.csv'",
+    "SELECT * FROM read_parquet('{root}/store/manifests/a.parquet')",
+    "SELECT * FROM '{root}/store/manifests/a.parquet'",
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM read_text('/etc/hostname')",
+    "SELECT * FROM read_blob('{root}/store/l2s-store.json')",
+    "SELECT * FROM glob('{root}/*')",
+    "SELECT * FROM parquet_metadata('{root}/store/manifests/a.parquet')",
+    "ATTACH '{root}/x.duckdb' AS x",
+    "ATTACH ':memory:' AS y",
+    "DETACH memory",
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "SET enable_external_access = true",
+    "RESET lock_configuration",
+    "PRAGMA enable_profiling",
+    "CREATE TABLE t AS SELECT 1",
+    "CREATE VIEW manifests2 AS SELECT 1",
+    "DROP VIEW samples",
+    "INSERT INTO _samples SELECT * FROM _samples",
+    "DELETE FROM _manifests",
+    "UPDATE _recipes SET name = 'x'",
+    "EXPORT DATABASE '{root}/dump'",
+    "SELECT 1; COPY (SELECT 1) TO '{root}/two.csv'",
+    "CALL pragma_version()",
+    "CHECKPOINT",
+    "VACUUM",
+]
+
+
+@pytest.mark.parametrize("query", ESCAPES)
+def test_every_escape_is_refused_and_the_store_is_unchanged(filled, query):
+    tmp_path = os.path.dirname(filled.url)
+    before = _snapshot_of_files(tmp_path)
+    with pytest.raises(SQLRefusedError, match="SQL refused"):
+        filled.sql(query.format(root=tmp_path))
+    assert _snapshot_of_files(tmp_path) == before
+    assert not os.path.exists("/tmp/l2s-escape.csv")
+
+
+def test_the_connection_is_locked_even_below_the_statement_check(filled):
+    with Catalog(filled) as cat:
+        for q in ("SET enable_external_access = true", "SELECT * FROM read_csv('/etc/passwd')"):
+            with pytest.raises(duckdb.Error):
+                cat.con.execute(q)
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "split = 'train'); COPY (SELECT 1) TO '/tmp/l2s-escape.csv'; SELECT (1",
+        "1=1) UNION SELECT sample_id FROM read_csv('/etc/passwd') WHERE (1=1",
+        "split = 'train' -- ) and more",
+        "split = 'train' /* ) */",
+        "split = 'train')",
+        "(split = 'train'",
+        "split = 'unterminated",
+        "sample_id IN (SELECT column0 FROM read_csv('/etc/passwd'))",
+        "",
+    ],
+)
+def test_loader_where_fragments_that_escape_are_refused(filled, where):
+    before = _snapshot_of_files(filled.url)
+    k = Key("r", "p2s", "completion_last", 2)
+    with pytest.raises(SQLRefusedError):
+        filled.pairs(k, k, where=where)
+    assert _snapshot_of_files(filled.url) == before
+    assert not os.path.exists("/tmp/l2s-escape.csv")
+
+
+def test_where_fragments_with_quotes_and_parentheses_still_work(filled):
+    with Catalog(filled) as cat:
+        assert check_where(cat.con, "(split = 'train') AND category IN ('c0', 'c1')")
+        assert check_where(cat.con, "query <> 'it''s; (odd'")
+    k = Key("r", "p2s", "completion_last", 2)
+    ds = filled.pairs(k, k, where="split = 'train' AND (category = 'c0' OR category = 'c1')")
+    assert ds.num_rows == len([i for i in range(12) if i % 4 and i % 3 in (0, 1)])
+
+
+def test_sql_errors_name_the_query(filled):
+    with pytest.raises(StoreError, match="no_such_table"):
+        filled.sql("SELECT * FROM no_such_table")
+
+
+def test_catalog_export_writes_a_duckdb_file_with_every_view(filled, tmp_path):
+    out = tmp_path / "catalog.duckdb"
+    counts = export_catalog(filled, str(out))
+    assert counts["manifests"] == 12 and counts["samples"] == 12
+    con = duckdb.connect(str(out), read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM memberships").fetchone()[0] == 12
+        assert con.execute("SELECT snapshot_id FROM l2s_snapshot").fetchone()[0] == filled.snapshot().id
+    finally:
+        con.close()
+    with pytest.raises(StoreError, match="never overwrites"):
+        export_catalog(filled, str(out))
