@@ -160,7 +160,7 @@ def run_demo(out_dir: str | Path = "demo-out", *, n: int = 26, console: Console 
 
     sql = demo_sql(layer)
     res = store.sql(sql)
-    console.print(f"example query (store {first.store}):\n  {sql}")
+    console.print(f"example query, as a command:\n  l2s sql --store {cfg.run.store} \"{sql}\"")
     st = Table(title="result")
     for name in res.column_names:
         st.add_column(name)
