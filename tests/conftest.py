@@ -2,7 +2,7 @@
 
 ``tiny_checkpoint(family) -> Path`` builds each family's tiny checkpoint once per session
 (default seed and sizes); ``tiny_adapter(family) -> ModelAdapter`` loads it once (float32,
-CPU, eager attention).
+CPU, eager attention). torch runs single-threaded in the test session (see below).
 """
 
 from __future__ import annotations
@@ -11,10 +11,17 @@ import os
 import random
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the test suite may reach a hub
+# Tiny models are dominated by per-op overhead: on a busy 2-core machine, torch's second
+# thread made a tiny capture ~30x slower (0.5 s against 0.016 s, measured). One thread also
+# makes CPU sums reproducible across processes (DESIGN.md 5); subprocesses inherit it.
+# Export OMP_NUM_THREADS to override.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import pytest
 import torch
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")
