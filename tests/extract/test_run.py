@@ -221,3 +221,20 @@ def test_the_cli_refuses_a_config_with_an_unknown_key_and_names_it(tiny_checkpoi
     assert res.exit_code == 2
     assert "recipe.store_dtpye" in res.output and "unknown key" in res.output
     assert not (tmp_path / "store").exists()
+
+
+def test_sampled_continuation_extends_the_completions_reproducibly(llava, data_dir, tmp_path):
+    ckpt, adapter = llava
+    comp = {"max_new_tokens": 3, "do_sample": True, "seed": 7}
+    kw = dict(views=["pos", "neg", "p2s"], layers=[1], pair_positions=["completion_mean"])
+    runs = [Extraction(_config(ckpt, data_dir, tmp_path / name, completion=comp, **kw), adapter=adapter).run()
+            for name in ("a", "b")]
+    plain = Extraction(_config(ckpt, data_dir, tmp_path / "plain", **kw), adapter=adapter).run()
+    assert runs[0].recipe_ids == runs[1].recipe_ids != plain.recipe_ids  # settings are part of the recipe
+    spec = Store.open(tmp_path / "a").recipe_spec(runs[0].recipe_ids["pair"])
+    assert spec["completion"] == comp and "input" not in runs[0].recipe_ids
+    read = lambda name, r: Store.open(tmp_path / name).snapshot().read(  # noqa: E731
+        r.recipe_ids["pair"], "pos", "completion_mean", 1, sorted(i.sample_id for s in r.plan.shards for i in s.items))
+    a, b, p = read("a", runs[0]), read("b", runs[1]), read("plain", plain)
+    np.testing.assert_array_equal(a, b)  # same seed, same plan, same device: same tokens
+    assert np.abs(a - p).max() > 1e-4   # the mean now covers the generated tokens too
