@@ -62,3 +62,13 @@ def test_prefix_shared_handles_an_empty_suffix_where_input_is_a_prefix_of_pos(fa
     shared, separate = _both(adapter, items)
     for key, value in separate.items():
         torch.testing.assert_close(shared[key], value, atol=2e-5, rtol=1e-4, msg=f"{family} {key}")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prefix_shared_equals_separate_forwards_with_sdpa_attention(family, tiny_checkpoint, safety_items):
+    from l2s_data.models import load_adapter
+
+    adapter = load_adapter(tiny_checkpoint(family), attn_implementation="sdpa")
+    shared, separate = _both(adapter, safety_items[:4], input_layers=[0, 3], pair_layers=[1, 3])
+    for key, value in separate.items():
+        torch.testing.assert_close(shared[key], value, atol=2e-5, rtol=1e-4, msg=f"{family} {key}")
