@@ -7,7 +7,8 @@
 The same activations are written four ways into a temporary folder (removed at the end):
 the store (Zarr shards, read with ``store.columns(..., in_memory=False)``: the streaming path,
 shuffled chunks and buffer), a raw ``.npy`` read with a numpy memmap in batch-sized slices,
-one ``torch.save`` file of a per-sample dict per row read back with ``torch.load`` (the
+the same ``.npy`` gathered in shuffled row batches (what a shuffled memmap loader does), one
+``torch.save`` file of a per-sample dict per row read back with ``torch.load`` (the
 reference L2S cache format), and an Arrow IPC file read in shuffled row batches with
 ``Table.take`` (the layout of HF datasets, which SAELens caches in). Every file is read once
 before timing so all paths start from the page cache; each path reports its best of
@@ -35,6 +36,7 @@ DIM = 4096
 BATCH = 64
 SHARD_ROWS = 4096
 TORCH_LOAD_ROWS = 4096  # torch.load of 64k small files takes minutes; bytes/s is what counts
+ARROW_ROWS = 8192       # rows of shuffled takes timed (from the whole table): random takes are slow
 REPEATS = 3
 
 
@@ -61,6 +63,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=DIM)
     ap.add_argument("--batch-size", type=int, default=BATCH)
     ap.add_argument("--torch-load-rows", type=int, default=TORCH_LOAD_ROWS)
+    ap.add_argument("--arrow-rows", type=int, default=ARROW_ROWS)
     ap.add_argument("--repeats", type=int, default=REPEATS)
     ap.add_argument("--workdir", default=None, help="where the temporary copies go (default: system temp)")
     args = ap.parse_args()
@@ -116,6 +119,15 @@ def main() -> None:
                 total += x.numel() * x.element_size()
             return total
 
+        def read_memmap_shuffled() -> int:
+            mm = np.load(work / "raw.npy", mmap_mode="r")
+            order = np.random.default_rng(1).permutation(n)
+            total = 0
+            for s in range(0, n, bs):
+                x = torch.from_numpy(np.take(mm, np.sort(order[s : s + bs]), axis=0))
+                total += x.numel() * x.element_size()
+            return total
+
         def read_torch_load() -> int:
             total = 0
             order = np.random.default_rng(1).permutation(m)
@@ -127,9 +139,9 @@ def main() -> None:
         def read_arrow() -> int:
             src = pa.memory_map(str(work / "rows.arrow"), "r")
             t = pa.ipc.open_file(src).read_all()
-            order = np.random.default_rng(1).permutation(n)
+            order = np.random.default_rng(1).permutation(n)[: args.arrow_rows]
             total = 0
-            for s in range(0, n, bs):
+            for s in range(0, len(order), bs):
                 col = t.column("p2s").take(pa.array(order[s : s + bs])).combine_chunks()
                 x = torch.from_numpy(col.flatten().to_numpy(zero_copy_only=False).reshape(-1, d).copy())
                 total += x.numel() * x.element_size()
@@ -140,6 +152,7 @@ def main() -> None:
             raise SystemExit("store returned different rows than were written")
 
         paths = [("store loader (streaming, shuffled)", read_store), ("numpy memmap (sequential)", read_memmap),
+                 ("numpy memmap (shuffled rows)", read_memmap_shuffled),
                  ("torch.load per-sample dicts", read_torch_load), ("Arrow IPC rows (shuffled take)", read_arrow)]
         best = {name: float("inf") for name, _ in paths}
         results = {}

@@ -113,6 +113,10 @@ class Backend:
         except FileNotFoundError:
             pass
 
+    def stale_temporaries(self, rel: str, older_than_s: float) -> list[str]:
+        """Leftovers of interrupted ``put_if_absent`` calls in ``rel`` (none off the local disk)."""
+        return []
+
     def zarr_store(self, rel: str, *, read_only: bool = False) -> Any:
         """A zarr-python store rooted at ``rel``."""
         from zarr.storage import FsspecStore
@@ -160,6 +164,24 @@ class LocalBackend(Backend):
             return sorted(n for n in os.listdir(self.path(rel)) if not n.startswith("."))
         except (FileNotFoundError, NotADirectoryError):
             return []
+
+    def stale_temporaries(self, rel: str, older_than_s: float) -> list[str]:
+        import time
+
+        try:
+            names = os.listdir(self.path(rel))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        now = time.time()
+        out = []
+        for n in names:
+            if n.startswith(".") and n.endswith(".tmp"):
+                try:
+                    if now - os.path.getmtime(self.path(f"{rel}/{n}")) >= older_than_s:
+                        out.append(f"{rel}/{n}")
+                except FileNotFoundError:
+                    continue
+        return out
 
     def zarr_store(self, rel: str, *, read_only: bool = False) -> Any:
         from zarr.storage import LocalStore

@@ -17,6 +17,7 @@ retried write is a no-op. See DESIGN.md section 4 for the invariants.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import threading
@@ -26,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from l2s_data.errors import KeyNotFoundError, SchemaMismatchError, StoreError, StoreNotFoundError
 from l2s_data.schemas import (
@@ -103,10 +105,6 @@ class Store:
             return self.snapshot().manifests
         parts = []
         for f in self.part_files(table_name):
-            import io
-
-            import pyarrow.parquet as pq
-
             t = pq.read_table(io.BytesIO(self._backend.read_bytes(f)))
             parts.append(check_exact(t, TABLES[table_name], what=f"{table_name} part {f}"))
         return pa.concat_tables(parts) if parts else TABLES[table_name].empty_table()

@@ -143,3 +143,12 @@ def test_delete_is_refused_while_runs_reference_the_recipe_unless_forced(store):
     assert snap.read("keep", "p2s", "completion_last", 2, sample_ids(3)).shape == (3, 8)
     assert store.sql("SELECT recipe_id FROM recipes")["recipe_id"].to_pylist() == [keep]
     assert ops.verify(store) == []
+
+
+def test_gc_removes_temporaries_left_by_an_interrupted_commit(store):
+    rid = store.put_recipe({"r": 1})
+    write_shard(store, "a", rid, sample_ids(2))
+    store._backend.write_bytes("manifests/.b.parquet.dead.tmp", b"half")
+    assert store.snapshot().manifests.num_rows == 2  # invisible to readers
+    assert ops.gc(store, grace_s=0).removed == ["manifests/.b.parquet.dead.tmp"]
+    assert store._backend.stale_temporaries("manifests", 0) == []
