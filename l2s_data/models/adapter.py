@@ -45,6 +45,12 @@ class ModelAdapter:
         self.dtype: torch.dtype = param.dtype
         self.layers = families.decoder_layers(model)
         self.image_token_id = families.image_token_id(model.config)
+        if family == "llava" and getattr(processor, "patch_size", None) is None:
+            # Older llava-hf processor configs lack these; transformers then derived them from
+            # the model config (CLIP towers add one CLS token).
+            processor.patch_size = model.config.vision_config.patch_size
+            processor.vision_feature_select_strategy = model.config.vision_feature_select_strategy
+            processor.num_additional_image_tokens = processor.num_additional_image_tokens or 1
         tok = processor.tokenizer
         self.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         params = inspect.signature(model.model.forward).parameters
@@ -309,7 +315,7 @@ class ModelAdapter:
                                          f"{self.max_context}; shorten the query.")
         ids, mask = self.pad_left(seqs)
         kwargs = {"input_ids": ids, "attention_mask": mask, **vision.take(list(range(len(items))))}
-        if self.family != "llava":
+        if self.family != "llava" and families.takes_mm_token_types(self.model.forward):
             kwargs["mm_token_type_ids"] = (ids == self.image_token_id).int()
         return {k: v.to(self.device, dtype=self.dtype if v.is_floating_point() else v.dtype)
                 for k, v in kwargs.items()}

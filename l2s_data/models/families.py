@@ -6,6 +6,7 @@ LLaVA-1.5 (llava-hf layout) or Qwen2-VL / Qwen2.5-VL directory takes the same pa
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import PIL.Image
@@ -112,8 +113,12 @@ def position_ids(family: str, model, ids: torch.Tensor, mask: torch.Tensor, grid
     """
     if family == "llava":
         return (mask.long().cumsum(-1) - 1).clamp(min=0)
-    mm_types = (ids == image_token).int()
-    pos, _ = model.model.get_rope_index(
-        ids, mm_token_type_ids=mm_types, image_grid_thw=grid, attention_mask=mask
-    )
+    kwargs = {"image_grid_thw": grid, "attention_mask": mask}
+    if takes_mm_token_types(model.model.get_rope_index):  # transformers >= 5.2x; older ones find images by id
+        kwargs["mm_token_type_ids"] = (ids == image_token).int()
+    pos, _ = model.model.get_rope_index(ids, **kwargs)
     return pos
+
+
+def takes_mm_token_types(fn) -> bool:
+    return "mm_token_type_ids" in inspect.signature(fn).parameters
