@@ -262,9 +262,10 @@ class ExtractionWorker:
             return []
         try:
             return [(batch, fn(batch))]
-        except QUARANTINED:
+        except QUARANTINED as err:
             if len(batch) == 1:
-                raise
+                quarantine(batch[0][0], "forward", err)
+                return []
         done = []
         for row in batch:
             try:
@@ -312,7 +313,7 @@ class ExtractionWorker:
         if not write:
             for shard in shards:
                 r = self.compute_shard(shard)
-                o = ShardOutcome(shard.shard_id, sum(map(len, r.sample_ids.values())), 0,
+                o = ShardOutcome(shard.shard_id, len(set().union(*map(set, r.sample_ids.values()))), 0,
                                  len({e["sample_id"] for e in r.errors}), {}, r.compute_s, 0.0)
                 outcomes.append(o)
                 if on_done:

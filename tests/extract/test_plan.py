@@ -97,3 +97,15 @@ def test_shard_size_must_be_positive():
 
     with pytest.raises(ConfigError):
         make_plan(_items(1), _recipes(), complete={}, shard_size=0)
+
+
+def test_jobs_and_shards_pickle_for_remote_workers():
+    import pickle
+
+    from l2s_data.extract import ExtractJob, parse_config
+
+    refs = _recipes()
+    plan = make_plan(_items(5), refs, complete={}, shard_size=2)
+    job = ExtractJob(parse_config({"model": {"path": "m"}, "data": {"path": "d"}, "run": {"store": "s"}}), refs)
+    assert pickle.loads(pickle.dumps(job)) == job
+    assert pickle.loads(pickle.dumps(plan.shards)) == plan.shards
