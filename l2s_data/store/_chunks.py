@@ -10,6 +10,7 @@ page-cache speed (DESIGN 4.5), and the crc check finds any flipped byte.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 
 import google_crc32c
@@ -19,7 +20,7 @@ from l2s_data.errors import CorruptChunkError, StoreError
 from l2s_data.store._backend import Backend
 from l2s_data.store._format import STORED_DTYPE
 
-__all__ = ["ArrayInfo", "load_array_info", "read_chunk", "read_chunk_into", "chunk_key"]
+__all__ = ["ArrayInfo", "load_array_info", "read_chunk", "map_chunk", "chunk_key"]
 
 
 @dataclass(frozen=True)
@@ -124,45 +125,37 @@ def read_chunk(backend: Backend, info: ArrayInfo, i: int) -> np.ndarray:
     return arr[:n]
 
 
-def read_chunk_into(backend: Backend, info: ArrayInfo, i: int, out: np.ndarray) -> None:
-    """Read chunk ``i`` straight into ``out`` (``[rows_in_chunk, D]``, stored dtype, C-contiguous).
+def map_chunk(backend: Backend, info: ArrayInfo, i: int) -> np.ndarray:
+    """Chunk ``i`` as a read-only ``[rows_in_chunk, D]`` view, memory-mapped on a local disk.
 
-    The streaming loader's fast path: one copy from the page cache into its shuffle buffer,
-    then the crc32c over those bytes plus the edge padding; same errors as :func:`read_chunk`.
+    No copy: the crc32c is checked over the mapped page-cache pages, and the caller's gather
+    is the only copy. Elsewhere this is :func:`read_chunk`. Same errors as :func:`read_chunk`.
     """
-    n = min(info.chunk_rows, info.rows - i * info.chunk_rows)
-    if out.shape != (n, info.dim) or out.dtype != info.stored_dtype or not out.flags.c_contiguous:
-        raise ValueError(f"out must be C-contiguous {info.stored_dtype} [{n}, {info.dim}], got {out.dtype} {out.shape}")
+    if not backend.is_local:
+        return read_chunk(backend, info, i)
+    import mmap
+
     rel = f"{info.path}/{chunk_key(i)}"
     where = f"chunk {i} of array {info.path} (shard {info.shard}, recipe {info.recipe_id})"
-    target = out.reshape(-1).view(np.uint8)
-    tail_len = info.chunk_nbytes - target.nbytes + (4 if info.checksummed else 0)
+    want = info.chunk_nbytes + (4 if info.checksummed else 0)
     try:
-        with backend.open_read(rel) as f:
-            got = _readinto_full(f, target)
-            tail = f.read(tail_len + 1)
+        with open(backend.path(rel), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size != want:
+                raise CorruptChunkError(
+                    f"{where} has {size} bytes, expected {want}; the file was truncated or replaced. "
+                    f"Re-extract the shard (delete its manifest, then rerun extraction)."
+                )
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except FileNotFoundError as exc:
         raise CorruptChunkError(f"{where} is missing; run `l2s store verify` and re-extract the shard.") from exc
-    if got != target.nbytes or len(tail) != tail_len:
-        raise CorruptChunkError(
-            f"{where} has {got + len(tail)} bytes, expected {target.nbytes + tail_len}; the file was "
-            f"truncated or replaced. Re-extract the shard (delete its manifest, then rerun extraction)."
-        )
+    raw = np.frombuffer(mm, dtype=np.uint8)
     if info.checksummed:
-        crc = google_crc32c.extend(google_crc32c.value(target), tail[:-4]) if tail_len > 4 else google_crc32c.value(target)
-        if crc != int.from_bytes(tail[-4:], "little"):
+        if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:].tobytes(), "little"):
             raise CorruptChunkError(
                 f"{where} failed its crc32c checksum: the bytes on disk were altered. "
                 f"Re-extract the shard (delete its manifest, then rerun extraction)."
             )
-
-
-def _readinto_full(f, target: np.ndarray) -> int:
-    view = memoryview(target)
-    got = 0
-    while got < len(view):
-        k = f.readinto(view[got:])
-        if not k:
-            break
-        got += k
-    return got
+        raw = raw[:-4]
+    n = min(info.chunk_rows, info.rows - i * info.chunk_rows)
+    return raw.view(info.stored_dtype).reshape(info.chunk_rows, info.dim)[:n]

@@ -12,10 +12,14 @@
 
 Reads are chunk-granular (DESIGN 4.5): zarr gathers random single rows about 300x slower than
 a memmap, whole chunks at page-cache speed. So the unit of work is one chunk of the first key's
-array (all selected samples in it); units are shuffled, dealt out to ranks and DataLoader
-workers, read whole, and shuffled again inside an in-memory buffer of ``buffer_rows`` rows.
-The other keys' rows come from their own chunks through a small cache (when extraction wrote
-the keys with the same sample order, as it does, each chunk is read once).
+array (all selected samples in it); units are shuffled and dealt out to ranks and DataLoader
+workers. Each worker takes units ``buffer_rows`` rows at a time (a round: the shuffle buffer),
+reads them whole, and draws batches from a permutation of the round's rows. On a local disk a
+whole chunk is memory-mapped and checked (crc32c) in place, so the gather into the batch is
+the only copy; rows of a batch come grouped by chunk (its membership is random). The other
+keys' rows come from their own chunks the same way, or through a small chunk cache when they
+were stored in another order (extraction writes the keys of a shard together, so they align).
+Fewer than a batch of rows left at the end of a round carry over into the next.
 
 Every epoch yields every selected row exactly once over all workers and ranks, in an order
 that depends only on (seed, epoch, world size, worker count). A selection whose bytes fit
@@ -35,7 +39,7 @@ import torch
 
 from l2s_data.errors import KeyNotFoundError, StoreError
 from l2s_data.store._backend import Backend
-from l2s_data.store._chunks import ArrayInfo, read_chunk, read_chunk_into
+from l2s_data.store._chunks import ArrayInfo, map_chunk, read_chunk
 from l2s_data.store.snapshot import Key
 
 if TYPE_CHECKING:
@@ -153,8 +157,6 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         typical_chunk = self._infos[0][0].chunk_rows if have else 1
         self.buffer_rows = int(buffer_rows or max(8 * typical_chunk, 4 * batch_size))
         self._memory: list[np.ndarray] | None = None
-        self._sets: list | None = None
-        self._sets_shape: tuple | None = None
 
     # -- public ----------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -169,7 +171,6 @@ class KeyedDataset(torch.utils.data.IterableDataset):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_memory"] = None  # each worker loads its own copy, never pickles one
-        state["_sets"] = state["_sets_shape"] = None
         return state
 
     def __iter__(self) -> Iterator[tuple]:
@@ -212,79 +213,102 @@ class KeyedDataset(torch.utils.data.IterableDataset):
             return
         rng = np.random.default_rng([self.seed, self.epoch, stream, streams])
         # Rounds: consecutive units holding >= buffer_rows rows, shuffled together.
-        sizes = mine[:, 1] - mine[:, 0]
         rounds, acc, first = [], 0, 0
-        for j, m in enumerate(sizes):
+        for j, m in enumerate(mine[:, 1] - mine[:, 0]):
             acc += int(m)
             if acc >= self.buffer_rows:
                 rounds.append(mine[first : j + 1])
                 first, acc = j + 1, 0
         if first < len(mine):
             rounds.append(mine[first:])
-        # Two buffer sets, allocated once per epoch and refilled in place (a fresh allocation per
-        # chunk costs a page fault per 4 KiB, more than the copy): while the consumer takes
-        # batches out of one, a thread reads the next round's chunks into the other. The first
-        # batch_size rows of each buffer are kept free for the previous round's leftover rows.
-        head = self.batch_size
-        cap = head + max(int((r[:, 1] - r[:, 0]).sum()) for r in rounds)
-        want = (cap, 2 if self.prefetch else 1)
-        if getattr(self, "_sets_shape", None) != want:
-            self._sets = [
-                ([np.empty((cap, infos[0].dim), infos[0].stored_dtype) for infos in self._infos],
-                 np.empty(cap, np.int64))
-                for _ in range(want[1])
-            ]
-            self._sets_shape = want
-        sets = self._sets  # reused across epochs: warm pages
         caches = [_ChunkCache(self._backend, self.cache_chunks) for _ in self.keys]
 
-        def fill(which: int, rnd: np.ndarray) -> int:
-            bufs, pos = sets[which]
-            at = head
+        def load(rnd: np.ndarray) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+            """Per unit: (sample positions, one [m, D_k] source per key). Whole chunks in storage
+            order are memory-mapped views (no copy); anything else is gathered."""
+            out = []
             for start, stop in rnd:
-                m = int(stop - start)
                 positions = np.arange(start, stop)
-                pos[at : at + m] = positions
-                for k in range(len(self.keys)):
-                    self._fill(k, positions, bufs[k][at : at + m], caches[k])
-                at += m
-            return at
+                out.append((positions, [self._source(k, positions, caches[k]) for k in range(len(self.keys))]))
+            return out
 
         pool = ThreadPoolExecutor(1, thread_name_prefix="l2s-loader") if self.prefetch else None
         try:
-            pending = pool.submit(fill, 0, rounds[0]) if pool else None
-            carry_pos, carry_cols = np.zeros(0, np.int64), None
+            pending = pool.submit(load, rounds[0]) if pool else None
+            carry: list[tuple[np.ndarray, list[np.ndarray]]] = []
             for r, rnd in enumerate(rounds):
-                which = r % len(sets)
-                end = pending.result() if pool else fill(which, rnd)
+                units_r = pending.result() if pool else load(rnd)
                 if pool and r + 1 < len(rounds):
-                    pending = pool.submit(fill, (r + 1) % len(sets), rounds[r + 1])
-                bufs, pos = sets[which]
-                c = len(carry_pos)
-                lo = head - c
-                if c:
-                    pos[lo:head] = carry_pos
-                    for k, b in enumerate(bufs):
-                        b[lo:head] = carry_cols[k]
-                held = end - lo
+                    pending = pool.submit(load, rounds[r + 1])
+                units_r = carry + units_r
+                sizes = np.array([len(p) for p, _ in units_r], np.int64)
+                offsets = np.r_[0, np.cumsum(sizes)]
+                held = int(offsets[-1])
                 perm = rng.permutation(held) if self.shuffle else np.arange(held)
                 last = r == len(rounds) - 1
                 out_n = held if last else held - held % self.batch_size
-                view_pos, view_cols = pos[lo:end], [b[lo:end] for b in bufs]
-                rest = perm[out_n:]  # fewer than a batch: carried into the next round
-                carry_pos = view_pos[rest]
-                carry_cols = [v[rest] for v in view_cols]
-                yield from self._batches(view_pos, view_cols, perm[:out_n])
+                yield from self._round_batches(units_r, offsets, perm[:out_n])
+                rest = perm[out_n:]  # fewer than a batch: carried into the next round as one unit
+                if len(rest):
+                    pos, cols = self._collect(units_r, offsets, rest)
+                    carry = [(pos, cols)]
+                else:
+                    carry = []
         finally:
             if pool:
                 pool.shutdown(wait=True, cancel_futures=True)
 
-    def _batches(self, pos: np.ndarray, cols: list[np.ndarray], order: np.ndarray) -> Iterator[tuple]:
-        for s in range(0, len(order), self.batch_size):
-            sel = order[s : s + self.batch_size]
-            if len(sel) < self.batch_size and self.drop_last:
-                return
-            yield self._emit(pos[sel], [np.take(c, sel, axis=0) for c in cols])
+    def _collect(self, units, offsets, sel) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Rows ``sel`` of a round (indices into its concatenated units): positions and columns.
+
+        Rows are grouped by unit so each group is one ``np.take`` straight into place: a
+        batch's membership is random, its rows come grouped by chunk.
+        """
+        u = np.searchsorted(offsets, sel, side="right") - 1
+        order = np.argsort(u, kind="stable")
+        us, local = u[order], (sel - offsets[u])[order]
+        bounds = np.flatnonzero(np.r_[True, us[1:] != us[:-1], True])
+        pos = np.empty(len(sel), np.int64)
+        cols = [np.empty((len(sel), src.shape[1]), src.dtype) for src in units[int(us[0])][1]]
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            p, srcs = units[int(us[lo])]
+            idx = local[lo:hi]
+            pos[lo:hi] = p[idx]
+            for k, src in enumerate(srcs):
+                np.take(src, idx, axis=0, out=cols[k][lo:hi])
+        return pos, cols
+
+    def _round_batches(self, units, offsets, order: np.ndarray) -> Iterator[tuple]:
+        """Batches of ``order`` (row indices of the round, batch after batch), grouped by unit
+        once for the whole round so each batch costs one ``np.take`` per (unit, key)."""
+        n, bsz = len(order), self.batch_size
+        if n == 0:
+            return
+        u = np.searchsorted(offsets, order, side="right") - 1
+        b = np.arange(n) // bsz
+        srt = np.lexsort((u, b))
+        us, local, bs = u[srt], (order - offsets[u])[srt], b[srt]
+        cut = np.flatnonzero(np.r_[True, (us[1:] != us[:-1]) | (bs[1:] != bs[:-1]), True])
+        starts = cut[:-1]
+        group_batch = bs[starts]
+        first = np.searchsorted(group_batch, np.arange(int(b[-1]) + 2))
+        dims = [(src.shape[1], src.dtype) for src in units[0][1]]
+        for bi in range(len(first) - 1):
+            g0, g1 = int(first[bi]), int(first[bi + 1])
+            lo_all, hi_all = int(cut[g0]), int(cut[g1])
+            m = hi_all - lo_all
+            if m == 0 or (m < bsz and self.drop_last):
+                continue
+            pos = np.empty(m, np.int64)
+            cols = [np.empty((m, d), dt) for d, dt in dims]
+            for g in range(g0, g1):
+                lo, hi = int(cut[g]), int(cut[g + 1])
+                p, srcs = units[int(us[lo])]
+                idx = local[lo:hi]
+                pos[lo - lo_all : hi - lo_all] = p[idx]
+                for k, src in enumerate(srcs):
+                    np.take(src, idx, axis=0, out=cols[k][lo - lo_all : hi - lo_all])
+            yield self._emit(pos, cols)
 
     def _emit(self, positions: np.ndarray, cols: list[np.ndarray]) -> tuple:
         out = [self._tensor(k, c) for k, c in enumerate(cols)]
@@ -300,19 +324,12 @@ class KeyedDataset(torch.utils.data.IterableDataset):
             t = torch.from_numpy(np.ascontiguousarray(a))
         return t.float() if self.dtype == "float32" and t.dtype != torch.float32 else t
 
-    def _gather(self, k: int, positions: np.ndarray, cache: _ChunkCache) -> np.ndarray:
-        """Stored-dtype rows ``[len(positions), D_k]`` of key k for the given sample positions."""
-        info0 = self._infos[k][0]
-        out = np.empty((len(positions), info0.dim), info0.stored_dtype)
-        self._fill(k, positions, out, cache)
-        return out
-
-    def _fill(self, k: int, positions: np.ndarray, out: np.ndarray, cache: _ChunkCache) -> None:
-        """Write key k's rows of ``positions`` into ``out`` ``[len(positions), D_k]``."""
-        infos = self._infos[k]
+    def _source(self, k: int, positions: np.ndarray, cache: _ChunkCache) -> np.ndarray:
+        """Key k's rows of ``positions`` ``[len, D_k]``: a mapped chunk when they are one whole
+        chunk in storage order (the usual unit), else a gathered copy."""
         loc = self._locs[k][positions]
         a0, r0 = int(loc[0, 0]), int(loc[0, 1])
-        info = infos[a0]
+        info = self._infos[k][a0]
         n = len(positions)
         if (
             r0 % info.chunk_rows == 0
@@ -320,9 +337,14 @@ class KeyedDataset(torch.utils.data.IterableDataset):
             and (loc[:, 0] == a0).all()
             and (loc[:, 1] == np.arange(r0, r0 + n)).all()
         ):
-            # One whole chunk in storage order (the usual unit): read it straight into place.
-            read_chunk_into(self._backend, info, r0 // info.chunk_rows, out)
-            return
+            return map_chunk(self._backend, info, r0 // info.chunk_rows)
+        return self._gather(k, positions, cache)
+
+    def _gather(self, k: int, positions: np.ndarray, cache: _ChunkCache) -> np.ndarray:
+        """Stored-dtype rows ``[len(positions), D_k]`` of key k, read chunk by chunk via ``cache``."""
+        infos = self._infos[k]
+        loc = self._locs[k][positions]
+        out = np.empty((len(positions), infos[0].dim), infos[0].stored_dtype)
         chunk_rows = np.array([infos[a].chunk_rows for a in loc[:, 0]], np.int64)
         chunk = loc[:, 1] // chunk_rows
         order = np.lexsort((chunk, loc[:, 0]))
@@ -333,6 +355,7 @@ class KeyedDataset(torch.utils.data.IterableDataset):
             block = cache.get(info, int(c_s[lo]))
             dst = order[lo:hi]
             out[dst] = block[loc[dst, 1] - c_s[lo] * info.chunk_rows]
+        return out
 
 
 class _ChunkCache:

@@ -142,3 +142,19 @@ def test_bfloat16_columns_come_back_as_torch_bfloat16_bits(tmp_path):
         w.write("pos", "completion_last", 0, t, "bfloat16")
     (x,) = next(iter(store.columns([Key("r", "pos", "completion_last", 0)], shuffle=False, batch_size=9, dtype="stored")))
     assert x.dtype == torch.bfloat16 and torch.equal(x, t.bfloat16())
+
+
+def test_streaming_a_corrupted_chunk_raises_naming_shard_and_recipe(tmp_path):
+    from l2s_data.errors import CorruptChunkError
+
+    store = Store.open(tmp_path / "s", create=True)
+    rid = store.put_recipe({"c": 1}, name="c")
+    write_shard(store, "bad", rid, sample_ids(8), chunk_bytes=64)
+    attempt = store.snapshot().shards["bad"]
+    p = tmp_path / "s" / "shards" / "bad" / attempt / "p2s.completion_last.L2" / "c" / "3" / "0"
+    data = bytearray(p.read_bytes())
+    data[5] ^= 0x10
+    p.write_bytes(bytes(data))
+    ds = store.columns([Key("c", "p2s", "completion_last", 2)], in_memory=False)
+    with pytest.raises(CorruptChunkError, match=f"shard bad, recipe {rid}"):
+        list(ds)
