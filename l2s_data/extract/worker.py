@@ -15,8 +15,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -26,7 +27,7 @@ from l2s_data.extract.config import ExtractConfig
 from l2s_data.extract.plan import SampleItem, Shard, ShardPart
 from l2s_data.extract.recipe import RecipeRef
 
-__all__ = ["ExtractJob", "ShardResult", "ShardOutcome", "ExtractionWorker", "QUARANTINED"]
+__all__ = ["ExtractJob", "PreparedShard", "ShardResult", "ShardOutcome", "ExtractionWorker", "QUARANTINED"]
 
 #: Errors that belong to one sample: quarantined, never fatal for the shard.
 QUARANTINED = (InputError, DataSourceError)
@@ -61,6 +62,16 @@ class ShardResult:
 
 
 @dataclass(frozen=True)
+class PreparedShard:
+    """A shard after loading and checking: ``ready`` rows (item, image) and error rows."""
+
+    shard: Shard
+    ready: list[tuple[SampleItem, Any]]
+    errors: list[dict[str, Any]]
+    seconds: float
+
+
+@dataclass(frozen=True)
 class ShardOutcome:
     """What committing a shard did. ``won[kind]`` False = another attempt committed it first."""
 
@@ -83,11 +94,15 @@ class ExtractionWorker:
     """Computes and commits shards. ``adapter`` / ``store`` / ``dataset`` may be injected (tests,
     benchmarks); otherwise they are opened from the job's config on first use."""
 
-    def __init__(self, job: ExtractJob, *, adapter: Any = None, store: Any = None, dataset: Any = None):
+    def __init__(self, job: ExtractJob, *, adapter: Any = None, store: Any = None, dataset: Any = None,
+                 prefetch: bool | None = None):
         self.job = job
         self._adapter = adapter
         self._store = store
         self._dataset = dataset
+        # Load-and-check the next shard in a thread while this one runs on the device. Off on
+        # a CPU device by default: there the forward already uses every core.
+        self._prefetch = prefetch
 
     # -- lazily opened resources ---------------------------------------------------------
     @property
@@ -128,26 +143,22 @@ class ExtractionWorker:
         return self._dataset
 
     # -- compute -------------------------------------------------------------------------
-    def compute_shard(self, shard: Shard) -> ShardResult:
-        """Load, check and run every sample of ``shard``; nothing is written."""
-        from l2s_data.models import ChatInput, ContrastiveItem
+    def _error_rows(self, shard: Shard, item: SampleItem, stage: str, err: BaseException) -> list[dict[str, Any]]:
+        """One errors-table row per recipe part of ``shard`` that needed ``item``."""
+        return [{"recipe_id": part.recipe_id, "sample_id": item.sample_id, "stage": stage,
+                 "error_type": type(err).__name__, "message": str(err), "shard": part.shard_id}
+                for part in shard.parts if item.sample_id in part.sample_ids]
 
+    def prepare_shard(self, shard: Shard) -> PreparedShard:
+        """Load every image of ``shard`` and run ``adapter.check`` on it (CPU only, no forward).
+
+        Failures become error rows (stage ``load`` or ``check``); the rest is ready to run.
+        """
         t0 = time.perf_counter()
-        res = ShardResult(shard)
-        parts = {p.kind: p for p in shard.parts}
-        need = {k: set(p.sample_ids) for k, p in parts.items()}
+        need = {p.kind: set(p.sample_ids) for p in shard.parts}
         system = self.job.config.behavior.system
-        rin, rpair = self.job.recipes.get("input"), self.job.recipes.get("pair")
-
-        def quarantine(item: SampleItem, stage: str, err: BaseException) -> None:
-            for kind, part in parts.items():
-                if item.sample_id in need[kind]:
-                    res.errors.append({
-                        "recipe_id": part.recipe_id, "sample_id": item.sample_id, "stage": stage,
-                        "error_type": type(err).__name__, "message": str(err), "shard": part.shard_id,
-                    })
-
         ready: list[tuple[SampleItem, Any]] = []
+        errors: list[dict[str, Any]] = []
         for item in sorted(shard.items, key=_row_order):
             if not any(item.sample_id in ids for ids in need.values()):
                 continue
@@ -155,10 +166,30 @@ class ExtractionWorker:
                 image = self.dataset.load_image(item.sample_id)
                 self._check(item, image, need, system)
             except QUARANTINED as err:
-                quarantine(item, "load" if isinstance(err, DataSourceError) else "check", err)
+                errors += self._error_rows(shard, item, "load" if isinstance(err, DataSourceError) else "check", err)
                 continue
             ready.append((item, image))
+        return PreparedShard(shard, ready, errors, time.perf_counter() - t0)
 
+    def compute_shard(self, shard: Shard, prepared: PreparedShard | None = None) -> ShardResult:
+        """Load, check and run every sample of ``shard``; nothing is written.
+
+        ``prepared`` (from :meth:`prepare_shard`, possibly run ahead in another thread) skips
+        the load-and-check step.
+        """
+        from l2s_data.models import ChatInput, ContrastiveItem
+
+        prep = prepared if prepared is not None else self.prepare_shard(shard)
+        t0 = time.perf_counter()
+        res = ShardResult(shard, errors=list(prep.errors))
+        need = {p.kind: set(p.sample_ids) for p in shard.parts}
+        system = self.job.config.behavior.system
+        rin, rpair = self.job.recipes.get("input"), self.job.recipes.get("pair")
+
+        def quarantine(item: SampleItem, stage: str, err: BaseException) -> None:
+            res.errors.extend(self._error_rows(shard, item, stage, err))
+
+        ready = list(prep.ready)
         if rpair is not None and self.job.completion.get("max_new_tokens", 0) > 0:
             ready = self._extend_completions(ready, need.get("pair", set()), system, quarantine)
 
@@ -203,7 +234,7 @@ class ExtractionWorker:
             ref = self.job.recipes[kind]
             res.sample_ids[kind] = [s for ids, _ in chunks for s in ids]
             res.arrays[kind] = {k: torch.cat([c[k] for _, c in chunks]).float() for k in _keys(ref)}
-        res.compute_s = time.perf_counter() - t0
+        res.compute_s = prep.seconds + time.perf_counter() - t0
         return res
 
     def _check(self, item: SampleItem, image: Any, need: Mapping[str, set[str]], system: str | None) -> None:
@@ -298,6 +329,22 @@ class ExtractionWorker:
         return ShardOutcome(result.shard.shard_id, n, keys, len({e["sample_id"] for e in result.errors}),
                             won, result.compute_s, time.perf_counter() - t0)
 
+    def _prepared(self, shards: Sequence[Shard]) -> Iterator[PreparedShard | None]:
+        """Yields, per shard in order, its PreparedShard (prefetching one ahead) or None."""
+        prefetch = self._prefetch if self._prefetch is not None else self.adapter.device.type != "cpu"
+        if not prefetch or not shards:
+            for _ in shards:
+                yield None
+            return
+        _ = self.adapter, self.dataset  # load both in this thread, before the helper starts
+        with ThreadPoolExecutor(1, thread_name_prefix="l2s-prepare") as pool:
+            nxt = pool.submit(self.prepare_shard, shards[0])
+            for i in range(len(shards)):
+                cur = nxt.result()
+                if i + 1 < len(shards):
+                    nxt = pool.submit(self.prepare_shard, shards[i + 1])
+                yield cur
+
     def run_shard(self, shard: Shard) -> ShardOutcome:
         """Compute and commit one shard (the unit a Ray actor retries)."""
         return self.write_shard(self.compute_shard(shard))
@@ -310,9 +357,10 @@ class ExtractionWorker:
         An error in either thread stops the run after the shards already computed are written.
         """
         outcomes: list[ShardOutcome] = []
+        prepared = self._prepared(shards)
         if not write:
             for shard in shards:
-                r = self.compute_shard(shard)
+                r = self.compute_shard(shard, next(prepared))
                 o = ShardOutcome(shard.shard_id, len(set().union(*map(set, r.sample_ids.values()))), 0,
                                  len({e["sample_id"] for e in r.errors}), {}, r.compute_s, 0.0)
                 outcomes.append(o)
@@ -341,10 +389,11 @@ class ExtractionWorker:
             for shard in shards:
                 if failed:
                     break
-                q.put(self.compute_shard(shard))
+                q.put(self.compute_shard(shard, next(prepared)))
         finally:
             q.put(None)
             t.join()
+            prepared.close()
         if failed:
             raise ExtractionError(f"writing a shard to {self.job.config.run.store!r} failed: {failed[0]}") from failed[0]
         return outcomes

@@ -238,3 +238,23 @@ def test_sampled_continuation_extends_the_completions_reproducibly(llava, data_d
     a, b, p = read("a", runs[0]), read("b", runs[1]), read("plain", plain)
     np.testing.assert_array_equal(a, b)  # same seed, same plan, same device: same tokens
     assert np.abs(a - p).max() > 1e-4   # the mean now covers the generated tokens too
+
+
+def test_prefetching_the_next_shards_checks_changes_nothing_stored(llava, data_dir, tmp_path):
+    ckpt, adapter = llava
+    ex = Extraction(_config(ckpt, data_dir, tmp_path / "unused", layers=[1, 3]), adapter=adapter)
+    plan = ex.plan()
+    got = {}
+    for prefetch in (True, False):
+        store = Store.open(tmp_path / f"s-{prefetch}", create=True)
+        for ref in plan.recipes.values():
+            assert store.put_recipe(ref.recipe.spec()) == ref.recipe_id
+        w = ExtractionWorker(ex.job(plan.recipes), adapter=adapter, store=store, dataset=ex.dataset, prefetch=prefetch)
+        outcomes = w.run(plan.shards)
+        assert sum(o.samples for o in outcomes) == N
+        snap = store.snapshot()
+        got[prefetch] = {(k, key): snap.read(ref.recipe_id, *key, sorted(i.sample_id for i in plan.shards[0].items))
+                         for k, ref in plan.recipes.items() for key in ref.recipe.keys()}
+    assert got[True].keys() == got[False].keys()
+    for key, value in got[True].items():
+        np.testing.assert_array_equal(value, got[False][key])
