@@ -18,7 +18,7 @@ import torch
 from l2s_data.errors import InputError, LayerIndexError, PositionError, PromptTooLongError
 from l2s_data.models import families
 from l2s_data.models.encoding import Encoded, encode, position_weights
-from l2s_data.models.gather import Gather, layer_hooks, layer_output, to_cpu
+from l2s_data.models.gather import Gather, StopForward, layer_hooks, layer_output, to_cpu
 from l2s_data.models.types import POSITIONS, ChatInput, ContrastiveItem
 
 __all__ = ["ModelAdapter"]
@@ -56,6 +56,10 @@ class ModelAdapter:
         params = inspect.signature(model.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._fingerprint: str | None = None
+        #: End capture forwards after the deepest requested layer (later layers cannot change
+        #: earlier outputs). With a KV cache, the cache then holds only those layers, which is
+        #: all the continuation reads because it stops at the same layer.
+        self.stop_early: bool = True
 
     def __repr__(self) -> str:
         return (f"ModelAdapter(family={self.family!r}, layers={self.num_layers}, hidden={self.hidden_size}, "
@@ -166,7 +170,10 @@ class ModelAdapter:
             kwargs[self._cache_kw] = cache
         for k, v in (vision_kwargs or {}).items():
             kwargs[k] = v.to(dev, dtype=self.dtype if v.is_floating_point() else v.dtype, non_blocking=True)
-        return self.model.model(**kwargs)
+        try:
+            return self.model.model(**kwargs)
+        except StopForward:  # a capture hook has everything it needs (see stop_early)
+            return None
 
     # --- capture -------------------------------------------------------------------------
 
@@ -211,7 +218,8 @@ class ModelAdapter:
         encs, vision = self.encode_items(items)
         self._validate(encs, positions, "item")
         b = len(items)
-        gather = Gather({(p,): (layers, b) for p in positions}, self.hidden_size, self.device)
+        gather = Gather({(p,): (layers, b) for p in positions}, self.hidden_size, self.device,
+                        stop_early=self.stop_early)
         rows = [(i, i) for i in range(b)]
         self._run_rows(gather, {(p,): rows for p in positions}, encs, list(range(b)), vision)
         out = {(key[0], layer): gather.get(key, layer) for key, layer in gather.keys()}
@@ -257,7 +265,7 @@ class ModelAdapter:
             self._validate(encs[v], want[v][1], f"view {v!r} of item")
         b = len(items)
         keys = {(v, p): (want[v][0], b) for v in views for p in want[v][1]}
-        gather = Gather(keys, self.hidden_size, self.device)
+        gather = Gather(keys, self.hidden_size, self.device, stop_early=self.stop_early)
         if prefix_sharing:
             from l2s_data.models.prefix import run_prefix_shared
 

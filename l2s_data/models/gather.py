@@ -15,7 +15,12 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-__all__ = ["Gather", "layer_hooks", "layer_output"]
+__all__ = ["Gather", "StopForward", "layer_hooks", "layer_output"]
+
+
+class StopForward(Exception):  # noqa: N818 - control flow, not an error
+    """Raised by a gather hook after the deepest layer it needs: the rest of the model (later
+    layers, final norm) cannot change what was captured, so the forward ends there."""
 
 Key = tuple  # (view, position) or (position,)
 
@@ -44,8 +49,10 @@ class Gather:
     ``keys`` maps each key to (its layers, its number of rows).
     """
 
-    def __init__(self, keys: dict[Key, tuple[Sequence[int], int]], hidden: int, device: torch.device):
+    def __init__(self, keys: dict[Key, tuple[Sequence[int], int]], hidden: int, device: torch.device,
+                 *, stop_early: bool = False):
         self.device = device
+        self.stop_early = stop_early
         self.layers = sorted({layer for layers, _ in keys.values() for layer in layers})
         self.offset: dict[tuple[Key, int], tuple[int, int]] = {}
         sizes: dict[int, int] = dict.fromkeys(self.layers, 0)
@@ -87,15 +94,16 @@ class Gather:
 
     def _collect(self, layer: int, hidden: torch.Tensor) -> None:
         plan = self._plan.get(layer)
-        if plan is None:
-            return
-        src, dst, w = plan
-        # Up-cast only the gathered rows: the float32 sums and differences happen before any
-        # down-cast, whatever the compute dtype.
-        picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, src).float()
-        if w is not None:
-            picked = picked * w
-        self.acc[layer].index_add_(0, dst, picked)
+        if plan is not None:
+            src, dst, w = plan
+            # Up-cast only the gathered rows: the float32 sums and differences happen before
+            # any down-cast, whatever the compute dtype.
+            picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, src).float()
+            if w is not None:
+                picked = picked * w
+            self.acc[layer].index_add_(0, dst, picked)
+        if self.stop_early and layer == self.layers[-1]:
+            raise StopForward
 
     def get(self, key: Key, layer: int) -> torch.Tensor:
         start, end = self.offset[(key, layer)]

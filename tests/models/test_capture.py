@@ -122,3 +122,20 @@ def test_contrastive_item_views_follow_the_design_table(make_image):
     assert views["input"] == ChatInput(item.image, "Q?")
     assert views["pos"] == ChatInput(item.image, "Q?", " S.", "Yes")
     assert views["neg"] == ChatInput(item.image, "Q?", " S.", "No")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_stopping_after_the_deepest_requested_layer_changes_nothing(family, tiny_adapter, safety_items):
+    adapter = tiny_adapter(family)
+    kw = dict(input_layers=[0], input_positions=["prompt_last"], pair_layers=[1],
+              pair_positions=["completion_mean", "sequence_last"])
+    early = {ps: adapter.capture_contrastive(safety_items[:3], prefix_sharing=ps, **kw) for ps in (True, False)}
+    adapter.stop_early = False
+    try:
+        full = {ps: adapter.capture_contrastive(safety_items[:3], prefix_sharing=ps, **kw) for ps in (True, False)}
+    finally:
+        adapter.stop_early = True
+    for ps in (True, False):
+        assert early[ps].keys() == full[ps].keys()
+        for key, value in full[ps].items():
+            torch.testing.assert_close(early[ps][key], value, atol=1e-6, rtol=1e-6)
