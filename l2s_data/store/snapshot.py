@@ -109,6 +109,7 @@ class Snapshot:
         self._recipe_ids = frozenset(pc.unique(self.manifests["recipe_id"]).to_pylist())
         self._index: dict[tuple[str, str, str, int], dict[str, tuple[str, int]]] = {}
         self._infos: dict[str, ArrayInfo] = {}
+        self._array_recipe: dict[str, str] | None = None
 
     def __repr__(self) -> str:
         return f"Snapshot(id={self.id!r}, shards={len(self.shards)}, rows={self.manifests.num_rows})"
@@ -145,10 +146,11 @@ class Snapshot:
 
     def array_info(self, path: str) -> ArrayInfo:
         if path not in self._infos:
+            if self._array_recipe is None:
+                pairs = self.manifests.group_by(["array", "recipe_id"]).aggregate([])
+                self._array_recipe = dict(zip(pairs["array"].to_pylist(), pairs["recipe_id"].to_pylist()))
             shard = path.split("/")[1] if path.startswith("shards/") else "?"
-            m = self.manifests
-            first = m.filter(pc.equal(m["array"], path)).slice(0, 1)
-            rid = first["recipe_id"][0].as_py() if first.num_rows else "?"
+            rid = self._array_recipe.get(path, "?")
             self._infos[path] = load_array_info(self._backend, path, shard=shard, recipe_id=rid)
         return self._infos[path]
 
