@@ -90,7 +90,7 @@ def info_cmd(
     for field, value in [
         ("family", adapter.family),
         ("model class", spec["model_class"]),
-        ("processor", spec["processor"]["class"]),
+        ("processor", type(adapter.processor).__name__),
         ("layers", str(adapter.num_layers)),
         ("hidden size", str(adapter.hidden_size)),
         ("max context", str(adapter.max_context)),

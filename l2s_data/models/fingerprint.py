@@ -1,8 +1,12 @@
 """Model fingerprint: a stable hash of what changes the numbers.
 
-Components (:func:`fingerprint_spec`): the family and model class, the weights, the processor
-(chat template, tokenizer, image processor and processor settings), the compute dtype and the
-attention implementation. The digest is sha256 over the canonical JSON of the spec.
+Components (:func:`fingerprint_spec`): the family and model class, the model config, the
+weights, the processor (chat template, tokenizer files, image processor config), the compute
+dtype and the attention implementation. The digest is sha256 over the canonical JSON of the
+spec. Config, tokenizer and image-processor digests come from the checkpoint's files with
+volatile keys (``transformers_version``, ``_name_or_path``, ``dtype``, ``processor_class``...)
+dropped, so loading the same directory with another library version or processor class (the
+image-only Qwen processor or the stock one) gives the same fingerprint.
 
 Weights. Hashing all bytes of a 7B checkpoint (14 GB) takes tens of seconds, so the weights
 digest reads each safetensors file's header (every tensor's name, dtype, shape and byte
@@ -82,32 +86,80 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def processor_spec(processor) -> dict:
+# Keys that describe how a file was written or loaded, not what it computes.
+_VOLATILE = {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "_attn_implementation_autoset",
+             "attn_implementation", "processor_class", "auto_map", "_commit_hash"}
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                    "added_tokens.json", "vocab.json", "merges.txt")
+_IMAGE_FILES = ("preprocessor_config.json", "processor_config.json")
+
+
+def _strip(obj):
+    if isinstance(obj, dict):
+        return {k: _strip(v) for k, v in obj.items() if k not in _VOLATILE}
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+
+def _file_digest(path: Path) -> str:
+    """JSON files canonically (volatile keys dropped), anything else by its bytes."""
+    data = path.read_bytes()
+    if path.suffix == ".json":
+        try:
+            return _sha(json.dumps(_strip(json.loads(data)), sort_keys=True))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            pass
+    return hashlib.sha256(data).hexdigest()
+
+
+def _files_digest(path: Path, names: tuple[str, ...]) -> str | None:
+    found = [path / n for n in names if (path / n).is_file()]
+    if not found:
+        return None
+    return _sha(json.dumps({f.name: _file_digest(f) for f in found}, sort_keys=True))
+
+
+def processor_spec(processor, path: Path | None = None) -> dict:
+    """Digests of what the processor contributes: template, tokenizer, image processor.
+
+    From the checkpoint's files when there are any (stable across library versions, which may
+    serialise a loaded object differently), else from the loaded objects.
+    """
     tok = processor.tokenizer
-    backend = getattr(tok, "backend_tokenizer", None)
-    tok_text = backend.to_str() if backend is not None else json.dumps(tok.get_vocab(), sort_keys=True)
-    image = processor.image_processor.to_dict()
-    image.pop("processor_class", None)
-    settings = {k: getattr(processor, k, None) for k in
-                ("patch_size", "vision_feature_select_strategy", "num_additional_image_tokens", "image_token")}
+    tokenizer = image = None
+    if path is not None:
+        tokenizer = _files_digest(path, _TOKENIZER_FILES)
+        image = _files_digest(path, _IMAGE_FILES)
+    if tokenizer is None:
+        backend = getattr(tok, "backend_tokenizer", None)
+        tokenizer = _sha(backend.to_str() if backend is not None else json.dumps(tok.get_vocab(), sort_keys=True))
+    if image is None:
+        image = _sha(json.dumps(_strip(processor.image_processor.to_dict()), sort_keys=True, default=str))
     return {
-        "class": type(processor).__name__.replace("ImageProcessorOnly", "Processor"),
         "chat_template": _sha(processor.chat_template or ""),
-        "tokenizer": _sha(tok_text),
-        "special_tokens": _sha(json.dumps(sorted(map(str, tok.all_special_tokens)))),
-        "image_processor": _sha(json.dumps(image, sort_keys=True, default=str)),
-        "settings": settings,
+        "tokenizer": tokenizer,
+        "image_processor": image,
     }
 
 
+def config_digest(path: Path | None, model: torch.nn.Module) -> str:
+    """The model config (architecture, rope, norms...), volatile keys dropped."""
+    if path is not None and (path / "config.json").is_file():
+        return _file_digest(path / "config.json")
+    return _sha(json.dumps(_strip(model.config.to_dict()), sort_keys=True, default=str))
+
+
 def fingerprint_spec(adapter) -> dict:
-    method, weights = weights_digest(adapter.path, adapter.model)
+    path = None if adapter.path is None else Path(adapter.path)
+    method, weights = weights_digest(path, adapter.model)
     return {
         "format": FORMAT,
         "family": adapter.family,
         "model_class": type(adapter.model).__name__,
+        "config": config_digest(path, adapter.model),
         "weights": {"method": method, "digest": weights},
-        "processor": processor_spec(adapter.processor),
+        "processor": processor_spec(adapter.processor, path),
         "dtype": str(adapter.dtype).removeprefix("torch."),
         "attn_implementation": adapter.attn_implementation,
     }

@@ -79,7 +79,7 @@ class Gather:
                 w.extend(ws)
             if not src:
                 continue
-            sig = (tuple(src), tuple(dst))
+            sig = (tuple(src), tuple(dst), tuple(w))
             if sig not in by_layers:  # layers with the same keys share index tensors
                 weights = None if all(x == 1.0 for x in w) else torch.tensor(w, dtype=torch.float32)
                 by_layers[sig] = (

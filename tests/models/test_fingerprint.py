@@ -80,3 +80,23 @@ def test_state_dict_fallback_digest_sees_an_in_memory_change(tiny_checkpoint):
     finally:
         with torch.no_grad():
             layer.sub_(1e-3)
+
+
+def test_fingerprint_ignores_how_files_were_written_but_not_what_the_config_computes(tiny_checkpoint, tmp_path):
+    import json
+
+    path = tiny_checkpoint("qwen2-vl")
+    base = load_adapter(path).fingerprint()
+    cosmetic = _copy(path, tmp_path / "cosmetic")
+    cfg = json.loads((cosmetic / "config.json").read_text())
+    cfg["transformers_version"] = "5.17.0"
+    (cosmetic / "config.json").write_text(json.dumps(cfg, indent=4))
+    proc = json.loads((cosmetic / "processor_config.json").read_text())
+    proc["processor_class"] = "Qwen2VLProcessor"  # the stock class name of a real checkpoint
+    (cosmetic / "processor_config.json").write_text(json.dumps(proc))
+    assert load_adapter(cosmetic).fingerprint() == base
+    numeric = _copy(path, tmp_path / "numeric")
+    cfg = json.loads((numeric / "config.json").read_text())
+    cfg["text_config"]["rms_norm_eps"] = 1e-3
+    (numeric / "config.json").write_text(json.dumps(cfg))
+    assert load_adapter(numeric).fingerprint() != base
