@@ -23,8 +23,6 @@ from l2s_data.models.types import POSITIONS, ChatInput, ContrastiveItem
 
 __all__ = ["ModelAdapter"]
 
-_PAIR_VIEWS = ("pos", "neg")
-
 
 class ModelAdapter:
     """A loaded model + processor of one family. Build it with :func:`load_adapter`."""
