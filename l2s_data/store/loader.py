@@ -305,7 +305,8 @@ class KeyedDataset(torch.utils.data.IterableDataset):
                 lo, hi = int(cut[g]), int(cut[g + 1])
                 p, srcs = units[int(us[lo])]
                 idx = local[lo:hi]
-                pos[lo - lo_all : hi - lo_all] = p[idx]
+                if self.with_ids:  # only ids need the positions
+                    pos[lo - lo_all : hi - lo_all] = p[idx]
                 for k, src in enumerate(srcs):
                     np.take(src, idx, axis=0, out=cols[k][lo - lo_all : hi - lo_all])
             yield self._emit(pos, cols)
