@@ -8,8 +8,10 @@ image, most of the query), which is most of every sequence. Per item i, with vie
 2. One left-padded forward of the prefixes [B, P] with a KV cache (the image tower runs here,
    once per item instead of once per view).
 3. The cache is repeated per view (``batch_repeat_interleave``: rows item-major, r = i*V + v)
-   and ONE call runs every branch's remainder as a right-padded continuation [B*V, C]
-   attending to the cache; the attention mask is [B*V, P + C].
+   and one call runs the branches' remainders as a right-padded continuation [B*V, C]
+   attending to the cache; the attention mask is [B*V, P + C]. ``pos`` and ``neg`` always
+   share a call; ``input`` joins them, or runs first on its own when its short remainder
+   would mostly be padding (:func:`continuation_groups`).
 4. Positions are gathered from whichever pass holds their token; a mean that straddles the
    boundary is the sum of both passes' contributions (:class:`~.gather.Gather`).
 
@@ -31,7 +33,10 @@ from transformers import DynamicCache
 from l2s_data.models.encoding import Encoded, position_weights
 from l2s_data.models.gather import Gather, layer_hooks
 
-__all__ = ["run_prefix_shared", "shared_prefix_lengths"]
+__all__ = ["run_prefix_shared", "shared_prefix_lengths", "continuation_groups", "SPLIT_PADDING"]
+
+#: Share of padded token slots above which ``input`` gets its own continuation call.
+SPLIT_PADDING = 0.2
 
 
 def _lcp(seqs: list[tuple[int, ...]]) -> int:
@@ -85,7 +90,6 @@ def run_prefix_shared(adapter, gather: Gather, encs: dict[str, list[Encoded]], v
             adapter._run_rows(gather, {(v, p): rows for p in want[v][1]}, encs[v], items, vision)
         return
 
-    nv = len(views)
     p = torch.tensor(prefix)
     width_p = int(p.max())
 
@@ -96,44 +100,23 @@ def run_prefix_shared(adapter, gather: Gather, encs: dict[str, list[Encoded]], v
         full_pos[v] = _as3d(adapter.positions_for(ids, mask, vision, items))
         full_len[v] = torch.tensor([len(e) for e in encs[v]])
 
+    def squeeze(pos: torch.Tensor) -> torch.Tensor:
+        return pos[0] if adapter.family == "llava" else pos
+
     # --- prefix pass [B, P] --------------------------------------------------------------
     first = views[0]
     pre_ids, pre_mask = adapter.pad_left([encs[first][i].ids[: prefix[i]] for i in items])
     start = full_pos[first].shape[-1] - full_len[first]            # first real column per row
     pre_pos = _slice_positions(full_pos[first], start, p, width_p, right_aligned=True)
-
-    # --- continuation pass [B*V, C], rows item-major --------------------------------------
-    conts = [encs[v][i].ids[prefix[i]:] for i in items for v in views]
-    width_c = max(len(c) for c in conts)
-    cont_ids = torch.full((b * nv, width_c), adapter.pad_token_id, dtype=torch.long)
-    cont_mask = torch.zeros((b * nv, width_c), dtype=torch.long)
-    for r, c in enumerate(conts):
-        cont_ids[r, : len(c)] = torch.tensor(c, dtype=torch.long)
-        cont_mask[r, : len(c)] = 1
-    cont_pos = []
+    pre_entries = {}
     for v in views:
-        start_v = full_pos[v].shape[-1] - full_len[v] + p          # first continuation column
-        cont_pos.append(_slice_positions(full_pos[v], start_v, full_len[v] - p, width_c, right_aligned=False))
-    # [V, K, B, C] -> [K, B, V, C] -> [K, B*V, C] (item-major rows)
-    cont_pos = torch.stack(cont_pos).permute(1, 2, 0, 3).reshape(cont_pos[0].shape[0], b * nv, width_c)
-    attn = torch.cat([pre_mask.repeat_interleave(nv, 0), cont_mask], dim=1)
-
-    # --- gather plans: every (key, row) token lands in one of the two passes -------------
-    pre_entries, cont_entries = {}, {}
-    for vi, v in enumerate(views):
         for position in want[v][1]:
-            ps, pd, pw, cs, cd, cw = [], [], [], [], [], []
+            src, dst, ws = [], [], []
             for i in items:
                 for t, w in position_weights(encs[v][i], position):
                     if t < prefix[i]:
-                        ps.append(i * width_p + width_p - prefix[i] + t), pd.append(i), pw.append(w)
-                    else:
-                        cs.append((i * nv + vi) * width_c + t - prefix[i]), cd.append(i), cw.append(w)
-            pre_entries[(v, position)] = (ps, pd, pw)
-            cont_entries[(v, position)] = (cs, cd, cw)
-
-    def squeeze(pos: torch.Tensor) -> torch.Tensor:
-        return pos[0] if adapter.family == "llava" else pos
+                        src.append(i * width_p + width_p - prefix[i] + t), dst.append(i), ws.append(w)
+            pre_entries[(v, position)] = (src, dst, ws)
 
     cache = DynamicCache(config=adapter.model.config)
     hooks = gather.hooks()
@@ -141,8 +124,70 @@ def run_prefix_shared(adapter, gather: Gather, encs: dict[str, list[Encoded]], v
     with layer_hooks(adapter.layers, hooks):
         adapter.forward(pre_ids, pre_mask, squeeze(pre_pos), vision_kwargs=vision.take(items),
                         cache=cache, use_cache=True)
-    if nv > 1:
-        cache.batch_repeat_interleave(nv)
-    gather.set_pass(cont_entries)
-    with layer_hooks(adapter.layers, hooks):
-        adapter.forward(cont_ids, attn, squeeze(cont_pos), cache=cache, use_cache=True)
+
+    # --- continuations: one call per group of views, rows item-major ----------------------
+    groups = continuation_groups(encs, views, prefix)
+    for gi, group in enumerate(groups):
+        if gi > 0:
+            _truncate(cache, width_p)  # drop the previous group's tokens: back to the prefix
+        nv = len(group)
+        if nv > 1:
+            cache.batch_repeat_interleave(nv)
+        conts = [encs[v][i].ids[prefix[i]:] for i in items for v in group]
+        width_c = max(len(c) for c in conts)
+        cont_ids = torch.full((b * nv, width_c), adapter.pad_token_id, dtype=torch.long)
+        cont_mask = torch.zeros((b * nv, width_c), dtype=torch.long)
+        for r, c in enumerate(conts):
+            cont_ids[r, : len(c)] = torch.tensor(c, dtype=torch.long)
+            cont_mask[r, : len(c)] = 1
+        cont_pos = []
+        for v in group:
+            start_v = full_pos[v].shape[-1] - full_len[v] + p          # first continuation column
+            cont_pos.append(_slice_positions(full_pos[v], start_v, full_len[v] - p, width_c, right_aligned=False))
+        # [V, K, B, C] -> [K, B, V, C] -> [K, B*V, C] (item-major rows)
+        cont_pos = torch.stack(cont_pos).permute(1, 2, 0, 3).reshape(cont_pos[0].shape[0], b * nv, width_c)
+        attn = torch.cat([pre_mask.repeat_interleave(nv, 0), cont_mask], dim=1)
+        entries = {}
+        for vi, v in enumerate(group):
+            for position in want[v][1]:
+                src, dst, ws = [], [], []
+                for i in items:
+                    for t, w in position_weights(encs[v][i], position):
+                        if t >= prefix[i]:
+                            src.append((i * nv + vi) * width_c + t - prefix[i]), dst.append(i), ws.append(w)
+                entries[(v, position)] = (src, dst, ws)
+        gather.set_pass(entries)
+        with layer_hooks(adapter.layers, hooks):
+            adapter.forward(cont_ids, attn, squeeze(cont_pos), cache=cache, use_cache=True)
+
+
+def continuation_groups(encs: dict[str, list[Encoded]], views: list[str], prefix: list[int]) -> list[list[str]]:
+    """Which views share a continuation call.
+
+    ``pos`` and ``neg`` always go together. ``input`` joins them unless its (short,
+    generation-prompt-only) remainder would leave more than ``SPLIT_PADDING`` of the joint
+    call's token slots as padding; then it runs first in a call of its own on the unrepeated
+    cache, and the cache is cut back to the prefix before pos/neg. One more call costs a few
+    milliseconds of launch overhead on a GPU; padding costs FLOPs in every layer.
+    """
+    pair = [v for v in views if v != "input"]
+    if "input" not in views or not pair:
+        return [list(views)]
+
+    def width(v: str) -> int:
+        return max(len(e) - p for e, p in zip(encs[v], prefix, strict=True))
+
+    w_in, w_pair = width("input"), max(width(v) for v in pair)
+    joint = (1 + len(pair)) * max(w_in, w_pair)
+    split = w_in + len(pair) * w_pair
+    return [["input"], pair] if (joint - split) > SPLIT_PADDING * joint else [list(views)]
+
+
+def _truncate(cache, length: int) -> None:
+    """Cut every cache layer back to its first ``length`` positions (absolute, so the same on
+    every transformers version, and right even for layers a stopped forward never reached)."""
+    for layer in cache.layers:
+        keys = getattr(layer, "keys", None)
+        if keys is not None and keys.numel() and keys.shape[-2] > length:
+            layer.keys = keys[..., :length, :]
+            layer.values = layer.values[..., :length, :]

@@ -72,3 +72,20 @@ def test_prefix_shared_equals_separate_forwards_with_sdpa_attention(family, tiny
     shared, separate = _both(adapter, safety_items[:4], input_layers=[0, 3], pair_layers=[1, 3])
     for key, value in separate.items():
         torch.testing.assert_close(shared[key], value, atol=2e-5, rtol=1e-4, msg=f"{family} {key}")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("split_padding", [0.0, 1.0], ids=["input-in-its-own-call", "one-joint-call"])
+def test_both_continuation_groupings_equal_separate_forwards(family, split_padding, tiny_adapter, safety_items,
+                                                               monkeypatch):
+    import l2s_data.models.prefix as prefix_module
+
+    monkeypatch.setattr(prefix_module, "SPLIT_PADDING", split_padding)
+    adapter = tiny_adapter(family)
+    encs, _ = adapter.encode_contrastive(safety_items, ["input", "pos", "neg"])
+    groups = prefix_module.continuation_groups(encs, ["input", "pos", "neg"],
+                                               shared_prefix_lengths(encs, ["input", "pos", "neg"]))
+    assert groups == ([["input"], ["pos", "neg"]] if split_padding == 0.0 else [["input", "pos", "neg"]])
+    shared, separate = _both(adapter, safety_items)
+    for key, value in separate.items():
+        torch.testing.assert_close(shared[key], value, atol=2e-5, rtol=1e-4, msg=f"{family} {key}")
