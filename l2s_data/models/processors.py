@@ -40,12 +40,16 @@ def _init_image_only(self, image_processor, tokenizer, chat_template) -> None:
 class Qwen2VLImageProcessorOnly(Qwen2VLProcessor):
     """``Qwen2VLProcessor`` without the video processor (images and text only)."""
 
+    attributes = ["image_processor", "tokenizer"]  # versions that read this instead of __init__
+
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         _init_image_only(self, image_processor, tokenizer, chat_template)
 
 
 class Qwen2_5_VLImageProcessorOnly(Qwen2_5_VLProcessor):
     """``Qwen2_5_VLProcessor`` without the video processor (images and text only)."""
+
+    attributes = ["image_processor", "tokenizer"]  # versions that read this instead of __init__
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         _init_image_only(self, image_processor, tokenizer, chat_template)

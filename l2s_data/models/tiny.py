@@ -28,8 +28,13 @@ from transformers import (
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
 )
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+try:  # transformers >= 5.2x: PIL backends in their own modules (no torchvision needed)
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil as _ClipImages
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil as _QwenImages
+except ImportError:  # older 5.x: the default classes are the PIL/numpy ones
+    from transformers import CLIPImageProcessor as _ClipImages
+    from transformers import Qwen2VLImageProcessor as _QwenImages
 
 from l2s_data.errors import ConfigError
 from l2s_data.models.processors import Qwen2_5_VLImageProcessorOnly, Qwen2VLImageProcessorOnly
@@ -86,7 +91,7 @@ def build_processor(family: str, tokenizer: PreTrainedTokenizerFast, *, patch_si
     """The family's processor around ``tokenizer``, with small images (a few image tokens)."""
     template = TEMPLATES[family]
     if family == "llava":
-        image_processor = CLIPImageProcessorPil(
+        image_processor = _ClipImages(
             size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56},
             do_center_crop=True, do_convert_rgb=True,
         )  # fmt: skip
@@ -97,7 +102,7 @@ def build_processor(family: str, tokenizer: PreTrainedTokenizerFast, *, patch_si
         )  # fmt: skip
     # Images between 56x56 and 112x112 pixels: 4 to 16 image tokens after the 2x2 merge, so a
     # batch of differently sized images has different image-token counts.
-    image_processor = Qwen2VLImageProcessorPil(
+    image_processor = _QwenImages(
         min_pixels=56 * 56, max_pixels=112 * 112, patch_size=patch_size, merge_size=2, temporal_patch_size=2,
     )  # fmt: skip
     cls = Qwen2VLImageProcessorOnly if family == "qwen2-vl" else Qwen2_5_VLImageProcessorOnly
