@@ -246,8 +246,9 @@ class ModelAdapter:
         device from the float32 gathers, before anything is down-cast or moved.
 
         ``prefix_sharing=True`` runs the common token prefix of the three sequences once with a
-        KV cache and the three branches as continuations in one call
+        KV cache and the branches as continuations, pos and neg in one call
         (:mod:`l2s_data.models.prefix`); ``False`` runs three separate forwards (the reference).
+        Either way, forwards stop after the deepest requested layer (:attr:`stop_early`).
         """
         input_layers = self.check_layers(input_layers)
         pair_layers = self.check_layers(pair_layers)

@@ -1,4 +1,4 @@
-"""Prefix-shared contrastive forward: the common prefix once, the three branches as one call.
+"""Prefix-shared contrastive forward: the common prefix once, the branches as continuations.
 
 The ``input``, ``pos`` and ``neg`` sequences of an item share their beginning (chat header,
 image, most of the query), which is most of every sequence. Per item i, with views v:
