@@ -20,7 +20,16 @@ from l2s_data.errors import CorruptChunkError, StoreError
 from l2s_data.store._backend import Backend
 from l2s_data.store._format import STORED_DTYPE
 
-__all__ = ["ArrayInfo", "load_array_info", "read_chunk", "map_chunk", "chunk_key"]
+__all__ = ["ArrayInfo", "load_array_info", "read_chunk", "map_chunk", "chunk_key", "VERIFY_MODES"]
+
+#: ``"always"``: check a chunk's crc32c on every read. ``"once"``: once per process for an
+#: unchanged file (same device, inode, size, mtime and ctime), then trust it (see :func:`map_chunk`).
+VERIFY_MODES = ("always", "once")
+
+# Chunk files whose crc32c this process has checked: (path, device, inode, size, mtime, ctime).
+# Bounded: past the cap it is cleared, which only means re-checking.
+_VERIFIED: set[tuple[str, int, int, int, int, int]] = set()
+_VERIFIED_CAP = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -125,12 +134,23 @@ def read_chunk(backend: Backend, info: ArrayInfo, i: int) -> np.ndarray:
     return arr[:n]
 
 
-def map_chunk(backend: Backend, info: ArrayInfo, i: int) -> np.ndarray:
+def map_chunk(backend: Backend, info: ArrayInfo, i: int, *, verify: str = "always") -> np.ndarray:
     """Chunk ``i`` as a read-only ``[rows_in_chunk, D]`` view, memory-mapped on a local disk.
 
     No copy: the crc32c is checked over the mapped page-cache pages, and the caller's gather
-    is the only copy. Elsewhere this is :func:`read_chunk`. Same errors as :func:`read_chunk`.
+    is the only copy. Elsewhere this is :func:`read_chunk` (always checked). Same errors as
+    :func:`read_chunk`.
+
+    ``verify="once"`` checks the crc32c the first time this process maps the file, and again
+    whenever its (device, inode, size, mtime, ctime) changes: an attempt is immutable, so a file
+    that passed once and was not rewritten is not re-hashed every epoch. Any write through the
+    filesystem moves the ctime (``touch`` cannot set it back), so an edited or replaced file is
+    checked again. The size is checked on every read. What it trades away: bytes that change
+    underneath the filesystem (media bit rot) while the process runs are found by the next
+    process or by ``l2s store verify``, not mid-run.
     """
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}.")
     if not backend.is_local:
         return read_chunk(backend, info, i)
     import mmap
@@ -140,22 +160,28 @@ def map_chunk(backend: Backend, info: ArrayInfo, i: int) -> np.ndarray:
     want = info.chunk_nbytes + (4 if info.checksummed else 0)
     try:
         with open(backend.path(rel), "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size != want:
+            st = os.fstat(f.fileno())
+            if st.st_size != want:
                 raise CorruptChunkError(
-                    f"{where} has {size} bytes, expected {want}; the file was truncated or replaced. "
+                    f"{where} has {st.st_size} bytes, expected {want}; the file was truncated or replaced. "
                     f"Re-extract the shard (delete its manifest, then rerun extraction)."
                 )
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except FileNotFoundError as exc:
         raise CorruptChunkError(f"{where} is missing; run `l2s store verify` and re-extract the shard.") from exc
     raw = np.frombuffer(mm, dtype=np.uint8)
-    if info.checksummed:
+    ident = (backend.path(rel), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if info.checksummed and not (verify == "once" and ident in _VERIFIED):
         if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:].tobytes(), "little"):
             raise CorruptChunkError(
                 f"{where} failed its crc32c checksum: the bytes on disk were altered. "
                 f"Re-extract the shard (delete its manifest, then rerun extraction)."
             )
+        if verify == "once":
+            if len(_VERIFIED) >= _VERIFIED_CAP:
+                _VERIFIED.clear()
+            _VERIFIED.add(ident)
+    if info.checksummed:
         raw = raw[:-4]
     n = min(info.chunk_rows, info.rows - i * info.chunk_rows)
     return raw.view(info.stored_dtype).reshape(info.chunk_rows, info.dim)[:n]

@@ -39,7 +39,7 @@ import torch
 
 from l2s_data.errors import KeyNotFoundError, StoreError
 from l2s_data.store._backend import Backend
-from l2s_data.store._chunks import ArrayInfo, map_chunk, read_chunk
+from l2s_data.store._chunks import VERIFY_MODES, ArrayInfo, map_chunk, read_chunk
 from l2s_data.store.snapshot import Key
 
 if TYPE_CHECKING:
@@ -67,6 +67,9 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         in_memory: True / False / None (= when the selection fits ``memory_budget`` bytes).
         dtype: "float32" (default) or "stored" (float16 / bfloat16 tensors as stored).
         missing: "error" if a selected sample lacks a key, or "skip" it.
+        verify: "once" (default) checks each chunk file's crc32c the first time this process
+            reads it and again whenever the file changes (see ``_chunks.map_chunk``); "always"
+            re-checks on every read. ``l2s store verify`` is the full check either way.
         prefetch: read the next buffer's chunks in a background thread while batches go out
             (helps with free cores and remote stores; on a busy 2-core host it costs more).
         rank, world_size: split units across data-parallel ranks as well.
@@ -77,7 +80,7 @@ class KeyedDataset(torch.utils.data.IterableDataset):
                  buffer_rows: int | None = None, in_memory: bool | None = None,
                  memory_budget: int = 2 << 30, dtype: str = "float32", with_ids: bool = False,
                  missing: str = "error", rank: int = 0, world_size: int = 1, epoch: int = 0,
-                 cache_chunks: int = 64, prefetch: bool = False):
+                 cache_chunks: int = 64, prefetch: bool = False, verify: str = "once"):
         super().__init__()
         keys = tuple(keys)
         if not keys or not all(isinstance(k, Key) for k in keys):
@@ -86,6 +89,8 @@ class KeyedDataset(torch.utils.data.IterableDataset):
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
         if dtype not in ("float32", "stored"):
             raise ValueError(f"dtype must be 'float32' or 'stored', got {dtype!r}.")
+        if verify not in VERIFY_MODES:
+            raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}.")
         if missing not in ("error", "skip"):
             raise ValueError(f"missing must be 'error' or 'skip', got {missing!r}.")
         if not (0 <= rank < world_size):
@@ -101,6 +106,7 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         self.epoch = int(epoch)
         self.cache_chunks = cache_chunks
         self.prefetch = prefetch
+        self.verify = verify
         self._backend: Backend = store._backend
         snap = store.snapshot()
         self.snapshot_id = snap.id
@@ -233,6 +239,7 @@ class KeyedDataset(torch.utils.data.IterableDataset):
             return out
 
         pool = ThreadPoolExecutor(1, thread_name_prefix="l2s-loader") if self.prefetch else None
+        bsz = self.batch_size
         try:
             pending = pool.submit(load, rounds[0]) if pool else None
             carry: list[tuple[np.ndarray, list[np.ndarray]]] = []
@@ -241,75 +248,52 @@ class KeyedDataset(torch.utils.data.IterableDataset):
                 if pool and r + 1 < len(rounds):
                     pending = pool.submit(load, rounds[r + 1])
                 units_r = carry + units_r
-                sizes = np.array([len(p) for p, _ in units_r], np.int64)
-                offsets = np.r_[0, np.cumsum(sizes)]
-                held = int(offsets[-1])
-                perm = rng.permutation(held) if self.shuffle else np.arange(held)
+                held = sum(len(p) for p, _ in units_r)
+                perm = rng.permutation(held) if self.shuffle else None
+                pos, cols = self._shuffle_round(units_r, perm)
                 last = r == len(rounds) - 1
-                out_n = held if last else held - held % self.batch_size
-                yield from self._round_batches(units_r, offsets, perm[:out_n])
-                rest = perm[out_n:]  # fewer than a batch: carried into the next round as one unit
-                if len(rest):
-                    pos, cols = self._collect(units_r, offsets, rest)
-                    carry = [(pos, cols)]
-                else:
-                    carry = []
+                out_n = held if last else held - held % bsz
+                # Batches are views of the round's buffer: no copy, no per-batch gather.
+                for s in range(0, out_n, bsz):
+                    e = min(s + bsz, out_n)
+                    if e - s < bsz and self.drop_last:
+                        continue
+                    yield self._emit(pos[s:e], [c[s:e] for c in cols])
+                # Fewer than a batch left: carried (copied, so the round buffer can go) into the
+                # next round as one unit, where they are shuffled again with its rows.
+                carry = [(pos[out_n:].copy(), [c[out_n:].copy() for c in cols])] if out_n < held else []
         finally:
             if pool:
                 pool.shutdown(wait=True, cancel_futures=True)
 
-    def _collect(self, units, offsets, sel) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Rows ``sel`` of a round (indices into its concatenated units): positions and columns.
+    def _shuffle_round(self, units, perm: np.ndarray | None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The round's rows, shuffled: positions ``[held]`` and one ``[held, D_k]`` array per key.
 
-        Rows are grouped by unit so each group is one ``np.take`` straight into place: a
-        batch's membership is random, its rows come grouped by chunk.
+        Row ``i`` of the concatenated units lands at ``inv[i]`` (``inv`` the inverse of
+        ``perm``), so each unit's source is copied whole, in one scatter per (unit, key):
+        straight from the mapped chunk into a fresh buffer, the only copy. A fresh buffer per
+        round lets batches be views of it that stay valid however long the caller keeps them.
         """
-        u = np.searchsorted(offsets, sel, side="right") - 1
-        order = np.argsort(u, kind="stable")
-        us, local = u[order], (sel - offsets[u])[order]
-        bounds = np.flatnonzero(np.r_[True, us[1:] != us[:-1], True])
-        pos = np.empty(len(sel), np.int64)
-        cols = [np.empty((len(sel), src.shape[1]), src.dtype) for src in units[int(us[0])][1]]
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            p, srcs = units[int(us[lo])]
-            idx = local[lo:hi]
-            pos[lo:hi] = p[idx]
+        held = sum(len(p) for p, _ in units)
+        if perm is None:
+            inv = np.arange(held)
+        else:
+            inv = np.empty(held, np.int64)
+            inv[perm] = np.arange(held)
+        pos = np.empty(held, np.int64)
+        cols = [np.empty((held, src.shape[1]), src.dtype) for src in units[0][1]]
+        at = 0
+        for p, srcs in units:
+            m = len(p)
+            if perm is None:
+                dst = slice(at, at + m)
+            else:
+                dst = inv[at : at + m]
+            pos[dst] = p
             for k, src in enumerate(srcs):
-                np.take(src, idx, axis=0, out=cols[k][lo:hi])
+                cols[k][dst] = src
+            at += m
         return pos, cols
-
-    def _round_batches(self, units, offsets, order: np.ndarray) -> Iterator[tuple]:
-        """Batches of ``order`` (row indices of the round, batch after batch), grouped by unit
-        once for the whole round so each batch costs one ``np.take`` per (unit, key)."""
-        n, bsz = len(order), self.batch_size
-        if n == 0:
-            return
-        u = np.searchsorted(offsets, order, side="right") - 1
-        b = np.arange(n) // bsz
-        srt = np.lexsort((u, b))
-        us, local, bs = u[srt], (order - offsets[u])[srt], b[srt]
-        cut = np.flatnonzero(np.r_[True, (us[1:] != us[:-1]) | (bs[1:] != bs[:-1]), True])
-        starts = cut[:-1]
-        group_batch = bs[starts]
-        first = np.searchsorted(group_batch, np.arange(int(b[-1]) + 2))
-        dims = [(src.shape[1], src.dtype) for src in units[0][1]]
-        for bi in range(len(first) - 1):
-            g0, g1 = int(first[bi]), int(first[bi + 1])
-            lo_all, hi_all = int(cut[g0]), int(cut[g1])
-            m = hi_all - lo_all
-            if m == 0 or (m < bsz and self.drop_last):
-                continue
-            pos = np.empty(m, np.int64)
-            cols = [np.empty((m, d), dt) for d, dt in dims]
-            for g in range(g0, g1):
-                lo, hi = int(cut[g]), int(cut[g + 1])
-                p, srcs = units[int(us[lo])]
-                idx = local[lo:hi]
-                if self.with_ids:  # only ids need the positions
-                    pos[lo - lo_all : hi - lo_all] = p[idx]
-                for k, src in enumerate(srcs):
-                    np.take(src, idx, axis=0, out=cols[k][lo - lo_all : hi - lo_all])
-            yield self._emit(pos, cols)
 
     def _emit(self, positions: np.ndarray, cols: list[np.ndarray]) -> tuple:
         out = [self._tensor(k, c) for k, c in enumerate(cols)]
@@ -338,7 +322,7 @@ class KeyedDataset(torch.utils.data.IterableDataset):
             and (loc[:, 0] == a0).all()
             and (loc[:, 1] == np.arange(r0, r0 + n)).all()
         ):
-            return map_chunk(self._backend, info, r0 // info.chunk_rows)
+            return map_chunk(self._backend, info, r0 // info.chunk_rows, verify=self.verify)
         return self._gather(k, positions, cache)
 
     def _gather(self, k: int, positions: np.ndarray, cache: _ChunkCache) -> np.ndarray:
