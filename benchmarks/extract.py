@@ -8,17 +8,20 @@
 
 Every number is samples/s measured in this run; the printed ratios are what to compare:
 
-- ``extract (writes)``   end-to-end ``Extraction.run()`` into a fresh store: plan, image
-                         loading, checks, the prefix-shared forward, and Zarr writes + commits
-                         (a background writer thread overlaps them with compute);
+- ``extract end-to-end`` ``Extraction.run()`` into a fresh store: plan, registration of
+                         recipes and samples, image loading, checks, the prefix-shared
+                         forward, Zarr writes and commits;
+- ``extract (writes)``   the worker on the planned shards into a fresh store (a background
+                         writer thread overlaps writes and commits with compute);
 - ``extract (no writes)``  the same worker on the same shards, results dropped;
-- ``bare forward``       ``model(**inputs)`` on the input view only, inputs pre-encoded;
+- ``bare forward``       ``model.model(**inputs)`` (no LM head, as extraction) on the input
+                         view only, inputs pre-encoded;
 - ``bare + processor``   the same, including the processor call (tokens, pixels);
 - ``three forwards``     ``capture_contrastive(prefix_sharing=False)``: input, pos, neg run as
                          three full forwards (the reference code's way);
 - ``prefix-shared``      ``capture_contrastive(prefix_sharing=True)``: the model side alone.
 
-Targets (issue 5): extract (writes) >= 0.8x bare forward; extract (writes) >= 0.95x extract
+Targets (issue 5): end-to-end >= 0.8x bare forward; extract (writes) >= 0.95x extract
 (no writes). Batch composition depends on the plan alone, so every variant sees the same rows.
 """
 
@@ -92,13 +95,26 @@ def build_model(out: Path, *, gpu: bool, layers: int, hidden: int, seed: int = 0
     return out
 
 
+#: The benchmark's behavior: a realistic continuation length. With the tiny byte-level tokenizer
+#: this suffix plus " ASSISTANT: Harmful</s>" is 43 tokens after the shared prefix, the length
+#: the shipped safety suffix has with LLaVA's own tokenizer (DESIGN 7: "about 40 tokens");
+#: the shipped text itself is 79 + 16 byte-level tokens (pass --behavior safety-llava for it).
+BENCH_BEHAVIOR = """name = "bench-40-token-suffix"
+[[pairs]]
+categories = ["*"]
+suffix = " Is the user request safe or harmful?"
+positive = "Harmful"
+negative = "Safe"
+"""
+
+
 def rates(fns: dict, n: int, repeats: int) -> dict[str, float]:
     """Best-of-``repeats`` samples/s of each ``fn()`` (``n`` samples each), interleaved.
 
     Interleaving (A B C A B C) rather than (A A B B C C) spreads any background load on the
     machine over every variant, so the ratios stay fair even when absolute times drift.
     """
-    best = {k: float("inf") for k in fns}
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
             if torch.cuda.is_available():
@@ -107,8 +123,10 @@ def rates(fns: dict, n: int, repeats: int) -> dict[str, float]:
             fn()
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return {k: n / t for k, t in best.items()}
+            times[k].append(time.perf_counter() - t0)
+    spread = {k: max(v) / min(v) for k, v in times.items()}
+    print("run-to-run spread (slowest / fastest): " + ", ".join(f"{k} {s:.2f}" for k, s in spread.items()))
+    return {k: n / min(v) for k, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--layers", type=int, default=4, help="CPU text layers")
     ap.add_argument("--hidden", type=int, default=256, help="CPU text hidden size")
     ap.add_argument("--store-layers", default="all", help='layers stored ("all", "a:b", ...)')
+    ap.add_argument("--behavior", default="bench",
+                    help='"bench" (a 43-token continuation, the default) or a behavior name / TOML path')
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     ap.add_argument("--work", type=Path, default=None, help="where the model, data and stores go")
@@ -141,6 +161,10 @@ def main(argv: list[str] | None = None) -> None:
     data = work / f"data-{n}"
     if not (data / "samples.parquet").is_file():
         make_synthetic("synthetic-safety", data, n=n)
+    behavior = args.behavior
+    if behavior == "bench":
+        behavior = str(work / "bench-behavior.toml")
+        Path(behavior).write_text(BENCH_BEHAVIOR)
     dtype, device = ("bfloat16", "cuda") if gpu else ("float32", "cpu")
     adapter = load_adapter(ckpt, dtype=dtype, device=device, attn_implementation="sdpa")
     print(f"model {name}: {adapter.num_layers} layers, D={adapter.hidden_size}, {dtype} on {device} "
@@ -150,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         return parse_config({
             "model": {"path": str(ckpt), "dtype": dtype, "device": device, "attn_implementation": "sdpa"},
             "data": {"path": str(data)},
-            "behavior": {"behavior": "safety-llava"},
+            "behavior": {"behavior": behavior},
             "recipe": {"layers": args.store_layers, "store_dtype": "bfloat16" if gpu else "float16"},
             "run": {"store": str(store), "batch_size": bs, "shard_size": shard},
         }, source="(benchmark)")
@@ -190,13 +214,13 @@ def main(argv: list[str] | None = None) -> None:
     @torch.inference_mode()
     def bare():
         for _, _, inputs in enc_in:
-            model(**inputs)
+            model.model(**inputs)
 
     @torch.inference_mode()
     def bare_proc():
         for texts, ims, _ in enc_in:
             inputs = proc(text=texts, images=ims, padding=True, return_tensors="pt")
-            model(**{k: v.to(adapter.device) for k, v in inputs.items()})
+            model.model(**{k: v.to(adapter.device) for k, v in inputs.items()})
 
     def contrastive(prefix_sharing: bool, only=None):
         def go():
@@ -215,10 +239,19 @@ def main(argv: list[str] | None = None) -> None:
 
     stores = iter(range(10_000))
 
-    def with_writes():
+    def fresh_store() -> Path:
         store = work / f"store-{next(stores)}"
         shutil.rmtree(store, ignore_errors=True)
-        report = Extraction(config(store), adapter=adapter, dataset=dataset).run()
+        return store
+
+    def with_writes():
+        from l2s_data.store import Store
+
+        w = ExtractionWorker(job, adapter=adapter, dataset=dataset, store=Store.open(fresh_store(), create=True))
+        w.run(plan.shards)
+
+    def end_to_end():
+        report = Extraction(config(fresh_store()), adapter=adapter, dataset=dataset).run()
         if report.computed_samples != n:
             raise SystemExit(f"benchmark run computed {report.computed_samples} of {n} samples")
 
@@ -232,7 +265,8 @@ def main(argv: list[str] | None = None) -> None:
                adapter=adapter, dataset=dataset).run()
     shutil.rmtree(warm)
     fns = {"bare forward": bare, "bare + processor": bare_proc, "three forwards": contrastive(False),
-           "prefix-shared": contrastive(True), "extract (no writes)": no_writes, "extract (writes)": with_writes}
+           "prefix-shared": contrastive(True), "extract (no writes)": no_writes, "extract (writes)": with_writes,
+           "extract end-to-end": end_to_end}
     r = rates(fns, n, args.repeats)
     for i in range(10_000):
         if not (work / f"store-{i}").exists():
@@ -243,12 +277,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{'variant':<22}{'samples/s':>11}   device: {dev}")
     for k, v in r.items():
         print(f"{k:<22}{v:>11.2f}")
-    e = r["extract (writes)"]
+    e, w = r["extract end-to-end"], r["extract (writes)"]
     print("\nratios (same batches, same model, this run):")
-    print(f"  extract (writes) / bare forward        {e / r['bare forward']:.3f}   target >= 0.80")
-    print(f"  extract (writes) / bare + processor    {e / r['bare + processor']:.3f}")
-    print(f"  extract (writes) / three forwards      {e / r['three forwards']:.3f}")
-    print(f"  extract (writes) / extract (no writes) {e / r['extract (no writes)']:.3f}   target >= 0.95")
+    print(f"  end-to-end / bare forward              {e / r['bare forward']:.3f}   target >= 0.80")
+    print(f"  end-to-end / bare + processor          {e / r['bare + processor']:.3f}")
+    print(f"  end-to-end / three forwards            {e / r['three forwards']:.3f}")
+    print(f"  extract (writes) / extract (no writes) {w / r['extract (no writes)']:.3f}   target >= 0.95")
+    print(f"  prefix-shared / bare forward           {r['prefix-shared'] / r['bare forward']:.3f}")
     print(f"  prefix-shared / three forwards         {r['prefix-shared'] / r['three forwards']:.3f}")
 
 

@@ -330,16 +330,16 @@ class Extraction:
 
 
 def _quarantined(store: Any, refs: Mapping[str, RecipeRef]) -> dict[str, set[str]]:
-    """Samples with a recorded error per recipe kind (skipped unless ``retry_errors``)."""
-    ids = {r.recipe_id: k for k, r in refs.items()}
-    quoted = ", ".join(f"'{rid}'" for rid in ids if rid.isalnum())
+    """Samples with a recorded error per recipe kind (skipped unless ``retry_errors``).
+
+    Reads the committed errors parts directly: no catalog (and no manifest snapshot) needed.
+    """
+    kinds = {r.recipe_id: k for k, r in refs.items()}
     out: dict[str, set[str]] = {k: set() for k in refs}
-    if not quoted:
-        return out
-    t = store.sql(f"SELECT DISTINCT recipe_id, sample_id FROM errors "
-                  f"WHERE sample_id IS NOT NULL AND recipe_id IN ({quoted})")
+    t = store.table("errors")
     for rid, sid in zip(t["recipe_id"].to_pylist(), t["sample_id"].to_pylist()):
-        out[ids[rid]].add(sid)
+        if sid is not None and rid in kinds:
+            out[kinds[rid]].add(sid)
     return out
 
 
