@@ -10,6 +10,7 @@ page-cache speed (DESIGN 4.5), and the crc check finds any flipped byte.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from dataclasses import dataclass
 
@@ -153,24 +154,26 @@ def map_chunk(backend: Backend, info: ArrayInfo, i: int, *, verify: str = "alway
         raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}.")
     if not backend.is_local:
         return read_chunk(backend, info, i)
-    import mmap
-
     rel = f"{info.path}/{chunk_key(i)}"
     where = f"chunk {i} of array {info.path} (shard {info.shard}, recipe {info.recipe_id})"
     want = info.chunk_nbytes + (4 if info.checksummed else 0)
+    path = backend.path(rel)
     try:
-        with open(backend.path(rel), "rb") as f:
-            st = os.fstat(f.fileno())
-            if st.st_size != want:
-                raise CorruptChunkError(
-                    f"{where} has {st.st_size} bytes, expected {want}; the file was truncated or replaced. "
-                    f"Re-extract the shard (delete its manifest, then rerun extraction)."
-                )
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        fd = os.open(path, os.O_RDONLY)  # no Python file object: this runs once per chunk read
     except FileNotFoundError as exc:
         raise CorruptChunkError(f"{where} is missing; run `l2s store verify` and re-extract the shard.") from exc
+    try:
+        st = os.fstat(fd)
+        if st.st_size != want:
+            raise CorruptChunkError(
+                f"{where} has {st.st_size} bytes, expected {want}; the file was truncated or replaced. "
+                f"Re-extract the shard (delete its manifest, then rerun extraction)."
+            )
+        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)  # the mapping keeps the file's pages
     raw = np.frombuffer(mm, dtype=np.uint8)
-    ident = (backend.path(rel), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    ident = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     if info.checksummed and not (verify == "once" and ident in _VERIFIED):
         if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:].tobytes(), "little"):
             raise CorruptChunkError(

@@ -29,6 +29,8 @@ picks automatically; ``False`` forces streaming).
 
 from __future__ import annotations
 
+import mmap
+import sys
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -155,6 +157,9 @@ class KeyedDataset(torch.utils.data.IterableDataset):
             self._units = np.stack([starts, np.r_[starts[1:], len(have)]], axis=1)
         else:
             self._units = np.zeros((0, 2), np.int64)
+        # Per key and unit: is the unit one whole chunk of that key, rows in storage order? Then
+        # it is memory-mapped as is; otherwise its rows are gathered (computed once, here).
+        self._whole = [self._whole_chunks(k) for k in range(len(keys))]
         self.dims = [infos[0].dim if infos else 0 for infos in self._infos]
         self.num_rows = len(have)
         row_bytes = sum(infos[0].dim * infos[0].stored_dtype.itemsize for infos in self._infos if infos)
@@ -163,6 +168,19 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         typical_chunk = self._infos[0][0].chunk_rows if have else 1
         self.buffer_rows = int(buffer_rows or max(8 * typical_chunk, 4 * batch_size))
         self._memory: list[np.ndarray] | None = None
+
+    def _whole_chunks(self, k: int) -> np.ndarray:
+        """bool ``[n_units]``: unit u's rows of key k are exactly one whole chunk, in order."""
+        units, loc, infos = self._units, self._locs[k], self._infos[k]
+        if not len(units):
+            return np.zeros(0, bool)
+        chunk_rows = np.array([i.chunk_rows for i in infos], np.int64)[loc[:, 0]]
+        rows = np.array([i.rows for i in infos], np.int64)[loc[:, 0]]
+        follows = (loc[1:, 0] == loc[:-1, 0]) & (loc[1:, 1] == loc[:-1, 1] + 1)  # row i+1 after row i
+        breaks = np.r_[0, np.cumsum(~follows)]
+        s, e = units[:, 0], units[:, 1]
+        r0, c = loc[s, 1], chunk_rows[s]
+        return (breaks[e - 1] - breaks[s] == 0) & (r0 % c == 0) & (e - s == np.minimum(c, rows[s] - r0))
 
     # -- public ----------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -211,16 +229,16 @@ class KeyedDataset(torch.utils.data.IterableDataset):
 
     # -- streaming -------------------------------------------------------------------------
     def _iter_stream(self, stream: int, streams: int) -> Iterator[tuple]:
-        units = self._units
-        if self.shuffle:
-            units = units[np.random.default_rng([self.seed, self.epoch]).permutation(len(units))]
-        mine = units[stream::streams]
+        n_units = len(self._units)
+        ids = np.random.default_rng([self.seed, self.epoch]).permutation(n_units) if self.shuffle else np.arange(n_units)
+        mine = ids[stream::streams]
         if not len(mine):
             return
         rng = np.random.default_rng([self.seed, self.epoch, stream, streams])
         # Rounds: consecutive units holding >= buffer_rows rows, shuffled together.
         rounds, acc, first = [], 0, 0
-        for j, m in enumerate(mine[:, 1] - mine[:, 0]):
+        sizes = self._units[mine, 1] - self._units[mine, 0]
+        for j, m in enumerate(sizes.tolist()):
             acc += int(m)
             if acc >= self.buffer_rows:
                 rounds.append(mine[first : j + 1])
@@ -233,13 +251,14 @@ class KeyedDataset(torch.utils.data.IterableDataset):
             """Per unit: (sample positions, one [m, D_k] source per key). Whole chunks in storage
             order are memory-mapped views (no copy); anything else is gathered."""
             out = []
-            for start, stop in rnd:
-                positions = np.arange(start, stop)
-                out.append((positions, [self._source(k, positions, caches[k]) for k in range(len(self.keys))]))
+            for u in rnd.tolist():
+                start, stop = self._units[u].tolist()
+                out.append((np.arange(start, stop), [self._source(k, u, caches[k]) for k in range(len(self.keys))]))
             return out
 
         pool = ThreadPoolExecutor(1, thread_name_prefix="l2s-loader") if self.prefetch else None
         bsz = self.batch_size
+        buffers = _RoundBuffers()
         try:
             pending = pool.submit(load, rounds[0]) if pool else None
             carry: list[tuple[np.ndarray, list[np.ndarray]]] = []
@@ -250,7 +269,7 @@ class KeyedDataset(torch.utils.data.IterableDataset):
                 units_r = carry + units_r
                 held = sum(len(p) for p, _ in units_r)
                 perm = rng.permutation(held) if self.shuffle else None
-                pos, cols = self._shuffle_round(units_r, perm)
+                pos, cols = self._shuffle_round(units_r, perm, buffers)
                 last = r == len(rounds) - 1
                 out_n = held if last else held - held % bsz
                 # Batches are views of the round's buffer: no copy, no per-batch gather.
@@ -266,13 +285,14 @@ class KeyedDataset(torch.utils.data.IterableDataset):
             if pool:
                 pool.shutdown(wait=True, cancel_futures=True)
 
-    def _shuffle_round(self, units, perm: np.ndarray | None) -> tuple[np.ndarray, list[np.ndarray]]:
+    def _shuffle_round(self, units, perm: np.ndarray | None,
+                       buffers: _RoundBuffers) -> tuple[np.ndarray, list[np.ndarray]]:
         """The round's rows, shuffled: positions ``[held]`` and one ``[held, D_k]`` array per key.
 
         Row ``i`` of the concatenated units lands at ``inv[i]`` (``inv`` the inverse of
         ``perm``), so each unit's source is copied whole, in one scatter per (unit, key):
-        straight from the mapped chunk into a fresh buffer, the only copy. A fresh buffer per
-        round lets batches be views of it that stay valid however long the caller keeps them.
+        straight from the mapped chunk into the round buffer, the only copy. Batches are views
+        of that buffer; it is reused only once no batch of it is alive (:class:`_RoundBuffers`).
         """
         held = sum(len(p) for p, _ in units)
         if perm is None:
@@ -281,7 +301,7 @@ class KeyedDataset(torch.utils.data.IterableDataset):
             inv = np.empty(held, np.int64)
             inv[perm] = np.arange(held)
         pos = np.empty(held, np.int64)
-        cols = [np.empty((held, src.shape[1]), src.dtype) for src in units[0][1]]
+        cols = buffers.columns(held, [(src.shape[1], src.dtype) for src in units[0][1]])
         at = 0
         for p, srcs in units:
             m = len(p)
@@ -309,21 +329,15 @@ class KeyedDataset(torch.utils.data.IterableDataset):
             t = torch.from_numpy(np.ascontiguousarray(a))
         return t.float() if self.dtype == "float32" and t.dtype != torch.float32 else t
 
-    def _source(self, k: int, positions: np.ndarray, cache: _ChunkCache) -> np.ndarray:
-        """Key k's rows of ``positions`` ``[len, D_k]``: a mapped chunk when they are one whole
-        chunk in storage order (the usual unit), else a gathered copy."""
-        loc = self._locs[k][positions]
-        a0, r0 = int(loc[0, 0]), int(loc[0, 1])
-        info = self._infos[k][a0]
-        n = len(positions)
-        if (
-            r0 % info.chunk_rows == 0
-            and n == min(info.chunk_rows, info.rows - r0)
-            and (loc[:, 0] == a0).all()
-            and (loc[:, 1] == np.arange(r0, r0 + n)).all()
-        ):
+    def _source(self, k: int, u: int, cache: _ChunkCache) -> np.ndarray:
+        """Key k's rows of unit u ``[len, D_k]``: a mapped chunk when they are one whole chunk in
+        storage order (the usual unit), else a gathered copy."""
+        start, stop = self._units[u].tolist()
+        if self._whole[k][u]:
+            a0, r0 = self._locs[k][start].tolist()
+            info = self._infos[k][a0]
             return map_chunk(self._backend, info, r0 // info.chunk_rows, verify=self.verify)
-        return self._gather(k, positions, cache)
+        return self._gather(k, np.arange(start, stop), cache)
 
     def _gather(self, k: int, positions: np.ndarray, cache: _ChunkCache) -> np.ndarray:
         """Stored-dtype rows ``[len(positions), D_k]`` of key k, read chunk by chunk via ``cache``."""
@@ -341,6 +355,51 @@ class KeyedDataset(torch.utils.data.IterableDataset):
             dst = order[lo:hi]
             out[dst] = block[loc[dst, 1] - c_s[lo] * info.chunk_rows]
         return out
+
+
+class _RoundBuffers:
+    """Memory for round buffers: anonymous mappings advised to use huge pages, recycled.
+
+    Why: the shuffle scatters rows to random places of a round buffer (16 MiB by default).
+    On 4 KiB pages each row write misses the TLB, and a fresh allocation is zero-filled by the
+    kernel first: measured here, that ran the scatter at a third of the speed of a recycled
+    huge-page buffer, and which one ``np.empty`` returns depends on the heap's history. A buffer
+    goes back into use only when nothing references it any more: every batch is a view of it,
+    and a view (numpy, or the torch tensor made from it) holds the mapping, so its reference
+    count tells. Batches the caller keeps stay valid; their buffer is simply not reused.
+    """
+
+    KEEP = 3  # the round being yielded, the one a caller may still hold, one spare
+    _FREE_REFS = 3  # the pool's list, the loop variable, getrefcount's argument
+
+    def __init__(self) -> None:
+        self._pool: list[mmap.mmap] = []
+
+    def columns(self, rows: int, shapes: Sequence[tuple[int, np.dtype]]) -> list[np.ndarray]:
+        """Uninitialised ``[rows, D_k]`` arrays of dtype_k, one per (D_k, dtype_k), carved from one buffer."""
+        sizes = [-(-rows * d * np.dtype(dt).itemsize // 64) * 64 for d, dt in shapes]
+        buf = self._get(sum(sizes))
+        out, at = [], 0
+        for (d, dt), size in zip(shapes, sizes):
+            out.append(np.frombuffer(buf, dtype=dt, count=rows * d, offset=at).reshape(rows, d))
+            at += size
+        return out
+
+    def _get(self, nbytes: int) -> mmap.mmap:
+        for m in self._pool:
+            if len(m) >= nbytes and sys.getrefcount(m) <= self._FREE_REFS:
+                return m
+        # Private: a shared anonymous mapping is shmem, which gets no transparent huge pages.
+        m = mmap.mmap(-1, max(nbytes, 1 << 21), flags=mmap.MAP_PRIVATE)
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            m.madvise(mmap.MADV_HUGEPAGE)
+        if len(self._pool) < self.KEEP:
+            self._pool.append(m)
+        else:  # all in use: drop a smaller one from the pool (its batches keep it alive)
+            small = min(range(len(self._pool)), key=lambda i: len(self._pool[i]))
+            if len(self._pool[small]) < len(m):
+                self._pool[small] = m
+        return m
 
 
 class _ChunkCache:
