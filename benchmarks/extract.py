@@ -141,13 +141,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--behavior", default="bench",
                     help='"bench" (a 43-token continuation, the default) or a behavior name / TOML path')
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads; default 1 on CPU, so that other load on a small machine "
+                         "perturbs the ratios less (the writer thread then has a core, as on a GPU host)")
     ap.add_argument("--work", type=Path, default=None, help="where the model, data and stores go")
     args = ap.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     gpu = args.gpu
+    if args.threads or not gpu:
+        torch.set_num_threads(args.threads or 1)
     if gpu and not torch.cuda.is_available():
         ap.error("--gpu needs a CUDA device")
     n = args.samples or (256 if gpu else 32)
