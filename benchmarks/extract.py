@@ -132,9 +132,9 @@ def rates(fns: dict, n: int, repeats: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gpu", action="store_true", help="LLaVA-1.5-7B shapes, bf16, on cuda")
-    ap.add_argument("--samples", type=int, default=None, help="samples (default: 32 CPU, 256 GPU)")
+    ap.add_argument("--samples", type=int, default=None, help="samples (default: 32 CPU, 512 GPU)")
     ap.add_argument("--batch-size", type=int, default=None, help="default: 8 CPU, 16 GPU")
-    ap.add_argument("--shard-size", type=int, default=None, help="default: 1 batch CPU, 4 batches GPU")
+    ap.add_argument("--shard-size", type=int, default=None, help="default: 1 batch CPU, 128 GPU")
     ap.add_argument("--layers", type=int, default=4, help="CPU text layers")
     ap.add_argument("--hidden", type=int, default=256, help="CPU text hidden size")
     ap.add_argument("--store-layers", default="all", help='layers stored ("all", "a:b", ...)')
@@ -152,9 +152,11 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads or 1)
     if gpu and not torch.cuda.is_available():
         ap.error("--gpu needs a CUDA device")
-    n = args.samples or (256 if gpu else 32)
+    n = args.samples or (512 if gpu else 32)
     bs = args.batch_size or (16 if gpu else 8)
-    shard = args.shard_size or (4 * bs if gpu else bs)
+    # GPU: 128-sample shards, so that the per-shard cost of creating one Zarr array per key
+    # (128 keys for 32 layers) is amortised and the writer keeps up with the forward.
+    shard = args.shard_size or (128 if gpu else bs)
     work = args.work or Path(tempfile.gettempdir()) / ("l2s-bench-extract-gpu" if gpu else "l2s-bench-extract")
     work.mkdir(parents=True, exist_ok=True)
     name = "llava-7b-shape" if gpu else f"llava-{args.hidden}x{args.layers}"
