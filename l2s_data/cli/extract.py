@@ -43,7 +43,7 @@ def plan_table(plan, title: str) -> Table:
         miss = plan.missing_samples.get(kind, 0)
         layers = r.layers
         span = f"{layers[0]}..{layers[-1]}" if list(layers) == list(range(layers[0], layers[-1] + 1)) else str(list(layers))
-        t.add_row(kind, ref.recipe_id[:12], ",".join(r.views), ",".join(r.positions), span,
+        t.add_row(kind, ref.recipe_id[:8], ",".join(r.views), ",".join(r.positions), span,
                   str(eligible if eligible is not None else "-"), str(miss), f"{miss * r.keys_per_sample:,}",
                   _size(miss * r.bytes_per_sample))
     return t

@@ -258,3 +258,18 @@ def test_prefetching_the_next_shards_checks_changes_nothing_stored(llava, data_d
     assert got[True].keys() == got[False].keys()
     for key, value in got[True].items():
         np.testing.assert_array_equal(value, got[False][key])
+
+
+def test_a_qwen2_vl_model_extracts_through_the_same_path(tiny_checkpoint, tiny_adapter, data_dir, tmp_path):
+    ckpt, adapter = tiny_checkpoint("qwen2-vl"), tiny_adapter("qwen2-vl")
+    cfg = _config(ckpt, data_dir, tmp_path / "store", layers=[0, 2], behavior={"behavior": "safety-qwen"})
+    report = Extraction(cfg, adapter=adapter).run()
+    assert report.computed_samples == N and report.quarantined == 0
+    store = Store.open(tmp_path / "store")
+    assert store.recipe_spec(report.recipe_ids["pair"])["model"]["family"] == "qwen2-vl"
+    rid = report.recipe_ids["pair"]
+    ids = sorted(set(store.committed_keys(rid)["sample_id"].to_pylist()))
+    snap = store.snapshot()
+    pos, neg, p2s = (snap.read(rid, v, "completion_last", 2, ids) for v in ("pos", "neg", "p2s"))
+    np.testing.assert_array_equal(p2s, pos - neg)
+    assert Extraction(cfg, adapter=adapter).run().computed_samples == 0
