@@ -155,6 +155,7 @@ class RunSection(_Section):
     shard_size: int = Field(default=64, ge=1)
     prefix_sharing: bool = True
     write_queue: int = Field(default=2, ge=1)
+    write_threads: int = Field(default=4, ge=1)
     retry_errors: bool = False
     name: str | None = None
 

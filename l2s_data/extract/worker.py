@@ -103,6 +103,8 @@ class ExtractionWorker:
         # Load-and-check the next shard in a thread while this one runs on the device. Off on
         # a CPU device by default: there the forward already uses every core.
         self._prefetch = prefetch
+        n = job.config.run.write_threads
+        self._write_pool = ThreadPoolExecutor(n, thread_name_prefix="l2s-write") if n > 1 else None
 
     # -- lazily opened resources ---------------------------------------------------------
     @property
@@ -317,10 +319,19 @@ class ExtractionWorker:
                 continue
             ref = self.job.recipes[part.kind]
             arrays = result.arrays[part.kind]
+            dtype = ref.recipe.store_dtype
+            keys_ = ref.recipe.keys()
             with self.store.shard_writer(part.shard_id, part.recipe_id, ids) as w:
-                for key in ref.recipe.keys():
-                    view, position, layer = key
-                    w.write(view, position, layer, arrays[key].numpy(), dtype=ref.recipe.store_dtype)
+                # The first key alone (it opens the attempt's Zarr store), then the others from a
+                # few threads: one Zarr array per key costs ~15 ms of mostly I/O wait, and 4
+                # threads wrote a 128-key shard 2.4x faster than one (measured on 2 cores).
+                w.write(*keys_[0], arrays[keys_[0]].numpy(), dtype=dtype)
+                rest = [(k, arrays[k].numpy()) for k in keys_[1:]]
+                if self._write_pool is None or len(rest) < 2:
+                    for k, a in rest:
+                        w.write(*k, a, dtype=dtype)
+                else:
+                    list(self._write_pool.map(lambda ka: w.write(*ka[0], ka[1], dtype=dtype), rest))
             won[part.kind] = bool(getattr(w, "won", True))
             keys += len(ids) * ref.recipe.keys_per_sample
         if result.errors:
