@@ -14,12 +14,17 @@ Reads are chunk-granular (DESIGN 4.5): zarr gathers random single rows about 300
 a memmap, whole chunks at page-cache speed. So the unit of work is one chunk of the first key's
 array (all selected samples in it); units are shuffled and dealt out to ranks and DataLoader
 workers. Each worker takes units ``buffer_rows`` rows at a time (a round: the shuffle buffer),
-reads them whole, and draws batches from a permutation of the round's rows. On a local disk a
-whole chunk is memory-mapped and checked (crc32c) in place, so the gather into the batch is
-the only copy; rows of a batch come grouped by chunk (its membership is random). The other
-keys' rows come from their own chunks the same way, or through a small chunk cache when they
-were stored in another order (extraction writes the keys of a shard together, so they align).
+reads them whole, and permutes the round's rows into a round buffer: on a local disk each chunk
+is memory-mapped and scattered straight to its rows' shuffled places, one numpy call per
+chunk, the only copy. Batches are consecutive slices of that buffer, handed out as tensor
+views (no per-batch gather or allocation; rows in random order, not grouped by chunk). Round
+buffers are huge-page anonymous memory, recycled once no batch views them. The other keys'
+rows come from their own chunks the same way, or through a small chunk cache when they were
+stored in another order (extraction writes the keys of a shard together, so they align).
 Fewer than a batch of rows left at the end of a round carry over into the next.
+
+Each chunk's crc32c is checked the first time the process reads the file, and again if the
+file changes (``verify="once"``); ``verify="always"`` hashes on every read.
 
 Every epoch yields every selected row exactly once over all workers and ranks, in an order
 that depends only on (seed, epoch, world size, worker count). A selection whose bytes fit
