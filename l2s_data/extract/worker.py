@@ -12,6 +12,7 @@ the store's errors table with its reason; the rest of the shard goes on.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -100,8 +101,8 @@ class ExtractionWorker:
         self._adapter = adapter
         self._store = store
         self._dataset = dataset
-        # Load-and-check the next shard in a thread while this one runs on the device. Off on
-        # a CPU device by default: there the forward already uses every core.
+        # Load-and-check the next shard in a thread while this one runs on the device. By
+        # default off when a CPU forward already uses every core (see _prepared).
         self._prefetch = prefetch
         n = job.config.run.write_threads
         self._write_pool = ThreadPoolExecutor(n, thread_name_prefix="l2s-write") if n > 1 else None
@@ -342,7 +343,10 @@ class ExtractionWorker:
 
     def _prepared(self, shards: Sequence[Shard]) -> Iterator[PreparedShard | None]:
         """Yields, per shard in order, its PreparedShard (prefetching one ahead) or None."""
-        prefetch = self._prefetch if self._prefetch is not None else self.adapter.device.type != "cpu"
+        prefetch = self._prefetch
+        if prefetch is None:  # auto: when the forward leaves a core free (an accelerator, or fewer
+            # torch threads than cores), load-and-check the next shard on it
+            prefetch = self.adapter.device.type != "cpu" or torch.get_num_threads() < (os.cpu_count() or 1)
         if not prefetch or not shards:
             for _ in shards:
                 yield None
