@@ -60,7 +60,8 @@ def demo_config(out_dir: Path, *, batch_size: int = 8, shard_size: int = 16) -> 
         "behavior": {"behavior": "safety-llava"},
         "recipe": {"views": ["input", "pos", "neg", "p2s"], "layers": "all", "store_dtype": "float16",
                    "input_positions": ["prompt_last"], "pair_positions": ["completion_last"]},
-        "run": {"store": str(out_dir / "store"), "batch_size": batch_size, "shard_size": shard_size},
+        "run": {"store": str(out_dir / "store"), "batch_size": batch_size, "shard_size": shard_size,
+                "name": "demo"},  # recipes "demo-input" / "demo-pair", usable in Key(...)
     }, source="(demo)")
 
 

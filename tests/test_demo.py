@@ -37,3 +37,22 @@ def test_the_demo_command_is_mounted():
 
     res = CliRunner().invoke(app, ["demo", "--help"])
     assert res.exit_code == 0 and "--out" in res.output
+
+
+def test_the_readme_first_session_python_block_runs_on_the_demo_store(tmp_path, monkeypatch):
+    """README.md's Python example reads the store that `l2s demo` leaves in ./demo-out."""
+    import re
+    from pathlib import Path
+
+    from l2s_data.demo import run_demo
+
+    monkeypatch.chdir(tmp_path)
+    run_demo("demo-out", n=13, console=Console(file=io.StringIO()))
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", readme, re.S)[0]
+    code = code.replace("num_workers=2", "num_workers=0")  # same data path, no worker start-up
+    code = code.replace("    ...", "    seen.append((xb.shape, yb.shape))")
+    scope: dict = {"seen": []}
+    exec(compile(code, "README.md", "exec"), scope)
+    train_rows = sum(s[0][0] for s in scope["seen"])
+    assert train_rows > 0 and all(x[1] == y[1] for x, y in scope["seen"])

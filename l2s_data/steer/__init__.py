@@ -1,1 +1,0 @@
-"""steer stage."""
