@@ -89,6 +89,14 @@ class ModelSection(_Section):
     attn_implementation: str = "eager"
     trust_remote_code: bool = False
 
+    def load_adapter(self) -> Any:
+        """Load the model this section names (a ``ModelAdapter``)."""
+        from l2s_data.models import load_adapter
+
+        return load_adapter(self.path, dtype=self.dtype, device=self.device,
+                            attn_implementation=self.attn_implementation,
+                            trust_remote_code=self.trust_remote_code)
+
 
 class DataSection(_Section):
     """Which samples: a write_dataset directory and filters on its memberships."""

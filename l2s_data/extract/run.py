@@ -104,12 +104,7 @@ class Extraction:
     @property
     def adapter(self) -> Any:
         if self._adapter is None:
-            from l2s_data.models import load_adapter
-
-            m = self.config.model
-            self._adapter = load_adapter(m.path, dtype=m.dtype, device=m.device,
-                                         attn_implementation=m.attn_implementation,
-                                         trust_remote_code=m.trust_remote_code)
+            self._adapter = self.config.model.load_adapter()
         return self._adapter
 
     @cached_property
