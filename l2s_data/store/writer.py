@@ -188,7 +188,9 @@ class ShardWriter:
             self._write_zarr_python(name, stored, chunk_rows, attrs)
         logical = to_float32(stored, dtype)
         norms = np.linalg.norm(logical, axis=1).astype(np.float32)
-        checksums = [f"{google_crc32c.value(stored[i].tobytes()):08x}" for i in range(n)]
+        rows = stored.view()
+        rows.flags.writeable = False  # google_crc32c hashes read-only buffers in place (no copy)
+        checksums = [f"{google_crc32c.value(r):08x}" for r in rows]
         self._written[key] = _Written(view, position, layer, dtype, dim, chunk_rows,
                                       f"{self.dir}/{name}", norms, checksums)
 
