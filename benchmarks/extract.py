@@ -5,6 +5,7 @@
     python benchmarks/extract.py --gpu      # one GPU: a LLaVA-1.5-7B-shaped model with random
                                             # bf16 weights (built once under --work, ~14 GB)
     make bench-extract                      # the CPU run
+    python benchmarks/extract.py --shard-write   # ShardWriter alone: direct vs zarr-python writer
 
 Every number is samples/s measured in this run; the printed ratios are what to compare:
 
@@ -21,13 +22,21 @@ Every number is samples/s measured in this run; the printed ratios are what to c
                          three full forwards (the reference code's way);
 - ``prefix-shared``      ``capture_contrastive(prefix_sharing=True)``: the model side alone.
 
+- ``extract (writes, zarr-python)``  with ``--zarr-python-writer``: ``extract (writes)`` with
+                         the store's zarr-python array writer instead of its direct one.
+
 Targets (issue 5): end-to-end >= 0.8x bare forward; extract (writes) >= 0.95x extract
 (no writes). Batch composition depends on the plan alone, so every variant sees the same rows.
+
+``--shard-write`` times only ``ShardWriter`` (one shard of ``--keys`` arrays, written from 4
+threads as the worker does) with the direct writer and with zarr-python's, interleaved, for a
+7B-shaped (D = 4096) and a small (D = 256) float16 shard.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -129,6 +138,33 @@ def rates(fns: dict, n: int, repeats: int) -> dict[str, float]:
     return {k: n / min(v) for k, v in times.items()}
 
 
+def shard_write(work: Path, *, keys: int, rows: int, dim: int, repeats: int) -> dict[str, float]:
+    """Best-of-``repeats`` seconds to write and commit one shard, per store writer."""
+    import numpy as np
+    from concurrent.futures import ThreadPoolExecutor
+
+    from l2s_data.store import Store
+    from l2s_data.store.writer import ZARR_WRITERS, ShardWriter
+
+    a = np.random.default_rng(0).standard_normal((rows, dim)).astype(np.float16)
+    ids = [f"s{i}" for i in range(rows)]
+    best = {w: float("inf") for w in ZARR_WRITERS}
+    with ThreadPoolExecutor(4) as pool:
+        for i in range(repeats + 1):  # the first round warms up (imports, allocator)
+            for writer in ZARR_WRITERS:
+                root = work / f"shard-write-{writer}"
+                shutil.rmtree(root, ignore_errors=True)
+                store = Store.open(root, create=True)
+                t0 = time.perf_counter()
+                with ShardWriter(store, "x", "r", ids, zarr_writer=writer) as w:
+                    w.write("input", "prompt_last", 0, a, "float16")
+                    list(pool.map(lambda k: w.write("input", "prompt_last", k, a, "float16"), range(1, keys)))
+                if i:
+                    best[writer] = min(best[writer], time.perf_counter() - t0)
+                shutil.rmtree(root)
+    return best
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gpu", action="store_true", help="LLaVA-1.5-7B shapes, bf16, on cuda")
@@ -145,7 +181,26 @@ def main(argv: list[str] | None = None) -> None:
                     help="torch threads; default 1 on CPU, so that other load on a small machine "
                          "perturbs the ratios less (the writer thread then has a core, as on a GPU host)")
     ap.add_argument("--work", type=Path, default=None, help="where the model, data and stores go")
+    ap.add_argument("--zarr-python-writer", action="store_true",
+                    help="add the variant 'extract (writes, zarr-python)': the store's zarr-python "
+                         "array writer instead of its direct one")
+    ap.add_argument("--shard-write", action="store_true",
+                    help="time ShardWriter alone (direct vs zarr-python writer), no model")
+    ap.add_argument("--keys", type=int, default=128, help="--shard-write: arrays a shard (128: 7B, 4 views x 32 layers)")
+    ap.add_argument("--rows", default="64,8", help="--shard-write: rows a shard, comma-separated")
     args = ap.parse_args(argv)
+
+    if args.shard_write:
+        work = args.work or Path(tempfile.gettempdir()) / "l2s-bench-shard-write"
+        work.mkdir(parents=True, exist_ok=True)
+        print(f"one shard of {args.keys} float16 arrays, 4 write threads, best of {args.repeats} interleaved")
+        print(f"{'rows x D':<12}{'zarr-python ms':>16}{'direct ms':>11}{'speed-up':>10}")
+        for dim in (4096, 256):
+            for rows in (int(r) for r in args.rows.split(",")):
+                t = shard_write(work, keys=args.keys, rows=rows, dim=dim, repeats=args.repeats)
+                print(f"{f'{rows} x {dim}':<12}{t['zarr-python'] * 1e3:>16.0f}{t['direct'] * 1e3:>11.0f}"
+                      f"{t['zarr-python'] / t['direct']:>9.1f}x")
+        return
 
     gpu = args.gpu
     if args.threads or not gpu:
@@ -154,8 +209,9 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--gpu needs a CUDA device")
     n = args.samples or (512 if gpu else 32)
     bs = args.batch_size or (16 if gpu else 8)
-    # GPU: 128-sample shards, so that the per-shard cost of creating one Zarr array per key
-    # (128 keys for 32 layers) is amortised and the writer keeps up with the forward.
+    # GPU: 128-sample shards, so that the per-shard cost of one Zarr array per key (128 keys for
+    # 32 layers: ~0.3 s a shard with the direct writer on a CPU host, ~1 s with zarr-python's)
+    # is amortised and the writer keeps up with the forward.
     shard = args.shard_size or (128 if gpu else bs)
     work = args.work or Path(tempfile.gettempdir()) / ("l2s-bench-extract-gpu" if gpu else "l2s-bench-extract")
     work.mkdir(parents=True, exist_ok=True)
@@ -254,6 +310,17 @@ def main(argv: list[str] | None = None) -> None:
         w = ExtractionWorker(job, adapter=adapter, dataset=dataset, store=Store.open(fresh_store(), create=True))
         w.run(plan.shards)
 
+    def with_writes_zarr_python():
+        old = os.environ.get("L2S_ZARR_WRITER")
+        os.environ["L2S_ZARR_WRITER"] = "zarr-python"
+        try:
+            with_writes()
+        finally:
+            if old is None:
+                del os.environ["L2S_ZARR_WRITER"]
+            else:
+                os.environ["L2S_ZARR_WRITER"] = old
+
     def end_to_end():
         report = Extraction(config(fresh_store()), adapter=adapter, dataset=dataset).run()
         if report.computed_samples != n:
@@ -271,6 +338,9 @@ def main(argv: list[str] | None = None) -> None:
     fns = {"bare forward": bare, "bare + processor": bare_proc, "three forwards": contrastive(False),
            "prefix-shared": contrastive(True), "extract (no writes)": no_writes, "extract (writes)": with_writes,
            "extract end-to-end": end_to_end}
+    if args.zarr_python_writer:
+        with_writes_zarr_python()  # warm-up: imports zarr-python
+        fns["extract (writes, zarr-python)"] = with_writes_zarr_python
     r = rates(fns, n, args.repeats)
     for i in range(10_000):
         if not (work / f"store-{i}").exists():
@@ -278,15 +348,18 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(work / f"store-{i}")
 
     dev = torch.cuda.get_device_name() if gpu else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\n{'variant':<22}{'samples/s':>11}   device: {dev}")
+    print(f"\n{'variant':<31}{'samples/s':>11}   device: {dev}")
     for k, v in r.items():
-        print(f"{k:<22}{v:>11.2f}")
+        print(f"{k:<31}{v:>11.2f}")
     e, w = r["extract end-to-end"], r["extract (writes)"]
     print("\nratios (same batches, same model, this run):")
     print(f"  end-to-end / bare forward              {e / r['bare forward']:.3f}   target >= 0.80")
     print(f"  end-to-end / bare + processor          {e / r['bare + processor']:.3f}")
     print(f"  end-to-end / three forwards            {e / r['three forwards']:.3f}")
     print(f"  extract (writes) / extract (no writes) {w / r['extract (no writes)']:.3f}   target >= 0.95")
+    if args.zarr_python_writer:
+        z = r["extract (writes, zarr-python)"]
+        print(f"  the same with the zarr-python writer   {z / r['extract (no writes)']:.3f}")
     print(f"  prefix-shared / bare forward           {r['prefix-shared'] / r['bare forward']:.3f}")
     print(f"  prefix-shared / three forwards         {r['prefix-shared'] / r['three forwards']:.3f}")
 
