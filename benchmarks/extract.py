@@ -120,12 +120,17 @@ negative = "Safe"
 def rates(fns: dict, n: int, repeats: int) -> dict[str, float]:
     """Best-of-``repeats`` samples/s of each ``fn()`` (``n`` samples each), interleaved.
 
-    Interleaving (A B C A B C) rather than (A A B B C C) spreads any background load on the
-    machine over every variant, so the ratios stay fair even when absolute times drift.
+    Interleaving (A B C, B C A, C A B) rather than (A A B B C C) spreads any background load on
+    the machine over every variant, so the ratios stay fair even when absolute times drift.
+    Each repeat starts one variant later: with a fixed order, the same variant would always
+    inherit what its predecessor left behind (the variant after a writing one always ran while
+    the kernel wrote the previous store's files back).
     """
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
+    names = list(fns)
+    for rep in range(repeats):
+        for k in names[rep % len(names):] + names[:rep % len(names)]:
+            fn = fns[k]
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
