@@ -48,7 +48,7 @@ __all__ = ["ShardWriter", "DEFAULT_CHUNK_BYTES", "ZARR_WRITERS"]
 DEFAULT_CHUNK_BYTES = 2 << 20
 
 #: How arrays reach the disk. ``"direct"`` (default) writes zarr.json and chunk files itself
-#: (see ``_zarr_write``: the same bytes as zarr-python, tested, ~50x less per-array overhead);
+#: (see ``_zarr_write``: the same bytes as zarr-python, tested; 2.7-4.9x faster a 128-array shard);
 #: ``"zarr-python"`` goes through ``zarr.create_array``. Default from ``$L2S_ZARR_WRITER``.
 ZARR_WRITERS = ("direct", "zarr-python")
 ZARR_WRITER_ENV = "L2S_ZARR_WRITER"
