@@ -12,6 +12,7 @@ the store's errors table with its reason; the rest of the shard goes on.
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import threading
@@ -197,34 +198,47 @@ class ExtractionWorker:
         bs = self.job.config.run.batch_size
         outs: dict[str, list[tuple[list[str], dict[tuple[str, str, int], torch.Tensor]]]] = {"input": [], "pair": []}
 
-        def contrastive(batch: list[tuple[SampleItem, Any]]) -> dict[tuple[str, str, int], torch.Tensor]:
+        def items_of(batch: list[tuple[SampleItem, Any]]) -> tuple[list[Any], bool]:
             items = [ContrastiveItem(im, it.query, it.pair[0], it.pair[1], it.pair[2], system) for it, im in batch]
             # The input branch is skipped (empty layers) when no row of the batch needs it.
             with_input = rin is not None and any(it.sample_id in need.get("input", ()) for it, _ in batch)
+            return items, with_input
+
+        def encode(batch: list[tuple[SampleItem, Any]]) -> Any:
+            items, with_input = items_of(batch)
+            return self.adapter.encode_contrastive(items, (["input"] if with_input else []) + ["pos", "neg"])
+
+        def contrastive(batch: list[tuple[SampleItem, Any]], encoded: Any = None) -> dict[tuple[str, str, int], torch.Tensor]:
+            items, with_input = items_of(batch)
             return self.adapter.capture_contrastive(
                 items,
                 input_layers=list(rin.recipe.layers) if with_input else [],
                 input_positions=list(rin.recipe.positions) if with_input else [],
                 pair_layers=list(rpair.recipe.layers), pair_positions=list(rpair.recipe.positions),
-                prefix_sharing=self.prefix_sharing)
+                prefix_sharing=self.prefix_sharing, encoded=encoded)
 
         def plain(batch: list[tuple[SampleItem, Any]]) -> dict[tuple[str, str, int], torch.Tensor]:
             got = self.adapter.capture([ChatInput(im, it.query, system=system) for it, im in batch],
                                        layers=list(rin.recipe.layers), positions=list(rin.recipe.positions))
             return {("input", p, layer): t for (p, layer), t in got.items()}
 
-        for rows, fn in ((pair_rows, contrastive), (input_only, plain)):
-            for start in range(0, len(rows), bs):
-                batch = rows[start:start + bs]
-                for ok, out in self._run_batch(batch, fn, quarantine):
-                    ids = [it.sample_id for it, _ in ok]
-                    if rin is not None:
-                        in_ids = [s for s in ids if s in need.get("input", ())]
-                        if in_ids:
-                            sel = _select(ids, in_ids)
-                            outs["input"].append((in_ids, {k: _take(out[k], sel) for k in _keys(rin)}))
-                    if fn is contrastive:
-                        outs["pair"].append((ids, {k: out[k] for k in _keys(rpair)}))
+        pair_batches = [pair_rows[i:i + bs] for i in range(0, len(pair_rows), bs)]
+        input_batches = [input_only[i:i + bs] for i in range(0, len(input_only), bs)]
+        # Lazy: each pair batch's fn is made just before it runs, so the next batch's encoding
+        # overlaps this batch's forward.
+        runs = itertools.chain(
+            ((b, fn, True) for b, fn in zip(pair_batches, self._encoded_ahead(pair_batches, encode, contrastive))),
+            ((b, plain, False) for b in input_batches))
+        for batch, fn, is_pair in runs:
+            for ok, out in self._run_batch(batch, fn, quarantine):
+                ids = [it.sample_id for it, _ in ok]
+                if rin is not None:
+                    in_ids = [s for s in ids if s in need.get("input", ())]
+                    if in_ids:
+                        sel = _select(ids, in_ids)
+                        outs["input"].append((in_ids, {k: _take(out[k], sel) for k in _keys(rin)}))
+                if is_pair:
+                    outs["pair"].append((ids, {k: out[k] for k in _keys(rpair)}))
 
         for kind, chunks in outs.items():
             if not chunks:
@@ -337,12 +351,39 @@ class ExtractionWorker:
         return ShardOutcome(result.shard.shard_id, n, keys, len({e["sample_id"] for e in result.errors}),
                             won, result.compute_s, time.perf_counter() - t0)
 
+    def _run_ahead(self) -> bool:
+        """Whether to prepare the next shard / encode the next batch in a thread."""
+        if self._prefetch is not None:
+            return self._prefetch
+        # auto: when the forward leaves a core free (an accelerator, or fewer torch threads
+        # than cores), the processor and the image loads run on it
+        return self.adapter.device.type != "cpu" or torch.get_num_threads() < (os.cpu_count() or 1)
+
+    def _encoded_ahead(self, batches: list[list[Any]], encode: Callable, run: Callable) -> Iterator[Callable]:
+        """Per batch in order, a ``fn(rows)`` for :meth:`_run_batch`: with run-ahead on, the
+        processor has already encoded that batch in a thread while the previous one computed.
+
+        A batch whose encoding failed, or a retry of single rows, encodes again in ``run``, so
+        errors surface (and are quarantined) exactly as without run-ahead.
+        """
+        if not self._run_ahead() or len(batches) < 2:
+            for _ in batches:
+                yield run
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="l2s-encode") as pool:
+            nxt = pool.submit(encode, batches[0])
+            for i, batch in enumerate(batches):
+                try:
+                    enc = nxt.result()
+                except Exception:  # noqa: BLE001 - re-raised by the plain path, per sample
+                    enc = None
+                if i + 1 < len(batches):
+                    nxt = pool.submit(encode, batches[i + 1])
+                yield lambda rows, _b=batch, _e=enc: run(rows, _e if rows is _b else None)
+
     def _prepared(self, shards: Sequence[Shard]) -> Iterator[PreparedShard | None]:
         """Yields, per shard in order, its PreparedShard (prefetching one ahead) or None."""
-        prefetch = self._prefetch
-        if prefetch is None:  # auto: when the forward leaves a core free (an accelerator, or fewer
-            # torch threads than cores), load-and-check the next shard on it
-            prefetch = self.adapter.device.type != "cpu" or torch.get_num_threads() < (os.cpu_count() or 1)
+        prefetch = self._run_ahead()
         if not prefetch or not shards:
             for _ in shards:
                 yield None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Iterator, Sequence
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -237,7 +238,8 @@ class ModelAdapter:
     def capture_contrastive(self, items: Sequence[ContrastiveItem], *, input_layers: Sequence[int],
                             input_positions: Sequence[str], pair_layers: Sequence[int],
                             pair_positions: Sequence[str],
-                            prefix_sharing: bool = True) -> dict[tuple[str, str, int], torch.Tensor]:
+                            prefix_sharing: bool = True,
+                            encoded: Any = None) -> dict[tuple[str, str, int], torch.Tensor]:
         """The ``input``, ``pos``, ``neg`` and ``p2s`` views of every item.
 
         Key (view, position, layer) -> float32 [B, D] on CPU, row i = ``items[i]``. ``input``
@@ -249,6 +251,9 @@ class ModelAdapter:
         KV cache and the branches as continuations, pos and neg in one call
         (:mod:`l2s_data.models.prefix`); ``False`` runs three separate forwards (the reference).
         Either way, forwards stop after the deepest requested layer (:attr:`stop_early`).
+
+        ``encoded``: the result of :meth:`encode_contrastive` for these items and views, when a
+        caller ran the processor ahead (e.g. in a thread while the previous batch computed).
         """
         input_layers = self.check_layers(input_layers)
         pair_layers = self.check_layers(pair_layers)
@@ -259,7 +264,10 @@ class ModelAdapter:
         views = [v for v, (ls, ps) in want.items() if ls and ps]
         if not items or not views:
             return {}
-        encs, vision = self.encode_contrastive(items, views)
+        encs, vision = encoded if encoded is not None else self.encode_contrastive(items, views)
+        if set(encs) != set(views):
+            raise InputError(f"encoded inputs hold views {sorted(encs)}, but the layers and positions "
+                             f"asked for need {sorted(views)}; encode with the same views")
         for v in views:
             self._validate(encs[v], want[v][1], f"view {v!r} of item")
         b = len(items)
