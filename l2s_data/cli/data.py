@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+from l2s_data.cli._common import fail
 from l2s_data.errors import L2SError
 
 app = typer.Typer(
@@ -54,9 +55,7 @@ class MMSBSplit(str, Enum):
     by_image = "by_image"
 
 
-def _fail(e: L2SError) -> None:
-    err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)  # paths stay greppable
-    raise typer.Exit(code=1)
+_fail = fail
 
 
 def print_summary(tables, out: Path | None = None, *, max_errors: int = 10) -> None:

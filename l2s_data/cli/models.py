@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from l2s_data.cli._common import fail
 from l2s_data.errors import L2SError
 
 app = typer.Typer(
@@ -38,9 +39,7 @@ class DType(str, Enum):
     bfloat16 = "bfloat16"
 
 
-def _fail(e: L2SError) -> None:
-    err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=1)
+_fail = fail
 
 
 @app.command("make-tiny")

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from l2s_data.cli._common import fail
 from l2s_data.errors import L2SError
 
 app = typer.Typer(
@@ -36,9 +37,7 @@ def _open(url: Optional[str]):
     return Store.open(_store_url(url))
 
 
-def _fail(exc: Exception) -> None:
-    _console.print(f"[red]error:[/red] {exc}")
-    raise typer.Exit(1)
+_fail = fail
 
 
 def _rich_table(t: pa.Table, title: str | None = None) -> Table:
