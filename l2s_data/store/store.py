@@ -179,21 +179,20 @@ class Store:
 
     def put_errors(self, rows: pa.Table | Sequence[Mapping[str, Any]]) -> None:
         """Commit error rows (ERRORS schema; ``created_at`` defaults to now)."""
-        t = conform(rows, ERRORS, what="errors", defaults={"created_at": now()})
-        if t.num_rows:
-            self._put_part("errors", t)
+        self._put_rows("errors", ERRORS, rows)
 
     def put_runs(self, rows: pa.Table | Sequence[Mapping[str, Any]]) -> None:
         """Commit run rows (RUNS schema; ``created_at`` defaults to now)."""
-        t = conform(rows, RUNS, what="runs", defaults={"created_at": now()})
-        if t.num_rows:
-            self._put_part("runs", t)
+        self._put_rows("runs", RUNS, rows)
 
     def put_evaluations(self, rows: pa.Table | Sequence[Mapping[str, Any]]) -> None:
         """Commit evaluation rows (EVALUATIONS schema; ``created_at`` defaults to now)."""
-        t = conform(rows, EVALUATIONS, what="evaluations", defaults={"created_at": now()})
+        self._put_rows("evaluations", EVALUATIONS, rows)
+
+    def _put_rows(self, table: str, schema: pa.Schema, rows: pa.Table | Sequence[Mapping[str, Any]]) -> None:
+        t = conform(rows, schema, what=table, defaults={"created_at": now()})
         if t.num_rows:
-            self._put_part("evaluations", t)
+            self._put_part(table, t)
 
     # -- shards ----------------------------------------------------------------------------
     def shard_writer(self, shard_id: str, recipe_id: str, sample_ids: Sequence[str], *,
