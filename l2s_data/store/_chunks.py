@@ -20,8 +20,9 @@ import numpy as np
 from l2s_data.errors import CorruptChunkError, StoreError
 from l2s_data.store._backend import Backend
 from l2s_data.store._format import STORED_DTYPE
+from l2s_data.store._vmap import Window
 
-__all__ = ["ArrayInfo", "load_array_info", "read_chunk", "map_chunk", "chunk_key", "VERIFY_MODES"]
+__all__ = ["ArrayInfo", "load_array_info", "read_chunk", "map_chunk", "place_chunk", "chunk_key", "VERIFY_MODES"]
 
 #: ``"always"``: check a chunk's crc32c on every read. ``"once"``: once per process for an
 #: unchanged file (same device, inode, size, mtime and ctime), then trust it (see :func:`map_chunk`).
@@ -135,6 +136,50 @@ def read_chunk(backend: Backend, info: ArrayInfo, i: int) -> np.ndarray:
     return arr[:n]
 
 
+def _open_chunk(backend: Backend, info: ArrayInfo, i: int) -> tuple[int, os.stat_result, str, str]:
+    """Open chunk ``i``'s file on a local disk: (fd, stat, path, where); its size is checked.
+    The caller closes the fd."""
+    rel = f"{info.path}/{chunk_key(i)}"
+    where = f"chunk {i} of array {info.path} (shard {info.shard}, recipe {info.recipe_id})"
+    want = info.chunk_nbytes + (4 if info.checksummed else 0)
+    path = backend.path(rel)
+    try:
+        fd = os.open(path, os.O_RDONLY)  # no Python file object: this runs once per chunk read
+    except FileNotFoundError as exc:
+        raise CorruptChunkError(f"{where} is missing; run `l2s store verify` and re-extract the shard.") from exc
+    try:
+        st = os.fstat(fd)
+        if st.st_size != want:
+            raise CorruptChunkError(
+                f"{where} has {st.st_size} bytes, expected {want}; the file was truncated or replaced. "
+                f"Re-extract the shard (delete its manifest, then rerun extraction)."
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st, path, where
+
+
+def _check_crc(info: ArrayInfo, data, stored: bytes, path: str, st: os.stat_result, where: str,
+               verify: str) -> None:
+    """Check ``data`` (the chunk's row bytes) against its stored crc32c, unless ``verify='once'``
+    and this unchanged file already passed in this process."""
+    if not info.checksummed:
+        return
+    ident = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if verify == "once" and ident in _VERIFIED:
+        return
+    if google_crc32c.value(data) != int.from_bytes(stored, "little"):
+        raise CorruptChunkError(
+            f"{where} failed its crc32c checksum: the bytes on disk were altered. "
+            f"Re-extract the shard (delete its manifest, then rerun extraction)."
+        )
+    if verify == "once":
+        if len(_VERIFIED) >= _VERIFIED_CAP:
+            _VERIFIED.clear()
+        _VERIFIED.add(ident)
+
+
 def map_chunk(backend: Backend, info: ArrayInfo, i: int, *, verify: str = "always") -> np.ndarray:
     """Chunk ``i`` as a read-only ``[rows_in_chunk, D]`` view, memory-mapped on a local disk.
 
@@ -154,37 +199,29 @@ def map_chunk(backend: Backend, info: ArrayInfo, i: int, *, verify: str = "alway
         raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}.")
     if not backend.is_local:
         return read_chunk(backend, info, i)
-    rel = f"{info.path}/{chunk_key(i)}"
-    where = f"chunk {i} of array {info.path} (shard {info.shard}, recipe {info.recipe_id})"
-    want = info.chunk_nbytes + (4 if info.checksummed else 0)
-    path = backend.path(rel)
+    fd, st, path, where = _open_chunk(backend, info, i)
     try:
-        fd = os.open(path, os.O_RDONLY)  # no Python file object: this runs once per chunk read
-    except FileNotFoundError as exc:
-        raise CorruptChunkError(f"{where} is missing; run `l2s store verify` and re-extract the shard.") from exc
-    try:
-        st = os.fstat(fd)
-        if st.st_size != want:
-            raise CorruptChunkError(
-                f"{where} has {st.st_size} bytes, expected {want}; the file was truncated or replaced. "
-                f"Re-extract the shard (delete its manifest, then rerun extraction)."
-            )
         mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
     finally:
         os.close(fd)  # the mapping keeps the file's pages
     raw = np.frombuffer(mm, dtype=np.uint8)
-    ident = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    if info.checksummed and not (verify == "once" and ident in _VERIFIED):
-        if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:].tobytes(), "little"):
-            raise CorruptChunkError(
-                f"{where} failed its crc32c checksum: the bytes on disk were altered. "
-                f"Re-extract the shard (delete its manifest, then rerun extraction)."
-            )
-        if verify == "once":
-            if len(_VERIFIED) >= _VERIFIED_CAP:
-                _VERIFIED.clear()
-            _VERIFIED.add(ident)
-    if info.checksummed:
-        raw = raw[:-4]
+    data = raw[: info.chunk_nbytes]
+    _check_crc(info, data, raw[info.chunk_nbytes :].tobytes(), path, st, where, verify)
     n = min(info.chunk_rows, info.rows - i * info.chunk_rows)
-    return raw.view(info.stored_dtype).reshape(info.chunk_rows, info.dim)[:n]
+    return data.view(info.stored_dtype).reshape(info.chunk_rows, info.dim)[:n]
+
+
+def place_chunk(backend: Backend, info: ArrayInfo, i: int, window: Window, slot: int, *,
+                verify: str = "always") -> None:
+    """Map chunk ``i``'s rows into ``slot`` of ``window`` (local disks only), checked like
+    :func:`map_chunk`: its rows are then ``window.view()[slot * window.slot_rows:][:n]``."""
+    fd, st, path, where = _open_chunk(backend, info, i)
+    try:
+        window.place(slot, fd, info.chunk_nbytes)
+        stored = os.pread(fd, 4, info.chunk_nbytes) if info.checksummed else b""
+    finally:
+        os.close(fd)
+    if info.checksummed:
+        at = slot * window.slot_rows
+        rows = window.view()[at : at + info.chunk_rows]
+        _check_crc(info, rows.reshape(-1).view(np.uint8), stored, path, st, where, verify)

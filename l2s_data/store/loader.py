@@ -34,7 +34,6 @@ picks automatically; ``False`` forces streaming).
 
 from __future__ import annotations
 
-import mmap
 import sys
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -46,7 +45,8 @@ import torch
 
 from l2s_data.errors import KeyNotFoundError, StoreError
 from l2s_data.store._backend import Backend
-from l2s_data.store._chunks import VERIFY_MODES, ArrayInfo, map_chunk, read_chunk
+from l2s_data.store import _vmap
+from l2s_data.store._chunks import VERIFY_MODES, ArrayInfo, map_chunk, place_chunk, read_chunk
 from l2s_data.store.snapshot import Key
 
 if TYPE_CHECKING:
@@ -251,74 +251,75 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         if first < len(mine):
             rounds.append(mine[first:])
         caches = [_ChunkCache(self._backend, self.cache_chunks) for _ in self.keys]
+        # With prefetch the next round is mapped while this one is read: two windows per key.
+        copies = 2 if self.prefetch else 1
+        windows = _Windows(self, slots=max(len(r) for r in rounds), copies=copies)
+        nkeys = len(self.keys)
 
-        def load(rnd: np.ndarray) -> list[tuple[np.ndarray, list[np.ndarray]]]:
-            """Per unit: (sample positions, one [m, D_k] source per key). Whole chunks in storage
-            order are memory-mapped views (no copy); anything else is gathered."""
-            out = []
-            for u in rnd.tolist():
-                start, stop = self._units[u].tolist()
-                out.append((np.arange(start, stop), [self._source(k, u, caches[k]) for k in range(len(self.keys))]))
-            return out
+        def load(r: int, rnd: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+            """The round's sample positions, and per key a source array and the row in it of
+            each of the round's rows (see :meth:`_Windows.load`)."""
+            pos = np.concatenate([np.arange(*self._units[u].tolist()) for u in rnd.tolist()])
+            srcs, rows = [], []
+            for k in range(nkeys):
+                src, row = windows.load(k, r % copies, rnd, caches[k])
+                srcs.append(src)
+                rows.append(row)
+            return pos, srcs, rows
 
         pool = ThreadPoolExecutor(1, thread_name_prefix="l2s-loader") if self.prefetch else None
         bsz = self.batch_size
-        buffers = _RoundBuffers()
+        buffers = _BatchBuffers()
+        shapes = [(d, infos[0].stored_dtype) for d, infos in zip(self.dims, self._infos)]
+        carry_pos = np.zeros(0, np.int64)
+        carry = [np.zeros((0, d), dt) for d, dt in shapes]
         try:
-            pending = pool.submit(load, rounds[0]) if pool else None
-            carry: list[tuple[np.ndarray, list[np.ndarray]]] = []
+            pending = pool.submit(load, 0, rounds[0]) if pool else None
             for r, rnd in enumerate(rounds):
-                units_r = pending.result() if pool else load(rnd)
+                pos_r, srcs, rows = pending.result() if pool else load(r, rnd)
                 if pool and r + 1 < len(rounds):
-                    pending = pool.submit(load, rounds[r + 1])
-                units_r = carry + units_r
-                held = sum(len(p) for p, _ in units_r)
-                perm = rng.permutation(held) if self.shuffle else None
-                pos, cols = self._shuffle_round(units_r, perm, buffers)
+                    pending = pool.submit(load, r + 1, rounds[r + 1])
+                # The rows carried from the last round come first, then this round's; ``perm``
+                # deals them out. Row i of the output is source row src_rows[k][i] of key k, or
+                # carried row perm[i] (a few; patched after the take).
+                nc = len(carry_pos)
+                held = nc + len(pos_r)
+                perm = rng.permutation(held) if self.shuffle else np.arange(held)
+                pos = np.concatenate([carry_pos, pos_r])[perm]
+                from_carry = perm < nc
+                src_rows = [np.where(from_carry, row[0], row[np.maximum(perm - nc, 0)]) for row in rows]
                 last = r == len(rounds) - 1
                 out_n = held if last else held - held % bsz
-                # Batches are views of the round's buffer: no copy, no per-batch gather.
                 for s in range(0, out_n, bsz):
                     e = min(s + bsz, out_n)
                     if e - s < bsz and self.drop_last:
                         continue
-                    yield self._emit(pos[s:e], [c[s:e] for c in cols])
-                # Fewer than a batch left: carried (copied, so the round buffer can go) into the
-                # next round as one unit, where they are shuffled again with its rows.
-                carry = [(pos[out_n:].copy(), [c[out_n:].copy() for c in cols])] if out_n < held else []
+                    cols = buffers.columns(e - s, shapes)
+                    self._take(srcs, src_rows, carry, perm, from_carry, s, e, cols)
+                    yield self._emit(pos[s:e], cols)
+                    del cols  # the caller's tensors alone keep the buffer from reuse
+                # Fewer than a batch left: copied out (the sources are remapped next round) and
+                # shuffled again with the next round's rows.
+                left = [np.empty((held - out_n, d), dt) for d, dt in shapes]
+                self._take(srcs, src_rows, carry, perm, from_carry, out_n, held, left)
+                carry_pos, carry = pos[out_n:].copy(), left
+                del srcs
         finally:
             if pool:
                 pool.shutdown(wait=True, cancel_futures=True)
+            windows.close()
 
-    def _shuffle_round(self, units, perm: np.ndarray | None,
-                       buffers: _RoundBuffers) -> tuple[np.ndarray, list[np.ndarray]]:
-        """The round's rows, shuffled: positions ``[held]`` and one ``[held, D_k]`` array per key.
-
-        Row ``i`` of the concatenated units lands at ``inv[i]`` (``inv`` the inverse of
-        ``perm``), so each unit's source is copied whole, in one scatter per (unit, key):
-        straight from the mapped chunk into the round buffer, the only copy. Batches are views
-        of that buffer; it is reused only once no batch of it is alive (:class:`_RoundBuffers`).
-        """
-        held = sum(len(p) for p, _ in units)
-        if perm is None:
-            inv = np.arange(held)
-        else:
-            inv = np.empty(held, np.int64)
-            inv[perm] = np.arange(held)
-        pos = np.empty(held, np.int64)
-        cols = buffers.columns(held, [(src.shape[1], src.dtype) for src in units[0][1]])
-        at = 0
-        for p, srcs in units:
-            m = len(p)
-            if perm is None:
-                dst = slice(at, at + m)
-            else:
-                dst = inv[at : at + m]
-            pos[dst] = p
-            for k, src in enumerate(srcs):
-                cols[k][dst] = src
-            at += m
-        return pos, cols
+    @staticmethod
+    def _take(srcs, src_rows, carry, perm, from_carry, s: int, e: int, out: list[np.ndarray]) -> None:
+        """Rows s..e of the round into ``out`` (one ``np.take`` per key, the only copy)."""
+        for k, src in enumerate(srcs):
+            # mode="clip": no bounds pass through a temporary (the rows are valid by construction).
+            np.take(src, src_rows[k][s:e], axis=0, out=out[k], mode="clip")
+        fc = from_carry[s:e]
+        if len(carry[0]) and fc.any():
+            ci = perm[s:e][fc]
+            for k, c in enumerate(carry):
+                out[k][fc] = c[ci]
 
     def _emit(self, positions: np.ndarray, cols: list[np.ndarray]) -> tuple:
         out = [self._tensor(k, c) for k, c in enumerate(cols)]
@@ -362,23 +363,73 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         return out
 
 
-class _RoundBuffers:
-    """Memory for round buffers: anonymous mappings advised to use huge pages, recycled.
+class _Windows:
+    """Per key (and per copy, with prefetch): a :class:`_vmap.Window` the round's chunks are
+    mapped into, so the round's rows are one array and a batch is one ``np.take`` from it.
 
-    Why: the shuffle scatters rows to random places of a round buffer (16 MiB by default).
-    On 4 KiB pages each row write misses the TLB, and a fresh allocation is zero-filled by the
-    kernel first: measured here, that ran the scatter at a third of the speed of a recycled
-    huge-page buffer, and which one ``np.empty`` returns depends on the heap's history. A buffer
-    goes back into use only when nothing references it any more: every batch is a view of it,
-    and a view (numpy, or the torch tensor made from it) holds the mapping, so its reference
-    count tells. Batches the caller keeps stay valid; their buffer is simply not reused.
+    Used for a key's round when the store is on a local disk, the platform can map files at
+    fixed addresses, and each of the round's units is a whole chunk of that key in storage order
+    (how extraction writes). Otherwise, or if mapping fails, the round's rows are copied into one
+    array instead (a pass through memory: slower, same rows, same order).
     """
 
-    KEEP = 3  # the round being yielded, the one a caller may still hold, one spare
+    def __init__(self, ds: KeyedDataset, slots: int, copies: int):
+        self.ds, self.slots = ds, slots
+        self._windows: dict[tuple[int, int], _vmap.Window] = {}
+        self._slot_rows: list[int | None] = []
+        local = ds._backend.is_local and _vmap.available()
+        for infos in ds._infos:
+            uniform = len({(i.dim, i.stored_dtype) for i in infos}) == 1
+            fit = _vmap.slot_rows(max(i.chunk_rows for i in infos), infos[0].dim * infos[0].stored_dtype.itemsize)
+            self._slot_rows.append(fit if local and uniform else None)
+
+    def load(self, k: int, copy: int, rnd: np.ndarray, cache: _ChunkCache) -> tuple[np.ndarray, np.ndarray]:
+        """Key k's rows of the round's units: (source ``[R, D_k]``, row in it of each unit row)."""
+        ds = self.ds
+        units = ds._units[rnd]
+        if self._slot_rows[k] is not None and ds._whole[k][rnd].all():
+            try:
+                return self._map(k, copy, units)
+            except OSError:  # e.g. out of mappings: copy from here on
+                self._slot_rows[k] = None
+        srcs = [ds._source(k, int(u), cache) for u in rnd.tolist()]
+        return np.concatenate(srcs), np.arange(sum(len(x) for x in srcs))
+
+    def _map(self, k: int, copy: int, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ds, sr = self.ds, self._slot_rows[k]
+        w = self._windows.get((k, copy))
+        if w is None:
+            info = ds._infos[k][0]
+            w = self._windows[(k, copy)] = _vmap.Window(self.slots, sr, info.dim, info.stored_dtype)
+        rows = []
+        for j, (start, stop) in enumerate(units.tolist()):
+            a0, r0 = ds._locs[k][start].tolist()
+            info = ds._infos[k][a0]
+            place_chunk(ds._backend, info, r0 // info.chunk_rows, w, j, verify=ds.verify)
+            rows.append(np.arange(j * sr, j * sr + stop - start))
+        return w.view(), np.concatenate(rows)
+
+    def close(self) -> None:
+        for w in self._windows.values():
+            w.close()
+        self._windows.clear()
+
+
+class _BatchBuffers:
+    """Reused memory for batches: a buffer goes back into use once nothing references it.
+
+    Every batch is a view of one buffer (numpy, or the torch tensor made from it), and a view
+    holds its buffer, so the buffer's reference count tells whether a batch is still alive.
+    Batches the caller keeps stay valid; their buffer is simply not reused. Reuse keeps the
+    pages resident and the batch in cache: a fresh allocation of this size is often a new
+    mapping that the kernel zero-fills page by page.
+    """
+
+    KEEP = 3  # the batch being yielded, the one a caller may still hold, one spare
     _FREE_REFS = 3  # the pool's list, the loop variable, getrefcount's argument
 
     def __init__(self) -> None:
-        self._pool: list[mmap.mmap] = []
+        self._pool: list[np.ndarray] = []
 
     def columns(self, rows: int, shapes: Sequence[tuple[int, np.dtype]]) -> list[np.ndarray]:
         """Uninitialised ``[rows, D_k]`` arrays of dtype_k, one per (D_k, dtype_k), carved from one buffer."""
@@ -386,25 +437,22 @@ class _RoundBuffers:
         buf = self._get(sum(sizes))
         out, at = [], 0
         for (d, dt), size in zip(shapes, sizes):
-            out.append(np.frombuffer(buf, dtype=dt, count=rows * d, offset=at).reshape(rows, d))
+            out.append(buf[at : at + rows * d * np.dtype(dt).itemsize].view(dt).reshape(rows, d))
             at += size
         return out
 
-    def _get(self, nbytes: int) -> mmap.mmap:
-        for m in self._pool:
-            if len(m) >= nbytes and sys.getrefcount(m) <= self._FREE_REFS:
-                return m
-        # Private: a shared anonymous mapping is shmem, which gets no transparent huge pages.
-        m = mmap.mmap(-1, max(nbytes, 1 << 21), flags=mmap.MAP_PRIVATE)
-        if hasattr(mmap, "MADV_HUGEPAGE"):
-            m.madvise(mmap.MADV_HUGEPAGE)
+    def _get(self, nbytes: int) -> np.ndarray:
+        for b in self._pool:
+            if len(b) >= nbytes and sys.getrefcount(b) <= self._FREE_REFS:
+                return b
+        b = np.empty(max(nbytes, 64), np.uint8)
         if len(self._pool) < self.KEEP:
-            self._pool.append(m)
-        else:  # all in use: drop a smaller one from the pool (its batches keep it alive)
+            self._pool.append(b)
+        else:  # all in use: replace a smaller one in the pool (its batches keep it alive)
             small = min(range(len(self._pool)), key=lambda i: len(self._pool[i]))
-            if len(self._pool[small]) < len(m):
-                self._pool[small] = m
-        return m
+            if len(self._pool[small]) < len(b):
+                self._pool[small] = b
+        return b
 
 
 class _ChunkCache:

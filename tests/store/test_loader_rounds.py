@@ -10,7 +10,7 @@ import torch
 
 from l2s_data.errors import CorruptChunkError
 from l2s_data.store import Key, Store
-from l2s_data.store import _chunks
+from l2s_data.store import _chunks, _vmap, loader
 
 from .conftest import sample_ids, write_shard
 
@@ -63,14 +63,87 @@ def test_drop_last_drops_only_the_final_partial_batch(chunked):
     assert sizes == [9] * (N // 9)
 
 
-def test_stored_dtype_batches_are_views_not_copies(chunked):
-    """With dtype='stored' a batch shares the round buffer (no per-batch copy)."""
-    store, _ = chunked
-    ds = store.columns([K], batch_size=4, buffer_rows=16, in_memory=False, dtype="stored")
-    it = iter(ds)
-    (a,), (b,) = next(it), next(it)
-    assert a.dtype == torch.float32
-    assert b.data_ptr() == a.data_ptr() + a.numel() * a.element_size()
+def test_a_batch_buffer_is_reused_once_the_caller_drops_its_batch(chunked):
+    """Batches are copies into a few recycled buffers: dropped batches free theirs for reuse,
+    and a batch still held is never overwritten (the coverage test above keeps them all)."""
+    store, rows = chunked
+    ds = store.columns([K], batch_size=4, buffer_rows=16, in_memory=False, dtype="stored", with_ids=True)
+    ptrs = set()
+    for x, ids in ds:  # the previous batch is released when the loop variable is rebound
+        ptrs.add(x.data_ptr())
+        np.testing.assert_array_equal(x.numpy(), np.stack([rows[s] for s in ids]))
+    assert 1 <= len(ptrs) <= 3  # 25 batches from at most three buffers
+    kept = [x for x, _ in ds]
+    assert len({x.data_ptr() for x in kept}) == len(kept)
+
+
+def _epochs(ds, n=3):
+    out = []
+    for epoch in range(n):
+        ds.set_epoch(epoch)
+        out.append([(tuple(t.numpy().tobytes() for t in b[:-1]), tuple(b[-1])) for b in ds])
+    return out
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_chunks_mapped_into_one_window_give_the_same_batches_as_copied_rounds(tmp_path, monkeypatch, prefetch):
+    """The window path (chunk files mapped side by side, one take per batch) and the copy path
+    (rounds concatenated in memory) are two ways to the same batches, in the same order."""
+    store = Store.open(tmp_path / "s", create=True)
+    rid = store.put_recipe({"w": 1}, name="r")
+    keys = (("p2s", "completion_last", 2), ("input", "prompt_last", 1))
+    ids = sample_ids(90)
+    for j, part in enumerate((ids[:37], ids[37:])):  # 16-row chunks: 3 + 4, edge chunks of 5 rows
+        write_shard(store, f"s{j}", rid, part, d=12, keys=keys, seed=j, dtype="float16", chunk_bytes=16 * 12 * 2)
+    cols = [Key(rid, *k) for k in keys]
+    placed = [0]
+    real_place = loader.place_chunk
+
+    def counted(*a, **kw):
+        placed[0] += 1
+        return real_place(*a, **kw)
+
+    monkeypatch.setattr(loader, "place_chunk", counted)
+    kw = dict(batch_size=7, buffer_rows=40, in_memory=False, with_ids=True, dtype="stored", prefetch=prefetch)
+    mapped = _epochs(store.columns(cols, **kw))
+    assert placed[0] == 3 * 2 * 7  # epochs x keys x chunks: every round went through windows
+    monkeypatch.setattr(_vmap, "available", lambda: False)
+    copied = _epochs(store.columns(cols, **kw))
+    assert placed[0] == 3 * 2 * 7
+    assert mapped == copied
+    assert mapped[0] != mapped[1]  # and epochs differ
+    assert sorted(s for _, b in mapped[2] for s in b) == ids
+
+
+def test_a_window_holds_chunks_that_are_not_whole_pages(tmp_path):
+    """Slots are whole pages and whole rows: 7-row chunks of 12 float32 (336 bytes) still line up."""
+    w = _vmap.Window(3, _vmap.slot_rows(7, 48), 12, np.float32)
+    try:
+        assert w.slot_rows * 48 % 4096 == 0 and w.slot_rows >= 7
+        data = [np.random.default_rng(i).standard_normal((7, 12)).astype(np.float32) for i in range(3)]
+        for j, a in enumerate(data):
+            p = tmp_path / f"c{j}"
+            p.write_bytes(a.tobytes() + b"crc!")
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                w.place(j, fd, a.nbytes)
+            finally:
+                os.close(fd)
+        v = w.view()
+        for j, a in enumerate(data):
+            np.testing.assert_array_equal(v[j * w.slot_rows : j * w.slot_rows + 7], a)
+        p = tmp_path / "c0"
+        p.write_bytes(data[2].tobytes() + b"crc!")  # a new file over slot 0 replaces the old
+        fd = os.open(p, os.O_RDONLY)
+        w.place(0, fd, data[2].nbytes)
+        os.close(fd)
+        np.testing.assert_array_equal(v[:7], data[2])
+        with pytest.raises(ValueError, match="slot 3 of 3"):
+            w.place(3, 0, 16)
+    finally:
+        w.close()
+    with pytest.raises(ValueError, match="closed"):
+        w.view()
 
 
 def _count_crc(monkeypatch) -> list[int]:
