@@ -5,14 +5,21 @@
     make bench-store
 
 The same activations are written four ways into a temporary folder (removed at the end):
-the store (Zarr shards, read with ``store.columns(..., in_memory=False, dtype="stored")``: the
-streaming path, shuffled chunks and buffer, float16 out as stored, like the memmap), a raw ``.npy`` read with a numpy memmap in batch-sized slices,
-the same ``.npy`` gathered in shuffled row batches (what a shuffled memmap loader does), one
-``torch.save`` file of a per-sample dict per row read back with ``torch.load`` (the
-reference L2S cache format), and an Arrow IPC file read in shuffled row batches with
-``Table.take`` (the layout of HF datasets, which SAELens caches in). Every file is read once
-before timing so all paths start from the page cache; each path reports its best of
-``--repeats``. Printed numbers are bytes of activations delivered per second, and ratios.
+
+- the store (Zarr shards), read with ``store.columns(..., in_memory=False, dtype="stored")``:
+  the streaming path, shuffled chunks and buffer, float16 out as stored, like the memmap; and
+  again with ``where="split = 'train'"`` (4 rows of every 5: every chunk is mapped and 80% of
+  its rows taken);
+- a raw ``.npy``, read with a numpy memmap in batch-sized slices, and gathered in shuffled row
+  batches (what a shuffled memmap loader does);
+- one ``torch.save`` file of a per-sample dict per row, read back with ``torch.load`` (the
+  reference L2S cache format);
+- an Arrow IPC file read in shuffled row batches with ``Table.take`` (the layout of HF
+  datasets, which SAELens caches in).
+
+Every file is read once before timing so all paths start from the page cache; each path
+reports its best of ``--repeats``, timed round robin. Printed numbers are bytes of
+activations delivered per second, and ratios.
 
 The loader checks each chunk's crc32c the first time the process reads it (``verify="once"``,
 the default), so its first epoch hashes all 512 MiB and later ones do not: the first epoch is
@@ -83,6 +90,13 @@ def main() -> None:
         # store
         store = Store.open(work / "store", create=True)
         rid = store.put_recipe({"bench": "store", "rows": n, "dim": d}, name="bench")
+        store.put_samples(
+            pa.table({"sample_id": ids, "query": [""] * n, "image_path": [""] * n, "image_sha256": ["0" * 64] * n,
+                      "width": pa.array([1] * n, pa.int32()), "height": pa.array([1] * n, pa.int32())}),
+            pa.table({"dataset": ["bench"] * n, "subset": ["all"] * n, "question_id": ids, "sample_id": ids,
+                      "category": ["c"] * n, "label": [None] * n,
+                      "split": ["test" if i % 5 == 0 else "train" for i in range(n)]}),
+        )
         for s in range(0, n, SHARD_ROWS):
             with store.shard_writer(f"s{s // SHARD_ROWS:05d}", rid, ids[s : s + SHARD_ROWS]) as w:
                 w.write("p2s", "completion_last", 14, data[s : s + SHARD_ROWS], "float16")
@@ -108,6 +122,7 @@ def main() -> None:
         ds = store.columns([key], batch_size=bs, in_memory=False, dtype="stored", seed=1)
         print(f"# loader set-up (snapshot, index; once per training run): {time.perf_counter() - t0:.2f} s")
         ds_always = store.columns([key], batch_size=bs, in_memory=False, dtype="stored", seed=1, verify="always")
+        ds_where = store.columns([key], where="split = 'train'", batch_size=bs, in_memory=False, dtype="stored", seed=1)
         epochs = iter(range(1 << 30))
 
         def read_with(d) -> int:
@@ -122,6 +137,9 @@ def main() -> None:
 
         def read_store_always() -> int:
             return read_with(ds_always)
+
+        def read_store_where() -> int:
+            return read_with(ds_where)
 
         def read_memmap() -> int:
             mm = np.load(work / "raw.npy", mmap_mode="r")
@@ -167,6 +185,7 @@ def main() -> None:
         print(f"# store loader, first epoch (crc32c of every chunk): {nbytes / secs / 2**20:.0f} MiB/s")
         paths = [("store loader (streaming, shuffled)", read_store),
                  ("store loader, verify='always'", read_store_always),
+                 ("store loader, where= (80% of rows)", read_store_where),
                  ("numpy memmap (sequential)", read_memmap),
                  ("numpy memmap (shuffled rows)", read_memmap_shuffled),
                  ("torch.load per-sample dicts", read_torch_load), ("Arrow IPC rows (shuffled take)", read_arrow)]

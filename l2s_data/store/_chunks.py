@@ -110,71 +110,73 @@ def read_chunk(backend: Backend, info: ArrayInfo, i: int) -> np.ndarray:
     Raises CorruptChunkError naming the shard, recipe, array and chunk when the file is missing,
     has the wrong size, or fails its crc32c.
     """
-    rel = f"{info.path}/{chunk_key(i)}"
-    where = f"chunk {i} of array {info.path} (shard {info.shard}, recipe {info.recipe_id})"
     try:
-        raw = backend.read_bytes(rel)
+        raw = backend.read_bytes(f"{info.path}/{chunk_key(i)}")
     except FileNotFoundError as exc:
-        raise CorruptChunkError(f"{where} is missing; run `l2s store verify` and re-extract the shard.") from exc
+        raise _missing(info, i) from exc
     want = info.chunk_nbytes + (4 if info.checksummed else 0)
     if len(raw) != want:
-        raise CorruptChunkError(
-            f"{where} has {len(raw)} bytes, expected {want}; the file was truncated or replaced. "
-            f"Re-extract the shard (delete its manifest, then rerun extraction)."
-        )
+        raise _wrong_size(info, i, len(raw), want)
     view = np.frombuffer(raw, dtype=np.uint8)  # read-only, zero-copy: google_crc32c accepts it
     if info.checksummed:
-        stored = int.from_bytes(raw[-4:], "little")
-        if google_crc32c.value(view[:-4]) != stored:
-            raise CorruptChunkError(
-                f"{where} failed its crc32c checksum: the bytes on disk were altered. "
-                f"Re-extract the shard (delete its manifest, then rerun extraction)."
-            )
+        _check_crc(info, i, view[:-4], raw[-4:], None, "always")
         view = view[:-4]
     arr = np.frombuffer(view, dtype=info.stored_dtype).reshape(info.chunk_rows, info.dim)
     n = min(info.chunk_rows, info.rows - i * info.chunk_rows)
     return arr[:n]
 
 
-def _open_chunk(backend: Backend, info: ArrayInfo, i: int) -> tuple[int, os.stat_result, str, str]:
-    """Open chunk ``i``'s file on a local disk: (fd, stat, path, where); its size is checked.
-    The caller closes the fd."""
-    rel = f"{info.path}/{chunk_key(i)}"
-    where = f"chunk {i} of array {info.path} (shard {info.shard}, recipe {info.recipe_id})"
-    want = info.chunk_nbytes + (4 if info.checksummed else 0)
-    path = backend.path(rel)
+def _where(info: ArrayInfo, i: int) -> str:
+    return f"chunk {i} of array {info.path} (shard {info.shard}, recipe {info.recipe_id})"
+
+
+def _missing(info: ArrayInfo, i: int) -> CorruptChunkError:
+    return CorruptChunkError(f"{_where(info, i)} is missing; run `l2s store verify` and re-extract the shard.")
+
+
+def _wrong_size(info: ArrayInfo, i: int, got: int, want: int) -> CorruptChunkError:
+    return CorruptChunkError(
+        f"{_where(info, i)} has {got} bytes, expected {want}; the file was truncated or replaced. "
+        f"Re-extract the shard (delete its manifest, then rerun extraction)."
+    )
+
+
+def _open_chunk(backend: Backend, info: ArrayInfo, i: int) -> tuple[int, os.stat_result, str]:
+    """Open chunk ``i``'s file on a local disk: (fd, stat, path); its size is checked. The
+    caller closes the fd. Error messages are built only on error: this runs per chunk read."""
+    path = backend.path(f"{info.path}/c/{i}/0")
     try:
-        fd = os.open(path, os.O_RDONLY)  # no Python file object: this runs once per chunk read
+        fd = os.open(path, os.O_RDONLY)  # no Python file object
     except FileNotFoundError as exc:
-        raise CorruptChunkError(f"{where} is missing; run `l2s store verify` and re-extract the shard.") from exc
+        raise _missing(info, i) from exc
     try:
         st = os.fstat(fd)
+        want = info.chunk_nbytes + (4 if info.checksummed else 0)
         if st.st_size != want:
-            raise CorruptChunkError(
-                f"{where} has {st.st_size} bytes, expected {want}; the file was truncated or replaced. "
-                f"Re-extract the shard (delete its manifest, then rerun extraction)."
-            )
+            raise _wrong_size(info, i, st.st_size, want)
     except BaseException:
         os.close(fd)
         raise
-    return fd, st, path, where
+    return fd, st, path
 
 
-def _check_crc(info: ArrayInfo, data, stored: bytes, path: str, st: os.stat_result, where: str,
-               verify: str) -> None:
-    """Check ``data`` (the chunk's row bytes) against its stored crc32c, unless ``verify='once'``
-    and this unchanged file already passed in this process."""
+def _needs_check(info: ArrayInfo, path: str, st: os.stat_result, verify: str) -> tuple | None:
+    """The file's identity if its crc32c must be checked now, else None (see :func:`map_chunk`)."""
     if not info.checksummed:
-        return
+        return None
     ident = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    if verify == "once" and ident in _VERIFIED:
-        return
+    return None if verify == "once" and ident in _VERIFIED else ident
+
+
+def _check_crc(info: ArrayInfo, i: int, data, stored: bytes, ident: tuple | None, verify: str) -> None:
+    """Check ``data`` (the chunk's row bytes) against its stored crc32c; with ``verify="once"``
+    remember that the file ``ident`` passed."""
     if google_crc32c.value(data) != int.from_bytes(stored, "little"):
         raise CorruptChunkError(
-            f"{where} failed its crc32c checksum: the bytes on disk were altered. "
+            f"{_where(info, i)} failed its crc32c checksum: the bytes on disk were altered. "
             f"Re-extract the shard (delete its manifest, then rerun extraction)."
         )
-    if verify == "once":
+    if verify == "once" and ident is not None:
         if len(_VERIFIED) >= _VERIFIED_CAP:
             _VERIFIED.clear()
         _VERIFIED.add(ident)
@@ -199,14 +201,16 @@ def map_chunk(backend: Backend, info: ArrayInfo, i: int, *, verify: str = "alway
         raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}.")
     if not backend.is_local:
         return read_chunk(backend, info, i)
-    fd, st, path, where = _open_chunk(backend, info, i)
+    fd, st, path = _open_chunk(backend, info, i)
     try:
         mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
     finally:
         os.close(fd)  # the mapping keeps the file's pages
     raw = np.frombuffer(mm, dtype=np.uint8)
     data = raw[: info.chunk_nbytes]
-    _check_crc(info, data, raw[info.chunk_nbytes :].tobytes(), path, st, where, verify)
+    ident = _needs_check(info, path, st, verify)
+    if ident is not None:
+        _check_crc(info, i, data, raw[info.chunk_nbytes :].tobytes(), ident, verify)
     n = min(info.chunk_rows, info.rows - i * info.chunk_rows)
     return data.view(info.stored_dtype).reshape(info.chunk_rows, info.dim)[:n]
 
@@ -215,13 +219,14 @@ def place_chunk(backend: Backend, info: ArrayInfo, i: int, window: Window, slot:
                 verify: str = "always") -> None:
     """Map chunk ``i``'s rows into ``slot`` of ``window`` (local disks only), checked like
     :func:`map_chunk`: its rows are then ``window.view()[slot * window.slot_rows:][:n]``."""
-    fd, st, path, where = _open_chunk(backend, info, i)
+    fd, st, path = _open_chunk(backend, info, i)
     try:
-        window.place(slot, fd, info.chunk_nbytes)
-        stored = os.pread(fd, 4, info.chunk_nbytes) if info.checksummed else b""
+        nbytes = info.chunk_nbytes
+        window.place(slot, fd, nbytes)
+        ident = _needs_check(info, path, st, verify)
+        if ident is not None:
+            at = slot * window.slot_rows
+            rows = window.view()[at : at + info.chunk_rows]
+            _check_crc(info, i, rows.reshape(-1).view(np.uint8), os.pread(fd, 4, nbytes), ident, verify)
     finally:
         os.close(fd)
-    if info.checksummed:
-        at = slot * window.slot_rows
-        rows = window.view()[at : at + info.chunk_rows]
-        _check_crc(info, rows.reshape(-1).view(np.uint8), stored, path, st, where, verify)

@@ -165,6 +165,9 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         # Per key and unit: is the unit one whole chunk of that key, rows in storage order? Then
         # it is memory-mapped as is; otherwise its rows are gathered (computed once, here).
         self._whole = [self._whole_chunks(k) for k in range(len(keys))]
+        # Per key and unit: do its rows (all, or the selected few) lie in one chunk of the key?
+        # Then the chunk is mapped whole and the rows are picked out of it (see _Windows).
+        self._one_chunk = [self._in_one_chunk(k) for k in range(len(keys))]
         self.dims = [infos[0].dim if infos else 0 for infos in self._infos]
         self.num_rows = len(have)
         row_bytes = sum(infos[0].dim * infos[0].stored_dtype.itemsize for infos in self._infos if infos)
@@ -186,6 +189,16 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         s, e = units[:, 0], units[:, 1]
         r0, c = loc[s, 1], chunk_rows[s]
         return (breaks[e - 1] - breaks[s] == 0) & (r0 % c == 0) & (e - s == np.minimum(c, rows[s] - r0))
+
+    def _in_one_chunk(self, k: int) -> np.ndarray:
+        """bool ``[n_units]``: unit u's rows of key k all lie in one chunk of one array."""
+        units, loc, infos = self._units, self._locs[k], self._infos[k]
+        if not len(units):
+            return np.zeros(0, bool)
+        chunk = loc[:, 1] // np.array([i.chunk_rows for i in infos], np.int64)[loc[:, 0]]
+        same = (loc[1:, 0] == loc[:-1, 0]) & (chunk[1:] == chunk[:-1])
+        breaks = np.r_[0, np.cumsum(~same)]
+        return breaks[units[:, 1] - 1] == breaks[units[:, 0]]
 
     # -- public ----------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -269,8 +282,8 @@ class KeyedDataset(torch.utils.data.IterableDataset):
 
         pool = ThreadPoolExecutor(1, thread_name_prefix="l2s-loader") if self.prefetch else None
         bsz = self.batch_size
-        buffers = _BatchBuffers()
         shapes = [(d, infos[0].stored_dtype) for d, infos in zip(self.dims, self._infos)]
+        buffers = _BatchBuffers(bsz, shapes)
         carry_pos = np.zeros(0, np.int64)
         carry = [np.zeros((0, d), dt) for d, dt in shapes]
         try:
@@ -286,40 +299,33 @@ class KeyedDataset(torch.utils.data.IterableDataset):
                 held = nc + len(pos_r)
                 perm = rng.permutation(held) if self.shuffle else np.arange(held)
                 pos = np.concatenate([carry_pos, pos_r])[perm]
-                from_carry = perm < nc
-                src_rows = [np.where(from_carry, row[0], row[np.maximum(perm - nc, 0)]) for row in rows]
+                src_rows = [np.where(perm < nc, row[0], row[np.maximum(perm - nc, 0)]) for row in rows]
+                carried = {i: perm[i] for i in np.flatnonzero(perm < nc).tolist()}  # output row -> carried row
+                patch = {i // bsz for i in carried}  # batches holding carried rows
                 last = r == len(rounds) - 1
                 out_n = held if last else held - held % bsz
-                for s in range(0, out_n, bsz):
+                for b, s in enumerate(range(0, out_n, bsz)):
                     e = min(s + bsz, out_n)
                     if e - s < bsz and self.drop_last:
                         continue
-                    cols = buffers.columns(e - s, shapes)
-                    self._take(srcs, src_rows, carry, perm, from_carry, s, e, cols)
+                    cols = buffers.get(e - s)
+                    for k in range(nkeys):
+                        # mode="clip": no bounds pass through a temporary (rows valid by construction)
+                        srcs[k].take(src_rows[k][s:e], 0, cols[k], "clip")
+                    if b in patch:
+                        _patch(cols, carry, carried, s, e)
                     yield self._emit(pos[s:e], cols)
                     del cols  # the caller's tensors alone keep the buffer from reuse
                 # Fewer than a batch left: copied out (the sources are remapped next round) and
                 # shuffled again with the next round's rows.
-                left = [np.empty((held - out_n, d), dt) for d, dt in shapes]
-                self._take(srcs, src_rows, carry, perm, from_carry, out_n, held, left)
+                left = [src.take(row[out_n:held], 0) for src, row in zip(srcs, src_rows)]
+                _patch(left, carry, carried, out_n, held)
                 carry_pos, carry = pos[out_n:].copy(), left
                 del srcs
         finally:
             if pool:
                 pool.shutdown(wait=True, cancel_futures=True)
             windows.close()
-
-    @staticmethod
-    def _take(srcs, src_rows, carry, perm, from_carry, s: int, e: int, out: list[np.ndarray]) -> None:
-        """Rows s..e of the round into ``out`` (one ``np.take`` per key, the only copy)."""
-        for k, src in enumerate(srcs):
-            # mode="clip": no bounds pass through a temporary (the rows are valid by construction).
-            np.take(src, src_rows[k][s:e], axis=0, out=out[k], mode="clip")
-        fc = from_carry[s:e]
-        if len(carry[0]) and fc.any():
-            ci = perm[s:e][fc]
-            for k, c in enumerate(carry):
-                out[k][fc] = c[ci]
 
     def _emit(self, positions: np.ndarray, cols: list[np.ndarray]) -> tuple:
         out = [self._tensor(k, c) for k, c in enumerate(cols)]
@@ -368,8 +374,9 @@ class _Windows:
     mapped into, so the round's rows are one array and a batch is one ``np.take`` from it.
 
     Used for a key's round when the store is on a local disk, the platform can map files at
-    fixed addresses, and each of the round's units is a whole chunk of that key in storage order
-    (how extraction writes). Otherwise, or if mapping fails, the round's rows are copied into one
+    fixed addresses, and each of the round's units has its rows of that key in one chunk (how
+    extraction writes: the keys of a shard share its rows and chunking; a ``where`` that picks
+    some rows of a chunk maps the chunk and takes those rows). Otherwise, or if mapping fails, the round's rows are copied into one
     array instead (a pass through memory: slower, same rows, same order).
     """
 
@@ -387,7 +394,7 @@ class _Windows:
         """Key k's rows of the round's units: (source ``[R, D_k]``, row in it of each unit row)."""
         ds = self.ds
         units = ds._units[rnd]
-        if self._slot_rows[k] is not None and ds._whole[k][rnd].all():
+        if self._slot_rows[k] is not None and ds._one_chunk[k][rnd].all():
             try:
                 return self._map(k, copy, units)
             except OSError:  # e.g. out of mappings: copy from here on
@@ -403,10 +410,11 @@ class _Windows:
             w = self._windows[(k, copy)] = _vmap.Window(self.slots, sr, info.dim, info.stored_dtype)
         rows = []
         for j, (start, stop) in enumerate(units.tolist()):
-            a0, r0 = ds._locs[k][start].tolist()
-            info = ds._infos[k][a0]
-            place_chunk(ds._backend, info, r0 // info.chunk_rows, w, j, verify=ds.verify)
-            rows.append(np.arange(j * sr, j * sr + stop - start))
+            loc = ds._locs[k][start:stop]
+            info = ds._infos[k][int(loc[0, 0])]
+            chunk = int(loc[0, 1]) // info.chunk_rows
+            place_chunk(ds._backend, info, chunk, w, j, verify=ds.verify)
+            rows.append(j * sr + loc[:, 1] - chunk * info.chunk_rows)
         return w.view(), np.concatenate(rows)
 
     def close(self) -> None:
@@ -415,44 +423,43 @@ class _Windows:
         self._windows.clear()
 
 
-class _BatchBuffers:
-    """Reused memory for batches: a buffer goes back into use once nothing references it.
+def _patch(out: list[np.ndarray], carry: list[np.ndarray], carried: dict[int, int], s: int, e: int) -> None:
+    """Overwrite the rows of ``out`` (rows s..e of the round) that come from the carried rows."""
+    for i in range(s, e):
+        c = carried.get(i)
+        if c is not None:
+            for o, src in zip(out, carry):
+                o[i - s] = src[c]
 
-    Every batch is a view of one buffer (numpy, or the torch tensor made from it), and a view
-    holds its buffer, so the buffer's reference count tells whether a batch is still alive.
-    Batches the caller keeps stay valid; their buffer is simply not reused. Reuse keeps the
-    pages resident and the batch in cache: a fresh allocation of this size is often a new
-    mapping that the kernel zero-fills page by page.
+
+class _BatchBuffers:
+    """Reused batch arrays: one ``[batch_size, D_k]`` array per key, a few sets in turn.
+
+    A set goes back into use once nothing references its arrays: every batch is the arrays
+    themselves or views of them (numpy, or the torch tensor made from them), and a view holds
+    its base, so the reference counts tell whether a batch is still alive. Batches the caller
+    keeps stay valid; their set is simply not reused. Reuse keeps the pages resident and the
+    batch in cache: a fresh allocation of this size is often a new mapping that the kernel
+    zero-fills page by page.
     """
 
     KEEP = 3  # the batch being yielded, the one a caller may still hold, one spare
-    _FREE_REFS = 3  # the pool's list, the loop variable, getrefcount's argument
+    _FREE_REFS = 3  # the set's list, the loop variable, getrefcount's argument
 
-    def __init__(self) -> None:
-        self._pool: list[np.ndarray] = []
+    def __init__(self, batch_size: int, shapes: Sequence[tuple[int, np.dtype]]) -> None:
+        self.batch_size, self.shapes = batch_size, list(shapes)
+        self._pool: list[list[np.ndarray]] = []
 
-    def columns(self, rows: int, shapes: Sequence[tuple[int, np.dtype]]) -> list[np.ndarray]:
-        """Uninitialised ``[rows, D_k]`` arrays of dtype_k, one per (D_k, dtype_k), carved from one buffer."""
-        sizes = [-(-rows * d * np.dtype(dt).itemsize // 64) * 64 for d, dt in shapes]
-        buf = self._get(sum(sizes))
-        out, at = [], 0
-        for (d, dt), size in zip(shapes, sizes):
-            out.append(buf[at : at + rows * d * np.dtype(dt).itemsize].view(dt).reshape(rows, d))
-            at += size
-        return out
-
-    def _get(self, nbytes: int) -> np.ndarray:
-        for b in self._pool:
-            if len(b) >= nbytes and sys.getrefcount(b) <= self._FREE_REFS:
-                return b
-        b = np.empty(max(nbytes, 64), np.uint8)
-        if len(self._pool) < self.KEEP:
-            self._pool.append(b)
-        else:  # all in use: replace a smaller one in the pool (its batches keep it alive)
-            small = min(range(len(self._pool)), key=lambda i: len(self._pool[i]))
-            if len(self._pool[small]) < len(b):
-                self._pool[small] = b
-        return b
+    def get(self, rows: int) -> list[np.ndarray]:
+        """Uninitialised ``[rows, D_k]`` arrays (rows <= batch_size), one per key."""
+        for cols in self._pool:
+            if all(sys.getrefcount(c) <= self._FREE_REFS for c in cols):
+                break
+        else:
+            cols = [np.empty((self.batch_size, d), dt) for d, dt in self.shapes]
+            if len(self._pool) < self.KEEP:
+                self._pool.append(cols)
+        return cols if rows == self.batch_size else [c[:rows] for c in cols]
 
 
 class _ChunkCache:

@@ -12,6 +12,7 @@ from l2s_data.errors import CorruptChunkError
 from l2s_data.store import Key, Store
 from l2s_data.store import _chunks, _vmap, loader
 
+from .conftest import rows as random_rows
 from .conftest import sample_ids, write_shard
 
 K = Key("r", "p2s", "completion_last", 2)
@@ -113,6 +114,38 @@ def test_chunks_mapped_into_one_window_give_the_same_batches_as_copied_rounds(tm
     assert mapped == copied
     assert mapped[0] != mapped[1]  # and epochs differ
     assert sorted(s for _, b in mapped[2] for s in b) == ids
+
+
+def test_windows_serve_a_where_selection_and_keys_chunked_differently_fall_back(tmp_path, monkeypatch):
+    """A ``where`` that picks some rows of each chunk still maps whole chunks (and takes those
+    rows); a key whose chunks do not line up with the first key's is copied instead. Both give
+    the batches the copy path gives."""
+    from .conftest import tables
+
+    store = Store.open(tmp_path / "s", create=True)
+    rid = store.put_recipe({"w": 2}, name="r")
+    ids = sample_ids(64)
+    store.put_samples(*tables(ids))
+    x = random_rows(64, 12, 1).astype(np.float16)
+    y = random_rows(64, 12, 2)  # float32: half as many rows per chunk as x
+    with store.shard_writer("s0", rid, ids, chunk_bytes=16 * 12 * 2) as w:
+        w.write("input", "prompt_last", 1, x, "float16")
+        w.write("p2s", "completion_last", 2, y, "float32")
+    cols = [Key(rid, "input", "prompt_last", 1), Key(rid, "p2s", "completion_last", 2)]
+    placed = []
+    real_place = loader.place_chunk
+    monkeypatch.setattr(loader, "place_chunk", lambda b, info, *a, **kw: (placed.append(info.path), real_place(b, info, *a, **kw))[1])
+    kw = dict(where="split = 'train'", batch_size=5, buffer_rows=20, in_memory=False, with_ids=True, dtype="stored")
+    mapped = _epochs(store.columns(cols, **kw), 2)
+    assert len(placed) == 2 * 4 and all("input" in p for p in placed)  # key 0's 4 chunks, per epoch
+    monkeypatch.setattr(_vmap, "available", lambda: False)
+    assert _epochs(store.columns(cols, **kw), 2) == mapped
+    train = [s for i, s in enumerate(ids) if i % 4]
+    assert sorted(s for _, b in mapped[1] for s in b) == train
+    by_id = dict(zip(ids, range(64)))
+    for (xb, yb), b in mapped[0]:
+        np.testing.assert_array_equal(np.frombuffer(xb, np.float16).reshape(-1, 12), x[[by_id[s] for s in b]])
+        np.testing.assert_array_equal(np.frombuffer(yb, np.float32).reshape(-1, 12), y[[by_id[s] for s in b]])
 
 
 def test_a_window_holds_chunks_that_are_not_whole_pages(tmp_path):
