@@ -13,15 +13,17 @@
 Reads are chunk-granular (DESIGN 4.5): zarr gathers random single rows about 300x slower than
 a memmap, whole chunks at page-cache speed. So the unit of work is one chunk of the first key's
 array (all selected samples in it); units are shuffled and dealt out to ranks and DataLoader
-workers. Each worker takes units ``buffer_rows`` rows at a time (a round: the shuffle buffer),
-reads them whole, and permutes the round's rows into a round buffer: on a local disk each chunk
-is memory-mapped and scattered straight to its rows' shuffled places, one numpy call per
-chunk, the only copy. Batches are consecutive slices of that buffer, handed out as tensor
-views (no per-batch gather or allocation; rows in random order, not grouped by chunk). Round
-buffers are huge-page anonymous memory, recycled once no batch views them. The other keys'
-rows come from their own chunks the same way, or through a small chunk cache when they were
-stored in another order (extraction writes the keys of a shard together, so they align).
-Fewer than a batch of rows left at the end of a round carry over into the next.
+workers. Each worker takes units ``buffer_rows`` rows at a time (a round: the shuffle buffer).
+On a local disk a round costs no copy at all: its chunk files are mapped side by side into one
+reserved address range (:mod:`l2s_data.store._vmap`), so the round is one ``[rows, D]`` array
+over the page cache, and each batch is one ``take`` of randomly chosen rows of it into a
+reused batch array: each byte is read once and written once, as in a plain memmap read. A
+``where`` that selects some rows of a chunk maps the chunk and takes those rows. The other
+keys' rows come from their own chunks the same way when they line up with the first key's
+(extraction writes the keys of a shard together, so they do); otherwise, on remote stores, or
+where fixed mappings are unavailable, the round's rows are copied into one array first (a
+small chunk cache serves keys stored in another order). Fewer than a batch of rows left at
+the end of a round carry over into the next.
 
 Each chunk's crc32c is checked the first time the process reads the file, and again if the
 file changes (``verify="once"``); ``verify="always"`` hashes on every read.
@@ -453,8 +455,11 @@ class _BatchBuffers:
     def get(self, rows: int) -> list[np.ndarray]:
         """Uninitialised ``[rows, D_k]`` arrays (rows <= batch_size), one per key."""
         for cols in self._pool:
-            if all(sys.getrefcount(c) <= self._FREE_REFS for c in cols):
-                break
+            for c in cols:
+                if sys.getrefcount(c) > self._FREE_REFS:
+                    break
+            else:
+                break  # no array of this set is referenced outside the pool
         else:
             cols = [np.empty((self.batch_size, d), dt) for d, dt in self.shapes]
             if len(self._pool) < self.KEEP:
