@@ -274,10 +274,12 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         def load(r: int, rnd: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
             """The round's sample positions, and per key a source array and the row in it of
             each of the round's rows (see :meth:`_Windows.load`)."""
-            pos = np.concatenate([np.arange(*self._units[u].tolist()) for u in rnd.tolist()])
+            starts, stops = self._units[rnd, 0], self._units[rnd, 1]
+            sizes = stops - starts
+            pos = np.repeat(starts - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
             srcs, rows = [], []
             for k in range(nkeys):
-                src, row = windows.load(k, r % copies, rnd, caches[k])
+                src, row = windows.load(k, r % copies, rnd, pos, sizes, caches[k])
                 srcs.append(src)
                 rows.append(row)
             return pos, srcs, rows
@@ -386,38 +388,44 @@ class _Windows:
         self.ds, self.slots = ds, slots
         self._windows: dict[tuple[int, int], _vmap.Window] = {}
         self._slot_rows: list[int | None] = []
+        self._chunks: list[list[tuple[int, int]] | None] = [None] * len(ds._infos)
+        self._in_chunk: list[np.ndarray | None] = [None] * len(ds._infos)
         local = ds._backend.is_local and _vmap.available()
         for infos in ds._infos:
             uniform = len({(i.dim, i.stored_dtype) for i in infos}) == 1
             fit = _vmap.slot_rows(max(i.chunk_rows for i in infos), infos[0].dim * infos[0].stored_dtype.itemsize)
             self._slot_rows.append(fit if local and uniform else None)
 
-    def load(self, k: int, copy: int, rnd: np.ndarray, cache: _ChunkCache) -> tuple[np.ndarray, np.ndarray]:
-        """Key k's rows of the round's units: (source ``[R, D_k]``, row in it of each unit row)."""
+    def load(self, k: int, copy: int, rnd: np.ndarray, pos: np.ndarray, sizes: np.ndarray,
+             cache: _ChunkCache) -> tuple[np.ndarray, np.ndarray]:
+        """Key k's rows of the round's units (sample positions ``pos``, ``sizes`` per unit):
+        (source ``[R, D_k]``, the row in it of each of ``pos``)."""
         ds = self.ds
-        units = ds._units[rnd]
         if self._slot_rows[k] is not None and ds._one_chunk[k][rnd].all():
             try:
-                return self._map(k, copy, units)
+                return self._map(k, copy, rnd, pos, sizes)
             except OSError:  # e.g. out of mappings: copy from here on
                 self._slot_rows[k] = None
         srcs = [ds._source(k, int(u), cache) for u in rnd.tolist()]
         return np.concatenate(srcs), np.arange(sum(len(x) for x in srcs))
 
-    def _map(self, k: int, copy: int, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _map(self, k: int, copy: int, rnd: np.ndarray, pos: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ds, sr = self.ds, self._slot_rows[k]
         w = self._windows.get((k, copy))
         if w is None:
             info = ds._infos[k][0]
             w = self._windows[(k, copy)] = _vmap.Window(self.slots, sr, info.dim, info.stored_dtype)
-        rows = []
-        for j, (start, stop) in enumerate(units.tolist()):
-            loc = ds._locs[k][start:stop]
-            info = ds._infos[k][int(loc[0, 0])]
-            chunk = int(loc[0, 1]) // info.chunk_rows
-            place_chunk(ds._backend, info, chunk, w, j, verify=ds.verify)
-            rows.append(j * sr + loc[:, 1] - chunk * info.chunk_rows)
-        return w.view(), np.concatenate(rows)
+        if self._chunks[k] is None:  # per unit (array, chunk), and per row its row in the chunk
+            loc, infos = ds._locs[k], ds._infos[k]
+            chunk_rows = np.array([i.chunk_rows for i in infos], np.int64)[loc[:, 0]]
+            first = ds._units[:, 0]
+            self._chunks[k] = list(zip(loc[first, 0].tolist(), (loc[first, 1] // chunk_rows[first]).tolist()))
+            self._in_chunk[k] = loc[:, 1] % chunk_rows
+        infos, chunks = ds._infos[k], self._chunks[k]
+        for j, u in enumerate(rnd.tolist()):
+            a, c = chunks[u]
+            place_chunk(ds._backend, infos[a], c, w, j, verify=ds.verify)
+        return w.view(), np.repeat(np.arange(len(rnd)) * sr, sizes) + self._in_chunk[k][pos]
 
     def close(self) -> None:
         for w in self._windows.values():
