@@ -148,6 +148,27 @@ def test_windows_serve_a_where_selection_and_keys_chunked_differently_fall_back(
         np.testing.assert_array_equal(np.frombuffer(yb, np.float32).reshape(-1, 12), y[[by_id[s] for s in b]])
 
 
+def test_a_mapping_that_fails_midway_falls_back_to_copying_with_the_same_batches(chunked, monkeypatch):
+    """If the kernel refuses a mapping (say, the process is out of map slots), the round is
+    copied instead: nothing is lost or repeated, and the order is the one windows give."""
+    store, rows = chunked
+    kw = dict(batch_size=6, buffer_rows=21, in_memory=False, with_ids=True, dtype="stored", seed=3)
+    want = _epochs(store.columns([K], **kw), 1)
+    real_place, calls = _vmap.Window.place, [0]
+
+    def flaky(self, slot, fd, nbytes):
+        calls[0] += 1
+        if calls[0] == 5:
+            raise OSError(12, "Cannot allocate memory")
+        return real_place(self, slot, fd, nbytes)
+
+    monkeypatch.setattr(_vmap.Window, "place", flaky)
+    got = _epochs(store.columns([K], **kw), 1)
+    assert calls[0] == 5  # the fifth mapping failed, and no window was tried after it
+    assert got == want
+    assert sorted(s for _, b in got[0] for s in b) == sample_ids(N)
+
+
 def test_a_window_holds_chunks_that_are_not_whole_pages(tmp_path):
     """Slots are whole pages and whole rows: 7-row chunks of 12 float32 (336 bytes) still line up."""
     w = _vmap.Window(3, _vmap.slot_rows(7, 48), 12, np.float32)
