@@ -22,7 +22,7 @@ from l2s_data.store._backend import Backend
 from l2s_data.store._format import STORED_DTYPE
 from l2s_data.store._vmap import Window
 
-__all__ = ["ArrayInfo", "load_array_info", "read_chunk", "map_chunk", "place_chunk", "chunk_key", "VERIFY_MODES"]
+__all__ = ["ArrayInfo", "load_array_info", "read_chunk", "map_chunk", "place_chunk", "chunk_identity", "chunk_key", "VERIFY_MODES"]
 
 #: ``"always"``: check a chunk's crc32c on every read. ``"once"``: once per process for an
 #: unchanged file (same device, inode, size, mtime and ctime), then trust it (see :func:`map_chunk`).
@@ -160,12 +160,23 @@ def _open_chunk(backend: Backend, info: ArrayInfo, i: int) -> tuple[int, os.stat
     return fd, st, path
 
 
-def _needs_check(info: ArrayInfo, path: str, st: os.stat_result, verify: str) -> tuple | None:
-    """The file's identity if its crc32c must be checked now, else None (see :func:`map_chunk`)."""
-    if not info.checksummed:
-        return None
-    ident = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    return None if verify == "once" and ident in _VERIFIED else ident
+def _ident(path: str, st: os.stat_result) -> tuple:
+    return (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def chunk_identity(backend: Backend, info: ArrayInfo, i: int) -> tuple:
+    """(path, device, inode, size, mtime, ctime) of chunk ``i``'s file on a local disk: what
+    :func:`place_chunk` returns, to tell later whether the file changed since."""
+    path = backend.path(f"{info.path}/c/{i}/0")
+    try:
+        return _ident(path, os.stat(path))
+    except FileNotFoundError as exc:
+        raise _missing(info, i) from exc
+
+
+def _needs_check(info: ArrayInfo, ident: tuple, verify: str) -> bool:
+    """Whether the file's crc32c must be checked now (see :func:`map_chunk`)."""
+    return info.checksummed and not (verify == "once" and ident in _VERIFIED)
 
 
 def _check_crc(info: ArrayInfo, i: int, data, stored: bytes, ident: tuple | None, verify: str) -> None:
@@ -208,25 +219,27 @@ def map_chunk(backend: Backend, info: ArrayInfo, i: int, *, verify: str = "alway
         os.close(fd)  # the mapping keeps the file's pages
     raw = np.frombuffer(mm, dtype=np.uint8)
     data = raw[: info.chunk_nbytes]
-    ident = _needs_check(info, path, st, verify)
-    if ident is not None:
+    ident = _ident(path, st)
+    if _needs_check(info, ident, verify):
         _check_crc(info, i, data, raw[info.chunk_nbytes :].tobytes(), ident, verify)
     n = min(info.chunk_rows, info.rows - i * info.chunk_rows)
     return data.view(info.stored_dtype).reshape(info.chunk_rows, info.dim)[:n]
 
 
 def place_chunk(backend: Backend, info: ArrayInfo, i: int, window: Window, slot: int, *,
-                verify: str = "always") -> None:
+                verify: str = "always") -> tuple:
     """Map chunk ``i``'s rows into ``slot`` of ``window`` (local disks only), checked like
-    :func:`map_chunk`: its rows are then ``window.view()[slot * window.slot_rows:][:n]``."""
+    :func:`map_chunk`: its rows are then ``window.view()[slot * window.slot_rows:][:n]``.
+    Returns the file's identity (see :func:`chunk_identity`)."""
     fd, st, path = _open_chunk(backend, info, i)
     try:
         nbytes = info.chunk_nbytes
         window.place(slot, fd, nbytes)
-        ident = _needs_check(info, path, st, verify)
-        if ident is not None:
+        ident = _ident(path, st)
+        if _needs_check(info, ident, verify):
             at = slot * window.slot_rows
             rows = window.view()[at : at + info.chunk_rows]
             _check_crc(info, i, rows.reshape(-1).view(np.uint8), os.pread(fd, 4, nbytes), ident, verify)
     finally:
         os.close(fd)
+    return ident

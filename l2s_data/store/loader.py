@@ -36,6 +36,7 @@ picks automatically; ``False`` forces streaming).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -48,7 +49,7 @@ import torch
 from l2s_data.errors import KeyNotFoundError, StoreError
 from l2s_data.store._backend import Backend
 from l2s_data.store import _vmap
-from l2s_data.store._chunks import VERIFY_MODES, ArrayInfo, map_chunk, place_chunk, read_chunk
+from l2s_data.store._chunks import VERIFY_MODES, ArrayInfo, chunk_identity, map_chunk, place_chunk, read_chunk
 from l2s_data.store.snapshot import Key
 
 if TYPE_CHECKING:
@@ -178,6 +179,8 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         typical_chunk = self._infos[0][0].chunk_rows if have else 1
         self.buffer_rows = int(buffer_rows or max(8 * typical_chunk, 4 * batch_size))
         self._memory: list[np.ndarray] | None = None
+        self._resident: tuple[int, list] | None = None  # (pid, per key a _Resident or None)
+        self._chunk_ids: dict[int, tuple[list[tuple[int, int]], np.ndarray]] = {}
 
     def _whole_chunks(self, k: int) -> np.ndarray:
         """bool ``[n_units]``: unit u's rows of key k are exactly one whole chunk, in order."""
@@ -202,7 +205,31 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         breaks = np.r_[0, np.cumsum(~same)]
         return breaks[units[:, 1] - 1] == breaks[units[:, 0]]
 
+    def _unit_chunks(self, k: int) -> tuple[list[tuple[int, int]], np.ndarray]:
+        """Key k: per unit the (array, chunk) of its first row, and per row its row in its chunk."""
+        got = self._chunk_ids.get(k)
+        if got is None:
+            loc, infos = self._locs[k], self._infos[k]
+            chunk_rows = np.array([i.chunk_rows for i in infos], np.int64)[loc[:, 0]]
+            first = self._units[:, 0]
+            chunks = list(zip(loc[first, 0].tolist(), (loc[first, 1] // chunk_rows[first]).tolist()))
+            got = self._chunk_ids[k] = (chunks, loc[:, 1] % chunk_rows)
+        return got
+
+    def _resident_windows(self) -> list:
+        """This process's resident windows, one slot per key (see :class:`_Windows`)."""
+        pid = os.getpid()
+        if self._resident is None or self._resident[0] != pid:  # new, or a forked worker's copy
+            self._resident = (pid, [None] * len(self.keys))
+        return self._resident[1]
+
     # -- public ----------------------------------------------------------------------------
+    def release(self) -> None:
+        """Let go of the chunk files this process keeps mapped between epochs (they are also
+        released when the dataset is garbage-collected). Iterations still running keep theirs
+        until they end; the next iteration maps again."""
+        self._resident = None
+
     def set_epoch(self, epoch: int) -> None:
         """Pick the epoch whose order the next iteration yields (call before each epoch)."""
         self.epoch = int(epoch)
@@ -215,6 +242,8 @@ class KeyedDataset(torch.utils.data.IterableDataset):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_memory"] = None  # each worker loads its own copy, never pickles one
+        state["_resident"] = None  # mappings belong to a process
+        state["_chunk_ids"] = {}
         return state
 
     def __iter__(self) -> Iterator[tuple]:
@@ -374,27 +403,40 @@ class KeyedDataset(torch.utils.data.IterableDataset):
 
 
 class _Windows:
-    """Per key (and per copy, with prefetch): a :class:`_vmap.Window` the round's chunks are
-    mapped into, so the round's rows are one array and a batch is one ``np.take`` from it.
+    """Where each round's rows come from, per key: chunk files mapped into a
+    :class:`_vmap.Window`, so the round's rows are one array and a batch is one ``take``.
 
     Used for a key's round when the store is on a local disk, the platform can map files at
     fixed addresses, and each of the round's units has its rows of that key in one chunk (how
     extraction writes: the keys of a shard share its rows and chunking; a ``where`` that picks
-    some rows of a chunk maps the chunk and takes those rows). Otherwise, or if mapping fails, the round's rows are copied into one
-    array instead (a pass through memory: slower, same rows, same order).
+    some rows of a chunk maps the chunk and takes those rows). Otherwise, or if mapping fails,
+    the round's rows are copied into one array instead (a pass through memory: slower, same
+    rows, same order).
+
+    Two ways to map. *Resident* (``verify="once"``, and few enough chunks): every unit has its
+    own slot in a window kept on the dataset for the life of the process, so a chunk is mapped
+    once and later epochs only ``stat`` it (once per pass) to see that it did not change; a
+    changed file is mapped and checked again. Mapping and unmapping 2 MiB per chunk per epoch
+    was about a fifth of an epoch. *Per round* (``verify="always"``, or more chunks than
+    :attr:`MAX_RESIDENT` mappings): a window of one slot per unit of a round, remapped each
+    round (two with ``prefetch``, so the next round maps while this one is read).
     """
+
+    MAX_RESIDENT = 24576  # mappings kept per process (the kernel's default cap is 65,530)
 
     def __init__(self, ds: KeyedDataset, slots: int, copies: int):
         self.ds, self.slots = ds, slots
         self._windows: dict[tuple[int, int], _vmap.Window] = {}
         self._slot_rows: list[int | None] = []
-        self._chunks: list[list[tuple[int, int]] | None] = [None] * len(ds._infos)
-        self._in_chunk: list[np.ndarray | None] = [None] * len(ds._infos)
         local = ds._backend.is_local and _vmap.available()
         for infos in ds._infos:
             uniform = len({(i.dim, i.stored_dtype) for i in infos}) == 1
             fit = _vmap.slot_rows(max(i.chunk_rows for i in infos), infos[0].dim * infos[0].stored_dtype.itemsize)
             self._slot_rows.append(fit if local and uniform else None)
+        n_units = len(ds._units)
+        self._resident = ds._resident_windows() if (
+            ds.verify == "once" and n_units * len(ds.keys) <= self.MAX_RESIDENT) else None
+        self._pass = object()  # this iteration: a resident chunk is stat'ed once per pass
 
     def load(self, k: int, copy: int, rnd: np.ndarray, pos: np.ndarray, sizes: np.ndarray,
              cache: _ChunkCache) -> tuple[np.ndarray, np.ndarray]:
@@ -403,6 +445,8 @@ class _Windows:
         ds = self.ds
         if self._slot_rows[k] is not None and ds._one_chunk[k][rnd].all():
             try:
+                if self._resident is not None:
+                    return self._map_resident(k, rnd, pos, sizes)
                 return self._map(k, copy, rnd, pos, sizes)
             except OSError:  # e.g. out of mappings: copy from here on
                 self._slot_rows[k] = None
@@ -415,22 +459,44 @@ class _Windows:
         if w is None:
             info = ds._infos[k][0]
             w = self._windows[(k, copy)] = _vmap.Window(self.slots, sr, info.dim, info.stored_dtype)
-        if self._chunks[k] is None:  # per unit (array, chunk), and per row its row in the chunk
-            loc, infos = ds._locs[k], ds._infos[k]
-            chunk_rows = np.array([i.chunk_rows for i in infos], np.int64)[loc[:, 0]]
-            first = ds._units[:, 0]
-            self._chunks[k] = list(zip(loc[first, 0].tolist(), (loc[first, 1] // chunk_rows[first]).tolist()))
-            self._in_chunk[k] = loc[:, 1] % chunk_rows
-        infos, chunks = ds._infos[k], self._chunks[k]
+        infos, (chunks, in_chunk) = ds._infos[k], ds._unit_chunks(k)
         for j, u in enumerate(rnd.tolist()):
             a, c = chunks[u]
             place_chunk(ds._backend, infos[a], c, w, j, verify=ds.verify)
-        return w.view(), np.repeat(np.arange(len(rnd)) * sr, sizes) + self._in_chunk[k][pos]
+        return w.view(), np.repeat(np.arange(len(rnd)) * sr, sizes) + in_chunk[pos]
+
+    def _map_resident(self, k: int, rnd: np.ndarray, pos: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ds, sr = self.ds, self._slot_rows[k]
+        res = self._resident[k]
+        if res is None:
+            info = ds._infos[k][0]
+            res = self._resident[k] = _Resident(_vmap.Window(len(ds._units), sr, info.dim, info.stored_dtype))
+        infos, (chunks, in_chunk), backend = ds._infos[k], ds._unit_chunks(k), ds._backend
+        for u in rnd.tolist():
+            if res.seen.get(u) is self._pass:
+                continue
+            a, c = chunks[u]
+            ident = res.idents.get(u)
+            if ident is None or chunk_identity(backend, infos[a], c) != ident:
+                res.idents[u] = place_chunk(backend, infos[a], c, res.window, u, verify=ds.verify)
+            res.seen[u] = self._pass
+        return res.window.view(), np.repeat(rnd * sr, sizes) + in_chunk[pos]
 
     def close(self) -> None:
+        """Unmap the per-round windows (resident ones stay with the dataset)."""
         for w in self._windows.values():
             w.close()
         self._windows.clear()
+
+
+class _Resident:
+    """One key's resident window: unit u's chunk at slot u, and the identity of each mapped file
+    (and the pass that last confirmed it unchanged)."""
+
+    def __init__(self, window: _vmap.Window):
+        self.window = window
+        self.idents: dict[int, tuple] = {}
+        self.seen: dict[int, object] = {}
 
 
 def _patch(out: list[np.ndarray], carry: list[np.ndarray], carried: dict[int, int], s: int, e: int) -> None:

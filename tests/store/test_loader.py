@@ -82,6 +82,7 @@ def test_no_shuffle_keeps_storage_order_and_drop_last_drops_the_tail(paired):
 def test_two_dataloader_workers_split_the_epoch_without_overlap(paired):
     store, xs, _ = paired
     ds = store.pairs(X, Y, batch_size=8, with_ids=True, in_memory=False, seed=1)
+    assert sum(len(x) for x, _, _ in ds) == N  # this process maps the chunks; forked workers map their own
     ds.set_epoch(2)
     dl = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
     seen = []

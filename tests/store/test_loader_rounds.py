@@ -21,7 +21,7 @@ N = 100
 
 @pytest.fixture(scope="module")
 def chunked(tmp_path_factory):
-    """100 rows of width 8 (float32) in two shards, 7 rows per chunk: 16 chunks, two edge chunks."""
+    """100 rows of width 8 (float32) in two shards (60 + 40), 7 rows per chunk: 9 + 6 chunks, two edge chunks."""
     root = tmp_path_factory.mktemp("rounds") / "store"
     store = Store.open(root, create=True)
     rid = store.put_recipe({"rounds": 1}, name="r")
@@ -87,9 +87,11 @@ def _epochs(ds, n=3):
 
 
 @pytest.mark.parametrize("prefetch", [False, True])
-def test_chunks_mapped_into_one_window_give_the_same_batches_as_copied_rounds(tmp_path, monkeypatch, prefetch):
-    """The window path (chunk files mapped side by side, one take per batch) and the copy path
-    (rounds concatenated in memory) are two ways to the same batches, in the same order."""
+@pytest.mark.parametrize("verify", ["once", "always"])
+def test_chunks_mapped_into_one_window_give_the_same_batches_as_copied_rounds(tmp_path, monkeypatch, prefetch, verify):
+    """The window paths (chunk files mapped side by side, one take per batch: kept mapped across
+    epochs with verify='once', remapped per round with 'always') and the copy path (rounds
+    concatenated in memory) are ways to the same batches, in the same order."""
     store = Store.open(tmp_path / "s", create=True)
     rid = store.put_recipe({"w": 1}, name="r")
     keys = (("p2s", "completion_last", 2), ("input", "prompt_last", 1))
@@ -105,15 +107,34 @@ def test_chunks_mapped_into_one_window_give_the_same_batches_as_copied_rounds(tm
         return real_place(*a, **kw)
 
     monkeypatch.setattr(loader, "place_chunk", counted)
-    kw = dict(batch_size=7, buffer_rows=40, in_memory=False, with_ids=True, dtype="stored", prefetch=prefetch)
-    mapped = _epochs(store.columns(cols, **kw))
-    assert placed[0] == 3 * 2 * 7  # epochs x keys x chunks: every round went through windows
+    kw = dict(batch_size=7, buffer_rows=40, in_memory=False, with_ids=True, dtype="stored",
+              prefetch=prefetch, verify=verify)
+    ds = store.columns(cols, **kw)
+    mapped = _epochs(ds)
+    # keys x chunks, mapped once and kept (once), or every epoch (always)
+    assert placed[0] == 2 * 7 * (1 if verify == "once" else 3)
     monkeypatch.setattr(_vmap, "available", lambda: False)
     copied = _epochs(store.columns(cols, **kw))
-    assert placed[0] == 3 * 2 * 7
+    assert placed[0] == 2 * 7 * (1 if verify == "once" else 3)
     assert mapped == copied
     assert mapped[0] != mapped[1]  # and epochs differ
     assert sorted(s for _, b in mapped[2] for s in b) == ids
+
+
+def test_resident_chunks_are_stat_checked_each_epoch_and_released_on_request(chunked, monkeypatch):
+    store, _ = chunked
+    placed, stats = [0], [0]
+    real_place, real_ident = loader.place_chunk, loader.chunk_identity
+    monkeypatch.setattr(loader, "place_chunk", lambda *a, **kw: (placed.__setitem__(0, placed[0] + 1), real_place(*a, **kw))[1])
+    monkeypatch.setattr(loader, "chunk_identity", lambda *a: (stats.__setitem__(0, stats[0] + 1), real_ident(*a))[1])
+    ds = store.columns([K], batch_size=8, in_memory=False)
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        assert sum(len(x) for (x,) in ds) == N
+    assert placed[0] == 15 and stats[0] == 2 * 15  # 15 chunks mapped once, stat'ed in epochs 2 and 3
+    ds.release()
+    assert sum(len(x) for (x,) in ds) == N
+    assert placed[0] == 30
 
 
 def test_windows_serve_a_where_selection_and_keys_chunked_differently_fall_back(tmp_path, monkeypatch):
@@ -137,7 +158,7 @@ def test_windows_serve_a_where_selection_and_keys_chunked_differently_fall_back(
     monkeypatch.setattr(loader, "place_chunk", lambda b, info, *a, **kw: (placed.append(info.path), real_place(b, info, *a, **kw))[1])
     kw = dict(where="split = 'train'", batch_size=5, buffer_rows=20, in_memory=False, with_ids=True, dtype="stored")
     mapped = _epochs(store.columns(cols, **kw), 2)
-    assert len(placed) == 2 * 4 and all("input" in p for p in placed)  # key 0's 4 chunks, per epoch
+    assert len(placed) == 4 and all("input" in p for p in placed)  # key 0's 4 chunks, mapped once
     monkeypatch.setattr(_vmap, "available", lambda: False)
     assert _epochs(store.columns(cols, **kw), 2) == mapped
     train = [s for i, s in enumerate(ids) if i % 4]
