@@ -17,8 +17,9 @@ workers. Each worker takes units ``buffer_rows`` rows at a time (a round: the sh
 On a local disk a round costs no copy at all: its chunk files are mapped side by side into one
 reserved address range (:mod:`l2s_data.store._vmap`), so the round is one ``[rows, D]`` array
 over the page cache, and each batch is one ``take`` of randomly chosen rows of it into a
-reused batch array: each byte is read once and written once, as in a plain memmap read. A
-``where`` that selects some rows of a chunk maps the chunk and takes those rows. The other
+reused batch array: each byte is read once and written once, as in a plain memmap read. With
+``verify="once"`` the chunks stay mapped between epochs (:class:`_Windows`). A ``where`` that
+selects some rows of a chunk maps the chunk and takes those rows. The other
 keys' rows come from their own chunks the same way when they line up with the first key's
 (extraction writes the keys of a shard together, so they do); otherwise, on remote stores, or
 where fixed mappings are unavailable, the round's rows are copied into one array first (a
@@ -79,7 +80,8 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         missing: "error" if a selected sample lacks a key, or "skip" it.
         verify: "once" (default) checks each chunk file's crc32c the first time this process
             reads it and again whenever the file changes (see ``_chunks.map_chunk``); "always"
-            re-checks on every read. ``l2s store verify`` is the full check either way.
+            re-checks on every read. ``l2s store verify`` is the full check either way. With
+            "once", a local store's chunk files stay mapped between epochs (``release()``).
         prefetch: read the next buffer's chunks in a background thread while batches go out
             (helps with free cores and remote stores; on a busy 2-core host it costs more).
         rank, world_size: split units across data-parallel ranks as well.
