@@ -190,6 +190,34 @@ def test_a_mapping_that_fails_midway_falls_back_to_copying_with_the_same_batches
     assert sorted(s for _, b in got[0] for s in b) == sample_ids(N)
 
 
+def _mapped_in(lo: int, hi: int) -> int:
+    """How many of this process's mappings lie in [lo, hi)."""
+    n = 0
+    with open("/proc/self/maps") as f:
+        for line in f:
+            start, end = (int(x, 16) for x in line.split()[0].split("-"))
+            n += start < hi and end > lo
+    return n
+
+
+def test_mapped_chunks_go_with_the_dataset_or_on_release(chunked):
+    """Resident mappings are the dataset's: release() or dropping the dataset unmaps them, so
+    a sweep that builds a loader per trial does not pile up mappings."""
+    store, _ = chunked
+    for drop in ("release", "del"):
+        ds = store.columns([K], batch_size=8, in_memory=False)
+        assert sum(len(x) for (x,) in ds) == N
+        w = ds._resident[1][0].window
+        lo, hi = w.addr, w.addr + w.nbytes
+        del w
+        assert _mapped_in(lo, hi) >= 15  # one per chunk file
+        if drop == "release":
+            ds.release()
+        else:
+            del ds  # reference counting alone frees it: no cycle holds the windows
+        assert _mapped_in(lo, hi) == 0
+
+
 def test_a_window_holds_chunks_that_are_not_whole_pages(tmp_path):
     """Slots are whole pages and whole rows: 7-row chunks of 12 float32 (336 bytes) still line up."""
     w = _vmap.Window(3, _vmap.slot_rows(7, 48), 12, np.float32)
