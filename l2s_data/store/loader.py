@@ -334,8 +334,9 @@ class KeyedDataset(torch.utils.data.IterableDataset):
                 held = nc + len(pos_r)
                 perm = rng.permutation(held) if self.shuffle else np.arange(held)
                 pos = np.concatenate([carry_pos, pos_r])[perm]
-                src_rows = [np.where(perm < nc, row[0], row[np.maximum(perm - nc, 0)]) for row in rows]
-                carried = {i: perm[i] for i in np.flatnonzero(perm < nc).tolist()}  # output row -> carried row
+                from_carry = perm < nc
+                src_rows = [np.where(from_carry, row[0], row[np.maximum(perm - nc, 0)]) for row in rows]
+                carried = {i: perm[i] for i in np.flatnonzero(from_carry).tolist()}  # output row -> carried row
                 patch = {i // bsz for i in carried}  # batches holding carried rows
                 last = r == len(rounds) - 1
                 out_n = held if last else held - held % bsz
