@@ -63,7 +63,7 @@ def info_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=_ST
     from l2s_data.store import ops
 
     try:
-        i = ops.info(_open(store))
+        i = _open(store).info()
     except L2SError as exc:
         _fail(exc)
     _console.print(f"store      {i.url}")
@@ -85,7 +85,7 @@ def verify_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=_
         s = _open(store)
         with Progress(console=_console, transient=True) as bar:
             task = bar.add_task("verifying arrays", total=None)
-            problems = ops.verify(s, progress=lambda done, total: bar.update(task, completed=done, total=total))
+            problems = s.verify(progress=lambda done, total: bar.update(task, completed=done, total=total))
     except L2SError as exc:
         _fail(exc)
     if not problems:
@@ -110,7 +110,7 @@ def gc_cmd(
     from l2s_data.store import ops
 
     try:
-        r = ops.gc(_open(store), grace_s=grace, dry_run=dry_run)
+        r = _open(store).gc(grace_s=grace, dry_run=dry_run)
     except L2SError as exc:
         _fail(exc)
     verb = "would remove" if dry_run else "removed"
@@ -125,7 +125,7 @@ def compact_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=
     from l2s_data.store import ops
 
     try:
-        n, name = ops.compact(_open(store))
+        n, name = _open(store).compact()
     except L2SError as exc:
         _fail(exc)
     _console.print(f"folded {n} manifest file(s) into {name}" if name else "nothing to compact")
@@ -141,7 +141,7 @@ def delete_cmd(
     from l2s_data.store import ops
 
     try:
-        r = ops.delete_recipe(_open(store), recipe, force=force)
+        r = _open(store).delete_recipe(recipe, force=force)
     except L2SError as exc:
         _fail(exc)
     _console.print(f"deleted recipe {r.recipe_id}: {r.rows} rows in {len(set(r.shards))} shard(s), {_human(r.bytes)}")
@@ -183,10 +183,8 @@ def export_cmd(
     store: Optional[str] = typer.Option(None, "--store", "-s", help=_STORE_HELP),
 ) -> None:
     """Materialise the catalog views as tables in FILE.duckdb, for the DuckDB CLI and other tools."""
-    from l2s_data.store.catalog import export_catalog
-
     try:
-        counts = export_catalog(_open(store), file)
+        counts = _open(store).export_catalog(file)
     except L2SError as exc:
         _fail(exc)
     _console.print(f"wrote {file}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -25,7 +25,7 @@ from l2s_data.schemas import TABLES, catalog_sql
 
 if TYPE_CHECKING:
     from l2s_data.store.snapshot import Snapshot
-    from l2s_data.store.store import Store
+    from l2s_data.store.tables import Tables
 
 __all__ = ["Catalog", "check_where", "parse_one", "export_catalog", "VIEWS"]
 
@@ -48,9 +48,9 @@ def _refuse(query: str, why: str) -> SQLRefusedError:
 class Catalog:
     """A locked DuckDB connection over one snapshot of a store. Use as a context manager."""
 
-    def __init__(self, store: Store, *, snapshot: Snapshot | None = None):
-        self.store = store
-        self.snapshot = snapshot if snapshot is not None else store.snapshot()
+    def __init__(self, tables: Tables, snapshot: Snapshot):
+        self.tables = tables
+        self.snapshot = snapshot
         self.con = duckdb.connect(":memory:")
         try:
             self._build()
@@ -62,10 +62,11 @@ class Catalog:
         con = self.con
         con.execute("SET threads TO 2")
         for name in TABLES:
-            if name == "manifests":
-                con.register("_manifests", self.snapshot.manifests)
+            if name == "manifests":  # scanned lazily; the view hides excluded attempts
+                con.register("_manifests", self.snapshot.dataset())
+                con.register("_excluded", self.snapshot.excluded_table())
             else:
-                con.register(f"_{name}", self.store.dataset(name))
+                con.register(f"_{name}", self.tables.dataset(name))
         for stmt in con.extract_statements(catalog_sql()):
             con.execute(stmt)
         con.execute("SET enable_external_access = false")
@@ -181,7 +182,7 @@ def check_where(con: duckdb.DuckDBPyConnection, fragment: str) -> str:
     return fragment
 
 
-def export_catalog(store: Store, path: str, *, snapshot: Snapshot | None = None) -> dict[str, int]:
+def export_catalog(tables: Tables, snapshot: Snapshot, path: str) -> dict[str, int]:
     """Materialise every catalog view as a table in a new DuckDB file; returns rows per table.
 
     The file is written by this process, not by user SQL, so the sandbox stays closed.
@@ -190,18 +191,18 @@ def export_catalog(store: Store, path: str, *, snapshot: Snapshot | None = None)
 
     if os.path.exists(path):
         raise StoreError(f"{path} exists; the export never overwrites. Remove it or choose another name.")
-    with Catalog(store, snapshot=snapshot) as cat:
-        tables = {v: cat.query(f"SELECT * FROM {v}") for v in VIEWS}
+    with Catalog(tables, snapshot) as cat:
+        views = {v: cat.query(f"SELECT * FROM {v}") for v in VIEWS}
     out = duckdb.connect(path)
     counts: dict[str, int] = {}
     try:
-        for v, t in tables.items():
+        for v, t in views.items():
             out.register("_t", t)
             out.execute(f"CREATE TABLE {v} AS SELECT * FROM _t")
             out.unregister("_t")
             counts[v] = t.num_rows
         out.execute("CREATE TABLE l2s_snapshot AS SELECT ? AS snapshot_id, ? AS store_url",
-                    [cat.snapshot.id, store.url])
+                    [cat.snapshot.id, tables.backend.url])
     finally:
         out.close()
     return counts

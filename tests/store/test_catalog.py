@@ -96,7 +96,7 @@ def test_every_escape_is_refused_and_the_store_is_unchanged(filled, query):
 
 
 def test_the_connection_is_locked_even_below_the_statement_check(filled):
-    with Catalog(filled) as cat:
+    with filled.catalog() as cat:
         for q in ("SET enable_external_access = true", "SELECT * FROM read_csv('/etc/passwd')"):
             with pytest.raises(duckdb.Error):
                 cat.con.execute(q)
@@ -126,7 +126,7 @@ def test_loader_where_fragments_that_escape_are_refused(filled, where):
 
 
 def test_where_fragments_with_quotes_and_parentheses_still_work(filled):
-    with Catalog(filled) as cat:
+    with filled.catalog() as cat:
         assert check_where(cat.con, "(split = 'train') AND category IN ('c0', 'c1')")
         assert check_where(cat.con, "query <> 'it''s; (odd'")
     k = Key("r", "p2s", "completion_last", 2)
@@ -141,7 +141,7 @@ def test_sql_errors_name_the_query(filled):
 
 def test_catalog_export_writes_a_duckdb_file_with_every_view(filled, tmp_path):
     out = tmp_path / "catalog.duckdb"
-    counts = export_catalog(filled, str(out))
+    counts = filled.export_catalog(str(out))
     assert counts["manifests"] == 12 and counts["samples"] == 12
     con = duckdb.connect(str(out), read_only=True)
     try:
@@ -150,4 +150,4 @@ def test_catalog_export_writes_a_duckdb_file_with_every_view(filled, tmp_path):
     finally:
         con.close()
     with pytest.raises(StoreError, match="never overwrites"):
-        export_catalog(filled, str(out))
+        filled.export_catalog(str(out))
