@@ -6,17 +6,18 @@ key-value metadata under ``l2s.manifest``, a small JSON header::
     {"format_version": 2, "kind": "shard" | "compacted" | "tombstone",
      "shards": {shard: attempt}, "bytes": {shard: bytes of its arrays},
      "committed_at": {shard: ISO time}, "supersedes": [manifest names], "deletes": [attempts],
-     "rows": n, "data_sha256": ..., "meta_sha256": ..., "self_sha256": ...}
+     "rows": n, "file_sha256": ...}
 
-``data_sha256`` hashes every byte before the footer (the row data), ``meta_sha256`` the parsed
-footer (schema, row groups, offsets, statistics), and ``self_sha256`` the header itself, so a
-flipped bit anywhere in the file is an error that names the file, never a silently changed row.
+``file_sha256`` is the sha256 of the whole file with those 64 characters set to zeros. It is
+checked on the raw bytes before any parser reads the file, so a flipped bit anywhere in it is
+an error that names the file, never a silently changed row nor a crash inside the reader.
 The header is what a snapshot reads: which (shard, attempt) pairs the file commits, which
 files it replaces (a compaction), which attempts it deletes (a tombstone), and the bytes the
 commit wrote (so ``l2s store info`` never walks chunk files).
 
 A manifest is immutable once created, so a checked file is not hashed again in the same
-process while its (size, mtime, inode) stay the same.
+process while its (size, mtime, ctime, inode) stay the same, once it is a few seconds old (a
+file changed within the filesystem's timestamp granularity could otherwise look unchanged).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import io
 import json
 import os
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -37,7 +39,7 @@ from l2s_data.errors import CorruptManifestError, SchemaMismatchError, WriteMism
 from l2s_data.schemas import FORMAT_VERSION, MANIFESTS
 from l2s_data.store._backend import Backend
 from l2s_data.store.contract import (
-    COMPACTED_PREFIX, TOMBSTONE_PREFIX, canonical_json, check_array_path, check_attempt, check_exact,
+    COMPACTED_PREFIX, TOMBSTONE_PREFIX, check_array_path, check_attempt, check_exact,
     check_shard,
 )
 
@@ -85,26 +87,11 @@ def list_names(backend: Backend) -> list[str]:
 
 # -- encoding -----------------------------------------------------------------------------------
 
-
-def _digest(obj: object) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=repr).encode()).hexdigest()
-
-
-def _meta_digest(md: pq.FileMetaData) -> str:
-    d = md.to_dict()
-    d.pop("serialized_size", None)  # depends on the header's own length
-    kv = {k.decode("latin-1"): v.decode("latin-1") for k, v in (md.metadata or {}).items() if k != META_KEY}
-    return _digest({"file": d, "schema": md.schema.to_arrow_schema().to_string(show_schema_metadata=False), "kv": kv})
-
-
-def _footer_start(data: bytes) -> int:
-    if len(data) < 12 or data[:4] != b"PAR1" or data[-4:] != b"PAR1":
-        raise ValueError("not a Parquet file (magic bytes missing)")
-    n = int.from_bytes(data[-8:-4], "little")
-    start = len(data) - 8 - n
-    if start < 4:
-        raise ValueError(f"footer length {n} does not fit a {len(data)}-byte file")
-    return start
+#: The header field that holds the sha256 of the whole file, computed with its own 64 hex
+#: characters set to zeros. It is checked on the raw bytes before any parser sees them: a
+#: damaged Parquet footer can abort the process inside the Parquet reader.
+_SUM_FIELD = b'"file_sha256": "'
+_ZEROS = b"0" * 64
 
 
 def _write(table: pa.Table, header: Mapping[str, object], row_group_size: int | None) -> bytes:
@@ -130,14 +117,11 @@ def encode_manifest(table: pa.Table, *, kind: str, shards: Mapping[str, str],
         "shards": dict(sorted(shards.items())), "bytes": dict(sorted((bytes_ or {}).items())),
         "committed_at": dict(sorted((committed_at or {}).items())),
         "supersedes": sorted(supersedes), "deletes": sorted(deletes), "rows": table.num_rows,
+        "file_sha256": _ZEROS.decode(),
     }
-    rg = COMPACTED_ROW_GROUP if kind == "compacted" else None
-    first = _write(table, header, rg)
-    start = _footer_start(first)
-    header["data_sha256"] = hashlib.sha256(first[:start]).hexdigest()
-    header["meta_sha256"] = _meta_digest(pq.ParquetFile(pa.BufferReader(first)).metadata)
-    header["self_sha256"] = hashlib.sha256(canonical_json(header).encode()).hexdigest()
-    data = _write(table, header, rg)
+    data = _write(table, header, COMPACTED_ROW_GROUP if kind == "compacted" else None)
+    at = data.rindex(_SUM_FIELD + _ZEROS) + len(_SUM_FIELD)
+    data = data[:at] + hashlib.sha256(data).hexdigest().encode() + data[at + 64:]
     decode_info("(new manifest)", data)  # the writer checks what every reader will check
     return data
 
@@ -153,27 +137,24 @@ def _corrupt(name: str, why: str) -> CorruptManifestError:
     )
 
 
+def _check_sum(name: str, data: bytes) -> None:
+    if len(data) < 12 or data[:4] != b"PAR1" or data[-4:] != b"PAR1":
+        raise _corrupt(name, "not a Parquet file: magic bytes missing")
+    at = data.rfind(_SUM_FIELD)
+    if at < 0:
+        raise _corrupt(name, "no l2s.manifest checksum; written by format version 1 or by another tool")
+    at += len(_SUM_FIELD)
+    want = data[at:at + 64]
+    if hashlib.sha256(data[:at] + _ZEROS + data[at + 64:]).hexdigest().encode() != want:
+        raise _corrupt(name, "file checksum mismatch")
+
+
 def decode_info(name: str, data: bytes) -> ManifestInfo:
-    """The header of manifest bytes, after checking every checksum (CorruptManifestError)."""
+    """The header of manifest bytes, after checking the file's checksum (CorruptManifestError)."""
+    _check_sum(name, data)  # before any parser reads a byte of it
     try:
-        start = _footer_start(data)
         md = pq.ParquetFile(pa.BufferReader(data)).metadata
-        raw = (md.metadata or {}).get(META_KEY)
-    except (ValueError, OSError, pa.ArrowException) as exc:
-        raise _corrupt(name, f"unreadable Parquet: {exc}") from exc
-    if raw is None:
-        raise _corrupt(name, "no l2s.manifest header; written by format version 1 or by another tool")
-    try:
-        header = json.loads(raw)
-        if not isinstance(header, dict):
-            raise ValueError("header is not an object")
-        own = header.pop("self_sha256")
-        if hashlib.sha256(canonical_json(header).encode()).hexdigest() != own:
-            raise ValueError("header checksum mismatch")
-        if hashlib.sha256(data[:start]).hexdigest() != header["data_sha256"]:
-            raise ValueError("row data checksum mismatch")
-        if _meta_digest(md) != header["meta_sha256"]:
-            raise ValueError("footer checksum mismatch")
+        header = json.loads((md.metadata or {})[META_KEY])
         kind = header["kind"]
         if kind not in KINDS or header["format_version"] != FORMAT_VERSION:
             raise ValueError(f"kind {kind!r}, format version {header['format_version']!r}")
@@ -185,7 +166,7 @@ def decode_info(name: str, data: bytes) -> ManifestInfo:
             supersedes=tuple(_check_name(n) for n in header["supersedes"]),
             deletes=tuple(check_attempt(a) for a in header["deletes"]), rows=int(header["rows"]),
         )
-    except (KeyError, TypeError, ValueError, WriteMismatchError) as exc:
+    except (KeyError, TypeError, ValueError, OSError, pa.ArrowException, WriteMismatchError) as exc:
         raise _corrupt(name, str(exc)) from exc
     if md.num_rows != info.rows:
         raise _corrupt(name, f"{md.num_rows} rows, header says {info.rows}")
@@ -203,11 +184,17 @@ _CACHE: dict[tuple, ManifestInfo] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+_SETTLED_NS = 3_000_000_000
+
+
 def _identity(backend: Backend, name: str) -> tuple | None:
+    """A cache key for a local file old enough that any change would move its timestamps."""
     if not backend.is_local:
         return None
     st = os.stat(backend.path(name))
-    return (backend.path(name), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _SETTLED_NS:
+        return None
+    return (backend.path(name), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
 def read_info(backend: Backend, name: str) -> ManifestInfo:

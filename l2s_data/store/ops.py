@@ -265,11 +265,12 @@ def _compact(backend: Backend, take: Take, min_files: int) -> tuple[int, str | N
     return len(folded), name
 
 
-def maybe_compact(backend: Backend, take: Take, *, threshold: int = AUTO_COMPACT_FILES) -> bool:
+def maybe_compact(backend: Backend, take: Take, *, threshold: int | None = None) -> bool:
     """Compact when more than ``threshold`` one-shard manifests are live and nobody holds the
     lease; a busy store is simply left for the next commit. Returns whether it compacted."""
     from l2s_data.errors import LeaseHeldError
 
+    threshold = AUTO_COMPACT_FILES if threshold is None else threshold
     names = list_names(backend)
     if sum(1 for n in names if not n.split("/", 1)[1].startswith("_")) <= threshold:
         return False

@@ -32,7 +32,8 @@ CHILD = textwrap.dedent(
                 w.write("p2s", "completion_last", layer, a, "float32")
                 print("wrote", shard, layer, flush=True)
             print("ready", shard, flush=True)
-            while wait_for != "-" and not os.path.exists(wait_for):
+            # Wait for `wait_for`, or for `wait_for.<shard>`, which releases this shard alone.
+            while wait_for != "-" and not (os.path.exists(wait_for) or os.path.exists(wait_for + "." + shard)):
                 time.sleep(0.01)
         print("won" if w.won else "lost", shard, flush=True)
     """
@@ -126,9 +127,11 @@ def test_a_reader_opened_during_writes_sees_only_earlier_commits(store):
     _wait_line(p, "ready w0")
     before = store.snapshot()  # w0 is fully written but not committed yet
     assert before.row_count == 0
-    go.write_text("go")
+    Path(f"{go}.w0").write_text("go")  # release w0 only: w1 waits until `during` is taken
     _wait_line(p, "won w0")
     during = store.snapshot()
+    _wait_line(p, "ready w1")
+    Path(f"{go}.w1").write_text("go")
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
     assert set(during.shards) == {"w0"}
