@@ -60,8 +60,6 @@ def _human(n: int) -> str:
 @app.command("info")
 def info_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=_STORE_HELP)) -> None:
     """Recipes, rows, bytes, committed shards and orphaned attempts."""
-    from l2s_data.store import ops
-
     try:
         i = _open(store).info()
     except L2SError as exc:
@@ -79,8 +77,6 @@ def info_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=_ST
 @app.command("verify")
 def verify_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=_STORE_HELP)) -> None:
     """Re-read every committed chunk and check its crc32c and each row's manifest checksum."""
-    from l2s_data.store import ops
-
     try:
         s = _open(store)
         with Progress(console=_console, transient=True) as bar:
@@ -107,8 +103,6 @@ def gc_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
 ) -> None:
     """Remove orphaned attempts: crashed writers, and attempts that lost a commit race."""
-    from l2s_data.store import ops
-
     try:
         r = _open(store).gc(grace_s=grace, dry_run=dry_run)
     except L2SError as exc:
@@ -122,13 +116,23 @@ def gc_cmd(
 @app.command("compact")
 def compact_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=_STORE_HELP)) -> None:
     """Fold all manifest files into one (atomically; readers stay correct, the snapshot id stays)."""
-    from l2s_data.store import ops
-
     try:
         n, name = _open(store).compact()
     except L2SError as exc:
         _fail(exc)
     _console.print(f"folded {n} manifest file(s) into {name}" if name else "nothing to compact")
+
+
+@app.command("migrate")
+def migrate_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=_STORE_HELP)) -> None:
+    """Upgrade a store written by an older l2s-data in place (rewrites its manifests only)."""
+    from l2s_data.store import Store
+
+    try:
+        n = Store.migrate(_store_url(store))
+    except L2SError as exc:
+        _fail(exc)
+    _console.print(f"migrated: folded {n} manifest file(s) into one checked manifest" if n else "already current")
 
 
 @app.command("delete")
@@ -138,8 +142,6 @@ def delete_cmd(
     force: bool = typer.Option(False, "--force", help="Delete even while runs reference the recipe."),
 ) -> None:
     """Delete every stored row of a recipe (refused while runs reference it, unless --force)."""
-    from l2s_data.store import ops
-
     try:
         r = _open(store).delete_recipe(recipe, force=force)
     except L2SError as exc:

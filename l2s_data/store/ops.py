@@ -325,3 +325,48 @@ def delete_recipe(backend: Backend, tables: Tables, take: Take, recipe: str, *, 
             for part in tables.recipe_parts(rid):
                 backend.remove(part)
         return out
+
+
+def migrate(backend: Backend) -> int:
+    """Upgrade a format-1 store in place: its manifests (plain Parquet, no header) are folded
+    into one checked, compacted manifest; arrays, tables and recipe ids do not change (format 2
+    keeps their bytes). Returns the number of format-1 manifests folded. Safe to rerun."""
+    import pyarrow.parquet as pq
+
+    from l2s_data.schemas import FORMAT_VERSION, MANIFESTS
+    from l2s_data.store.contract import MARKER, check_exact
+    from l2s_data.store.manifests import check_rows
+
+    marker = json.loads(backend.read_bytes(MARKER))
+    if int(marker.get("format_version", -1)) == FORMAT_VERSION:
+        return 0
+    if int(marker.get("format_version", -1)) != 1:
+        raise StoreError(f"store {backend.url}: cannot migrate format version {marker.get('format_version')!r}.")
+    with Lease(backend, op="migrate"):
+        old, tables = [], []
+        for name in list_names(backend):
+            try:
+                read_info(backend, name)
+                continue  # already format 2 (a rerun after a crash)
+            except CorruptManifestError:
+                pass
+            t = check_exact(pq.read_table(pa.BufferReader(backend.read_bytes(name))), MANIFESTS, what=name)
+            tables.append(check_rows(t, name))
+            old.append(name)
+        if tables:
+            rows = concat_rows(tables).sort_by([("written_at", "ascending"), ("attempt", "ascending")])
+            first: dict[str, str] = {}
+            for s, a in zip(rows["shard"].to_pylist(), rows["attempt"].to_pylist()):
+                first.setdefault(s, a)  # the earliest commit of a shard wins, as format 1 read it
+            keep = pc.is_in(rows["attempt"], value_set=pa.array(sorted(set(first.values()))))
+            rows = rows.filter(keep).sort_by([(c, "ascending") for c in ("recipe_id", "view", "position", "layer", "sample_id")])
+            stamps = {s: t.isoformat() for s, t in zip(rows["shard"].to_pylist(), rows["written_at"].to_pylist())}
+            data = encode_manifest(rows, kind="compacted", shards=first, committed_at=stamps,
+                                   bytes_={s: backend.du(attempt_dir(s, a)) for s, a in first.items()})
+            backend.put_if_absent(manifest_name("compacted", sha256_hex("\n".join(sorted(old)))), data)
+            for name in old:
+                backend.remove(name)
+        marker["format_version"] = FORMAT_VERSION
+        marker["migrated_at"] = now().isoformat()
+        backend.write_bytes(MARKER, json.dumps(marker, indent=1).encode())
+        return len(old)

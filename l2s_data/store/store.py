@@ -83,6 +83,14 @@ class Store:
             )
         return cls(backend)
 
+    @staticmethod
+    def migrate(url: str | os.PathLike[str]) -> int:
+        """Upgrade an older store in place (see ``ops.migrate``); returns manifests folded."""
+        backend = open_backend(url)
+        if not backend.exists(MARKER):
+            raise StoreNotFoundError(f"no l2s-data store at {backend.url} (no {MARKER} there).")
+        return ops.migrate(backend)
+
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
 

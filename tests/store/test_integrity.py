@@ -255,3 +255,26 @@ def test_a_format_1_store_is_refused_with_the_way_to_upgrade(tmp_path):
     marker.write_text(json.dumps({"format": "l2s-data store", "format_version": 1}))
     with pytest.raises(StoreError, match="l2s store migrate"):
         Store.open(tmp_path / "old")
+
+
+def test_migrate_upgrades_a_format_1_store_and_keeps_every_row(tmp_path):
+    import pyarrow.parquet as pq
+
+    store = Store.open(tmp_path / "old", create=True)
+    data = _filled(store, 3)
+    before = store.snapshot()
+    root = Path(store.url)
+    for f in (root / "manifests").iterdir():  # rewrite as format 1 wrote them: plain Parquet
+        rows = before.rows(pc.field("shard") == f.stem)
+        f.unlink()
+        pq.write_table(rows, f)
+    (root / "l2s-store.json").write_text(json.dumps({"format": "l2s-data store", "format_version": 1}))
+    with pytest.raises(StoreError, match="l2s store migrate"):
+        Store.open(root)
+    assert Store.migrate(root) == 3
+    assert Store.migrate(root) == 0  # a rerun does nothing
+    after = Store.open(root).snapshot()
+    assert after.id == before.id
+    ids, arrays = data["m2"]
+    np.testing.assert_array_equal(after.read("r", "p2s", "completion_last", 2, ids), arrays[("p2s", "completion_last", 2)])
+    assert Store.open(root).verify() == []
