@@ -185,7 +185,10 @@ class Behavior:
         return {"name": self.name, "description": self.description, "pairs": pairs}
 
     def spec_json(self) -> str:
-        return json.dumps(self.spec(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        """The spec's canonical JSON (the project's one canonical form; part of recipe ids)."""
+        from l2s_data.store.contract import canonical_json
+
+        return canonical_json(self.spec(), what=f"behavior {self.name!r}")
 
 
 # ---------------------------------------------------------------- loading
