@@ -18,7 +18,6 @@ naming the label beats one without. Two rules for the same (category, label) are
 
 from __future__ import annotations
 
-import json
 import os
 import tomllib
 from dataclasses import dataclass
