@@ -276,14 +276,18 @@ def sql_cmd(
 def export_cmd(
     file: str = typer.Argument(..., help="New DuckDB database file to write (never overwritten)."),
     store: Optional[str] = typer.Option(None, "--store", "-s", help=_STORE_HELP),
+    timeout: float = typer.Option(
+        0.0, "--timeout", min=0.0, help="Seconds each view may take to read; 0: no limit. Ctrl-C stops it."),
 ) -> None:
     """Materialise the catalog views as tables in FILE.duckdb, for the DuckDB CLI and other tools."""
-    from l2s_data.store.catalog import export_catalog
+    from l2s_data.store.catalog import SQLLimits, export_catalog
 
     try:
-        counts = export_catalog(_open(store), file)
+        counts = export_catalog(_open(store), file, limits=SQLLimits(timeout_s=timeout))
     except L2SError as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        fail("interrupted (Ctrl-C): the export was stopped.", code=130)
     say(f"wrote {file}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 

@@ -228,3 +228,9 @@ def test_errors_that_quote_markup_print_verbatim(store):
     assert r.exit_code == 1 and "'[/INST]'" in r.output and "Traceback" not in r.output
     r = _l2s("sql", "SELECT * FROM \"[bold]nope[/bold]\"", "--store", store.url)
     assert r.exit_code == 1 and "[bold]nope[/bold]" in r.output
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "json"])
+def test_file_reads_are_refused_in_every_format(store, fmt):
+    r = _l2s("sql", "SELECT * FROM read_text('/etc/hostname')", "--store", store.url, "--format", fmt)
+    assert r.exit_code == 1 and "SQL refused" in r.output and "Traceback" not in r.output
