@@ -505,6 +505,10 @@ def _where_expression(fragment: str) -> duckdb.Expression:
     """``fragment`` parsed by DuckDB as one expression, ready for a relation's ``filter``."""
     if not isinstance(fragment, str) or not fragment.strip():
         raise _refuse(str(fragment), "empty WHERE fragment")
+    try:
+        fragment.encode()
+    except UnicodeEncodeError as exc:
+        raise _refuse(fragment, f"not valid text: {exc}") from exc
     for text, kind in _token_texts(fragment):
         if kind == duckdb.token_type.comment:
             raise _refuse(fragment, "comments are not allowed in a WHERE fragment")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pyarrow.parquet as pq
@@ -68,9 +70,12 @@ def test_ctrl_c_stops_a_running_query_in_a_real_l2s_process(store):
     cmd = [sys.executable, "-c", "from l2s_data.cli import main; main()",
            "sql", RUNAWAY, "--store", store.url, "--timeout", "600"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in p.stderr], daemon=True)
+    reader.start()
     try:
-        # The process says on stderr once its query is running; wait for that line.
-        line = p.stderr.readline()
+        # The process says on stderr once its query is running: wait for that line (generously).
+        line = lines.get(timeout=300)
         assert "still running" in line and "Ctrl-C" in line, line
         sent = time.monotonic()
         p.send_signal(signal.SIGINT)
@@ -80,7 +85,8 @@ def test_ctrl_c_stops_a_running_query_in_a_real_l2s_process(store):
         if p.poll() is None:
             p.kill()
             p.wait()
-    err = p.stderr.read()
+    reader.join(timeout=60)
+    err = "".join(lines.queue)
     assert rc == 130, err
     assert "interrupted (Ctrl-C)" in err and "Traceback" not in err
     assert stopped_after < 20, f"took {stopped_after:.1f} s to stop after SIGINT"
