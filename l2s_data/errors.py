@@ -24,7 +24,8 @@ __all__ = [
     "StoreNotFoundError",
     "SchemaMismatchError",
     "WriteMismatchError",
-    "CommitConflictError",
+    "CorruptManifestError",
+    "LeaseHeldError",
     "CorruptChunkError",
     "KeyNotFoundError",
     "SQLRefusedError",
@@ -103,8 +104,12 @@ class WriteMismatchError(StoreError, ValueError):
     """A write's shape, dtype or row count disagrees with what the shard declared."""
 
 
-class CommitConflictError(StoreError):
-    """Another attempt committed this shard first; this attempt is an orphan."""
+class CorruptManifestError(StoreError, ValueError):
+    """A manifest file fails its checksums or names a location outside the writer's rules."""
+
+
+class LeaseHeldError(StoreError):
+    """Another maintenance operation holds the store's lease; retry after it ends or expires."""
 
 
 class CorruptChunkError(StoreError):

@@ -72,7 +72,7 @@ def info_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=_ST
     from l2s_data.store import ops
 
     try:
-        i = ops.info(_open(store))
+        i = _open(store).info()
     except L2SError as exc:
         _fail(exc)
     say(f"store      {i.url}")
@@ -93,7 +93,7 @@ def verify_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=_
         s = _open(store)
         with Progress(console=_console, transient=True) as bar:
             task = bar.add_task("verifying arrays", total=None)
-            problems = ops.verify(s, progress=lambda done, total: bar.update(task, completed=done, total=total))
+            problems = s.verify(progress=lambda done, total: bar.update(task, completed=done, total=total))
     except L2SError as exc:
         _fail(exc)
     if not problems:
@@ -118,7 +118,7 @@ def gc_cmd(
     from l2s_data.store import ops
 
     try:
-        r = ops.gc(_open(store), grace_s=grace, dry_run=dry_run)
+        r = _open(store).gc(grace_s=grace, dry_run=dry_run)
     except L2SError as exc:
         _fail(exc)
     verb = "would remove" if dry_run else "removed"
@@ -133,7 +133,7 @@ def compact_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=
     from l2s_data.store import ops
 
     try:
-        n, name = ops.compact(_open(store))
+        n, name = _open(store).compact()
     except L2SError as exc:
         _fail(exc)
     say(f"folded {n} manifest file(s) into {name}" if name else "nothing to compact")
@@ -149,7 +149,7 @@ def delete_cmd(
     from l2s_data.store import ops
 
     try:
-        r = ops.delete_recipe(_open(store), recipe, force=force)
+        r = _open(store).delete_recipe(recipe, force=force)
     except L2SError as exc:
         _fail(exc)
     say(f"deleted recipe {r.recipe_id}: {r.rows} rows in {len(set(r.shards))} shard(s), {_human(r.bytes)}")
@@ -240,7 +240,7 @@ def sql_cmd(
     """
     from pydantic import ValidationError
 
-    from l2s_data.store.catalog import Catalog, SQLLimits, parse_one
+    from l2s_data.store.catalog import SQLLimits, parse_one
 
     if fmt not in _FORMATS:
         fail(f"--format must be one of {', '.join(_FORMATS)}, got {fmt!r}.")
@@ -255,7 +255,7 @@ def sql_cmd(
     notice = _Notice(timeout)
     try:
         parse_one(query)  # refuse before paying for a snapshot and a catalog
-        with Catalog(_open(store), limits=limits) as cat:
+        with _open(store).catalog(limits=limits) as cat:
             if fmt == "table":
                 head = cat.head(query, max_rows, on_wait=notice)
             else:
@@ -280,10 +280,8 @@ def export_cmd(
         0.0, "--timeout", min=0.0, help="Seconds each view may take to read; 0: no limit. Ctrl-C stops it."),
 ) -> None:
     """Materialise the catalog views as tables in FILE.duckdb, for the DuckDB CLI and other tools."""
-    from l2s_data.store.catalog import SQLLimits, export_catalog
-
     try:
-        counts = export_catalog(_open(store), file, limits=SQLLimits(timeout_s=timeout))
+        counts = _open(store).export_catalog(file, timeout_s=timeout)
     except L2SError as exc:
         _fail(exc)
     except KeyboardInterrupt:

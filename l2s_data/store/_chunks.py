@@ -19,7 +19,7 @@ import numpy as np
 
 from l2s_data.errors import CorruptChunkError, StoreError
 from l2s_data.store._backend import Backend
-from l2s_data.store._format import STORED_DTYPE
+from l2s_data.store.contract import STORED_DTYPE
 from l2s_data.store._vmap import Window
 
 __all__ = ["ArrayInfo", "load_array_info", "read_chunk", "map_chunk", "place_chunk", "chunk_identity", "chunk_key", "VERIFY_MODES"]

@@ -43,7 +43,7 @@ from l2s_data.schemas import TABLES, catalog_sql
 
 if TYPE_CHECKING:
     from l2s_data.store.snapshot import Snapshot
-    from l2s_data.store.store import Store
+    from l2s_data.store.tables import Tables
 
 __all__ = [
     "Catalog",
@@ -184,6 +184,13 @@ class QueryHead:
 _DEFAULT: Any = object()  # "use the catalog's own timeout"
 
 
+def _limits(limits: SQLLimits | None, overrides: dict[str, Any]) -> SQLLimits:
+    base = limits if limits is not None else SQLLimits()
+    if not overrides:
+        return base
+    return SQLLimits(**{**base.model_dump(), **overrides})  # unknown names refused by name
+
+
 @dataclass
 class _Statement:
     """One statement's text, deadline and progress callback, shared by the calls that run it."""
@@ -205,10 +212,12 @@ class _Statement:
 class Catalog:
     """A locked DuckDB connection over one snapshot of a store. Use as a context manager."""
 
-    def __init__(self, store: Store, *, snapshot: Snapshot | None = None, limits: SQLLimits | None = None):
-        self.store = store
-        self.limits = limits if limits is not None else SQLLimits()
-        self.snapshot = snapshot if snapshot is not None else store.snapshot()
+    def __init__(self, tables: Tables, snapshot: Snapshot, *, limits: SQLLimits | None = None, **overrides: Any):
+        """``limits``, or the defaults, with any field of :class:`SQLLimits` overridden by name
+        (``Catalog(t, s, timeout_s=5)``); an unknown name is refused."""
+        self.tables = tables
+        self.snapshot = snapshot
+        self.limits = _limits(limits, overrides)
         self.con = duckdb.connect(":memory:")
         self._spill_dir: str | None = None
         self._running: threading.Thread | None = None
@@ -222,10 +231,11 @@ class Catalog:
         con = self.con
         con.execute("SET threads TO 2")
         for name in TABLES:
-            if name == "manifests":
-                con.register("_manifests", self.snapshot.manifests)
+            if name == "manifests":  # scanned lazily; the view hides excluded attempts
+                con.register("_manifests", self.snapshot.dataset())
+                con.register("_excluded", self.snapshot.excluded_table())
             else:
-                con.register(f"_{name}", self.store.dataset(name))
+                con.register(f"_{name}", self.tables.dataset(name))
         for stmt in con.extract_statements(catalog_sql()):
             con.execute(stmt)
         self._apply_limits()
@@ -528,26 +538,26 @@ def _token_texts(text: str) -> list[tuple[str, Any]]:
     return [(raw[at:end].decode(errors="replace").strip(), kind) for (at, kind), end in zip(found, ends)]
 
 
-def export_catalog(store: Store, path: str, *, snapshot: Snapshot | None = None,
-                   limits: SQLLimits | None = None) -> dict[str, int]:
+def export_catalog(tables: Tables, snapshot: Snapshot, path: str, *, limits: SQLLimits | None = None,
+                   **overrides: Any) -> dict[str, int]:
     """Materialise every catalog view as a table in a new DuckDB file; returns rows per table.
 
     The file is written by this process, not by user SQL, so the sandbox stays closed.
     """
     if os.path.exists(path):
         raise StoreError(f"{path} exists; the export never overwrites. Remove it or choose another name.")
-    with Catalog(store, snapshot=snapshot, limits=limits) as cat:
-        tables = {v: cat.query(f"SELECT * FROM {v}") for v in VIEWS}
+    with Catalog(tables, snapshot, limits=limits, **overrides) as cat:
+        views = {v: cat.query(f"SELECT * FROM {v}") for v in VIEWS}
     out = duckdb.connect(path)
     counts: dict[str, int] = {}
     try:
-        for v, t in tables.items():
+        for v, t in views.items():
             out.register("_t", t)
             out.execute(f"CREATE TABLE {v} AS SELECT * FROM _t")
             out.unregister("_t")
             counts[v] = t.num_rows
         out.execute("CREATE TABLE l2s_snapshot AS SELECT ? AS snapshot_id, ? AS store_url",
-                    [cat.snapshot.id, store.url])
+                    [cat.snapshot.id, tables.backend.url])
     finally:
         out.close()
     return counts

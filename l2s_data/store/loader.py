@@ -567,7 +567,5 @@ class _ChunkCache:
 
 def _select(store: Store, snap, where: str) -> set[str]:
     """Sample ids that ``where`` selects over samples joined with memberships (sandboxed)."""
-    from l2s_data.store.catalog import Catalog
-
-    with Catalog(store, snapshot=snap) as cat:
+    with store.catalog(snapshot=snap) as cat:
         return set(cat.select_sample_ids(where))

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from l2s_data.cli import app
 from l2s_data.errors import SQLMemoryError, SQLRefusedError, SQLTimeoutError, StoreError
-from l2s_data.store.catalog import Catalog, SQLLimits, parse_size
+from l2s_data.store.catalog import SQLLimits, parse_size
 
 from .conftest import sample_ids, tables
 
@@ -41,7 +41,7 @@ def _l2s(*args: str):
 
 
 def test_a_runaway_query_stops_at_its_timeout_and_the_catalog_still_answers(store):
-    with Catalog(store) as cat:
+    with store.catalog() as cat:
         with pytest.raises(SQLTimeoutError, match=r"time limit of 0.5 s") as err:
             cat.query(RUNAWAY, timeout_s=0.5)
         assert isinstance(err.value, TimeoutError) and "--timeout" in str(err.value)
@@ -49,7 +49,7 @@ def test_a_runaway_query_stops_at_its_timeout_and_the_catalog_still_answers(stor
 
 
 def test_the_timeout_covers_a_streamed_result_to_its_last_batch(store):
-    with Catalog(store, limits=SQLLimits(timeout_s=0.5)) as cat:
+    with store.catalog(limits=SQLLimits(timeout_s=0.5)) as cat:
         with pytest.raises(SQLTimeoutError):
             cat.head(RUNAWAY_ROWS, 10)
         with pytest.raises(SQLTimeoutError):
@@ -97,7 +97,7 @@ def test_ctrl_c_stops_a_running_query_in_a_real_l2s_process(store):
 
 def test_memory_is_limited_and_spilling_is_off_by_default(store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # an unconfined in-memory DuckDB would spill into ./.tmp
-    with Catalog(store, limits=SQLLimits(memory_limit="64MB")) as cat:
+    with store.catalog(limits=SQLLimits(memory_limit="64MB")) as cat:
         got = cat.query("SELECT current_setting('temp_directory') AS t")["t"][0].as_py()
         assert got == ""
         with pytest.raises(SQLMemoryError, match="--memory-limit") as err:
@@ -109,7 +109,7 @@ def test_memory_is_limited_and_spilling_is_off_by_default(store, tmp_path, monke
 
 def test_spilling_goes_to_a_private_folder_that_is_removed_on_close(store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with Catalog(store, limits=SQLLimits(memory_limit="64MB", spill="2GB")) as cat:
+    with store.catalog(limits=SQLLimits(memory_limit="64MB", spill="2GB")) as cat:
         folder = cat.query("SELECT current_setting('temp_directory') AS t")["t"][0].as_py()
         assert os.path.isdir(folder) and "l2s-sql-spill-" in os.path.basename(folder)
         assert cat.query(BIG_SORT)["n"].to_pylist() == [2_000_000]
@@ -121,7 +121,7 @@ def test_spilling_goes_to_a_private_folder_that_is_removed_on_close(store, tmp_p
 
 def test_the_default_memory_limit_is_half_of_ram(store):
     # DuckDB prints the limit rounded to 3 digits in its own unit: compare with that rounding.
-    with Catalog(store) as cat:
+    with store.catalog() as cat:
         shown = cat.query("SELECT current_setting('memory_limit') AS m")["m"][0].as_py()
     number, unit = shown.split()
     units = {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
@@ -168,7 +168,7 @@ def test_the_table_format_caps_rows_and_says_how_many_were_left_out(store):
 
 
 def test_head_counts_every_row_and_keeps_the_columns_of_an_empty_result(store):
-    with Catalog(store) as cat:
+    with store.catalog() as cat:
         h = cat.head("SELECT i, i * 2 AS j FROM range(200000) t(i)", 7)
         assert h.table.num_rows == 7 and h.total_rows == 200000 and h.left_out == 199993
         empty = cat.head("SELECT i AS a, 'x' AS b FROM range(3) t(i) WHERE i > 5", 10)
@@ -202,7 +202,7 @@ def test_a_failed_query_leaves_no_output_file(store, tmp_path):
 
 
 def test_an_error_in_the_middle_of_a_stream_is_a_store_error(store):
-    with Catalog(store) as cat:
+    with store.catalog() as cat:
         with pytest.raises(StoreError, match="Could not convert"):
             cat.head("SELECT CASE WHEN i < 100000 THEN i ELSE ('x' || i)::INT END AS v FROM range(200000) t(i)", 5)
         assert cat.query("SELECT 2 AS two")["two"].to_pylist() == [2]
@@ -240,3 +240,11 @@ def test_errors_that_quote_markup_print_verbatim(store):
 def test_file_reads_are_refused_in_every_format(store, fmt):
     r = _l2s("sql", "SELECT * FROM read_text('/etc/hostname')", "--store", store.url, "--format", fmt)
     assert r.exit_code == 1 and "SQL refused" in r.output and "Traceback" not in r.output
+
+
+def test_store_sql_takes_limits_per_call_and_refuses_unknown_ones_by_name(store):
+    with pytest.raises(SQLTimeoutError, match="time limit of 0.5 s"):
+        store.sql(RUNAWAY, timeout_s=0.5)
+    with pytest.raises(ValidationError, match="timeot_s"):
+        store.sql("SELECT 1", timeot_s=5)
+    assert store.sql("SELECT 7 AS n", timeout_s=30, memory_limit="1GB")["n"].to_pylist() == [7]
