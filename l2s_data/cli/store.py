@@ -266,6 +266,11 @@ def sql_cmd(
         fail(exc)
     except KeyboardInterrupt:
         fail("interrupted (Ctrl-C): the query was stopped and nothing more was printed.", code=130)
+    except BrokenPipeError:  # the reader of stdout (`| head`) stopped reading: nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc}. Check that its folder exists and is writable.")
     _console.print(_rich_table(head.table))
     if head.left_out:
         say(f"... {head.left_out} more row(s) not shown ({head.total_rows} in all): raise --max-rows, "

@@ -248,3 +248,9 @@ def test_store_sql_takes_limits_per_call_and_refuses_unknown_ones_by_name(store)
     with pytest.raises(ValidationError, match="timeot_s"):
         store.sql("SELECT 1", timeot_s=5)
     assert store.sql("SELECT 7 AS n", timeout_s=30, memory_limit="1GB")["n"].to_pylist() == [7]
+
+
+def test_an_output_file_that_cannot_be_written_is_named(store, tmp_path):
+    target = tmp_path / "no-such-folder" / "rows.csv"
+    r = _l2s("sql", "SELECT 1 AS one", "--store", store.url, "--format", "csv", "--output", str(target))
+    assert r.exit_code == 1 and f"cannot write {target}" in r.output and "Traceback" not in r.output
