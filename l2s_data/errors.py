@@ -29,6 +29,8 @@ __all__ = [
     "CorruptChunkError",
     "KeyNotFoundError",
     "SQLRefusedError",
+    "SQLTimeoutError",
+    "SQLMemoryError",
     "ReferencedRecipeError",
     "ExtractionError",
 ]
@@ -123,6 +125,14 @@ class KeyNotFoundError(StoreError, KeyError):
 
 class SQLRefusedError(StoreError, PermissionError):
     """A SQL statement tried to write, read files, attach, install or change settings."""
+
+
+class SQLTimeoutError(StoreError, TimeoutError):
+    """A catalog statement ran past its time limit and was interrupted."""
+
+
+class SQLMemoryError(StoreError, MemoryError):
+    """A catalog statement needed more memory than the catalog's limit allows."""
 
 
 class ReferencedRecipeError(StoreError):

@@ -567,15 +567,5 @@ class _ChunkCache:
 
 def _select(store: Store, snap, where: str) -> set[str]:
     """Sample ids that ``where`` selects over samples joined with memberships (sandboxed)."""
-    from l2s_data.store.catalog import Catalog, check_where
-
-    with Catalog(store, snapshot=snap) as cat:
-        check_where(cat.con, where)
-        try:
-            t = cat.query(
-                "SELECT DISTINCT sample_id FROM memberships LEFT JOIN samples USING (sample_id) "
-                f"WHERE ({where})"
-            )
-        except StoreError as exc:
-            raise type(exc)(f"{exc} (from the loader's where={where!r})") from exc
-    return set(t["sample_id"].to_pylist())
+    with store.catalog(snapshot=snap) as cat:
+        return set(cat.select_sample_ids(where))

@@ -198,11 +198,11 @@ class Store:
 
         return Catalog(self._tables, snapshot or self.snapshot(), **limits)
 
-    def export_catalog(self, path: str, *, snapshot: Snapshot | None = None) -> dict[str, int]:
+    def export_catalog(self, path: str, *, snapshot: Snapshot | None = None, **limits: Any) -> dict[str, int]:
         """Materialise every catalog view as a table in a new DuckDB file; rows per table."""
         from l2s_data.store.catalog import export_catalog
 
-        return export_catalog(self._tables, snapshot or self.snapshot(), path)
+        return export_catalog(self._tables, snapshot or self.snapshot(), path, **limits)
 
     def pairs(self, x: Key, y: Key, *, where: str | None = None, batch_size: int = 64,
               shuffle: bool = True, seed: int = 0, **kwargs: Any):
