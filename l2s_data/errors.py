@@ -27,6 +27,7 @@ __all__ = [
     "CommitConflictError",
     "CorruptChunkError",
     "KeyNotFoundError",
+    "EmptySelectionError",
     "SQLRefusedError",
     "ReferencedRecipeError",
     "ExtractionError",
@@ -114,6 +115,10 @@ class KeyNotFoundError(StoreError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class EmptySelectionError(StoreError, ValueError):
+    """A loader's ``where`` (or ``missing="skip"``) leaves no sample to read."""
 
 
 class SQLRefusedError(StoreError, PermissionError):

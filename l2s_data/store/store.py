@@ -82,6 +82,11 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
 
+    @property
+    def backend(self) -> Backend:
+        """The filesystem this store lives on (read-only; readers take their bytes from it)."""
+        return self._backend
+
     # -- committed Parquet parts -----------------------------------------------------------
     def _put_part(self, table_name: str, table: pa.Table, part: str | None = None) -> str:
         part = part or content_hash(table)
