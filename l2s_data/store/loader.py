@@ -37,6 +37,7 @@ yield the same batches.
 
 from __future__ import annotations
 
+import multiprocessing
 import sys
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -115,7 +116,7 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         self.dtype = dtype
         self.with_ids = with_ids
         self.rank, self.world_size = rank, world_size
-        self.epoch = int(epoch)
+        self._epoch = _SharedEpoch(int(epoch))
         self.cache_chunks = cache_chunks
         self.prefetch = prefetch
         self.verify = verify
@@ -226,8 +227,13 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         self._memory = None
 
     def set_epoch(self, epoch: int) -> None:
-        """Pick the epoch whose order the next iteration yields (call before each epoch)."""
-        self.epoch = int(epoch)
+        """Pick the epoch whose order the next iteration yields (call before each epoch); DataLoader
+        workers that outlive an epoch (``persistent_workers=True``) see it too."""
+        self._epoch.set(int(epoch))
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
 
     def __repr__(self) -> str:
         mode = "in-memory" if self.in_memory else "streaming"
@@ -356,6 +362,30 @@ class KeyedDataset(torch.utils.data.IterableDataset):
             block = cache.get(info, int(c_s[lo]))
             dst = order[lo:hi]
             out[dst] = block[loc[dst, 1] - c_s[lo] * info.chunk_rows]
+
+
+class _SharedEpoch:
+    """The epoch, in memory shared with DataLoader workers started from this process: a
+    persistent worker keeps the dataset it was given, so a plain attribute set later by
+    ``set_epoch`` would never reach it, and every epoch would repeat the first one's order.
+    Pickled for anything but starting a worker, it is a plain number."""
+
+    def __init__(self, epoch: int):
+        self._box = multiprocessing.RawValue("q", epoch)
+
+    def get(self) -> int:
+        return int(self._box.value)
+
+    def set(self, epoch: int) -> None:
+        self._box.value = epoch
+
+    def __getstate__(self) -> dict[str, Any]:
+        from multiprocessing.context import get_spawning_popen
+
+        return {"box": self._box} if get_spawning_popen() is not None else {"epoch": self.get()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._box = state["box"] if "box" in state else multiprocessing.RawValue("q", state["epoch"])
 
 
 class _Source:

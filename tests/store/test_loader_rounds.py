@@ -254,3 +254,24 @@ def test_chunk_reader_matches_zarr_python_on_an_edge_chunk(tmp_path):
     np.testing.assert_array_equal(got, z[:])
     with pytest.raises(ValueError, match="destination"):
         reader.into(info, 5, np.empty((4, 8), np.float32))
+
+
+def test_in_memory_dataloader_workers_give_the_streaming_batches(chunked):
+    """Each worker keeps its own copy (read during the first epoch it serves); with
+    persistent workers later epochs read nothing, and every epoch matches the streaming path."""
+    import torch
+
+    store, rows = chunked
+    kw = dict(batch_size=6, buffer_rows=14, with_ids=True, dtype="stored", seed=4)
+    kept = store.columns([K], in_memory=True, **kw)
+    streamed = store.columns([K], in_memory=False, **kw)
+    dl_kept = torch.utils.data.DataLoader(kept, batch_size=None, num_workers=2, persistent_workers=True)
+    dl_streamed = torch.utils.data.DataLoader(streamed, batch_size=None, num_workers=2)
+    for epoch in range(2):
+        kept.set_epoch(epoch)
+        streamed.set_epoch(epoch)
+        got = [(x.numpy().tobytes(), tuple(ids)) for x, ids in dl_kept]
+        assert got == [(x.numpy().tobytes(), tuple(ids)) for x, ids in dl_streamed]
+        assert sorted(s for _, ids in got for s in ids) == sample_ids(N)
+        for x, ids in got:
+            np.testing.assert_array_equal(np.frombuffer(x, np.float32).reshape(-1, 8), np.stack([rows[s] for s in ids]))
