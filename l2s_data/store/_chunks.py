@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import google_crc32c
@@ -26,7 +27,7 @@ from l2s_data.errors import CorruptChunkError, StoreError
 from l2s_data.store._backend import Backend
 from l2s_data.store._format import STORED_DTYPE
 
-__all__ = ["ArrayInfo", "ChunkReader", "load_array_info", "read_chunk", "chunk_key"]
+__all__ = ["ArrayInfo", "ChunkCache", "ChunkReader", "load_array_info", "read_chunk", "chunk_key"]
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,8 @@ class ChunkReader:
 
     def _preadv(self, info: ArrayInfo, i: int, buffers: list, limit: int) -> int:
         """Read the file into ``buffers`` from offset 0; the number of bytes read (``limit`` is
-        the buffers' total; one less means the file ended where expected). Error messages are built only on error (this runs per chunk)."""
+        the buffers' total; one less means the file ended where expected). Error messages are
+        built only on error: this runs per chunk."""
         try:
             fd = os.open(self.backend.path(f"{info.path}/{chunk_key(i)}"), os.O_RDONLY)
         except FileNotFoundError as exc:
@@ -220,6 +222,27 @@ class ChunkReader:
             return os.stat(self.backend.path(f"{info.path}/{chunk_key(i)}")).st_size
         except OSError:
             return got
+
+
+class ChunkCache:
+    """The last few chunks read, so keys stored in another order are not read once per row."""
+
+    def __init__(self, reader: ChunkReader, capacity: int):
+        self.reader = reader
+        self.capacity = max(1, capacity)
+        self._items: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+
+    def get(self, info: ArrayInfo, i: int) -> np.ndarray:
+        k = (info.path, i)
+        hit = self._items.get(k)
+        if hit is not None:
+            self._items.move_to_end(k)
+            return hit
+        block = self.reader.read(info, i)
+        self._items[k] = block
+        if len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        return block
 
 
 def _from_bytes(info: ArrayInfo, i: int, raw: bytes) -> np.ndarray:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -50,7 +49,7 @@ import pyarrow.compute as pc
 import torch
 
 from l2s_data.errors import EmptySelectionError, KeyNotFoundError, StoreError
-from l2s_data.store._chunks import ArrayInfo, ChunkReader
+from l2s_data.store._chunks import ArrayInfo, ChunkCache, ChunkReader
 from l2s_data.store.snapshot import Key
 
 if TYPE_CHECKING:
@@ -167,7 +166,14 @@ class KeyedDataset(torch.utils.data.IterableDataset):
             arrays, rows = t["array"].take(at), t["row"].take(at)
             paths = pc.unique(arrays.combine_chunks())
             paths = paths.take(pc.array_sort_indices(paths))
-            self._infos.append([snap.array_info(p) for p in paths.to_pylist()])
+            infos = [snap.array_info(p) for p in paths.to_pylist()]
+            if len({(i.dim, i.logical_dtype) for i in infos}) > 1:
+                raise StoreError(
+                    f"key {keys[len(self._infos)]} is stored with different widths or dtypes in "
+                    f"{', '.join(f'{i.path} ({i.dim} x {i.logical_dtype})' for i in infos[:4])}; its "
+                    f"rows cannot form one column. Delete and re-extract the odd shards."
+                )
+            self._infos.append(infos)
             which = pc.index_in(arrays, value_set=paths).to_numpy(zero_copy_only=False)
             locs.append(np.stack([which.astype(np.int64), rows.to_numpy().astype(np.int64)], axis=1))
         # Storage order of the first key, so a unit (one chunk of key 0) is contiguous.
@@ -255,7 +261,10 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         """This stream's units, dealt from the epoch's unit order, cut into rounds: consecutive
         units holding >= buffer_rows rows, whose rows are shuffled together."""
         n_units = len(self._units)
-        ids = np.random.default_rng([self.seed, self.epoch]).permutation(n_units) if self.shuffle else np.arange(n_units)
+        if self.shuffle:
+            ids = np.random.default_rng([self.seed, self.epoch]).permutation(n_units)
+        else:
+            ids = np.arange(n_units)
         mine = ids[stream::streams]
         rounds, acc, first = [], 0, 0
         sizes = self._units[mine, 1] - self._units[mine, 0]
@@ -334,7 +343,7 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         return t.float() if self.dtype == "float32" and t.dtype != torch.float32 else t
 
     # -- reading ---------------------------------------------------------------------------
-    def _fill(self, k: int, u: int, dest: np.ndarray, at: int, reader: ChunkReader, cache: _ChunkCache) -> None:
+    def _fill(self, k: int, u: int, dest: np.ndarray, at: int, reader: ChunkReader, cache: ChunkCache) -> None:
         """Write key k's rows of unit u into ``dest[at : at + rows of u]``, checked."""
         start, stop = self._units[u].tolist()
         out = dest[at : at + stop - start]
@@ -348,7 +357,7 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         else:
             self._gather(k, np.arange(start, stop), out, cache)
 
-    def _gather(self, k: int, positions: np.ndarray, out: np.ndarray, cache: _ChunkCache) -> None:
+    def _gather(self, k: int, positions: np.ndarray, out: np.ndarray, cache: ChunkCache) -> None:
         """Key k's rows of ``positions`` into ``out``, read chunk by chunk via ``cache``."""
         infos = self._infos[k]
         loc = self._locs[k][positions]
@@ -419,7 +428,7 @@ class _RoundSource(_Source):
         self.ds = ds
         self.bufs = [[np.empty((capacity, d), dt) for d, dt in shapes] for _ in range(copies)]
         self.reader = ChunkReader(ds._backend)
-        self.caches = [_ChunkCache(self.reader, ds.cache_chunks) for _ in shapes]
+        self.caches = [ChunkCache(self.reader, ds.cache_chunks) for _ in shapes]
         self._carried: list[np.ndarray] = [np.empty((0, d), dt) for d, dt in shapes]
 
     def load(self, r: int, rnd: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -456,7 +465,7 @@ class _MemorySource(_Source):
     def __init__(self, ds: KeyedDataset, memory: _Resident):
         self.ds, self.memory = ds, memory
         self.reader = ChunkReader(ds._backend)
-        self.caches = [_ChunkCache(self.reader, ds.cache_chunks) for _ in memory.cols]
+        self.caches = [ChunkCache(self.reader, ds.cache_chunks) for _ in memory.cols]
 
     def load(self, r: int, rnd: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         ds, mem = self.ds, self.memory
@@ -503,27 +512,6 @@ class _BatchBuffers:
             if len(self._pool) < self.KEEP:
                 self._pool.append(cols)
         return cols if rows == self.batch_size else [c[:rows] for c in cols]
-
-
-class _ChunkCache:
-    """The last few chunks read, so keys stored in another order are not read once per row."""
-
-    def __init__(self, reader: ChunkReader, capacity: int):
-        self.reader = reader
-        self.capacity = max(1, capacity)
-        self._items: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
-
-    def get(self, info: ArrayInfo, i: int) -> np.ndarray:
-        k = (info.path, i)
-        hit = self._items.get(k)
-        if hit is not None:
-            self._items.move_to_end(k)
-            return hit
-        block = self.reader.read(info, i)
-        self._items[k] = block
-        if len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-        return block
 
 
 def _select(store: Store, snap, where: str) -> set[str]:

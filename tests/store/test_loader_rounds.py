@@ -275,3 +275,14 @@ def test_in_memory_dataloader_workers_give_the_streaming_batches(chunked):
         assert sorted(s for _, ids in got for s in ids) == sample_ids(N)
         for x, ids in got:
             np.testing.assert_array_equal(np.frombuffer(x, np.float32).reshape(-1, 8), np.stack([rows[s] for s in ids]))
+
+
+def test_a_key_stored_with_two_widths_is_refused_by_name(tmp_path):
+    store = Store.open(tmp_path / "s", create=True)
+    rid = store.put_recipe({"odd": 1}, name="r")
+    write_shard(store, "a", rid, sample_ids(6), d=8)
+    write_shard(store, "b", rid, sample_ids(6, prefix="t"), d=12)
+    from l2s_data.errors import StoreError
+
+    with pytest.raises(StoreError, match=r"different widths.*\(8 x float32\).*\(12 x float32\)"):
+        store.columns([K])

@@ -84,8 +84,8 @@ def _small_store(tmp_path):
     rid = store.put_recipe({"small": 1}, name="r")
     d = write_shard(store, "v", rid, sample_ids(30), chunk_bytes=3 * 8 * 4)
     attempt = store.snapshot().shards["v"]
-    chunk = lambda i: tmp_path / "s" / "shards" / "v" / attempt / "p2s.completion_last.L2" / "c" / str(i) / "0"  # noqa: E731
-    return store, d[("p2s", "completion_last", 2)], chunk
+    folder = tmp_path / "s" / "shards" / "v" / attempt / "p2s.completion_last.L2" / "c"
+    return store, d[("p2s", "completion_last", 2)], lambda i: folder / str(i) / "0"
 
 
 def _check_rows(batches, want) -> int:
