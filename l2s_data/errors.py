@@ -28,6 +28,7 @@ __all__ = [
     "LeaseHeldError",
     "CorruptChunkError",
     "KeyNotFoundError",
+    "EmptySelectionError",
     "SQLRefusedError",
     "SQLTimeoutError",
     "SQLMemoryError",
@@ -121,6 +122,10 @@ class KeyNotFoundError(StoreError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class EmptySelectionError(StoreError, ValueError):
+    """A loader's ``where`` (or ``missing="skip"``) leaves no sample to read."""
 
 
 class SQLRefusedError(StoreError, PermissionError):
