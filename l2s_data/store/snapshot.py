@@ -174,7 +174,10 @@ class Snapshot:
         rid = self.resolve(recipe)
         flt = ((pc.field("recipe_id") == rid) & (pc.field("view") == view)
                & (pc.field("position") == position) & (pc.field("layer") == int(layer)))
-        return self.rows(flt).sort_by("sample_id")
+        t = self.rows(flt).sort_by("sample_id")
+        for path in pc.unique(t["array"]).to_pylist():
+            self._array_recipe[path] = rid  # so that errors about its chunks name the recipe
+        return t
 
     def committed_keys(self, recipe: str) -> pa.Table:
         """Columns view, position, layer, sample_id of every committed key of one recipe."""
@@ -185,8 +188,6 @@ class Snapshot:
         k = (self.resolve(recipe), view, position, int(layer))
         if k not in self._index:
             t = self.key_rows(*k)
-            for path in set(t["array"].to_pylist()):
-                self._array_recipe[path] = k[0]
             self._index[k] = dict(zip(t["sample_id"].to_pylist(), zip(t["array"].to_pylist(), t["row"].to_pylist())))
         return self._index[k]
 
