@@ -144,7 +144,7 @@ class ShardOutcome:
     write_s: float
 
 
-def _row_order(item: SampleItem) -> tuple[int, str]:
+def row_order(item: SampleItem) -> tuple[int, str]:
     # Batch similar lengths together (less padding); deterministic, from the plan alone.
     extra = len(item.pair[0]) + max(len(item.pair[1]), len(item.pair[2])) if item.pair else 0
     return (len(item.query) + extra, item.sample_id)
@@ -284,7 +284,7 @@ class ExtractionWorker:
         input alone; each sorted by length."""
         need = {p.kind: set(p.sample_ids) for p in shard.parts}
         pair, inp = need.get("pair", set()), need.get("input", set())
-        items = sorted(shard.items, key=_row_order)
+        items = sorted(shard.items, key=row_order)
         return [("pair", True, [it for it in items if it.sample_id in pair and it.sample_id in inp]),
                 ("pair", False, [it for it in items if it.sample_id in pair and it.sample_id not in inp]),
                 ("input", True, [it for it in items if it.sample_id in inp and it.sample_id not in pair])]
@@ -410,7 +410,7 @@ class ExtractionWorker:
     def generation_seed(self, batch: Batch) -> int:
         """The seed of a batch's continuations: the recipe's seed plus the batch's first row's
         index in its shard's row order (a rerun of the same plan samples the same tokens)."""
-        order = [it.sample_id for it in sorted(batch.shard.items, key=_row_order)]
+        order = [it.sample_id for it in sorted(batch.shard.items, key=row_order)]
         first = batch.rows[0].item.sample_id if batch.rows else order[0]
         return self.job.continuation.seed + order.index(first)
 

@@ -150,9 +150,9 @@ class ModelAdapter:
         if isinstance(item, ContrastiveItem):
             for view, chat in item.views().items():
                 wanted = positions if view != "input" else [p for p in positions if not p.startswith("completion")]
-                self._check_encoded(self._encode(chat, vision.n_tokens[0]), wanted, f"view {view!r}")
+                self._check_encoded(self.encode_chat(chat, vision.n_tokens[0]), wanted, f"view {view!r}")
         else:
-            self._check_encoded(self._encode(item, vision.n_tokens[0]), positions, "item")
+            self._check_encoded(self.encode_chat(item, vision.n_tokens[0]), positions, "item")
 
     def check_encoded(self, encoded: EncodedItems, want: Mapping[str, Sequence[str]]) -> None:
         """Raise for the first item of ``encoded`` whose views cannot be read at ``want``
@@ -163,7 +163,8 @@ class ModelAdapter:
 
     # --- batching ------------------------------------------------------------------------
 
-    def _encode(self, item: ChatInput, n_image_tokens: int) -> Encoded:
+    def encode_chat(self, item: ChatInput, n_image_tokens: int) -> Encoded:
+        """Tokenize one chat whose image expands to ``n_image_tokens`` tokens."""
         if not isinstance(item.query, str) or not isinstance(item.suffix, str):
             raise InputError(f"query and suffix must be strings, got {type(item.query).__name__} / "
                              f"{type(item.suffix).__name__}.")
@@ -172,7 +173,7 @@ class ModelAdapter:
     def encode_items(self, items: Sequence[ChatInput]) -> tuple[list[Encoded], families.Vision]:
         """Tokenize ``items`` (one image-processor call for all images)."""
         vision = families.process_images(self.family, self.processor, [it.image for it in items])
-        return [self._encode(it, n) for it, n in zip(items, vision.n_tokens, strict=True)], vision
+        return [self.encode_chat(it, n) for it, n in zip(items, vision.n_tokens, strict=True)], vision
 
     def pad_left(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-pad token lists: ids [R, L], attention mask [R, L] (CPU)."""
@@ -260,7 +261,7 @@ class ModelAdapter:
         for it, n in zip(items, vision.n_tokens, strict=True):
             chats = it.views()
             for v in views:
-                encs[v].append(self._encode(chats[v], n))
+                encs[v].append(self.encode_chat(chats[v], n))
         return EncodedItems(encs, vision)
 
     @torch.inference_mode()
