@@ -28,6 +28,7 @@ class PositionToken:
     sequence: str
     indices: tuple[int, ...]
     tokens: tuple[str, ...]
+    before: tuple[str, ...]   # up to three tokens before the first one read, for context
 
 
 def token_strings(processor, ids: Sequence[int]) -> list[str]:
@@ -47,5 +48,6 @@ def position_tokens(adapter, item: ContrastiveItem, want: dict[str, Sequence[str
         pieces = token_strings(adapter.processor, enc.ids)
         for (view, position), _ in got:
             idx = tuple(t for t, _ in position_weights(enc, position))
-            out.append(PositionToken(view, position, name, idx, tuple(pieces[t] for t in idx)))
+            out.append(PositionToken(view, position, name, idx, tuple(pieces[t] for t in idx),
+                                     tuple(pieces[max(0, idx[0] - 3): idx[0]])))
     return sorted(out, key=lambda r: (list(want).index(r.view), list(want[r.view]).index(r.position)))
