@@ -104,6 +104,7 @@ class Batch:
     rows: tuple[Row, ...]
     encoded: EncodedItems | None
     errors: tuple[dict[str, object], ...]
+    first_row: int      # the index of the batch's first planned sample in the shard's row order
     last: bool          # the shard's last batch
     seconds: float      # time spent preparing it
 
@@ -293,14 +294,15 @@ class ExtractionWorker:
         """The shard's batches, each loaded, tokenized and checked (CPU only, no forward).
 
         Failures become error rows (stage ``load`` or ``check``) of the batch they were in.
-        A shard with no batch to run still yields one empty last batch, so that its errors
-        are written.
+        A shard with no sample to run still yields one empty last batch, so that it gets an
+        outcome.
         """
         bs = self.job.config.run.batch_size
         cuts = [(kind, with_input, items[i:i + bs]) for kind, with_input, items in self._groups(shard)
                 for i in range(0, len(items), bs)]
         if not cuts:
             cuts = [("pair", False, [])]
+        order = {it.sample_id: k for k, it in enumerate(sorted(shard.items, key=row_order))}
         for n, (kind, with_input, items) in enumerate(cuts):
             t0 = time.perf_counter()
             rows, encs, errors = [], [], []
@@ -319,7 +321,8 @@ class ExtractionWorker:
                 from l2s_data.models.adapter import EncodedItems
 
                 encoded = EncodedItems.concat(encs)
-            yield Batch(shard, kind, with_input, tuple(rows), encoded, tuple(errors), n == len(cuts) - 1,
+            first = order[items[0].sample_id] if items else 0
+            yield Batch(shard, kind, with_input, tuple(rows), encoded, tuple(errors), first, n == len(cuts) - 1,
                         time.perf_counter() - t0)
 
     def _views(self, with_input: bool) -> list[str]:
@@ -408,11 +411,10 @@ class ExtractionWorker:
         return list(zip(sides[0], sides[1], strict=True))
 
     def generation_seed(self, batch: Batch) -> int:
-        """The seed of a batch's continuations: the recipe's seed plus the batch's first row's
-        index in its shard's row order (a rerun of the same plan samples the same tokens)."""
-        order = [it.sample_id for it in sorted(batch.shard.items, key=row_order)]
-        first = batch.rows[0].item.sample_id if batch.rows else order[0]
-        return self.job.continuation.seed + order.index(first)
+        """The seed of a batch's continuations: the recipe's seed plus the index of the batch's
+        first planned sample in its shard's row order (from the plan alone, so a rerun of the
+        same plan samples the same tokens on the same device)."""
+        return self.job.continuation.seed + batch.first_row
 
     def _continue(self, batch: Batch, errors: list[dict[str, object]]) -> tuple[list[Row], EncodedItems | None]:
         """Continue the batch's completions and encode the extended sequences; samples whose
