@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 __all__ = ["Catalog", "check_where", "parse_one", "export_catalog", "VIEWS"]
 
 #: Views a user can query.
-VIEWS = ("samples", "memberships", "recipes", "manifests", "runs", "evaluations", "errors", "shards")
+VIEWS = ("samples", "memberships", "recipes", "manifests", "runs", "evaluations", "errors", "extractions",
+         "shards")
 
 _READ_ONLY = {duckdb.StatementType.SELECT}
 _FIX = (

@@ -167,7 +167,7 @@ def gc(store: Store, *, grace_s: float = 3600.0, dry_run: bool = False) -> GcRes
         if not dry_run:
             store._backend.remove(d, recursive=True)
     # A process killed inside put_if_absent can leave its private temporary file behind.
-    for folder in ("manifests", "recipes", "samples", "memberships", "errors", "runs", "evaluations"):
+    for folder in ("manifests", "recipes", "samples", "memberships", "errors", "runs", "evaluations", "extractions"):
         for tmp in store._backend.stale_temporaries(folder, grace_s):
             out.removed.append(tmp)
             if not dry_run:

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from l2s_data.errors import KeyNotFoundError, SchemaMismatchError, StoreError, StoreNotFoundError
 from l2s_data.schemas import (
-    ERRORS, EVALUATIONS, FORMAT_VERSION, MEMBERSHIPS, RECIPES, RUNS, SAMPLES, TABLES,
+    ERRORS, EVALUATIONS, EXTRACTIONS, FORMAT_VERSION, MEMBERSHIPS, RECIPES, RUNS, SAMPLES, TABLES,
 )
 from l2s_data.store._backend import Backend, open_backend
 from l2s_data.store._format import (
@@ -43,7 +43,7 @@ from l2s_data.store.writer import DEFAULT_CHUNK_BYTES, ShardWriter
 
 __all__ = ["Store"]
 
-_PART_TABLES = ("recipes", "samples", "memberships", "errors", "runs", "evaluations")
+_PART_TABLES = ("recipes", "samples", "memberships", "errors", "runs", "evaluations", "extractions")
 
 
 class Store:
@@ -184,6 +184,10 @@ class Store:
     def put_runs(self, rows: pa.Table | Sequence[Mapping[str, Any]]) -> None:
         """Commit run rows (RUNS schema; ``created_at`` defaults to now)."""
         self._put_rows("runs", RUNS, rows)
+
+    def put_extractions(self, rows: pa.Table | Sequence[Mapping[str, Any]]) -> None:
+        """Commit extraction-run rows (EXTRACTIONS schema; ``created_at`` defaults to now)."""
+        self._put_rows("extractions", EXTRACTIONS, rows)
 
     def put_evaluations(self, rows: pa.Table | Sequence[Mapping[str, Any]]) -> None:
         """Commit evaluation rows (EVALUATIONS schema; ``created_at`` defaults to now)."""
