@@ -89,6 +89,7 @@ class Progress:
     retried: int = 0
     failed: int = 0
     seconds: float = 0.0
+    last: "ShardRun | None" = None  # the shard run that just finished (None after a failure)
 
     @property
     def samples_per_s(self) -> float:
@@ -226,8 +227,9 @@ def run_on_ray(ex: Extraction, opts: RayOptions, *, on_plan: Callable[[Plan], No
         t_compute = time.perf_counter()
         total = plan.samples_to_compute
         while pool.has_next():
+            r: ShardRun | None = None
             try:
-                r: ShardRun = pool.get_next_unordered()
+                r = pool.get_next_unordered()
                 pending.pop(r.outcome.shard_id, None)
                 runs.append(r)
             except ray.exceptions.RayError:
@@ -236,9 +238,9 @@ def run_on_ray(ex: Extraction, opts: RayOptions, *, on_plan: Callable[[Plan], No
                     pending.pop(sid)
             if on_progress:
                 on_progress(Progress(
-                    len(plan.shards), total, len(runs), sum(r.outcome.samples + r.outcome.quarantined for r in runs),
-                    sum(1 for r in runs if r.attempt > 0) + len(failed), len(failed),
-                    time.perf_counter() - t_compute))
+                    len(plan.shards), total, len(runs), sum(x.outcome.samples + x.outcome.quarantined for x in runs),
+                    sum(1 for x in runs if x.attempt > 0) + len(failed), len(failed),
+                    time.perf_counter() - t_compute, r))
         for sid in by_id:  # shards never handed out: every actor died for good
             if sid not in failed and sid not in {r.outcome.shard_id for r in runs}:
                 failed[sid] = "no live worker was left to run it (every actor exhausted its restarts)"
