@@ -39,6 +39,10 @@ def test_the_launcher_yaml_is_valid_for_ray_up_and_has_gpu_workers():
     start = " ".join(cfg["head_start_ray_commands"])
     assert "--dashboard-port=8265" in start and "--dashboard-host=0.0.0.0" in start  # the Jobs API
     assert any("pip install" in c and "l2s-data" in c for c in cfg["setup_commands"])
+    # token auth on every node, with the token the submitter holds
+    starts = cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
+    assert cfg["file_mounts"]["/home/ubuntu/.ray/auth_token"] == "~/.ray/auth_token"
 
 
 def test_the_rayjob_manifest_has_kuberays_required_fields_and_token_auth():
