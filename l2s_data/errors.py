@@ -34,6 +34,8 @@ __all__ = [
     "SQLMemoryError",
     "ReferencedRecipeError",
     "ExtractionError",
+    "ShardFailedError",
+    "JobSubmissionError",
 ]
 
 
@@ -149,3 +151,19 @@ class ReferencedRecipeError(StoreError):
 
 class ExtractionError(L2SError, RuntimeError):
     """An extraction job could not proceed."""
+
+
+class ShardFailedError(ExtractionError):
+    """A distributed extraction ended with shards that failed on every attempt.
+
+    ``shards`` names them; ``report`` is the run's report (the committed shards stay).
+    """
+
+    def __init__(self, message: str, *, report=None, shards: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.report = report
+        self.shards = shards
+
+
+class JobSubmissionError(L2SError, RuntimeError):
+    """A Ray job could not be submitted, found, or controlled through the Jobs API."""

@@ -19,6 +19,8 @@ CREATE VIEW evaluations AS
     SELECT DISTINCT * FROM _evaluations;
 CREATE VIEW errors AS
     SELECT DISTINCT * FROM _errors;
+CREATE VIEW extractions AS
+    SELECT DISTINCT ON (run_id) * FROM _extractions ORDER BY run_id, created_at;
 -- One row per committed shard attempt and key (recipe, view, position, layer).
 CREATE VIEW shards AS
     SELECT shard, attempt, recipe_id, view, position, layer, dtype, dim,

@@ -58,7 +58,8 @@ __all__ = [
 ]
 
 #: Views a user can query.
-VIEWS = ("samples", "memberships", "recipes", "manifests", "runs", "evaluations", "errors", "shards")
+VIEWS = ("samples", "memberships", "recipes", "manifests", "runs", "evaluations", "errors", "extractions",
+         "shards")
 
 _READ_ONLY = {duckdb.StatementType.SELECT}
 _FIX = (

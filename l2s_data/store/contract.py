@@ -40,7 +40,7 @@ MARKER = "l2s-store.json"
 COMPACTED_PREFIX = "_compacted-"
 TOMBSTONE_PREFIX = "_tombstone-"
 #: Folders of committed Parquet parts (content-addressed, create-if-absent).
-PART_TABLES = ("recipes", "samples", "memberships", "errors", "runs", "evaluations")
+PART_TABLES = ("recipes", "samples", "memberships", "errors", "runs", "evaluations", "extractions")
 DTYPES = ("float32", "float16", "bfloat16")
 #: numpy dtype each logical dtype is stored as (Zarr v3 has no bfloat16: its bits as uint16).
 STORED_DTYPE = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "bfloat16": np.dtype("<u2")}

@@ -142,6 +142,10 @@ class Store:
         """Commit run rows (RUNS schema; ``created_at`` defaults to now)."""
         self._tables.put_rows("runs", rows)
 
+    def put_extractions(self, rows: pa.Table | Sequence[Mapping[str, Any]]) -> None:
+        """Commit extraction-run rows (EXTRACTIONS schema; ``created_at`` defaults to now)."""
+        self._tables.put_rows("extractions", rows)
+
     def put_evaluations(self, rows: pa.Table | Sequence[Mapping[str, Any]]) -> None:
         """Commit evaluation rows (EVALUATIONS schema; ``created_at`` defaults to now)."""
         self._tables.put_rows("evaluations", rows)
