@@ -65,7 +65,7 @@ def _all_keys(store: Store, rids) -> dict[tuple, np.ndarray]:
 
 
 def _manifest_keys(store: Store) -> list[tuple]:
-    m = store.snapshot().manifests
+    m = store.snapshot().rows()
     return list(zip(m["recipe_id"].to_pylist(), m["view"].to_pylist(), m["position"].to_pylist(),
                     m["layer"].to_pylist(), m["sample_id"].to_pylist()))
 
@@ -130,7 +130,7 @@ def test_an_actor_killed_mid_run_is_restarted_and_nothing_is_lost_or_duplicated(
     store = Store.open(tmp_path / "store")
     keys = _manifest_keys(store)
     assert len(keys) == len(set(keys)) == report.plan.total_keys  # nothing lost, nothing duplicated
-    assert store.committed_shards() == {p.shard_id for s in report.plan.shards for p in s.parts}
+    assert set(store.snapshot().shards) == {p.shard_id for s in report.plan.shards for p in s.parts}
     row = store.table("extractions").to_pylist()[0]
     assert row["status"] == "completed" and row["shards_retried"] >= 1
     # the restarted actor is a new process, and it computed the rest of the run
@@ -164,7 +164,7 @@ def test_a_killed_driver_leaves_committed_shards_and_the_rerun_computes_only_the
     driver.stdout.close()
     # Ray ends the dead driver's actors; wait for that so nothing commits behind the rerun
     psutil.wait_procs([psutil.Process(p) for p in actor_pids if psutil.pid_exists(p)], timeout=120)
-    before = set(Store.open(store).committed_shards())  # store shards: one per recipe part
+    before = set(Store.open(store).snapshot().shards)  # store shards: one per recipe part
     assert before
 
     ex = Extraction(parse_config(raw, source="(test)"), adapter=tiny_adapter("llava"))
@@ -194,7 +194,7 @@ def test_a_shard_failing_on_every_attempt_ends_the_run_with_its_name_and_keeps_t
         run_extraction(Extraction(cfg), workers=2, address=ray_address, max_task_retries=1)
     err = info.value
     assert f"shard {bad}" in str(err) and "2 attempts" in str(err) and err.shards == (bad,)
-    committed = Store.open(tmp_path / "store").committed_shards()
+    committed = set(Store.open(tmp_path / "store").snapshot().shards)
     others = {p.shard_id for s in shards if s.shard_id != bad for p in s.parts}
     assert others <= committed and blocked not in committed
     row = Store.open(tmp_path / "store").table("extractions").to_pylist()[0]
