@@ -195,7 +195,8 @@ def plan_sequences(encs: dict[str, list[Encoded]], want: dict[str, list[str]], *
     position)``: the gather key a read fills. Returns (sequences, reads): each view is a
     sequence; where ``user_last`` is not a token of some item's sequence (LLaVA: the user
     turn's trailing space merges into "▁ASSISTANT"), the user turns alone are one more
-    sequence, ``"<view>:user"``, read at its last token.
+    sequence, ``"<view>:user"``, read at its last token (and the view itself runs only if
+    another position is read on it).
     """
     seqs: dict[str, list[Encoded]] = {}
     reads: dict[str, list[tuple[tuple, str]]] = {}
@@ -208,4 +209,6 @@ def plan_sequences(encs: dict[str, list[Encoded]], want: dict[str, list[str]], *
                 reads[f"{v}:user"] = [(key(v, p), p)]
             else:
                 reads[v].append((key(v, p), p))
+        if not reads[v]:  # every position of the view is read on its user turn
+            del seqs[v], reads[v]
     return seqs, reads

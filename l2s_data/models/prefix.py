@@ -29,6 +29,7 @@ forwards, which compute the same numbers.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from transformers import DynamicCache
 
@@ -42,12 +43,11 @@ SPLIT_PADDING = 0.2
 
 
 def _lcp(seqs: list[tuple[int, ...]]) -> int:
+    """Length of the longest common prefix of ``seqs`` (one vectorised comparison)."""
     n = min(len(s) for s in seqs)
-    first = seqs[0]
-    for k in range(n):
-        if any(s[k] != first[k] for s in seqs[1:]):
-            return k
-    return n
+    rows = np.array([s[:n] for s in seqs], dtype=np.int64)
+    differ = (rows != rows[0]).any(axis=0)
+    return int(differ.argmax()) if differ.any() else n
 
 
 def shared_prefix_lengths(encs: dict[str, list[Encoded]], views: list[str]) -> list[int]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from l2s_data.models import ChatInput, ContrastiveItem
@@ -89,6 +90,29 @@ def test_reference_llava_user_last_reads_the_trailing_space_and_prompt_last_the_
     # the reference's pos/neg position: the space after the answer; the answer's own last token
     assert d["positions"]["pos sequence_last"]["tokens"] == ["▁"]
     assert d["positions"]["pos completion_last"]["tokens"] == ["▁image"]
+
+
+@pytest.mark.parametrize("prefix_sharing", [True, False], ids=["prefix-shared", "separate"])
+def test_llava_user_last_alone_runs_the_user_turn_and_equals_a_forward_of_it(prefix_sharing, tiny_adapter):
+    adapter = tiny_adapter("llava")
+    item = _item()
+    seen = []
+    handle = adapter.model.model.register_forward_pre_hook(
+        lambda _m, _a, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        out = adapter.capture_contrastive([item], input_layers=[1], input_positions=["user_last"], pair_layers=[1],
+                                          pair_positions=["sequence_last"], prefix_sharing=prefix_sharing)
+    finally:
+        handle.remove()
+    # the prompt itself is not run: only the user turn alone, pos and neg (rows per forward)
+    assert seen in ([1, 3], [1, 1, 2]) if prefix_sharing else seen == [1, 1, 1]
+    proc = adapter.processor
+    text = render(proc, messages_for(item.views()["input"], with_completion=False))
+    assert text.endswith("? ")
+    with torch.no_grad():
+        hs = adapter.model(**proc(text=[text], images=[item.image], return_tensors="pt"),
+                           output_hidden_states=True).hidden_states
+    torch.testing.assert_close(out[("input", "user_last", 1)][0], hs[2][0, -1], atol=1e-5, rtol=1e-5)
 
 
 def test_qwen_user_last_is_the_newline_after_im_end_a_token_of_the_prompt_itself(tiny_adapter):
