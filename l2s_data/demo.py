@@ -2,7 +2,8 @@
 
 1. build (once, cached under ``OUT/tiny-llava``) a tiny random LLaVA checkpoint;
 2. generate (once) a small synthetic-safety data set under ``OUT/data``;
-3. extract its input / pos / neg / p2s views, every layer, into the store ``OUT/store``;
+3. extract its input / pos / neg / p2s views, every layer, into the store ``OUT/store``, on two
+   Ray actors (a local Ray, or the cluster ``RAY_ADDRESS`` names; ``workers=0``: in-process);
 4. print a few samples' views (norms), the cosines between categories' mean P2S vectors, and
    an example ``l2s sql`` query;
 5. extract again: the store already has every key, so nothing is computed.
@@ -21,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from l2s_data.extract import Extraction, RunReport, parse_config
+from l2s_data.extract.distributed import run_extraction
 
 __all__ = ["DEMO_SQL", "DemoResult", "demo_config", "run_demo"]
 
@@ -85,7 +87,8 @@ def _prepare(out_dir: Path, n: int, console: Console) -> None:
         console.print(f"[2/4] synthetic-safety data set: {n} samples over 13 scenarios at {data}")
 
 
-def run_demo(out_dir: str | Path = "demo-out", *, n: int = 26, console: Console | None = None) -> DemoResult:
+def run_demo(out_dir: str | Path = "demo-out", *, n: int = 26, console: Console | None = None,
+             workers: int = 2) -> DemoResult:
     """Run the demo into ``out_dir`` and print as it goes; returns what it printed, as data."""
     console = console or Console()
     out = Path(out_dir)
@@ -94,12 +97,14 @@ def run_demo(out_dir: str | Path = "demo-out", *, n: int = 26, console: Console 
     cfg = demo_config(out)
 
     ex = Extraction(cfg)
-    with console.status("extracting (input, pos, neg, p2s at every layer)..."):
-        first = ex.run()
+    where = f"on {workers} Ray worker(s)" if workers else "in this process"
+    with console.status(f"extracting (input, pos, neg, p2s at every layer) {where}..."):
+        first = run_extraction(ex, workers=workers)
     pl = first.plan
     console.print(f"[3/4] extraction into {first.store}: {pl.total_samples} samples, {pl.total_keys:,} keys; "
                   f"computed {first.computed_samples} sample(s) / {first.written_keys:,} keys in "
-                  f"{first.seconds:.1f} s" + (" (the store already had them)" if not first.computed_samples else ""))
+                  f"{first.seconds:.1f} s {where}" + (" (the store already had them)" if not first.computed_samples
+                                                      else ""))
     for kind, rid in first.recipe_ids.items():
         console.print(f"      {kind} recipe {rid}")
 

@@ -8,7 +8,7 @@ import numpy as np
 from rich.console import Console
 
 
-def test_the_demo_runs_end_to_end_and_its_second_run_computes_nothing(tmp_path):
+def test_the_demo_runs_end_to_end_and_its_second_run_computes_nothing(tmp_path, ray_address):
     from l2s_data.demo import run_demo
 
     buf = io.StringIO()
@@ -18,6 +18,12 @@ def test_the_demo_runs_end_to_end_and_its_second_run_computes_nothing(tmp_path):
     assert res.first.computed_samples == 13 and res.first.quarantined == 0
     assert res.second.computed_samples == 0 and res.second.plan.missing_keys == 0
     assert "nothing to compute" in out and "cosine between categories" in out
+    # `make demo` extracts on Ray (here the session's head, through RAY_ADDRESS), recorded as such
+    from l2s_data.store import Store
+
+    assert "on 2 Ray worker(s)" in out
+    ext = Store.open(tmp_path / "demo" / "store").table("extractions").to_pylist()
+    assert [(r["workers"], r["devices"], r["samples_computed"]) for r in ext] == [(2, ["cpu", "cpu"], 13)]
     # p2s norms were taken in float32 and are non-zero; the cosine matrix is a real one
     assert all(r["p2s"] > 0 for r in res.norms) and len(res.norms) == 4
     c = len(res.categories)
@@ -39,7 +45,7 @@ def test_the_demo_command_is_mounted():
     assert res.exit_code == 0 and "--out" in res.output
 
 
-def test_the_readme_first_session_python_block_runs_on_the_demo_store(tmp_path, monkeypatch):
+def test_the_readme_first_session_python_block_runs_on_the_demo_store(tmp_path, monkeypatch, ray_address):
     """README.md's Python example reads the store that `l2s demo` leaves in ./demo-out."""
     import re
     from pathlib import Path

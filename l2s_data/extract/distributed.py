@@ -34,6 +34,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from l2s_data.errors import ConfigError, ExtractionError, ShardFailedError
@@ -204,7 +205,7 @@ def run_on_ray(ex: Extraction, opts: RayOptions, *, on_plan: Callable[[Plan], No
         num_cpus=0 if gpu else opts.cpus_per_worker, num_gpus=1 if gpu else 0,
         max_restarts=opts.max_restarts, max_task_retries=opts.max_task_retries,
         runtime_env={"env_vars": _forwarded_env(opts.cpus_per_worker)})
-    job = ex.job(refs)
+    job = ExtractJob(_absolute_paths(ex.config), dict(refs))
     actors = [actor_cls.remote(job, opts.cpus_per_worker) for _ in range(opts.workers)]
     runs: list[ShardRun] = []
     failed: dict[str, str] = {}
@@ -253,6 +254,18 @@ def run_on_ray(ex: Extraction, opts: RayOptions, *, on_plan: Callable[[Plan], No
                        tuple(ex.notes()))
     return RayRun(report, tuple(i["device"] for i in infos), sum(1 for r in runs if r.attempt > 0) + len(failed),
                   dict(failed))
+
+
+def _absolute_paths(config: Any) -> Any:
+    """The config with its local paths made absolute: actors do not share the driver's cwd."""
+    def fix(p: str) -> str:
+        return p if "://" in p else str(Path(p).expanduser().resolve())
+
+    return config.model_copy(update={
+        "model": config.model.model_copy(update={"path": fix(config.model.path)}),
+        "data": config.data.model_copy(update={"path": fix(config.data.path)}),
+        "run": config.run.model_copy(update={"store": fix(config.run.store)}),
+    })
 
 
 def _start(ray: Any, actors: Sequence[Any], opts: RayOptions, gpu: bool) -> list[dict[str, Any]]:
