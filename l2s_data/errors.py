@@ -30,6 +30,10 @@ __all__ = [
     "SQLRefusedError",
     "ReferencedRecipeError",
     "ExtractionError",
+    "PredictorMismatchError",
+    "EmptySelectionError",
+    "RunNotFoundError",
+    "TrainingError",
 ]
 
 
@@ -129,3 +133,25 @@ class ReferencedRecipeError(StoreError):
 
 class ExtractionError(L2SError, RuntimeError):
     """An extraction job could not proceed."""
+
+
+# --- steering and training --------------------------------------------------------------
+
+
+class PredictorMismatchError(L2SError, ValueError):
+    """A saved predictor does not fit what it is used with (dims, recipe, layers, file)."""
+
+
+class EmptySelectionError(L2SError, ValueError):
+    """A ``where`` selection (training, validation, evaluation) selects no stored rows."""
+
+
+class RunNotFoundError(L2SError, KeyError):
+    """A run id or sweep id names no row of the store's ``runs`` table."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class TrainingError(L2SError, RuntimeError):
+    """Training could not proceed (a non-finite loss, a failed sweep trial)."""
