@@ -40,7 +40,7 @@ from l2s_data.steer.predictor import Predictor, PredictorMeta, save_predictor
 from l2s_data.train.config import TrainConfig
 from l2s_data.train.data import TrainData, load_data, resolve_recipe_id
 
-__all__ = ["TrainResult", "train", "fit", "loss_terms", "lr_factor", "init_decoder", "new_run_id"]
+__all__ = ["TrainResult", "train", "fit", "commit_run", "loss_terms", "lr_factor", "init_decoder", "new_run_id"]
 
 #: Called after every epoch with the epoch's row of the history.
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -227,7 +227,7 @@ def fit(cfg: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | None = N
 
 def train(cfg: TrainConfig, *, store=None, data: TrainData | None = None, run_id: str | None = None,
           kind: str = "train", sweep_id: str | None = None, save: bool = True,
-          on_epoch: EpochCallback | None = None) -> TrainResult:
+          on_epoch: EpochCallback | None = None, extra_metrics: dict[str, Any] | None = None) -> TrainResult:
     """Train, evaluate, save and commit one run (see the module doc).
 
     ``data`` skips reading the store (a sweep passes rows it read once); ``save=False`` writes
@@ -248,7 +248,7 @@ def train(cfg: TrainConfig, *, store=None, data: TrainData | None = None, run_id
         d_in=model.d_in, d_out=model.d_out, hidden=model.hidden, snapshot_id=data.snapshot_id,
         run_id=run_id, config=cfg.to_dict(), target_scales=dict(data.scales),
     )
-    metrics = evaluate_offline(model, data, cfg, store=store)
+    metrics = {**evaluate_offline(model, data, cfg, store=store), **(extra_metrics or {})}
     seconds = time.perf_counter() - t0
     artifact = None
     if save:
@@ -256,12 +256,22 @@ def train(cfg: TrainConfig, *, store=None, data: TrainData | None = None, run_id
         artifact = save_predictor(run_dir / "predictor.safetensors", model, meta).resolve()
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, sort_keys=True))
         (run_dir / "metrics.json").write_text(json.dumps({"final": metrics, "history": history}, indent=1))
-        store.put_runs([{
-            "run_id": run_id, "kind": kind, "recipe_ids": sorted({in_id, out_id}),
-            "snapshot_id": data.snapshot_id, "status": "completed",
-            "config_json": json.dumps(cfg.to_dict(), sort_keys=True),
-            "metrics_json": json.dumps({"final": metrics, "history": history, "seconds": seconds}),
-            "artifact": str(artifact), "sweep_id": sweep_id,
-            "val_cosine": metrics["val_cosine"], "val_mse": metrics["val_mse"],
-        }])
+        commit_run(store, cfg, run_id, kind=kind, sweep_id=sweep_id, snapshot_id=data.snapshot_id,
+                   history=history, metrics=metrics, status="completed", artifact=str(artifact),
+                   seconds=seconds, recipe_ids=sorted({in_id, out_id}))
     return TrainResult(run_id, model, meta, history, metrics, artifact, seconds)
+
+
+def commit_run(store, cfg: TrainConfig, run_id: str, *, kind: str, sweep_id: str | None, snapshot_id: str,
+               history: list[dict[str, Any]], metrics: dict[str, Any], status: str, artifact: str | None,
+               seconds: float | None = None, recipe_ids: list[str] | None = None) -> None:
+    """Commit one row to the store's ``runs`` table (metrics per epoch in ``metrics_json``)."""
+    if recipe_ids is None:
+        recipe_ids = sorted({resolve_recipe_id(store, cfg.input.recipe), resolve_recipe_id(store, cfg.target.recipe)})
+    store.put_runs([{
+        "run_id": run_id, "kind": kind, "recipe_ids": recipe_ids, "snapshot_id": snapshot_id,
+        "status": status, "config_json": json.dumps(cfg.to_dict(), sort_keys=True),
+        "metrics_json": json.dumps({"final": metrics, "history": history, "seconds": seconds}),
+        "artifact": artifact, "sweep_id": sweep_id,
+        "val_cosine": metrics.get("val_cosine"), "val_mse": metrics.get("val_mse"),
+    }])
