@@ -3,7 +3,7 @@
 ::
 
     sel = read_selection(store, [x_key, y_key], where="split = 'test'")
-    sel.ids            # sample ids, storage order
+    sel.ids            # sample ids, sorted
     sel.columns[1]     # float32 [N, D] of y_key
     sel.categories     # category per row (from memberships)
     sel.snapshot_id    # the store snapshot these rows came from
@@ -22,7 +22,7 @@ import numpy as np
 from l2s_data.errors import EmptySelectionError, KeyNotFoundError
 from l2s_data.store import Key
 
-__all__ = ["Selection", "read_selection", "check_key", "sample_labels", "sql_literal"]
+__all__ = ["Selection", "read_selection", "read_dataset", "open_columns", "check_key", "sample_labels", "sql_literal"]
 
 
 def sql_literal(text: str) -> str:
@@ -32,7 +32,7 @@ def sql_literal(text: str) -> str:
 
 @dataclass(frozen=True)
 class Selection:
-    """Rows of some keys for the samples a ``where`` selects, in storage order."""
+    """Rows of some keys for the samples a ``where`` selects, in sample-id order."""
 
     ids: list[str]
     columns: list[np.ndarray]          # per key: float32 [N, D_k]
@@ -86,12 +86,25 @@ def sample_labels(store, where: str | None) -> dict[str, tuple[str, str | None]]
     return dict(zip(t["sample_id"].to_pylist(), zip(t["category"].to_pylist(), t["label"].to_pylist())))
 
 
+def open_columns(store, keys: Sequence[Key], where: str | None, **kwargs):
+    """``store.columns(keys, where=..., **kwargs)``; a key without rows raises check_key's message."""
+    try:
+        return store.columns(tuple(keys), where=where, **kwargs)
+    except KeyNotFoundError:
+        for k in keys:
+            check_key(store, k)
+        raise
+
+
 def read_selection(store, keys: Sequence[Key], where: str | None, *, what: str = "selection",
                    batch_size: int = 4096) -> Selection:
     """Read every selected row of ``keys`` once into float32 arrays (see the module doc)."""
-    for k in keys:
-        check_key(store, k)
-    ds = store.columns(tuple(keys), where=where, batch_size=batch_size, shuffle=False, with_ids=True)
+    ds = open_columns(store, keys, where, batch_size=batch_size, shuffle=False, with_ids=True)
+    return read_dataset(store, ds, keys, where, what=what)
+
+
+def read_dataset(store, ds, keys: Sequence[Key], where: str | None, *, what: str = "selection") -> Selection:
+    """Every row of an opened ``store.columns(..., with_ids=True)`` dataset, as a :class:`Selection`."""
     if ds.num_rows == 0:
         raise EmptySelectionError(
             f"the {what} where = {where!r} selects no sample that has all of the keys "
@@ -108,4 +121,6 @@ def read_selection(store, keys: Sequence[Key], where: str | None, *, what: str =
     labels = sample_labels(store, where)
     cats = np.array([labels.get(s, (None, None))[0] for s in ids], dtype=object)
     labs = np.array([labels.get(s, (None, None))[1] for s in ids], dtype=object)
-    return Selection(ids, [np.concatenate(p) for p in parts], cats, labs, ds.snapshot_id, where)
+    order = np.argsort(np.array(ids, dtype=object), kind="stable")  # sample-id order: independent of layout
+    return Selection([ids[i] for i in order], [np.concatenate(p)[order] for p in parts], cats[order], labs[order],
+                     ds.snapshot_id, where)

@@ -15,7 +15,9 @@ import numpy as np
 
 from l2s_data.behaviors import TargetScaling
 from l2s_data.errors import EmptySelectionError, StoreError
-from l2s_data.steer.selection import Selection, check_key, read_selection, sample_labels, sql_literal
+from l2s_data.steer.selection import (
+    Selection, open_columns, read_dataset, read_selection, sample_labels, sql_literal,
+)
 from l2s_data.train.config import TrainConfig
 
 __all__ = ["TrainData", "load_data", "target_scales", "label_weights", "resolve_recipe_id"]
@@ -93,28 +95,24 @@ def _split_fraction(sel: Selection, fraction: float, seed: int) -> tuple[Selecti
 def load_data(cfg: TrainConfig, store) -> TrainData:
     """Read (or open for streaming) the rows ``cfg`` selects; see the module doc."""
     x, y = cfg.input.key(), cfg.target.key()
-    for k in (x, y):
-        check_key(store, k)
     sp = cfg.split
-    stream = None
-    if cfg.in_memory is not True:
-        probe = store.pairs(x, y, where=sp.train_where, batch_size=cfg.trainer.batch_size, seed=cfg.seed,
-                            with_ids=True, in_memory=False)
-        if probe.num_rows == 0:
-            raise EmptySelectionError(
-                f"split.train_where = {sp.train_where!r} selects no sample that has both keys {x} and "
-                f"{y} in store {store.url}; check it with `l2s sql \"SELECT split, count(*) FROM "
-                f"memberships GROUP BY ALL\"`."
-            )
-        if cfg.in_memory is False or probe.nbytes > cfg.memory_budget:
-            stream = probe
-    if stream is None:
+    # One loader opens the training selection: read whole from it when it fits, else stream.
+    probe = open_columns(store, [x, y], sp.train_where, batch_size=4096, shuffle=False, with_ids=True)
+    if probe.num_rows == 0:
+        raise EmptySelectionError(
+            f"split.train_where = {sp.train_where!r} selects no sample that has both keys {x} and "
+            f"{y} in store {store.url}; check it with `l2s sql \"SELECT split, count(*) FROM "
+            f"memberships GROUP BY ALL\"`."
+        )
+    streamed = cfg.in_memory is False or (cfg.in_memory == "auto" and probe.nbytes > cfg.memory_budget)
+    if not streamed:
         for _ in range(3):  # both selections must come from one snapshot
-            train = read_selection(store, [x, y], sp.train_where, what="split.train_where")
+            train = read_dataset(store, probe, [x, y], sp.train_where, what="training selection (split.train_where)")
             if sp.val_where.strip():
-                val = read_selection(store, [x, y], sp.val_where, what="split.val_where")
+                val = read_selection(store, [x, y], sp.val_where, what="validation selection (split.val_where)")
                 if val.snapshot_id == train.snapshot_id:
                     break
+                probe = open_columns(store, [x, y], sp.train_where, batch_size=4096, shuffle=False, with_ids=True)
             else:
                 train, val = _split_fraction(train, sp.val_fraction, cfg.seed)
                 break
@@ -123,10 +121,12 @@ def load_data(cfg: TrainConfig, store) -> TrainData:
         scales = target_scales(cfg.target_scaling, train.categories, train.columns[1])
         weights = label_weights(train.labels) if cfg.trainer.balance_labels else {}
         return TrainData(train, val, train.snapshot_id, scales, weights)
+    stream = store.pairs(x, y, where=sp.train_where, batch_size=cfg.trainer.batch_size, seed=cfg.seed,
+                         with_ids=True, in_memory=False)
     if not sp.val_where.strip():
         raise EmptySelectionError("a streamed training (in_memory = false) needs split.val_where; "
                                   "val_fraction works only for selections read into memory.")
-    val = read_selection(store, [x, y], sp.val_where, what="split.val_where")
+    val = read_selection(store, [x, y], sp.val_where, what="validation selection (split.val_where)")
     info = sample_labels(store, sp.train_where)
     cats = np.array([info.get(s, (None, None))[0] for s in stream.sample_ids], dtype=object)
     labels = np.array([info.get(s, (None, None))[1] for s in stream.sample_ids], dtype=object)
