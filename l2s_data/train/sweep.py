@@ -190,6 +190,7 @@ class SweepResult:
     best_run_id: str | None
     best_metric: float | None
     stopped: list[str]
+    selections_read: int = 0        # distinct row selections read from the store (once each)
 
 
 def _trainable(config: dict[str, Any], base: dict[str, Any], refs: dict[str, Any], sweep_id: str,
@@ -312,4 +313,4 @@ def run_sweep(cfg: SweepConfig, *, base_dir: str | Path = ".", sweep_id: str | N
                      f"ORDER BY m {order} LIMIT 1")
     return SweepResult(sweep_id, run_ids, snaps.pop(),
                        best["run_id"][0].as_py() if best.num_rows else None,
-                       best["m"][0].as_py() if best.num_rows else None, stopped)
+                       best["m"][0].as_py() if best.num_rows else None, stopped, len(datas))
