@@ -20,7 +20,7 @@ from l2s_data.steer.selection import (
 )
 from l2s_data.train.config import TrainConfig
 
-__all__ = ["TrainData", "load_data", "target_scales", "label_weights", "resolve_recipe_id"]
+__all__ = ["TrainData", "load_data", "target_scales", "label_weights", "resolve_recipe_id", "resolve_recipe_ids"]
 
 
 @dataclass
@@ -40,15 +40,24 @@ class TrainData:
         return len(self.train) if self.train is not None else int(self.stream.num_rows)
 
 
+def resolve_recipe_ids(store, recipes: list[str]) -> list[str]:
+    """The recipe id of each id or registered name in ``recipes`` (one catalog query)."""
+    lits = ", ".join(sql_literal(r) for r in recipes)
+    t = store.sql(f"SELECT DISTINCT recipe_id, name FROM recipes WHERE recipe_id IN ({lits}) OR name IN ({lits})")
+    pairs = list(zip(t["recipe_id"].to_pylist(), t["name"].to_pylist()))
+    out = []
+    for r in recipes:
+        ids = {i for i, n in pairs if r in (i, n)}
+        if len(ids) != 1:
+            raise StoreError(f"recipe {r!r} names {len(ids)} recipes in store {store.url} (expected one); "
+                             f"list them with `l2s sql \"SELECT recipe_id, name FROM recipes\"`.")
+        out.append(ids.pop())
+    return out
+
+
 def resolve_recipe_id(store, recipe: str) -> str:
     """The recipe id for an id or a registered name (through the catalog)."""
-    lit = sql_literal(recipe)
-    t = store.sql(f"SELECT DISTINCT recipe_id FROM recipes WHERE recipe_id = {lit} OR name = {lit}")
-    ids = t["recipe_id"].to_pylist()
-    if len(ids) == 1:
-        return ids[0]
-    raise StoreError(f"recipe {recipe!r} names {len(ids)} recipes in store {store.url} (expected one); "
-                     f"list them with `l2s sql \"SELECT recipe_id, name FROM recipes\"`.")
+    return resolve_recipe_ids(store, [recipe])[0]
 
 
 def target_scales(spec: TargetScaling, categories: np.ndarray, targets: np.ndarray) -> dict[str, float]:

@@ -211,11 +211,17 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], refs: dict[str, Any]
     data = ray.get(refs[data_signature(cfg)])
     run_id = config["run_id"]
 
-    def report(row: dict[str, Any]) -> None:
-        tune.report({**row, "run_id": run_id})
+    last = cfg.trainer.epochs - 1
 
-    train(cfg, data=data, run_id=run_id, kind="sweep", sweep_id=sweep_id, on_epoch=report,
-          extra_metrics={"sweep_params": config["overrides"]})
+    def report(row: dict[str, Any]) -> None:
+        if row["epoch"] < last:  # the last epoch is reported after the commit, below
+            tune.report({**row, "run_id": run_id})
+
+    res = train(cfg, data=data, run_id=run_id, kind="sweep", sweep_id=sweep_id, on_epoch=report,
+                extra_metrics={"sweep_params": config["overrides"]})
+    # A scheduler may stop a trial at any report (ASHA does at its last iteration): this one
+    # comes after the run is committed, so nothing is lost then.
+    tune.report({**res.history[-1], "run_id": run_id})
 
 
 def run_sweep(cfg: SweepConfig, *, base_dir: str | Path = ".", sweep_id: str | None = None,

@@ -62,3 +62,19 @@ def test_a_sweep_param_that_names_no_config_key_is_refused_up_front(planted, pla
         parse_sweep_config({"base": planted_mod.train_config(planted.url, tmp_path), "sweep": {"mood": "grid"}})
     with pytest.raises(ConfigError, match="a grid needs lists"):
         _sweep(planted, planted_mod, tmp_path, {"trainer.lr": {"low": 0.1, "high": 0.2}})
+
+
+def test_an_asha_sweep_commits_every_trial_completed_or_stopped_with_its_epochs(
+        planted, planted_mod, tmp_path, ray_address):
+    cfg = _sweep(planted, planted_mod, tmp_path, {"trainer.lr": [1e-5, 3e-5, 1e-3, 3e-3]},
+                 scheduler="asha", grace_epochs=1)
+    res = run_sweep(cfg, ray_address=ray_address)
+    t = Store.open(planted.url).sql(f"SELECT run_id, status, metrics_json, artifact FROM runs "
+                                    f"WHERE sweep_id = '{res.sweep_id}'")
+    assert sorted(t["run_id"].to_pylist()) == sorted(res.run_ids)
+    for rid, status, metrics, artifact in zip(*(t[c].to_pylist() for c in ("run_id", "status", "metrics_json", "artifact"))):
+        hist = json.loads(metrics)["history"]
+        if status == "stopped":
+            assert rid in res.stopped and artifact is None and 1 <= len(hist) < 6
+        else:
+            assert status == "completed" and len(hist) == 6 and artifact
