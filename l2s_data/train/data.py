@@ -137,16 +137,14 @@ def load_data(cfg: TrainConfig, store) -> TrainData:
                                   "val_fraction works only for selections read into memory.")
     val = read_selection(store, [x, y], sp.val_where, what="validation selection (split.val_where)")
     info = sample_labels(store, sp.train_where)
-    cats = np.array([info.get(s, (None, None))[0] for s in stream.sample_ids], dtype=object)
-    labels = np.array([info.get(s, (None, None))[1] for s in stream.sample_ids], dtype=object)
     scales: dict[str, float] = {}
     if cfg.target_scaling.method != "none":  # norms of the training targets, one streamed pass
-        norms, ids = [], []
+        targets, cats = [], []
         for _, yb, bid in store.pairs(x, y, where=sp.train_where, batch_size=4096, shuffle=False,
                                       with_ids=True, in_memory=False):
-            norms.append(yb.numpy())
-            ids.extend(bid)
-        pos = {s: i for i, s in enumerate(stream.sample_ids)}
-        scales = target_scales(cfg.target_scaling, cats[[pos[s] for s in ids]], np.concatenate(norms))
+            targets.append(yb.numpy())
+            cats.extend(info.get(s, (None, None))[0] for s in bid)
+        scales = target_scales(cfg.target_scaling, np.array(cats, dtype=object), np.concatenate(targets))
+    labels = np.array([lab for _, lab in info.values()], dtype=object)
     weights = label_weights(labels) if cfg.trainer.balance_labels else {}
     return TrainData(None, val, stream.snapshot_id, scales, weights, stream, info)

@@ -41,7 +41,7 @@ def _config(store: Path, out: Path, **trainer) -> str:
         """) + lines + "\n"
 
 
-def test_training_works_with_transformers_blocked(tiny_store, tmp_path):
+def test_the_training_job_works_with_transformers_blocked(tiny_store, tmp_path):
     cfg = tmp_path / "train.toml"
     cfg.write_text(_config(tiny_store, tmp_path / "runs"))
     script = textwrap.dedent(f"""
@@ -51,15 +51,19 @@ def test_training_works_with_transformers_blocked(tiny_store, tmp_path):
                 if name == "transformers" or name.startswith("transformers."):
                     raise ImportError("transformers is blocked in this test: " + name)
         sys.meta_path.insert(0, Block())
-        from l2s_data.train import load_train_config, train
-        r = train(load_train_config({str(cfg)!r}))
+        import runpy
+        sys.argv = ["jobs/train.py", {str(cfg)!r}]
+        try:
+            runpy.run_path("jobs/train.py", run_name="__main__")
+        except SystemExit as e:
+            assert e.code == 0, e.code
         assert "transformers" not in sys.modules
-        print("RUN", r.run_id, r.metrics["val_cosine"])
     """)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    run_id = out.stdout.split("RUN ")[1].split()[0]
+    result = json.loads(out.stdout.strip().splitlines()[-1])  # jobs/train.py prints one JSON line last
+    run_id = result["run_id"]
     row = Store.open(tiny_store).sql(f"SELECT status, val_cosine FROM runs WHERE run_id = '{run_id}'")
     assert row["status"].to_pylist() == ["completed"]
     assert -1.0 <= row["val_cosine"][0].as_py() <= 1.0

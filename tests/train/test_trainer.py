@@ -70,6 +70,23 @@ def test_a_streamed_training_reads_the_store_every_epoch_and_also_learns(cfg_of)
     assert res.metrics["val_cosine"] > 0.9
 
 
+def test_streamed_and_in_memory_rows_give_the_same_target_scales_and_label_weights(planted, cfg_of):
+    scaling = {"method": "group_mean_norm", "reference_group": "harmful",
+               "groups": {"harmful": ["01-Illegal_Activitiy"], "expert": ["10-Legal_Opinion"],
+                          "health": ["12-Health_Consultation"]}}
+    store = Store.open(planted.url)
+    mem = load_data(cfg_of(target_scaling=scaling, trainer={"balance_labels": True}), store)
+    streamed = load_data(cfg_of(target_scaling=scaling, trainer={"balance_labels": True}, in_memory=False), store)
+    assert mem.train is not None and streamed.train is None and streamed.num_train == mem.num_train
+    assert mem.scales.keys() == streamed.scales.keys() == {"01-Illegal_Activitiy", "10-Legal_Opinion", "12-Health_Consultation"}
+    for c in mem.scales:
+        assert streamed.scales[c] == pytest.approx(mem.scales[c], rel=1e-6)
+    assert mem.scales["01-Illegal_Activitiy"] == 1.0
+    assert streamed.weights == pytest.approx(mem.weights)
+    model, history = fit(cfg_of(trainer={"epochs": 2, "balance_labels": True}, target_scaling=scaling), streamed)
+    assert len(history) == 2 and np.isfinite(history[-1]["val_loss"])
+
+
 def test_every_run_lands_in_the_runs_table_ranked_by_val_cosine(planted, cfg_of):
     store = Store.open(planted.url)
     good = train(cfg_of(trainer={"epochs": 20}))
