@@ -46,6 +46,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from l2s_data.errors import ConfigError, TrainingError
+from l2s_data.steer.selection import sql_literal
 from l2s_data.train.config import TrainConfig, format_validation_error, parse_train_config, read_toml
 
 __all__ = ["SweepSettings", "SweepConfig", "SweepResult", "load_sweep_config", "parse_sweep_config",
@@ -194,12 +195,12 @@ class SweepResult:
 
 
 def _trainable(config: dict[str, Any], base: dict[str, Any], refs: dict[str, Any], sweep_id: str,
-               metric: str, threads: int) -> None:
-    _trial(config["trial"], base=base, refs=refs, sweep_id=sweep_id, metric=metric, threads=threads)
+               threads: int) -> None:
+    _trial(config["trial"], base=base, refs=refs, sweep_id=sweep_id, threads=threads)
 
 
 def _trial(config: dict[str, Any], *, base: dict[str, Any], refs: dict[str, Any], sweep_id: str,
-           metric: str, threads: int) -> None:
+           threads: int) -> None:
     import ray
     import torch
     from ray import tune
@@ -270,7 +271,7 @@ def run_sweep(cfg: SweepConfig, *, base_dir: str | Path = ".", sweep_id: str | N
         space = {"trial": tune.grid_search([{"overrides": t, "run_id": r} for t, r in zip(trials, run_ids)])}
         fn = tune.with_parameters(
             _trainable,
-            base=base, refs=datas, sweep_id=sweep_id, metric=s.metric, threads=s.threads_per_trial)
+            base=base, refs=datas, sweep_id=sweep_id, threads=s.threads_per_trial)
         fn = tune.with_resources(fn, {"cpu": s.cpus_per_trial})
         mode = "min" if s.metric in _MINIMISE else "max"
         scheduler = None
@@ -293,7 +294,7 @@ def run_sweep(cfg: SweepConfig, *, base_dir: str | Path = ".", sweep_id: str | N
         if errors:
             raise TrainingError(f"{len(errors)} of {len(trials)} sweep trial(s) failed; the first: {errors[0]}")
         # Trials stopped early never reached their own commit: commit what they reported.
-        have = set(store.sql(f"SELECT run_id FROM runs WHERE sweep_id = '{sweep_id}'")["run_id"].to_pylist())
+        have = set(store.sql(f"SELECT run_id FROM runs WHERE sweep_id = {sql_literal(sweep_id)}")["run_id"].to_pylist())
         stopped = []
         for r in grid:
             df = r.metrics_dataframe
@@ -313,9 +314,9 @@ def run_sweep(cfg: SweepConfig, *, base_dir: str | Path = ".", sweep_id: str | N
     finally:
         if started:
             ray.shutdown()
-    order = "ASC" if mode == "min" else "DESC"
-    col = "val_mse" if s.metric == "val_mse" else "val_cosine"
-    best = store.sql(f"SELECT run_id, {col} AS m FROM runs WHERE sweep_id = '{sweep_id}' AND status = 'completed' "
+    # runs has val_cosine and val_mse columns; a sweep on val_loss is ranked by val_mse
+    col, order = ("val_cosine", "DESC") if s.metric == "val_cosine" else ("val_mse", "ASC")
+    best = store.sql(f"SELECT run_id, {col} AS m FROM runs WHERE sweep_id = {sql_literal(sweep_id)} AND status = 'completed' "
                      f"ORDER BY m {order} LIMIT 1")
     return SweepResult(sweep_id, run_ids, snaps.pop(),
                        best["run_id"][0].as_py() if best.num_rows else None,

@@ -78,3 +78,36 @@ def test_an_asha_sweep_commits_every_trial_completed_or_stopped_with_its_epochs(
             assert rid in res.stopped and artifact is None and 1 <= len(hist) < 6
         else:
             assert status == "completed" and len(hist) == 6 and artifact
+
+
+def test_l2s_sweep_runs_a_sweep_file_and_prints_the_best_run(planted, planted_mod, tmp_path, ray_address):
+    from typer.testing import CliRunner
+
+    from l2s_data.cli import app
+
+    base = planted_mod.train_config(planted.url, tmp_path / "runs", trainer={"epochs": 3, "hidden_size": 8})
+    lines = [f'store = "{base["store"]}"', f'out_dir = "{base["out_dir"]}"', 'name = "cli"']
+    for table in ("input", "target", "split", "trainer"):
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in base[table].items()]
+    (tmp_path / "base.toml").write_text("\n".join(lines) + "\n")
+    (tmp_path / "sweep.toml").write_text('name = "cli-sweep"\nbase = "base.toml"\n[sweep]\nmax_concurrent = 2\n'
+                                         '[sweep.params]\n"seed" = [0, 1]\n')
+    res = CliRunner().invoke(app, ["sweep", str(tmp_path / "sweep.toml"), "--ray-address", ray_address])
+    assert res.exit_code == 0, res.output
+    sweep_id = res.output.split("sweep cli-sweep-")[1].split(":")[0]
+    rows = Store.open(planted.url).sql(f"SELECT run_id, config_json FROM runs WHERE sweep_id = 'cli-sweep-{sweep_id}'")
+    assert rows.num_rows == 2
+    assert sorted(json.loads(c)["seed"] for c in rows["config_json"].to_pylist()) == [0, 1]
+    assert "best: cli-sweep-" in res.output
+
+
+def test_the_shipped_sweep_config_draws_eight_trials_over_the_demo_store():
+    from pathlib import Path
+
+    from l2s_data.train.sweep import load_sweep_config
+
+    cfg = load_sweep_config(Path(__file__).resolve().parents[2] / "l2s_data" / "train" / "configs" / "tiny-llava-sweep.toml")
+    trials = draw_trials(cfg)
+    assert len(trials) == 8 and len({json.dumps(t, sort_keys=True) for t in trials}) == 8
+    assert cfg.base["store"] == "demo-out/store" and cfg.base["input"]["recipe"] == "demo-input"
