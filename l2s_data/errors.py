@@ -30,6 +30,7 @@ __all__ = [
     "SQLRefusedError",
     "ReferencedRecipeError",
     "ExtractionError",
+    "JudgeError",
 ]
 
 
@@ -129,3 +130,10 @@ class ReferencedRecipeError(StoreError):
 
 class ExtractionError(L2SError, RuntimeError):
     """An extraction job could not proceed."""
+
+
+# --- evaluation -------------------------------------------------------------------------
+
+
+class JudgeError(L2SError, RuntimeError):
+    """A judge (guard or quality model, local or an HTTP endpoint) failed or answered out of form."""
