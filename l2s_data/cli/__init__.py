@@ -9,6 +9,7 @@ import typer
 
 from l2s_data.cli import data as _data
 from l2s_data.cli import demo as _demo
+from l2s_data.cli import evaluate as _evaluate
 from l2s_data.cli import extract as _extract
 from l2s_data.cli import models as _models
 from l2s_data.cli import store as _store
@@ -30,6 +31,7 @@ app.add_typer(_store.app, name="store")
 _store.register_top_level(app)  # `l2s sql`, `l2s catalog ...`
 _extract.register_top_level(app)  # `l2s extract`
 _demo.register_top_level(app)  # `l2s demo`
+_evaluate.register_top_level(app)  # `l2s evaluate`, `l2s report eval` (joins an existing report group)
 
 
 def main() -> None:  # pragma: no cover - console entry point

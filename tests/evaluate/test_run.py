@@ -6,62 +6,17 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from safetensors.torch import save_file
 
 from l2s_data.errors import ConfigError
-from l2s_data.evaluate.config import load_config, parse_config
+from l2s_data.evaluate.config import load_config
 from l2s_data.evaluate.run import Evaluation, committed_rows, is_validation
-from l2s_data.extract import Extraction
-from l2s_data.extract import parse_config as extract_config
 from l2s_data.store import Store
 
-L_STAR, L_PRIME = 1, 3
-N = 20
+from .conftest import L_PRIME, L_STAR, eval_config as _config
 
 
 class Interrupted(Exception):
     pass
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, tiny_checkpoint, tiny_adapter):
-    """A synthetic-safety set, a store with the safety and the behaviour-agnostic pairs
-    extracted at L* and L', and a predictor file."""
-    from l2s_data.datasets import make_synthetic
-
-    root = tmp_path_factory.mktemp("eval-world")
-    make_synthetic("synthetic-safety", root / "data", n=N)
-    ckpt, adapter = tiny_checkpoint("llava"), tiny_adapter("llava")
-    for name, behavior, views in (("t", "safety-llava", ["input", "pos", "neg", "p2s"]),
-                                  ("ba", "safety-agnostic", ["pos", "neg", "p2s"])):
-        cfg = extract_config({
-            "model": {"path": str(ckpt)}, "data": {"path": str(root / "data")},
-            "behavior": {"behavior": behavior},
-            "recipe": {"views": views, "layers": [L_STAR, L_PRIME], "store_dtype": "float32"},
-            "run": {"store": str(root / "store"), "batch_size": 8, "shard_size": 16, "name": name},
-        }, source="(test)")
-        Extraction(cfg, adapter=adapter).run()
-    g = torch.Generator().manual_seed(1)
-    d, h = adapter.hidden_size, 16
-    save_file({"0.weight": torch.randn(h, d, generator=g) * 0.1, "0.bias": torch.zeros(h),
-               "2.weight": torch.randn(d, h, generator=g)}, str(root / "predictor.safetensors"))
-    return root, ckpt, adapter
-
-
-def _config(root, ckpt, **over):
-    cfg = {
-        "model": {"path": str(ckpt)},
-        "data": {"path": str(root / "data"), "task": "safety", "split": "test", "behavior": "safety-llava"},
-        "steering": {"layer": L_STAR, "alphas": [0.0, 4.0]},
-        "cache": {"input_recipe": "t-input", "pair_recipe": "t-pair", "ba_recipe": "ba-pair"},
-        "l2s": {"predictor": str(root / "predictor.safetensors"), "input_layer": L_PRIME},
-        "generation": {"max_new_tokens": 4, "batch_size": 4},
-        "run": {"store": str(root / "store")},
-    }
-    for k, v in over.items():
-        cfg[k] = {**cfg.get(k, {}), **v}
-    return parse_config(cfg, source="(test)")
 
 
 def test_every_method_and_alpha_lands_in_evaluations_and_a_rerun_computes_nothing(world):
