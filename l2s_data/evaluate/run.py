@@ -309,8 +309,8 @@ class Evaluation:
             on_plan(plan)
         if not plan.units:
             return EvalReport(self.run_id, self.store.url, plan, (), time.perf_counter() - t0)
+        worker = self.worker()  # loads the model, vectors and judges: a bad path fails before any commit
         self._record()
-        worker = self.worker()
         outcomes: list[UnitOutcome] = []
         for unit in plan.units:
             outcomes.extend(worker.run_unit(unit, on_done))
