@@ -35,6 +35,8 @@ def plot_metric_vs_alpha(res: Results, metric: str, path: Path, *, part: str = "
                 ax.plot(alphas, values, marker="o", label=label)
         ax.set_xlabel("alpha")
         ax.set_ylabel(metric)
+        if metric != "quality":  # every other metric is a share in [0, 1]
+            ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{metric} against alpha ({part} part)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -60,6 +62,7 @@ def plot_group_bars(groups: dict[str, dict[str, float]], metric: str, key: str, 
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels([n[:18] for n in names], rotation=45, ha="right", fontsize=8)
         ax.set_ylabel(metric)
+        ax.set_ylim(0.0, 1.02)
         ax.set_title(f"{metric} per {key} (test part, alpha chosen per method)")
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
