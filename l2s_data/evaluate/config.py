@@ -59,6 +59,7 @@ names the bad key. Defaults live here::
     [run]
     store = "demo-out/store"        # results go to its evaluations table; the cache is read there
     name = ""                       # the run id; "" = derived from the config (reruns resume)
+    unit_size = 64                  # samples per unit of work (a shard for a Ray actor)
 """
 
 from __future__ import annotations
@@ -178,6 +179,7 @@ class JudgesSection(_Section):
 class RunSection(_Section):
     store: str
     name: str = ""
+    unit_size: int = Field(default=64, ge=1)
 
     @field_validator("name")
     @classmethod
@@ -210,7 +212,7 @@ class EvalConfig(_Section):
         if self.run.name:
             return self.run.name
         d = self.to_dict()
-        d.pop("run")
+        d.pop("run")  # how the work is cut does not change the rows
         d["store"] = self.run.store
         text = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return "eval-" + hashlib.sha256(text.encode()).hexdigest()[:16]

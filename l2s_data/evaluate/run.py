@@ -279,8 +279,9 @@ class Evaluation:
                 if lack:
                     by_alphas.setdefault(lack, []).append(sid)
                     missing += len(lack)
+            size = self.config.run.unit_size
             for lack, sids in by_alphas.items():
-                units.append(EvalUnit(m, lack, tuple(sids)))
+                units.extend(EvalUnit(m, lack, tuple(sids[i:i + size])) for i in range(0, len(sids), size))
         return EvalPlan(self.run_id, tuple(units), total, missing)
 
     def _record(self) -> None:

@@ -96,10 +96,10 @@ class EvalWorker:
 
     def run_unit(self, unit: EvalUnit, on_done: Callable[[UnitOutcome], None] | None = None) -> list[UnitOutcome]:
         method = get_method(unit.method)
-        items = [self.load_item(s) for s in unit.sample_ids]
         outcomes = []
-        for start in range(0, len(items), self.batch_size):
-            batch = items[start:start + self.batch_size]
+        for start in range(0, len(unit.sample_ids), self.batch_size):
+            # Images are opened per batch, so a unit's size does not bound memory.
+            batch = [self.load_item(s) for s in unit.sample_ids[start:start + self.batch_size]]
             vectors = self.generator.vectors(method, batch)  # once per batch, before any steering
             for alpha in unit.alphas:
                 t0 = time.perf_counter()

@@ -88,6 +88,11 @@ def test_the_run_id_is_the_name_or_a_hash_of_what_changes_results(world):
     a, b = _config(root, ckpt), _config(root, ckpt, generation={"max_new_tokens": 5})
     assert a.run_id.startswith("eval-") and a.run_id == _config(root, ckpt).run_id != b.run_id
     assert _config(root, ckpt, run={"name": "mine"}).run_id == "mine"
+    cut = _config(root, ckpt, run={"unit_size": 2})
+    assert cut.run_id == a.run_id  # how the work is cut does not change the rows
+    plan = Evaluation(cut).plan()
+    assert plan.units and all(len(u.sample_ids) <= 2 for u in plan.units)
+    assert sum(len(u.sample_ids) * len(u.alphas) for u in plan.units) == plan.missing_rows == plan.total_rows
     share = sum(is_validation(f"s{i}", 0.5) for i in range(2000)) / 2000
     assert 0.45 < share < 0.55 and not is_validation("s1", 0.0) and is_validation("s1", 1.0)
 
