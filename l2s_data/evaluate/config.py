@@ -76,7 +76,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from l2s_data.errors import ConfigError
 from l2s_data.evaluate.methods import get_method, parse_alphas
 
-__all__ = ["EvalConfig", "load_config", "parse_config", "RUN_ID_PATTERN"]
+__all__ = ["EvalConfig", "config_identity", "load_config", "parse_config", "RUN_ID_PATTERN"]
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -208,14 +208,22 @@ class EvalConfig(_Section):
 
     @property
     def run_id(self) -> str:
-        """``run.name``, or a hash of everything that changes the responses and scores."""
+        """``run.name``, or a hash of :func:`config_identity`: a config that only adds methods
+        or alphas keeps its run id, so a grown sweep computes only the new rows."""
         if self.run.name:
             return self.run.name
-        d = self.to_dict()
-        d.pop("run")  # how the work is cut does not change the rows
-        d["store"] = self.run.store
-        text = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        text = json.dumps(config_identity(self.to_dict()), sort_keys=True, separators=(",", ":"))
         return "eval-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def config_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """What every row of a run shares: the config without ``[run]`` (where rows go, how work
+    is cut) and without the methods and alphas (which rows there are)."""
+    d = json.loads(json.dumps(config))
+    d.pop("run", None)
+    for key in ("methods", "alphas", "method_alphas"):
+        d.get("steering", {}).pop(key, None)
+    return d
 
 
 def _message(err: ValidationError, source: str) -> str:

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from l2s_data.errors import ConfigError
-from l2s_data.evaluate.config import EvalConfig, load_config
+from l2s_data.evaluate.config import EvalConfig, config_identity, load_config
 from l2s_data.evaluate.generation import ActivationCache, EvalItem, SteeredGenerator, VectorSources
 from l2s_data.evaluate.methods import get_method
 from l2s_data.evaluate.texts import load_texts
@@ -264,8 +264,27 @@ class Evaluation:
                           guard=guard, quality=quality)
 
     # -- plan and run ---------------------------------------------------------------------
+    def check_run_id(self) -> None:
+        """Refuse a run id that the store already holds for a config with other settings (a
+        reused ``[run] name``): its committed rows would be skipped as if they were this run's."""
+        rows = self.store.sql(f"SELECT DISTINCT config_json FROM runs WHERE run_id = {_sql_str(self.run_id)} "
+                              f"AND kind = 'evaluate'")["config_json"].to_pylist()
+        mine = config_identity(self.config.to_dict())
+        for text in rows:
+            theirs = config_identity(json.loads(text))
+            if theirs != mine:
+                diff = sorted(f"{s}.{k}" for s in set(mine) | set(theirs)
+                              for k in set(mine.get(s, {})) | set(theirs.get(s, {}))
+                              if mine.get(s, {}).get(k) != theirs.get(s, {}).get(k))
+                raise ConfigError(
+                    f"run id {self.run_id!r} already names an evaluation in store {self.store.url} whose config "
+                    f"differs in {diff[:6]}; give [run] name another value (or leave it empty for a run id "
+                    f"derived from the config). Only methods and alphas may change under one run id."
+                )
+
     def plan(self) -> EvalPlan:
         """The units still to compute: per method, the samples missing at some alpha."""
+        self.check_run_id()
         ids = sorted(self.infos)
         done = committed_rows(self.store, self.run_id)
         units, total, missing = [], 0, 0

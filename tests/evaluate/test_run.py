@@ -88,6 +88,8 @@ def test_the_run_id_is_the_name_or_a_hash_of_what_changes_results(world):
     a, b = _config(root, ckpt), _config(root, ckpt, generation={"max_new_tokens": 5})
     assert a.run_id.startswith("eval-") and a.run_id == _config(root, ckpt).run_id != b.run_id
     assert _config(root, ckpt, run={"name": "mine"}).run_id == "mine"
+    # More methods or alphas: the same run, so a grown sweep computes only the new rows.
+    assert _config(root, ckpt, steering={"alphas": [0.0, 4.0, 8.0], "methods": ["none"]}).run_id == a.run_id
     cut = _config(root, ckpt, run={"unit_size": 2})
     assert cut.run_id == a.run_id  # how the work is cut does not change the rows
     plan = Evaluation(cut).plan()
@@ -117,3 +119,19 @@ def test_bad_configs_are_refused_with_the_key_named(world, tmp_path):
                                        'alphas = "strong"\n[run]\nstore = "z"\n')
     with pytest.raises(ConfigError, match="steering.alphas = 'strong' is not a number"):
         load_config(tmp_path / "bad.toml")
+
+
+def test_a_grown_sweep_computes_only_new_alphas_and_a_reused_name_with_other_settings_is_refused(world):
+    root, ckpt, adapter = world
+    small = _config(root, ckpt, steering={"methods": ["p2s"], "alphas": [1.0]}, run={"name": "grow"})
+    first = Evaluation(small, adapter=adapter).run()
+    n = first.computed_rows
+    grown = _config(root, ckpt, steering={"methods": ["p2s", "none"], "alphas": [1.0, 2.0]}, run={"name": "grow"})
+    report = Evaluation(grown, adapter=adapter).run()
+    assert report.computed_rows == 2 * n and {(o.method, o.alpha) for o in report.outcomes} == {("p2s", 2.0),
+                                                                                                 ("none", None)}
+    other = _config(root, ckpt, steering={"methods": ["p2s"], "alphas": [1.0]}, generation={"max_new_tokens": 6},
+                    run={"name": "grow"})
+    with pytest.raises(ConfigError, match=r"run id 'grow' already names an evaluation .* differs in "
+                                          r"\['generation.max_new_tokens'\]"):
+        Evaluation(other, adapter=adapter).plan()
