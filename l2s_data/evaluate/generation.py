@@ -168,6 +168,10 @@ class SteeredGenerator:
                          else (None, [False] * len(ids)))
         out = torch.empty(len(items), self.adapter.hidden_size)
         if cached is not None:
+            if cached.shape[1] != self.adapter.hidden_size:
+                raise ConfigError(f"the cached {view} rows at layer {layer} have {cached.shape[1]} dims, but the model's "
+                                  f"hidden size is {self.adapter.hidden_size}: the cache recipe "
+                                  f"{self.sources.cache.recipes[view]!r} belongs to another model.")
             out[torch.tensor(found)] = cached.float()
         rest = [i for i, f in enumerate(found) if not f]
         if rest:

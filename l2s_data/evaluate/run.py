@@ -204,6 +204,15 @@ class Evaluation:
         c, s, cache_cfg = self.config, self.config.steering, self.config.cache
         methods = self._methods()
         snap = self.store.snapshot()
+        for key in ("input_recipe", "pair_recipe", "ba_recipe"):
+            name = getattr(cache_cfg, key)
+            if name:
+                try:
+                    snap.resolve(name)
+                except KeyError:
+                    raise ConfigError(f"[cache] {key} = {name!r} is not a recipe id or name in store "
+                                      f"{self.store.url}; list them with `l2s sql \"SELECT recipe_id, name FROM "
+                                      f"recipes\"`.") from None
         cache = ActivationCache(snap, input_recipe=cache_cfg.input_recipe or None,
                                 pair_recipe=cache_cfg.pair_recipe or None)
         src = VectorSources(steer_layer=s.layer, input_layer=c.l2s.input_layer,

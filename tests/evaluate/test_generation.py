@@ -192,3 +192,14 @@ def test_seeded_sampling_repeats_and_greedy_is_the_default(llava, items):
 
 def test_methods_docstring_examples_run():
     assert doctest.testmod(methods_mod).failed == 0
+
+
+def test_a_cache_of_another_models_width_is_refused(llava, tmp_path):
+    items = make_items(2)
+    store = Store.open(tmp_path / "store", create=True)
+    rid = store.put_recipe({"test": "narrow"}, name="narrow")
+    with store.shard_writer("s0", rid, [it.sample_id for it in items]) as w:
+        w.write("input", "prompt_last", L_PRIME, torch.zeros(2, 32).numpy(), "float32")
+    src = _sources(llava, cache=ActivationCache(store.snapshot(), input_recipe="narrow"))
+    with pytest.raises(ConfigError, match="have 32 dims, but the model's hidden size is 64"):
+        SteeredGenerator(llava, src).vectors(get_method("l2s"), items)

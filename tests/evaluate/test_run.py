@@ -113,6 +113,8 @@ def test_bad_configs_are_refused_with_the_key_named(world, tmp_path):
         Evaluation(_config(root, ckpt, l2s={"predictor": ""}), adapter=adapter).sources()
     with pytest.raises(ConfigError, match="Mean-S\\(BA\\) reads its vector from the cache: set \\[cache\\] ba_recipe"):
         Evaluation(_config(root, ckpt, cache={"ba_recipe": ""}), adapter=adapter).sources()
+    with pytest.raises(ConfigError, match=r"\[cache\] pair_recipe = 't-pear' is not a recipe id or name"):
+        Evaluation(_config(root, ckpt, cache={"pair_recipe": "t-pear"}), adapter=adapter).sources()
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "absent.toml")
     (tmp_path / "bad.toml").write_text('[model]\npath = "x"\n[data]\npath = "y"\n[steering]\nlayer = 1\n'
