@@ -208,11 +208,12 @@ class Evaluation:
             name = getattr(cache_cfg, key)
             if name:
                 try:
-                    snap.resolve(name)
+                    rid = snap.resolve(name)
                 except KeyError:
                     raise ConfigError(f"[cache] {key} = {name!r} is not a recipe id or name in store "
                                       f"{self.store.url}; list them with `l2s sql \"SELECT recipe_id, name FROM "
                                       f"recipes\"`.") from None
+                self._check_recipe_model(key, name, rid)
         cache = ActivationCache(snap, input_recipe=cache_cfg.input_recipe or None,
                                 pair_recipe=cache_cfg.pair_recipe or None)
         src = VectorSources(steer_layer=s.layer, input_layer=c.l2s.input_layer,
@@ -247,6 +248,20 @@ class Evaluation:
             raise ConfigError("methods P2S* and Norm-Rnd need each sample's P2S vector: set [cache] pair_recipe, "
                               "or [data] behavior to compute it from the pairs.")
         return src
+
+    def _check_recipe_model(self, key: str, name: str, rid: str) -> None:
+        """A cache recipe must come from the evaluated model: the same weights and processor."""
+        t = self.store.sql(f"SELECT spec_json FROM recipes WHERE recipe_id = {_sql_str(rid)}")
+        if t.num_rows == 0:
+            return
+        model = json.loads(t["spec_json"][0].as_py()).get("model")
+        theirs = model.get("fingerprint") if isinstance(model, dict) else None
+        if theirs is not None and theirs != self.adapter.fingerprint():
+            raise ConfigError(
+                f"[cache] {key} = {name!r} was extracted from a model with fingerprint {theirs[:12]}..., but the "
+                f"evaluated model {self.config.model.path!r} has {self.adapter.fingerprint()[:12]}...: its "
+                f"activations do not belong to this model. Name a recipe of this model, or evaluate that one."
+            )
 
     def _judges(self) -> tuple[Any, Any]:
         j = self.config.judges

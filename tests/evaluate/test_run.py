@@ -115,6 +115,12 @@ def test_bad_configs_are_refused_with_the_key_named(world, tmp_path):
         Evaluation(_config(root, ckpt, cache={"ba_recipe": ""}), adapter=adapter).sources()
     with pytest.raises(ConfigError, match=r"\[cache\] pair_recipe = 't-pear' is not a recipe id or name"):
         Evaluation(_config(root, ckpt, cache={"pair_recipe": "t-pear"}), adapter=adapter).sources()
+    alien = Store.open(root / "store").put_recipe({"model": {"fingerprint": "f" * 64}, "kind": "pair"},
+                                                  name="alien-pair")
+    assert alien
+    with pytest.raises(ConfigError, match=r"pair_recipe = 'alien-pair' was extracted from a model with fingerprint "
+                                          r"ffffffffffff\.\.\., but the evaluated model"):
+        Evaluation(_config(root, ckpt, cache={"pair_recipe": "alien-pair"}), adapter=adapter).sources()
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "absent.toml")
     (tmp_path / "bad.toml").write_text('[model]\npath = "x"\n[data]\npath = "y"\n[steering]\nlayer = 1\n'
