@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from l2s_data.datasets import make_synthetic
     from l2s_data.evaluate import Evaluation, parse_config
-    from l2s_data.evaluate.generation import EvalItem, SteeredGenerator
+    from l2s_data.evaluate.generation import SteeredGenerator
     from l2s_data.evaluate.methods import get_method
     from l2s_data.evaluate.worker import EvalUnit
     from l2s_data.extract import Extraction

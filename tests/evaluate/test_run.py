@@ -12,7 +12,7 @@ from l2s_data.evaluate.config import load_config
 from l2s_data.evaluate.run import Evaluation, committed_rows, is_validation
 from l2s_data.store import Store
 
-from .conftest import L_PRIME, L_STAR, eval_config as _config
+from .conftest import L_STAR, eval_config as _config
 
 
 class Interrupted(Exception):
