@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from l2s_data.evaluate.results import METRICS, Results, load_results, table_rows
+from l2s_data.evaluate.results import METRICS, Results, fmt_value, load_results, method_label, table_rows
 
 __all__ = ["ReportFiles", "write_report"]
 
@@ -43,6 +43,12 @@ def _clean(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _clean(x) for k, x in v.items()}
     return v
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    e = html.escape
+    return (["<table>", "<tr>" + "".join(f"<th>{e(c)}</th>" for c in header) + "</tr>"]
+            + ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows] + ["</table>"])
 
 
 def write_report(store: Any, run_id: str, out_dir: str | os.PathLike, *, select: str | None = None) -> ReportFiles:
@@ -71,11 +77,16 @@ def write_report(store: Any, run_id: str, out_dir: str | os.PathLike, *, select:
                     f"(validation_fraction {cfg.get('data', {}).get('validation_fraction')})"),
         ("alpha chosen by", f"{select_name} on the {'validation' if parts['validation'] else 'test'} part"),
     ]
+    # POPE: the whole table per subset; safety: the bar metric per category and method.
+    per_group = {g: table_rows(res, chosen, names, key=key, value=g) for g in groups} if res.task == "pope" else {}
+    group_header = [key, *(method_label(m) for m in res.methods)]
+    group_rows = [[g, *(fmt_value(v[m]) for m in res.methods)] for g, v in groups.items()]
     all_metrics = {f"{m}@{'-' if a is None else a}": _clean(v) for (m, a), v in res.metrics(part="test").items()}
     results = out / "results.json"
     results.write_text(json.dumps({"run_id": run_id, "task": res.task, "chosen_alphas": chosen,
                                    "table": {"header": header, "rows": rows}, "test_metrics": all_metrics,
-                                   f"by_{key}": _clean(groups)}, indent=1, sort_keys=True) + "\n")
+                                   f"by_{key}": _clean(groups), f"tables_by_{key}": per_group},
+                                  indent=1, sort_keys=True) + "\n")
 
     md = [f"# Evaluation report: {run_id}", ""]
     md += [f"- {k}: {v}" for k, v in facts]
@@ -86,6 +97,11 @@ def write_report(store: Any, run_id: str, out_dir: str | os.PathLike, *, select:
     md += ["", "## Metrics against alpha", ""]
     md += [f"![{p.stem}]({p.name})" for p in plots[:-1]]
     md += ["", f"## {bar_metric} per {key}", "", f"![{plots[-1].stem}]({plots[-1].name})", ""]
+    md += ["| " + " | ".join(group_header) + " |", "|" + "---|" * len(group_header)]
+    md += ["| " + " | ".join(r) + " |" for r in group_rows] + [""]
+    for g, t in per_group.items():
+        md += [f"### {key} {g}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        md += ["| " + " | ".join(r) + " |" for r in t] + [""]
     markdown = out / "report.md"
     markdown.write_text("\n".join(md))
 
@@ -95,14 +111,15 @@ def write_report(store: Any, run_id: str, out_dir: str | os.PathLike, *, select:
          "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}</style>",
          "</head><body>", f"<h1>Evaluation report: {e(run_id)}</h1>", "<ul>"]
     h += [f"<li>{e(str(k))}: {e(str(v))}</li>" for k, v in facts]
-    h += ["</ul>", "<h2>Methods (test part, alpha chosen per method on validation)</h2>", "<table>",
-          "<tr>" + "".join(f"<th>{e(c)}</th>" for c in header) + "</tr>"]
-    h += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows]
-    h += ["</table>", "<ul>"] + [f"<li><code>{e(n)}</code>: {e(_DESCRIPTIONS[n])}</li>" for n in names]
+    h += ["</ul>", "<h2>Methods (test part, alpha chosen per method on validation)</h2>", *_html_table(header, rows)]
+    h += ["<ul>"] + [f"<li><code>{e(n)}</code>: {e(_DESCRIPTIONS[n])}</li>" for n in names]
     h += ["</ul>", "<h2>Metrics against alpha</h2>"]
     h += [f"<img src='{e(p.name)}' alt='{e(p.stem)}'>" for p in plots[:-1]]
-    h += [f"<h2>{e(bar_metric)} per {e(key)}</h2>", f"<img src='{e(plots[-1].name)}' alt='{e(plots[-1].stem)}'>",
-          "</body></html>"]
+    h += [f"<h2>{e(bar_metric)} per {e(key)}</h2>", f"<img src='{e(plots[-1].name)}' alt='{e(plots[-1].stem)}'>"]
+    h += _html_table(group_header, group_rows)
+    for g, t in per_group.items():
+        h += [f"<h3>{e(key)} {e(g)}</h3>", *_html_table(header, t)]
+    h += ["</body></html>"]
     page = out / "report.html"
     page.write_text("\n".join(h) + "\n")
     return ReportFiles(out, markdown, page, results, tuple(plots), chosen, header, rows)

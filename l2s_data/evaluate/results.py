@@ -194,7 +194,7 @@ def load_results(store: Any, run_id: str) -> Results:
     return Results(run_id, config, rows)
 
 
-def _fmt(v: float | None) -> str:
+def fmt_value(v: float | None) -> str:
     if v is None:
         return "-"
     return "nan" if isinstance(v, float) and math.isnan(v) else f"{v:.3f}"
@@ -204,12 +204,14 @@ def method_label(method: str) -> str:
     return get_method(method).label
 
 
-def table_rows(res: Results, chosen: dict[str, float | None], names: Iterable[str]) -> list[list[str]]:
-    """The method x metric table at the chosen alphas, on the test part, as strings."""
+def table_rows(res: Results, chosen: dict[str, float | None], names: Iterable[str], *, key: str | None = None,
+               value: Any = None) -> list[list[str]]:
+    """The method x metric table at the chosen alphas, on the test part (the rows whose ``key``
+    is ``value``, when given), as strings."""
     out = []
     names = list(names)
     for m in res.methods:
-        vals = res.compute(res.select_rows(method=m, alpha=chosen[m], part="test"))
+        vals = res.compute(res.select_rows(method=m, alpha=chosen[m], part="test", key=key, value=value))
         a = chosen[m]
-        out.append([method_label(m), "-" if a is None else f"{a:g}", *(_fmt(vals.get(n)) for n in names)])
+        out.append([method_label(m), "-" if a is None else f"{a:g}", *(fmt_value(vals.get(n)) for n in names)])
     return out

@@ -117,5 +117,13 @@ def test_a_pope_report_has_both_parses_and_per_subset_bars(tiny_checkpoint, tiny
                      "WHERE e.run_id = 'pope' AND e.method = 'none' AND m.split = 'test'").to_pylist()
     acc = sum(pope_parse(r["response"]) == r["label"] for r in rows) / len(rows)
     assert float(files.rows[0][2]) == pytest.approx(acc, abs=5e-4)
-    subsets = json.loads(files.results.read_text())["by_subset"]
-    assert set(subsets) == {"random", "popular", "adversarial"}
+    saved = json.loads(files.results.read_text())
+    assert set(saved["by_subset"]) == {"random", "popular", "adversarial"}
+    # Per subset, the whole table: the base model's accuracy over that subset's questions.
+    for subset, table in saved["tables_by_subset"].items():
+        sub = store.sql("SELECT e.response, m.label FROM evaluations e JOIN memberships m USING (sample_id) "
+                        f"WHERE e.run_id = 'pope' AND e.method = 'none' AND m.split = 'test' "
+                        f"AND m.subset = '{subset}'").to_pylist()
+        want = sum(pope_parse(r["response"]) == r["label"] for r in sub) / len(sub)
+        assert table[0][0] == "none" and float(table[0][2]) == pytest.approx(want, abs=5e-4)
+        assert f"### subset {subset}" in files.markdown.read_text()
