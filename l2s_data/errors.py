@@ -24,10 +24,14 @@ __all__ = [
     "StoreNotFoundError",
     "SchemaMismatchError",
     "WriteMismatchError",
-    "CommitConflictError",
+    "CorruptManifestError",
+    "LeaseHeldError",
     "CorruptChunkError",
     "KeyNotFoundError",
+    "EmptySelectionError",
     "SQLRefusedError",
+    "SQLTimeoutError",
+    "SQLMemoryError",
     "ReferencedRecipeError",
     "ExtractionError",
     "JudgeError",
@@ -102,8 +106,12 @@ class WriteMismatchError(StoreError, ValueError):
     """A write's shape, dtype or row count disagrees with what the shard declared."""
 
 
-class CommitConflictError(StoreError):
-    """Another attempt committed this shard first; this attempt is an orphan."""
+class CorruptManifestError(StoreError, ValueError):
+    """A manifest file fails its checksums or names a location outside the writer's rules."""
+
+
+class LeaseHeldError(StoreError):
+    """Another maintenance operation holds the store's lease; retry after it ends or expires."""
 
 
 class CorruptChunkError(StoreError):
@@ -117,8 +125,20 @@ class KeyNotFoundError(StoreError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class EmptySelectionError(StoreError, ValueError):
+    """A loader's ``where`` (or ``missing="skip"``) leaves no sample to read."""
+
+
 class SQLRefusedError(StoreError, PermissionError):
     """A SQL statement tried to write, read files, attach, install or change settings."""
+
+
+class SQLTimeoutError(StoreError, TimeoutError):
+    """A catalog statement ran past its time limit and was interrupted."""
+
+
+class SQLMemoryError(StoreError, MemoryError):
+    """A catalog statement needed more memory than the catalog's limit allows."""
 
 
 class ReferencedRecipeError(StoreError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 #: Bumped on any change to a schema below or to the store layout.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: One row per distinct model input. ``sample_id`` hashes (image bytes, query).
 SAMPLES = pa.schema(

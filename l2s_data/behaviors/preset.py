@@ -40,7 +40,7 @@ __all__ = [
 
 _DATA = "data/presets"
 
-#: The named token positions of the model adapters (CONTRACTS A, DESIGN 1).
+#: The named token positions of the model adapters (DESIGN 1).
 PRESET_POSITIONS = (
     "prompt_last", "user_last", "completion_last", "completion_mean", "sequence_last", "sequence_last-1",
 )
