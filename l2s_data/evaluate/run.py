@@ -207,12 +207,11 @@ class Evaluation:
         for key in ("input_recipe", "pair_recipe", "ba_recipe"):
             name = getattr(cache_cfg, key)
             if name:
-                try:
-                    rid = snap.resolve(name)
-                except KeyError:
+                rid = self._recipe_id(name)
+                if rid is None:
                     raise ConfigError(f"[cache] {key} = {name!r} is not a recipe id or name in store "
                                       f"{self.store.url}; list them with `l2s sql \"SELECT recipe_id, name FROM "
-                                      f"recipes\"`.") from None
+                                      f"recipes\"`.")
                 self._check_recipe_model(key, name, rid)
         cache = ActivationCache(snap, input_recipe=cache_cfg.input_recipe or None,
                                 pair_recipe=cache_cfg.pair_recipe or None)
@@ -248,6 +247,13 @@ class Evaluation:
             raise ConfigError("methods P2S* and Norm-Rnd need each sample's P2S vector: set [cache] pair_recipe, "
                               "or [data] behavior to compute it from the pairs.")
         return src
+
+    def _recipe_id(self, name: str) -> str | None:
+        """The id of the recipe with this id or name, None if the store has none."""
+        t = self.store.sql(f"SELECT DISTINCT recipe_id FROM recipes WHERE recipe_id = {_sql_str(name)} "
+                           f"OR name = {_sql_str(name)}")
+        ids = t["recipe_id"].to_pylist()
+        return ids[0] if len(ids) == 1 else None
 
     def _check_recipe_model(self, key: str, name: str, rid: str) -> None:
         """A cache recipe must come from the evaluated model: the same weights and processor."""
@@ -334,10 +340,7 @@ class Evaluation:
         rids = []
         for r in (self.config.cache.input_recipe, self.config.cache.pair_recipe, self.config.cache.ba_recipe):
             if r:
-                try:
-                    rids.append(self.store.resolve_recipe(r))
-                except KeyError:
-                    rids.append(r)
+                rids.append(self._recipe_id(r) or r)
         self.store.put_runs([{
             "run_id": self.run_id, "kind": "evaluate", "recipe_ids": sorted(set(rids)),
             "snapshot_id": self.store.snapshot().id, "status": "started",
