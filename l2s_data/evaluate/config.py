@@ -30,7 +30,7 @@ names the bad key. Defaults live here::
     input_recipe = ""               # recipe (id or name) of the input view: L2S's h_X
     pair_recipe = ""                # recipe of the p2s view: P2S*, Norm-Rnd, Mean-S
     ba_recipe = ""                  # recipe of the behaviour-agnostic pair: Mean-S(BA)
-    input_position = "prompt_last"
+    input_position = ""             # L2S's h_X position: "" = the predictor's, else prompt_last
     pair_position = "completion_last"
 
     [vectors]                       # "cache": the mean of the training split's cached P2S
@@ -39,7 +39,7 @@ names the bad key. Defaults live here::
 
     [l2s]
     predictor = ""                  # a trained predictor's file
-    input_layer = 14                # L': the layer h_X is read at (may be deeper than L*)
+    input_layer = 14                # L' (may be deeper than L*); default: what the file records
 
     [generation]
     max_new_tokens = 64
@@ -145,7 +145,7 @@ class CacheSection(_Section):
     input_recipe: str = ""
     pair_recipe: str = ""
     ba_recipe: str = ""
-    input_position: str = "prompt_last"
+    input_position: str = ""
     pair_position: str = "completion_last"
 
 

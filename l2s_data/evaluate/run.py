@@ -199,11 +199,24 @@ class Evaluation:
     def sources(self) -> VectorSources:
         """Everything the configured methods draw their vectors from; missing pieces are named
         here, before any generation."""
-        from l2s_data.evaluate.vectors import load_predictor, load_vector, mean_from_cache
+        from l2s_data.evaluate.vectors import load_vector, mean_from_cache
 
         c, s, cache_cfg = self.config, self.config.steering, self.config.cache
         methods = self._methods()
         snap = self.store.snapshot()
+        pf = self._predictor() if "l2s" in methods else None
+        input_key, target_key = (pf.input_key or {}, pf.target_key or {}) if pf is not None else ({}, {})
+        input_layer = self._agree("[l2s] input_layer", c.l2s.input_layer, input_key.get("layer"), "L'")
+        if "l2s" in methods and input_layer is None:
+            raise ConfigError("method L2S needs [l2s] input_layer (L', the layer its predictor reads); its file "
+                              "does not record it.")
+        self._agree("[steering] layer", s.layer, target_key.get("layer"), "L*")
+        input_position = self._agree("[cache] input_position", cache_cfg.input_position or None,
+                                     input_key.get("position"), "the input position") or "prompt_last"
+        input_recipe = cache_cfg.input_recipe or None
+        if input_recipe is None and input_key.get("recipe") and self._recipe_id(input_key["recipe"]):
+            input_recipe = input_key["recipe"]  # the predictor's own training recipe, when this store has it
+            self._check_recipe_model("input_recipe (the predictor's)", input_recipe, input_recipe)
         for key in ("input_recipe", "pair_recipe", "ba_recipe"):
             name = getattr(cache_cfg, key)
             if name:
@@ -213,11 +226,10 @@ class Evaluation:
                                       f"{self.store.url}; list them with `l2s sql \"SELECT recipe_id, name FROM "
                                       f"recipes\"`.")
                 self._check_recipe_model(key, name, rid)
-        cache = ActivationCache(snap, input_recipe=cache_cfg.input_recipe or None,
-                                pair_recipe=cache_cfg.pair_recipe or None)
-        src = VectorSources(steer_layer=s.layer, input_layer=c.l2s.input_layer,
-                            input_position=cache_cfg.input_position, pair_position=cache_cfg.pair_position,
-                            cache=cache, seed=s.seed)
+        cache = ActivationCache(snap, input_recipe=input_recipe, pair_recipe=cache_cfg.pair_recipe or None)
+        src = VectorSources(steer_layer=s.layer, input_layer=input_layer, input_position=input_position,
+                            pair_position=cache_cfg.pair_position, cache=cache, seed=s.seed,
+                            predictor=pf.predictor if pf is not None else None)
         train = sorted(set(self._filtered("train")["sample_id"].to_pylist()))
         for name, recipe, spec in (("mean-s", cache_cfg.pair_recipe, c.vectors.mean_s),
                                    ("mean-s-ba", cache_cfg.ba_recipe, c.vectors.mean_s_ba)):
@@ -233,20 +245,30 @@ class Evaluation:
             else:
                 v = load_vector(spec, what=label)
             setattr(src, "mean_s" if name == "mean-s" else "mean_s_ba", v)
-        if "l2s" in methods:
-            if self._given["predictor"] is not None:
-                src.predictor = self._given["predictor"]
-            elif not c.l2s.predictor:
-                raise ConfigError("method L2S needs a trained predictor: set [l2s] predictor to its file, or drop "
-                                  "l2s from [steering] methods.")
-            else:
-                src.predictor = load_predictor(c.l2s.predictor)
-            if c.l2s.input_layer is None:
-                raise ConfigError("method L2S needs [l2s] input_layer (L', the layer its predictor reads).")
         if {"p2s", "norm-rnd"} & set(methods) and not cache_cfg.pair_recipe and not c.data.behavior:
             raise ConfigError("methods P2S* and Norm-Rnd need each sample's P2S vector: set [cache] pair_recipe, "
                               "or [data] behavior to compute it from the pairs.")
         return src
+
+    def _predictor(self) -> Any:
+        from l2s_data.evaluate.vectors import PredictorFile, load_predictor
+
+        given = self._given["predictor"]
+        if given is not None:
+            return given if isinstance(given, PredictorFile) else PredictorFile(given)
+        if not self.config.l2s.predictor:
+            raise ConfigError("method L2S needs a trained predictor: set [l2s] predictor to its file, or drop "
+                              "l2s from [steering] methods.")
+        return load_predictor(self.config.l2s.predictor, dim=self.adapter.hidden_size)
+
+    @staticmethod
+    def _agree(key: str, configured: Any, recorded: Any, what: str) -> Any:
+        """The configured value, else the predictor file's; the two must agree when both are set."""
+        if configured is not None and recorded is not None and configured != recorded:
+            raise ConfigError(f"{key} = {configured!r}, but the L2S predictor was trained with {what} = "
+                              f"{recorded!r}; set {key} to {recorded!r} (or leave it out), or use a predictor "
+                              f"trained for {configured!r}.")
+        return configured if configured is not None else recorded
 
     def _recipe_id(self, name: str) -> str | None:
         """The id of the recipe with this id or name, None if the store has none."""

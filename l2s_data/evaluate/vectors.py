@@ -4,16 +4,19 @@
   the training samples, at layer L* (float32 [D]).
 - :func:`load_vector`: one [D] vector from a ``.safetensors`` file (its only tensor, or the
   tensor named ``vector``).
-- :func:`load_predictor`: a trained L2S predictor from its file. The training stage's own
-  loader is used when it is installed (``l2s_data.steer.load_predictor``); otherwise a
+- :func:`load_predictor`: a trained L2S predictor from its file, with the keys it was trained
+  on (L', the input position and recipe; L*) when the file records them. The training stage's
+  own loader is used when it is installed (``l2s_data.steer.load_predictor``); otherwise a
   safetensors file of the predictor's two layers, Linear(D, H) -> Tanh -> Linear(H, D, no
-  bias), is read here (:class:`MLPPredictor`).
+  bias), is read here (:class:`MLPPredictor`), with the metadata entry ``l2s.predictor``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ import torch
 from l2s_data.errors import ConfigError, KeyNotFoundError
 from l2s_data.evaluate.methods import Predictor
 
-__all__ = ["mean_from_cache", "load_vector", "MLPPredictor", "load_predictor"]
+__all__ = ["mean_from_cache", "load_vector", "MLPPredictor", "ModulePredictor", "PredictorFile", "load_predictor"]
 
 
 def mean_from_cache(snapshot: Any, recipe: str, position: str, layer: int, sample_ids: Sequence[str], *,
@@ -87,27 +90,60 @@ class MLPPredictor(torch.nn.Module):
         return self(h.float())
 
 
-_LAYOUTS = (("0.weight", "0.bias", "2.weight"), ("net.0.weight", "net.0.bias", "net.2.weight"),
-            ("encoder.weight", "encoder.bias", "decoder.weight"))
+_LAYOUTS = (("encoder.weight", "encoder.bias", "decoder.weight"), ("0.weight", "0.bias", "2.weight"),
+            ("net.0.weight", "net.0.bias", "net.2.weight"))
+_META_KEY = "l2s.predictor"  # the training stage's metadata entry: a JSON object
 
 
-def load_predictor(path: str | os.PathLike) -> Predictor:
-    """A trained L2S predictor: ``predict(h [B, D]) -> v [B, D]``."""
-    try:  # the training stage's own format, with its checks, when it is installed
+class ModulePredictor:
+    """:class:`Predictor` around a torch module ``g`` (``g(h) -> v``), in float32, no grad."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module.eval()
+
+    @torch.no_grad()
+    def predict(self, h: torch.Tensor) -> torch.Tensor:
+        return self.module(h.float())
+
+
+@dataclass(frozen=True)
+class PredictorFile:
+    """A loaded predictor and, when its file records them, the keys it was trained on:
+    ``input_key`` (h_X: recipe, view, position, layer L') and ``target_key`` (v_X at L*)."""
+
+    predictor: Predictor
+    input_key: dict[str, Any] | None = None
+    target_key: dict[str, Any] | None = None
+
+
+def load_predictor(path: str | os.PathLike, *, dim: int | None = None) -> PredictorFile:
+    """A trained L2S predictor file; ``dim``: the model's hidden size, checked when given."""
+    try:  # the training stage's own loader, with its checks, when it is installed
         from l2s_data.steer import load_predictor as steer_load  # type: ignore[attr-defined]
     except ImportError:
         steer_load = None
     if steer_load is not None:
-        return steer_load(path)
-    from safetensors.torch import load_file
+        g, meta = steer_load(path, d_in=dim, d_out=dim)
+        return PredictorFile(ModulePredictor(g), dict(meta.input_key), dict(meta.target_key))
+    from safetensors import safe_open
 
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"predictor file {str(p)!r} does not exist; give the file a training run saved "
                           f"(see `l2s sql \"SELECT run_id, artifact FROM runs\"`).")
-    tensors = load_file(str(p))
+    with safe_open(str(p), framework="pt") as f:
+        header = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
     for keys in _LAYOUTS:
         if all(k in tensors for k in keys):
-            return MLPPredictor(*(tensors[k].float() for k in keys)).eval()
-    raise ConfigError(f"predictor file {str(p)!r} holds tensors {sorted(tensors)[:8]}; expected the two layers of "
-                      f"Linear(D, H) -> Tanh -> Linear(H, D) under one of {[list(k) for k in _LAYOUTS]}.")
+            g = MLPPredictor(*(tensors[k].float() for k in keys)).eval()
+            break
+    else:
+        raise ConfigError(f"predictor file {str(p)!r} holds tensors {sorted(tensors)[:8]}; expected the two layers "
+                          f"of Linear(D, H) -> Tanh -> Linear(H, D) under one of {[list(k) for k in _LAYOUTS]}.")
+    d_in, d_out = g.encoder.in_features, g.decoder.out_features
+    if dim is not None and (d_in, d_out) != (dim, dim):
+        raise ConfigError(f"predictor file {str(p)!r} maps {d_in} -> {d_out} dims, but the model's hidden size is "
+                          f"{dim}: it was trained on another model.")
+    meta = json.loads(header[_META_KEY]) if _META_KEY in header else {}
+    return PredictorFile(g, meta.get("input_key"), meta.get("target_key"))
