@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test bench-store bench-extract bench-train clean
+.PHONY: venv demo test bench-store bench-extract bench-train bench-evaluate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ bench-extract: $(STAMP)
 
 bench-train: $(STAMP)
 	$(BIN)/python benchmarks/train.py
+
+bench-evaluate: $(STAMP)
+	$(BIN)/python benchmarks/evaluate.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -39,6 +39,7 @@ __all__ = [
     "PredictorMismatchError",
     "RunNotFoundError",
     "TrainingError",
+    "JudgeError",
 ]
 
 
@@ -188,3 +189,10 @@ class RunNotFoundError(L2SError, KeyError):
 
 class TrainingError(L2SError, RuntimeError):
     """Training could not proceed (a non-finite loss, a failed sweep trial)."""
+
+
+# --- evaluation -------------------------------------------------------------------------
+
+
+class JudgeError(L2SError, RuntimeError):
+    """A judge (guard or quality model, local or an HTTP endpoint) failed or answered out of form."""
