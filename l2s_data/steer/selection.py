@@ -86,20 +86,28 @@ def sample_labels(store, where: str | None) -> dict[str, tuple[str, str | None]]
     return dict(zip(t["sample_id"].to_pylist(), zip(t["category"].to_pylist(), t["label"].to_pylist())))
 
 
-def open_columns(store, keys: Sequence[Key], where: str | None, **kwargs):
-    """``store.columns(keys, where=..., **kwargs)``; a key without rows raises check_key's message."""
+def open_columns(store, keys: Sequence[Key], where: str | None, *, label: str = "where", **kwargs):
+    """``store.columns(keys, where=..., **kwargs)``; a key without rows raises check_key's message,
+    and a selection without rows names ``label`` (the config key that holds ``where``)."""
     try:
         return store.columns(tuple(keys), where=where, **kwargs)
     except KeyNotFoundError:
         for k in keys:
             check_key(store, k)
         raise
+    except EmptySelectionError as exc:
+        raise EmptySelectionError(
+            f"{label} = {where!r} selects no sample that has all of the keys {[str(k) for k in keys]} "
+            f"in store {store.url}. Check it with `l2s sql \"SELECT split, category, count(*) FROM "
+            f"memberships WHERE {where or 'true'} GROUP BY ALL\"`."
+        ) from exc
 
 
 def read_selection(store, keys: Sequence[Key], where: str | None, *, what: str = "selection",
                    batch_size: int = 4096) -> Selection:
     """Read every selected row of ``keys`` once into float32 arrays (see the module doc)."""
-    ds = open_columns(store, keys, where, batch_size=batch_size, shuffle=False, with_ids=True)
+    ds = open_columns(store, keys, where, label=f"the {what} where", batch_size=batch_size, shuffle=False,
+                      with_ids=True)
     return read_dataset(store, ds, keys, where, what=what)
 
 

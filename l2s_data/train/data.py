@@ -106,7 +106,8 @@ def load_data(cfg: TrainConfig, store) -> TrainData:
     x, y = cfg.input.key(), cfg.target.key()
     sp = cfg.split
     # One loader opens the training selection: read whole from it when it fits, else stream.
-    probe = open_columns(store, [x, y], sp.train_where, batch_size=4096, shuffle=False, with_ids=True)
+    probe = open_columns(store, [x, y], sp.train_where, label="split.train_where", batch_size=4096,
+                         shuffle=False, with_ids=True)
     if probe.num_rows == 0:
         raise EmptySelectionError(
             f"split.train_where = {sp.train_where!r} selects no sample that has both keys {x} and "
