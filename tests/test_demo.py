@@ -29,11 +29,23 @@ def test_the_demo_runs_end_to_end_and_its_second_run_computes_nothing(tmp_path, 
     c = len(res.categories)
     assert res.cosines.shape == (c, c) and np.allclose(np.diag(res.cosines), 1.0, atol=1e-5)
     assert res.sql_result.num_rows == 13 and set(res.sql_result.column_names) >= {"category", "mean_p2s_norm"}
+    # the rest of the pipeline: a training from the cache, seven methods evaluated, a report
+    st = res.steering
+    assert [r[0] for r in st["rows"]] == ["none", "prompt-only", "Mean-S", "Mean-S(BA)", "Norm-Rnd", "L2S", "P2S*"]
+    assert st["report"].is_file() and st["report"].with_suffix(".html").is_file()
+    runs = Store.open(tmp_path / "demo" / "store").sql(
+        f"SELECT count(*) AS n FROM runs WHERE run_id = '{st['train_run']}'")["n"][0].as_py()
+    assert runs == 1
+    evals = Store.open(tmp_path / "demo" / "store").sql(
+        f"SELECT count(DISTINCT method) AS m FROM evaluations WHERE run_id = '{st['eval_run']}'")["m"][0].as_py()
+    assert evals == 7
+    assert "report: " in out and "[7/7] evaluation" in out
 
     # a second `l2s demo` reuses the checkpoint, the data and the store: nothing computed at all
     buf2 = io.StringIO()
     again = run_demo(tmp_path / "demo", n=13, console=Console(file=buf2, width=120))
     assert again.first.computed_samples == 0 and "cached" in buf2.getvalue()
+    assert "evaluation demo-eval: 0 new response(s)" in buf2.getvalue()  # every row was committed
 
 
 def test_the_demo_command_is_mounted():
@@ -53,7 +65,7 @@ def test_the_readme_first_session_python_block_runs_on_the_demo_store(tmp_path, 
     from l2s_data.demo import run_demo
 
     monkeypatch.chdir(tmp_path)
-    run_demo("demo-out", n=13, console=Console(file=io.StringIO()))
+    run_demo("demo-out", n=13, console=Console(file=io.StringIO()), steer=False)
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     code = re.findall(r"```python\n(.*?)```", readme, re.S)[0]
     code = code.replace("num_workers=2", "num_workers=0")  # same data path, no worker start-up
