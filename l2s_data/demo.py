@@ -70,7 +70,7 @@ def _prepare(out_dir: Path, n: int, console: Console) -> None:
     from l2s_data.models import make_tiny
 
     ckpt = out_dir / "tiny-llava"
-    if (ckpt / "config.json").is_file() and _current_format(ckpt):
+    if (ckpt / "config.json").is_file() and checkpoint_is_current(ckpt):
         console.print(f"[1/4] tiny LLaVA checkpoint: cached at {ckpt}")
     else:
         with console.status("building a tiny random LLaVA checkpoint..."):
@@ -85,7 +85,7 @@ def _prepare(out_dir: Path, n: int, console: Console) -> None:
         console.print(f"[2/4] synthetic-safety data set: {n} samples over 13 scenarios at {data}")
 
 
-def _current_format(ckpt: Path) -> bool:
+def checkpoint_is_current(ckpt: Path) -> bool:
     """Whether a cached tiny checkpoint has this version's chat template (an older one is
     rebuilt: its fingerprint, and so its recipes, differ; the store keeps both)."""
     from l2s_data.models.templates import TEMPLATES
