@@ -74,7 +74,7 @@ def _prepare(out_dir: Path, n: int, console: Console) -> None:
     from l2s_data.models import make_tiny
 
     ckpt = out_dir / "tiny-llava"
-    if (ckpt / "config.json").is_file():
+    if (ckpt / "config.json").is_file() and checkpoint_is_current(ckpt):
         console.print(f"[1/7] tiny LLaVA checkpoint: cached at {ckpt}")
     else:
         with console.status("building a tiny random LLaVA checkpoint..."):
@@ -87,6 +87,15 @@ def _prepare(out_dir: Path, n: int, console: Console) -> None:
         with console.status("generating the synthetic-safety data set..."):
             make_synthetic("synthetic-safety", data, n=n)
         console.print(f"[2/7] synthetic-safety data set: {n} samples over 13 scenarios at {data}")
+
+
+def checkpoint_is_current(ckpt: Path) -> bool:
+    """Whether a cached tiny checkpoint has this version's chat template (an older one is
+    rebuilt: its fingerprint, and so its recipes, differ; the store keeps both)."""
+    from l2s_data.models.templates import TEMPLATES
+
+    template = ckpt / "chat_template.jinja"
+    return template.is_file() and template.read_text().strip() == TEMPLATES["llava"].strip()
 
 
 def run_demo(out_dir: str | Path = "demo-out", *, n: int = 26, console: Console | None = None,

@@ -74,3 +74,13 @@ def test_the_readme_first_session_python_block_runs_on_the_demo_store(tmp_path, 
     exec(compile(code, "README.md", "exec"), scope)
     train_rows = sum(s[0][0] for s in scope["seen"])
     assert train_rows > 0 and all(x[1] == y[1] for x, y in scope["seen"])
+
+
+def test_a_cached_tiny_checkpoint_with_an_older_chat_template_is_not_reused(tmp_path):
+    from l2s_data.demo import checkpoint_is_current
+    from l2s_data.models.templates import TEMPLATES
+
+    (tmp_path / "chat_template.jinja").write_text("{{ 'USER: ' }}...{{ eos_token }}")
+    assert not checkpoint_is_current(tmp_path)
+    (tmp_path / "chat_template.jinja").write_text(TEMPLATES["llava"] + "\n")
+    assert checkpoint_is_current(tmp_path)
