@@ -209,6 +209,17 @@ def test_a_shard_failing_on_every_attempt_ends_the_run_with_its_name_and_keeps_t
     assert row["samples_computed"] == N - len(shards[1].items)  # the failed shard computed nothing that counts
 
 
+def test_more_workers_than_the_cluster_can_place_is_refused_before_any_actor_starts(ray_address, tiny_checkpoint,
+                                                                                     tiny_adapter, data_dir, tmp_path):
+    from l2s_data.errors import ConfigError
+
+    ex = Extraction(_config(tiny_checkpoint("llava"), data_dir, tmp_path / "store", layers=[0]),
+                    adapter=tiny_adapter("llava"))
+    with pytest.raises(ConfigError, match=r"--workers 9 needs 9 CPU\(s\).*cluster has 4; pass --workers 4"):
+        run_extraction(ex, workers=9, address=ray_address)
+    assert Store.open(tmp_path / "store").committed_shards() == set()
+
+
 def _toml(d: dict) -> str:
     """A tiny TOML writer for the flat two-level configs of these tests."""
     import json
