@@ -201,6 +201,12 @@ def run_on_ray(ex: Extraction, opts: RayOptions, *, on_plan: Callable[[Plan], No
     if connected_here:
         ray.init(address=opts.address, logging_level="WARNING", log_to_driver=True)
     gpu = ex.config.model.device.startswith("cuda")
+    try:
+        _check_resources(ray.cluster_resources(), opts, gpu)
+    except ConfigError:
+        if connected_here:
+            ray.shutdown()
+        raise
     actor_cls = ray.remote(_ShardActor).options(
         num_cpus=0 if gpu else opts.cpus_per_worker, num_gpus=1 if gpu else 0,
         max_restarts=opts.max_restarts, max_task_retries=opts.max_task_retries,
@@ -254,6 +260,19 @@ def run_on_ray(ex: Extraction, opts: RayOptions, *, on_plan: Callable[[Plan], No
                        tuple(ex.notes()))
     return RayRun(report, tuple(i["device"] for i in infos), sum(1 for r in runs if r.attempt > 0) + len(failed),
                   dict(failed))
+
+
+def _check_resources(have: Mapping[str, float], opts: RayOptions, gpu: bool) -> None:
+    """Refuse a pool the cluster cannot place now (its actors would wait forever)."""
+    kind, each = ("GPU", 1) if gpu else ("CPU", opts.cpus_per_worker)
+    total = float(have.get(kind, 0))
+    if opts.workers * each > total:
+        fix = (f"pass --workers {int(total // each)} or fewer" if total >= each
+               else ("set model.device = \"cpu\" or join a cluster with GPUs (--address)" if gpu
+                     else "join a cluster with CPUs (--address)"))
+        raise ConfigError(f"--workers {opts.workers} needs {opts.workers * each} {kind}(s) ({each} each), but the Ray "
+                          f"cluster has {total:g}; {fix}. On an autoscaling cluster, start its nodes first "
+                          f"(min_workers in the launcher YAML).")
 
 
 def _absolute_paths(config: Any) -> Any:
