@@ -249,11 +249,11 @@ def main(argv: list[str] | None = None) -> None:
     job = ex.job(plan.recipes)
     dataset = ex.dataset
     # The same batches for the model-only variants: the worker's row order within each shard.
-    from l2s_data.extract.worker import _row_order
+    from l2s_data.extract.worker import row_order
 
     batches = []
     for s in plan.shards:
-        rows = sorted(s.items, key=_row_order)
+        rows = sorted(s.items, key=row_order)
         for i in range(0, len(rows), bs):
             batch = rows[i:i + bs]
             batches.append([(it, dataset.load_image(it.sample_id)) for it in batch])

@@ -1,12 +1,15 @@
 """Extraction job: compute every missing (recipe, view, position, layer, sample) key of a config.
 
     python jobs/extract.py l2s_data/extract/configs/tiny-llava.toml --dry-run
-    python jobs/extract.py l2s_data/extract/configs/tiny-llava.toml
-    python jobs/extract.py l2s_data/extract/configs/llava-1.5-7b-reference.toml --workers 0
+    python jobs/extract.py l2s_data/extract/configs/tiny-llava.toml                # in-process
+    python jobs/extract.py l2s_data/extract/configs/tiny-llava.toml --workers 2    # local Ray
+    python jobs/extract.py CONFIG --workers 8 --address auto                       # on a cluster
 
-The same as ``l2s extract CONFIG [--dry-run] [--workers 0]``: a thin entry point that Ray job
-submission can run as is (``ray job submit -- python jobs/extract.py CONFIG``). It parses the
-arguments, calls :class:`l2s_data.extract.Extraction`, prints the resolved config and a summary.
+The same as ``l2s extract CONFIG [--dry-run] [--workers N] [--address ADDR]``, and the entry
+point that ``l2s submit extract`` runs on a cluster through the Ray Jobs API. It parses the
+arguments, calls :func:`l2s_data.extract.distributed.run_extraction`, and prints the resolved
+config, one line per worker and per committed shard, and a summary: plain lines, because a
+job's output is read back with ``l2s jobs logs``.
 """
 
 from __future__ import annotations
@@ -20,19 +23,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from l2s_data.errors import L2SError  # noqa: E402
 from l2s_data.extract import Extraction  # noqa: E402
+from l2s_data.extract.distributed import run_extraction  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Extract contrastive activations into an l2s-data store.")
     ap.add_argument("config", type=Path, help="TOML extraction config")
     ap.add_argument("--dry-run", action="store_true", help="plan only: missing keys, bytes, time estimate")
-    ap.add_argument("--workers", type=int, default=0, help="0 = in-process (the only mode in this release)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="0 = in this process; N = N Ray actors (one GPU each on CUDA, else --cpus-per-worker)")
+    ap.add_argument("--address", default=None,
+                    help="Ray cluster to join (host:port or 'auto'); default: RAY_ADDRESS, else a local Ray")
+    ap.add_argument("--cpus-per-worker", type=int, default=1, help="CPU actors: CPUs (torch threads) each")
+    ap.add_argument("--max-retries", type=int, default=3, help="Ray retries of a shard and restarts of an actor")
     args = ap.parse_args(argv)
     try:
-        if args.workers != 0:
-            raise L2SError(f"--workers {args.workers}: only --workers 0 (in-process) is available in this release")
         ex = Extraction.from_file(args.config)
-        print("resolved config:", json.dumps(ex.config.to_dict(), sort_keys=True))
+        print("resolved config:", json.dumps(ex.config.to_dict(), sort_keys=True), flush=True)
         if args.dry_run:
             dr = ex.dry_run()
             p = dr.plan
@@ -40,14 +47,27 @@ def main(argv: list[str] | None = None) -> int:
                   f"missing keys {p.missing_keys}, bytes {p.bytes}, estimated seconds "
                   f"{'unknown' if dr.seconds is None else round(dr.seconds, 1)} ({dr.calibration})")
             return 0
-        r = ex.run(on_done=lambda o: print(f"shard {o.shard_id}: {o.samples} samples, {o.keys} keys, "
-                                           f"{o.quarantined} quarantined, compute {o.compute_s:.2f} s, "
-                                           f"write {o.write_s:.2f} s", flush=True))
+
+        def on_start(infos: list[dict]) -> None:
+            for i in infos:
+                print(f"worker pid {i['pid']} on {i['device']} (node {i['node'][:12]})", flush=True)
+
+        def on_progress(p) -> None:
+            if p.last is not None:
+                o = p.last.outcome
+                retry = f", attempt {p.last.attempt + 1}" if p.last.attempt else ""
+                print(f"shard {o.shard_id} committed: {o.samples} samples, {o.keys} keys, {o.quarantined} "
+                      f"quarantined{retry}; {p.shards_done}/{p.shards_total} shards, {p.samples_per_s:.2f} "
+                      f"samples/s, retried {p.retried}, failed {p.failed}", flush=True)
+
+        r = run_extraction(ex, workers=args.workers, address=args.address, cpus_per_worker=args.cpus_per_worker,
+                           max_restarts=args.max_retries, max_task_retries=args.max_retries,
+                           on_start=on_start, on_progress=on_progress)
         print(f"computed {r.computed_samples} samples, {r.written_keys} keys, quarantined {r.quarantined}, "
-              f"{r.seconds:.1f} s; recipes {dict(r.recipe_ids)}")
+              f"{r.seconds:.1f} s; recipes {dict(r.recipe_ids)}", flush=True)
         return 0
     except L2SError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
 
 

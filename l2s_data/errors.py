@@ -24,14 +24,19 @@ __all__ = [
     "StoreNotFoundError",
     "SchemaMismatchError",
     "WriteMismatchError",
-    "CommitConflictError",
+    "CorruptManifestError",
+    "LeaseHeldError",
     "CorruptChunkError",
     "KeyNotFoundError",
+    "EmptySelectionError",
     "SQLRefusedError",
+    "SQLTimeoutError",
+    "SQLMemoryError",
     "ReferencedRecipeError",
     "ExtractionError",
+    "ShardFailedError",
+    "JobSubmissionError",
     "PredictorMismatchError",
-    "EmptySelectionError",
     "RunNotFoundError",
     "TrainingError",
 ]
@@ -105,8 +110,12 @@ class WriteMismatchError(StoreError, ValueError):
     """A write's shape, dtype or row count disagrees with what the shard declared."""
 
 
-class CommitConflictError(StoreError):
-    """Another attempt committed this shard first; this attempt is an orphan."""
+class CorruptManifestError(StoreError, ValueError):
+    """A manifest file fails its checksums or names a location outside the writer's rules."""
+
+
+class LeaseHeldError(StoreError):
+    """Another maintenance operation holds the store's lease; retry after it ends or expires."""
 
 
 class CorruptChunkError(StoreError):
@@ -120,8 +129,20 @@ class KeyNotFoundError(StoreError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class EmptySelectionError(StoreError, ValueError):
+    """A loader's ``where`` (or ``missing="skip"``) leaves no sample to read."""
+
+
 class SQLRefusedError(StoreError, PermissionError):
     """A SQL statement tried to write, read files, attach, install or change settings."""
+
+
+class SQLTimeoutError(StoreError, TimeoutError):
+    """A catalog statement ran past its time limit and was interrupted."""
+
+
+class SQLMemoryError(StoreError, MemoryError):
+    """A catalog statement needed more memory than the catalog's limit allows."""
 
 
 class ReferencedRecipeError(StoreError):
@@ -135,15 +156,27 @@ class ExtractionError(L2SError, RuntimeError):
     """An extraction job could not proceed."""
 
 
+class ShardFailedError(ExtractionError):
+    """A distributed extraction ended with shards that failed on every attempt.
+
+    ``shards`` names them; ``report`` is the run's report (the committed shards stay).
+    """
+
+    def __init__(self, message: str, *, report=None, shards: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.report = report
+        self.shards = shards
+
+
+class JobSubmissionError(L2SError, RuntimeError):
+    """A Ray job could not be submitted, found, or controlled through the Jobs API."""
+
+
 # --- steering and training --------------------------------------------------------------
 
 
 class PredictorMismatchError(L2SError, ValueError):
     """A saved predictor does not fit what it is used with (dims, recipe, layers, file)."""
-
-
-class EmptySelectionError(L2SError, ValueError):
-    """A ``where`` selection (training, validation, evaluation) selects no stored rows."""
 
 
 class RunNotFoundError(L2SError, KeyError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 #: Bumped on any change to a schema below or to the store layout.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: One row per distinct model input. ``sample_id`` hashes (image bytes, query).
 SAMPLES = pa.schema(
@@ -138,6 +138,40 @@ ERRORS = pa.schema(
     metadata=_meta("errors"),
 )
 
+#: One row per extraction run (in-process or on Ray, completed or failed): what it computed,
+#: what it found cached, on which workers, how fast. Committed like the other tables.
+EXTRACTIONS = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("created_at", _UTC_US, nullable=False),
+        # "completed" or "failed" (a shard failed on every attempt; ``error`` says which).
+        pa.field("status", pa.string(), nullable=False),
+        # The resolved extraction config (ExtractConfig.to_dict()), canonical JSON.
+        pa.field("config_json", pa.string(), nullable=False),
+        pa.field("recipe_ids", pa.list_(pa.string()), nullable=False),
+        # 0 = in the driver's process; N = N Ray actors.
+        pa.field("workers", pa.int32(), nullable=False),
+        # One entry per worker: the torch device it computed on ("cpu", "cuda:0").
+        pa.field("devices", pa.list_(pa.string()), nullable=False),
+        pa.field("samples_computed", pa.int64(), nullable=False),
+        # samples_computed over the run's wall time (start to end, planning included).
+        pa.field("samples_per_s", pa.float64(), nullable=False),
+        pa.field("keys_written", pa.int64(), nullable=False),
+        # Keys of the plan that the store already had (skipped as cached).
+        pa.field("keys_cached", pa.int64(), nullable=False),
+        pa.field("samples_quarantined", pa.int64(), nullable=False),
+        pa.field("shards", pa.int32(), nullable=False),
+        # Shards that needed more than one attempt (an error, or a worker that died).
+        pa.field("shards_retried", pa.int32(), nullable=False),
+        # Shards another attempt committed first (this run's attempt is an orphan).
+        pa.field("shards_lost_races", pa.int32(), nullable=False),
+        pa.field("started_at", _UTC_US, nullable=False),
+        pa.field("ended_at", _UTC_US, nullable=False),
+        pa.field("error", pa.string(), nullable=True),
+    ],
+    metadata=_meta("extractions"),
+)
+
 #: Every committed Parquet table of a store, by its folder / catalog name.
 TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,
@@ -147,6 +181,7 @@ TABLES: dict[str, pa.Schema] = {
     "runs": RUNS,
     "evaluations": EVALUATIONS,
     "errors": ERRORS,
+    "extractions": EXTRACTIONS,
 }
 
 #: ``zarr.json`` attributes of every stored array live under this key.
@@ -181,6 +216,7 @@ __all__ = [
     "RUNS",
     "EVALUATIONS",
     "ERRORS",
+    "EXTRACTIONS",
     "TABLES",
     "ZARR_ATTRIBUTES_KEY",
     "ZARR_ATTRIBUTES",

@@ -1,8 +1,10 @@
--- Catalog views of an l2s-data store (format version 1).
+-- Catalog views of an l2s-data store (format version 2).
 -- The store registers each committed table as a raw relation named _<table> (pyarrow datasets
--- over the committed Parquet parts, or the snapshot's manifest rows), then runs this file on an
--- in-memory DuckDB connection before locking it. Parts are content-addressed and may repeat
--- rows (the same samples put twice), so the views deduplicate.
+-- over the committed Parquet parts, scanned lazily), then runs this file on an in-memory DuckDB
+-- connection before locking it. Parts are content-addressed and may repeat rows (the same
+-- samples put twice), so those views deduplicate. Manifests never repeat a key: the snapshot
+-- registers only live files, and _excluded lists the attempts whose rows do not count
+-- (tombstoned, or the loser of a double commit).
 CREATE VIEW samples AS
     SELECT DISTINCT ON (sample_id) * FROM _samples ORDER BY sample_id;
 CREATE VIEW memberships AS
@@ -10,14 +12,15 @@ CREATE VIEW memberships AS
 CREATE VIEW recipes AS
     SELECT DISTINCT ON (recipe_id, name) * FROM _recipes ORDER BY recipe_id, name, created_at;
 CREATE VIEW manifests AS
-    SELECT DISTINCT ON (recipe_id, view, position, layer, sample_id) * FROM _manifests
-    ORDER BY recipe_id, view, position, layer, sample_id, written_at, shard, attempt;
+    SELECT * FROM _manifests WHERE attempt NOT IN (SELECT attempt FROM _excluded);
 CREATE VIEW runs AS
     SELECT DISTINCT ON (run_id) * FROM _runs ORDER BY run_id, created_at;
 CREATE VIEW evaluations AS
     SELECT DISTINCT * FROM _evaluations;
 CREATE VIEW errors AS
     SELECT DISTINCT * FROM _errors;
+CREATE VIEW extractions AS
+    SELECT DISTINCT ON (run_id) * FROM _extractions ORDER BY run_id, created_at;
 -- One row per committed shard attempt and key (recipe, view, position, layer).
 CREATE VIEW shards AS
     SELECT shard, attempt, recipe_id, view, position, layer, dtype, dim,

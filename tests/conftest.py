@@ -58,3 +58,171 @@ def _seed_everything():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+# --- services started once per session: a Ray head and an S3-protocol server ----------------
+# Both run on loopback with fresh temporary folders, and are stopped by the PIDs this session
+# started (never by name: other Ray or moto processes on the machine are left alone).
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop_processes(pids: list[int], timeout: float = 30.0) -> None:
+    """SIGTERM then SIGKILL exactly ``pids`` (and their descendants, found before stopping)."""
+    import psutil
+
+    procs: dict[int, psutil.Process] = {}
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            continue
+        procs[pid] = p
+        try:
+            for c in p.children(recursive=True):
+                procs[c.pid] = c
+        except psutil.NoSuchProcess:
+            pass
+    for p in procs.values():
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=timeout)
+
+
+def _processes_under(marker: str) -> list[int]:
+    """PIDs whose command line mentions ``marker`` (this session's unique Ray temp folder)."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(marker in a for a in (p.info["cmdline"] or [])):
+                out.append(p.info["pid"])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    """``ray start --head`` on loopback, once per session, with token authentication on.
+
+    Yields the GCS address (``127.0.0.1:PORT``); the dashboard (Jobs API) address is in
+    ``os.environ["L2S_TEST_RAY_DASHBOARD"]``. The token is in ``RAY_AUTH_TOKEN`` (with
+    ``RAY_AUTH_MODE=token``) for this process and the drivers it starts. Stopped at the end by
+    the PIDs of the processes it started.
+    """
+    import secrets
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+    from pathlib import Path
+
+    temp = tempfile.mkdtemp(prefix="l2s-ray-")  # short: Ray's unix sockets live under it
+    port, dash = _free_port(), _free_port()
+    token = secrets.token_hex(32)
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS",
+                                            "RAY_USAGE_STATS_ENABLED", "L2S_TEST_RAY_DASHBOARD")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0")
+    # This interpreter (not the `ray` script, whose shebang may name another environment), and
+    # its bin folder first on PATH: a submitted job's `python` is the cluster's, i.e. this one.
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+           f"--temp-dir={temp}", "--num-cpus=4", "--num-gpus=0", "--object-store-memory=100000000",
+           "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+           f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+           f"--dashboard-agent-grpc-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
+           f"--metrics-export-port={_free_port()}", f"--node-manager-port={_free_port()}",
+           f"--object-manager-port={_free_port()}", "--disable-usage-stats"]
+    head = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    ready, lines = threading.Event(), []
+
+    def watch() -> None:
+        for line in head.stdout:
+            lines.append(line)
+            if "block forever" in line:
+                ready.set()
+        ready.set()  # the command ended: not ready, but stop waiting
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        if not ready.wait(300) or head.poll() is not None:
+            raise RuntimeError("ray start --head did not come up:\n" + "".join(lines[-40:]))
+        address = f"127.0.0.1:{port}"
+        os.environ["RAY_ADDRESS"] = address
+        os.environ["L2S_TEST_RAY_DASHBOARD"] = f"http://127.0.0.1:{dash}"
+        yield address
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        _stop_processes([head.pid] + _processes_under(temp))
+        _stop_processes(_processes_under(temp))  # workers whose parent had already exited
+        shutil.rmtree(temp, ignore_errors=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on loopback; AWS_* variables point every S3 client at it.
+
+    Yields the endpoint URL. The bucket ``l2s-test`` exists. Stopped by PID at the end.
+    """
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = _free_port()
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
+                                            "AWS_DEFAULT_REGION")}
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):  # until it answers (at most ~60 s on a loaded machine)
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=5)
+                break
+            except OSError:
+                if server.poll() is not None:
+                    raise RuntimeError("the moto server exited at start") from None
+                import time
+
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(f"the moto server at {url} did not answer")
+        os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_ENDPOINT_URL=url,
+                          AWS_DEFAULT_REGION="us-east-1")
+        import s3fs
+
+        s3fs.S3FileSystem(skip_instance_cache=True).mkdir("l2s-test")
+        yield url
+    finally:
+        _stop_processes([server.pid])
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

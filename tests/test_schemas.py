@@ -54,6 +54,35 @@ def _catalog_views(tmp: Path) -> dict:
     return out
 
 
+def _contract() -> dict:
+    """A recipe id, the bytes of a chunk, and the bf16 conversion: what every store relies on."""
+    import hashlib
+
+    from l2s_data.store._zarr_write import chunk_files
+    from l2s_data.store.contract import canonical_json, float32_to_bfloat16_bits, recipe_id
+
+    spec = {"model": {"fingerprint": "f" * 8, "dtype": "bfloat16"}, "layers": [14, 30], "note": "é"}
+    rows = (np.arange(12, dtype=np.float32).reshape(3, 4) - 5.5) / 3
+    chunks = {}
+    for dtype, stored in (("float32", rows), ("bfloat16", float32_to_bfloat16_bits(rows))):
+        for key, parts in chunk_files(np.ascontiguousarray(stored), 2):
+            chunks[f"{dtype}/{key}"] = hashlib.sha256(b"".join(bytes(p) for p in parts)).hexdigest()
+    return {"canonical_json": canonical_json(spec), "recipe_id": recipe_id(spec), "chunks": chunks}
+
+
+def _manifest_header(tmp: Path) -> list[str]:
+    """The keys of a manifest's checked header."""
+    import pyarrow.parquet as pq
+
+    from l2s_data.store import Store
+
+    store = Store.open(tmp / "header", create=True)
+    with store.shard_writer("s0", store.put_recipe({"h": 1}), ["a"]) as w:
+        w.write("p2s", "completion_last", 0, np.zeros((1, 2), np.float32), "float32")
+    md = pq.ParquetFile(tmp / "header" / "manifests" / "s0.parquet").metadata
+    return sorted(json.loads(md.metadata[b"l2s.manifest"]))
+
+
 def current(tmp: Path) -> dict:
     return {
         "format_version": schemas.FORMAT_VERSION,
@@ -61,9 +90,15 @@ def current(tmp: Path) -> dict:
         "zarr_attributes": [schemas.ZARR_ATTRIBUTES_KEY, list(schemas.ZARR_ATTRIBUTES)],
         "zarr_json": _zarr_json(tmp),
         "catalog_views": _catalog_views(tmp),
+        "contract": _contract(),
+        "manifest_header": _manifest_header(tmp),
         "store_layout": {
             "marker": "l2s-store.json",
             "manifest": "manifests/<shard>.parquet",
+            "compacted": "manifests/_compacted-<hash>.parquet",
+            "tombstone": "manifests/_tombstone-<hash>.parquet",
+            "lease": "leases/<name>-<n>.json",
+            "claim": "shards/<shard>/<attempt>/claim",
             "attempt": "shards/<shard>/<attempt>/<view>.<position>.L<layer>",
         },
     }
@@ -75,6 +110,7 @@ def test_every_schema_and_the_format_version_match_the_golden_file(tmp_path):
     assert got["format_version"] == want["format_version"]
     for name in want["tables"]:
         assert got["tables"].get(name) == want["tables"][name], f"schema {name} changed: bump FORMAT_VERSION"
+    assert got["contract"] == want["contract"], "recipe ids or chunk bytes changed: bump FORMAT_VERSION"
     assert got == want
 
 

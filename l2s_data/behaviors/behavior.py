@@ -18,7 +18,6 @@ naming the label beats one without. Two rules for the same (category, label) are
 
 from __future__ import annotations
 
-import json
 import os
 import tomllib
 from dataclasses import dataclass
@@ -185,7 +184,10 @@ class Behavior:
         return {"name": self.name, "description": self.description, "pairs": pairs}
 
     def spec_json(self) -> str:
-        return json.dumps(self.spec(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        """The spec's canonical JSON (the project's one canonical form; part of recipe ids)."""
+        from l2s_data.store.contract import canonical_json
+
+        return canonical_json(self.spec(), what=f"behavior {self.name!r}")
 
 
 # ---------------------------------------------------------------- loading

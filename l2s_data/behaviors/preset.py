@@ -40,7 +40,7 @@ __all__ = [
 
 _DATA = "data/presets"
 
-#: The named token positions of the model adapters (CONTRACTS A, DESIGN 1).
+#: The named token positions of the model adapters (DESIGN 1).
 PRESET_POSITIONS = (
     "prompt_last", "user_last", "completion_last", "completion_mean", "sequence_last", "sequence_last-1",
 )
@@ -59,12 +59,19 @@ class CompletionSettings(_Strict):
     ``max_new_tokens = 0``: the fixed completion P_c / N_c is read as is. Otherwise up to that
     many tokens are generated after it (sampled when ``do_sample``, seeded by ``seed``) and
     the pair position is read on the extended sequence (``completion_mean`` then averages
-    over every token after the prompt: the completion text and the generated tokens).
+    over every token after the prompt: the completion text and the generated tokens). The
+    generated tokens are carried as token ids, never decoded and re-encoded.
+
+    ``include_last_generated``: whether the last generated token is fed back (and so is in
+    the mean) when generation stops at ``max_new_tokens``. The reference feeds back every
+    generated token but the last one produced (the end of sequence, or the N-th), so the
+    reference presets set it to false. An end-of-sequence token is never fed back.
     """
 
     max_new_tokens: int = Field(0, ge=0)
     do_sample: bool = False
     seed: int = 0
+    include_last_generated: bool = False
 
 
 class TargetScaling(_Strict):

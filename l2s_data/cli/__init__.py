@@ -10,6 +10,7 @@ import typer
 from l2s_data.cli import data as _data
 from l2s_data.cli import demo as _demo
 from l2s_data.cli import extract as _extract
+from l2s_data.cli import jobs as _jobs
 from l2s_data.cli import models as _models
 from l2s_data.cli import store as _store
 from l2s_data.cli import train as _train
@@ -31,6 +32,7 @@ app.add_typer(_store.app, name="store")
 _store.register_top_level(app)  # `l2s sql`, `l2s catalog ...`
 _extract.register_top_level(app)  # `l2s extract`
 _demo.register_top_level(app)  # `l2s demo`
+_jobs.register_top_level(app)  # `l2s submit ...`, `l2s jobs ...`
 _train.register_top_level(app)  # `l2s train`, `l2s sweep`, `l2s report ...`
 
 

@@ -6,12 +6,21 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 console = Console()
 err_console = Console(stderr=True)
 
 
-def fail(exc: BaseException, *, code: int = 1) -> NoReturn:
-    """Print ``exc`` as one error line on stderr (paths stay greppable) and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+def fail(exc: BaseException | str, *, code: int = 1) -> NoReturn:
+    """Print ``exc`` as one error line on stderr (paths stay greppable) and exit with ``code``.
+
+    The message is printed verbatim: text such as ``[/INST]`` in it is data, not markup.
+    """
+    err_console.print(Text.assemble(("error:", "bold red"), " ", str(exc)), highlight=False, soft_wrap=True)
     raise typer.Exit(code=code)
+
+
+def say(text: str | Text, *, stderr: bool = False) -> None:
+    """Print one line verbatim (no markup, emoji codes or highlighting; never wrapped)."""
+    (err_console if stderr else console).print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from l2s_data.errors import ConfigError, L2SError
+from l2s_data.errors import L2SError
 
 console = Console()
 
@@ -52,21 +53,30 @@ def plan_table(plan, title: str) -> Table:
 def extract(
     config: Path = typer.Argument(..., help="TOML extraction config (see l2s_data/extract/configs/)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print missing keys, bytes and a time estimate; write nothing."),
-    workers: int = typer.Option(0, "--workers", help="0 = run in this process (Ray workers: a later release)."),
+    workers: int = typer.Option(0, "--workers", min=0,
+                                help="0 = run in this process. N = N Ray actors: one GPU each when the config's "
+                                     "device is CUDA, else N CPU actors of --cpus-per-worker CPUs (torch threads)."),
+    address: Optional[str] = typer.Option(None, "--address",
+                                          help="Ray cluster to join (HOST:6379 or 'auto'); default: $RAY_ADDRESS, "
+                                               "else a local Ray started for this run. Needs --workers N."),
+    cpus_per_worker: int = typer.Option(1, "--cpus-per-worker", min=1, help="CPU actors: CPUs (torch threads) each."),
+    max_retries: int = typer.Option(3, "--max-retries", min=0,
+                                    help="Ray retries of a failed shard, and restarts of a dead actor."),
     calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate",
                                    help="Dry run: time one batch on the model to estimate the run time."),
 ) -> None:
     """Extract the input / pos / neg / p2s views of every selected sample into the store.
 
     Computes only the keys the store does not have: a repeated, interrupted or grown run
-    picks up where the store stands.
+    picks up where the store stands. With --workers N the shards are spread over Ray actors;
+    a killed actor is restarted and its shard retried, and a shard that fails every attempt
+    ends the run with its name (the committed shards stay). Every run is a row of the
+    store's `extractions` table (`l2s sql "SELECT * FROM extractions"`).
     """
     from l2s_data.extract import Extraction
+    from l2s_data.extract.distributed import run_extraction
 
     try:
-        if workers != 0:
-            raise ConfigError(f"--workers {workers}: only --workers 0 (in-process) is available in this "
-                              f"release; Ray workers come with the Ray runner")
         ex = Extraction.from_file(config)
         if dry_run:
             with console.status("planning (loading the model and reading the store)..."):
@@ -84,13 +94,24 @@ def extract(
                 console.print(f"[yellow]note:[/yellow] {note}")
             return
         with Progress(TextColumn("[bold]extract"), BarColumn(), MofNCompleteColumn(), TextColumn("samples"),
-                      TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
-            task = bar.add_task("extract", total=None)
+                      TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[shards]}"),
+                      TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console) as bar:
+            task = bar.add_task("extract", total=None, rate="", shards="")
 
             def on_plan(plan) -> None:
-                bar.update(task, total=plan.samples_to_compute)
+                bar.update(task, total=plan.samples_to_compute, shards=f"0/{len(plan.shards)} shards")
 
-            report = ex.run(on_plan=on_plan, on_done=lambda o: bar.advance(task, o.samples + o.quarantined))
+            def on_progress(p) -> None:
+                bar.update(task, completed=p.samples_done, rate=f"{p.samples_per_s:.2f} samples/s",
+                           shards=f"{p.shards_done}/{p.shards_total} shards, retried {p.retried}, failed {p.failed}")
+
+            def on_start(infos) -> None:
+                devices = sorted({i["device"] for i in infos})
+                bar.console.print(f"{len(infos)} Ray worker(s) up on {', '.join(devices)}")
+
+            report = run_extraction(ex, workers=workers, address=address, cpus_per_worker=cpus_per_worker,
+                                    max_restarts=max_retries, max_task_retries=max_retries, on_plan=on_plan,
+                                    on_progress=on_progress, on_start=on_start)
         console.print(plan_table(report.plan, f"extract: {config} -> {report.store}"))
         if report.computed_samples == 0 and report.quarantined == 0:
             console.print("nothing to compute: every key of this config is already in the store")

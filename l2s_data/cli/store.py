@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
-from typing import Optional
+import sys
+from collections.abc import Iterable
+from typing import IO, Optional
 
 import pyarrow as pa
 import typer
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
-from l2s_data.cli._common import fail
+from l2s_data.cli._common import fail, say
 from l2s_data.errors import L2SError
 
 app = typer.Typer(
@@ -41,12 +43,19 @@ _fail = fail
 
 
 def _rich_table(t: pa.Table, title: str | None = None) -> Table:
-    out = Table(title=title)
+    """A rich table whose every cell is plain text: data is never read as markup."""
+    out = Table(title=None if title is None else Text(title))
     for name in t.column_names:
-        out.add_column(name)
-    for row in t.to_pylist():
-        out.add_row(*["" if v is None else str(v) for v in row.values()])
+        out.add_column(Text(name), overflow="fold")
+    for row in _rows(t.to_batches()):
+        out.add_row(*[Text("" if v is None else str(v)) for v in row])
     return out
+
+
+def _rows(batches: Iterable[pa.RecordBatch]) -> Iterable[tuple]:
+    """Rows as tuples, by position (a result may repeat a column name)."""
+    for b in batches:
+        yield from zip(*(c.to_pylist() for c in b.columns))
 
 
 def _human(n: int) -> str:
@@ -60,18 +69,15 @@ def _human(n: int) -> str:
 @app.command("info")
 def info_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=_STORE_HELP)) -> None:
     """Recipes, rows, bytes, committed shards and orphaned attempts."""
-    from l2s_data.store import ops
-
     try:
-        i = ops.info(_open(store))
+        i = _open(store).info()
     except L2SError as exc:
         _fail(exc)
-    _console.print(f"store      {i.url}")
-    _console.print(f"snapshot   {i.snapshot_id}")
-    _console.print(f"rows       {i.rows} committed keys in {i.committed_shards} shards "
-                   f"({i.manifest_files} manifest files)")
-    _console.print(f"bytes      {_human(i.bytes)} under shards/")
-    _console.print(f"orphans    {len(i.orphans)} attempts, {_human(i.orphan_bytes)} (`l2s store gc` removes them)")
+    say(f"store      {i.url}")
+    say(f"snapshot   {i.snapshot_id}")
+    say(f"rows       {i.rows} committed keys in {i.committed_shards} shards ({i.manifest_files} manifest files)")
+    say(f"bytes      {_human(i.bytes)} under shards/")
+    say(f"orphans    {len(i.orphans)} attempts, {_human(i.orphan_bytes)} (`l2s store gc` removes them)")
     if i.recipes.num_rows:
         _console.print(_rich_table(i.recipes, title="recipes"))
 
@@ -79,23 +85,21 @@ def info_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=_ST
 @app.command("verify")
 def verify_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=_STORE_HELP)) -> None:
     """Re-read every committed chunk and check its crc32c and each row's manifest checksum."""
-    from l2s_data.store import ops
-
     try:
         s = _open(store)
         with Progress(console=_console, transient=True) as bar:
             task = bar.add_task("verifying arrays", total=None)
-            problems = ops.verify(s, progress=lambda done, total: bar.update(task, completed=done, total=total))
+            problems = s.verify(progress=lambda done, total: bar.update(task, completed=done, total=total))
     except L2SError as exc:
         _fail(exc)
     if not problems:
-        _console.print("[green]ok[/green]: every committed chunk and row matches its checksum")
+        say(Text.assemble(("ok", "green"), ": every committed chunk and row matches its checksum"))
         return
     t = Table(title=f"{len(problems)} problem(s)")
     for c in ("shard", "recipe", "where", "problem"):
-        t.add_column(c)
+        t.add_column(c, overflow="fold")
     for p in problems:
-        t.add_row(p.shard, p.recipe_id, p.what, p.message)
+        t.add_row(*(Text(str(v)) for v in (p.shard, p.recipe_id, p.what, p.message)))
     _console.print(t)
     raise typer.Exit(1)
 
@@ -107,28 +111,36 @@ def gc_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
 ) -> None:
     """Remove orphaned attempts: crashed writers, and attempts that lost a commit race."""
-    from l2s_data.store import ops
-
     try:
-        r = ops.gc(_open(store), grace_s=grace, dry_run=dry_run)
+        r = _open(store).gc(grace_s=grace, dry_run=dry_run)
     except L2SError as exc:
         _fail(exc)
     verb = "would remove" if dry_run else "removed"
-    _console.print(f"{verb} {len(r.removed)} attempt(s), {_human(r.bytes)}; kept {len(r.kept_recent)} recent")
+    say(f"{verb} {len(r.removed)} attempt(s), {_human(r.bytes)}; kept {len(r.kept_recent)} recent")
     for d in r.removed:
-        _console.print(f"  {d}")
+        say(f"  {d}")
 
 
 @app.command("compact")
 def compact_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=_STORE_HELP)) -> None:
     """Fold all manifest files into one (atomically; readers stay correct, the snapshot id stays)."""
-    from l2s_data.store import ops
-
     try:
-        n, name = ops.compact(_open(store))
+        n, name = _open(store).compact()
     except L2SError as exc:
         _fail(exc)
-    _console.print(f"folded {n} manifest file(s) into {name}" if name else "nothing to compact")
+    say(f"folded {n} manifest file(s) into {name}" if name else "nothing to compact")
+
+
+@app.command("migrate")
+def migrate_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=_STORE_HELP)) -> None:
+    """Upgrade a store written by an older l2s-data in place (rewrites its manifests only)."""
+    from l2s_data.store import Store
+
+    try:
+        n = Store.migrate(_store_url(store))
+    except L2SError as exc:
+        _fail(exc)
+    _console.print(f"migrated: folded {n} manifest file(s) into one checked manifest" if n else "already current")
 
 
 @app.command("delete")
@@ -138,58 +150,150 @@ def delete_cmd(
     force: bool = typer.Option(False, "--force", help="Delete even while runs reference the recipe."),
 ) -> None:
     """Delete every stored row of a recipe (refused while runs reference it, unless --force)."""
-    from l2s_data.store import ops
-
     try:
-        r = ops.delete_recipe(_open(store), recipe, force=force)
+        r = _open(store).delete_recipe(recipe, force=force)
     except L2SError as exc:
         _fail(exc)
-    _console.print(f"deleted recipe {r.recipe_id}: {r.rows} rows in {len(set(r.shards))} shard(s), {_human(r.bytes)}")
+    say(f"deleted recipe {r.recipe_id}: {r.rows} rows in {len(set(r.shards))} shard(s), {_human(r.bytes)}")
 
 
-def _print_table(t: pa.Table, fmt: str) -> None:
-    if fmt == "json":
-        typer.echo(json.dumps(t.to_pylist(), default=str, indent=1))
-    elif fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(t.column_names)
-        for row in t.to_pylist():
-            w.writerow(["" if v is None else v for v in row.values()])
-        typer.echo(buf.getvalue().rstrip("\n"))
-    else:
-        _console.print(_rich_table(t))
+_FORMATS = ("table", "csv", "json", "parquet")
+
+
+def _write_csv(f: IO[str], names: list[str], batches: Iterable[pa.RecordBatch]) -> None:
+    w = csv.writer(f, lineterminator="\n")
+    w.writerow(names)
+    for row in _rows(batches):
+        w.writerow(["" if v is None else v for v in row])
+
+
+def _write_json(f: IO[str], names: list[str], batches: Iterable[pa.RecordBatch]) -> None:
+    """A JSON array of objects, one row a line, written as the rows stream."""
+    f.write("[")
+    sep = "\n"
+    for row in _rows(batches):
+        f.write(sep + json.dumps(dict(zip(names, row)), default=str, ensure_ascii=False))
+        sep = ",\n"
+    f.write("\n]\n")
+
+
+def _write_rows(rows, fmt: str, output: Optional[str]) -> None:
+    """Every row of ``rows`` (a RowStream) to stdout, or to ``output`` whole or not at all."""
+    names = rows.schema.names
+    if output is None:
+        (_write_csv if fmt == "csv" else _write_json)(sys.stdout, names, rows)
+        sys.stdout.flush()
+        return
+    partial = os.path.join(os.path.dirname(os.path.abspath(output)), f".{os.path.basename(output)}.{os.getpid()}.partial")
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            with pq.ParquetWriter(partial, rows.schema) as w:
+                for batch in rows:
+                    w.write_batch(batch)
+        else:
+            with open(partial, "w", newline="", encoding="utf-8") as f:
+                (_write_csv if fmt == "csv" else _write_json)(f, names, rows)
+        os.replace(partial, output)
+    except BaseException:
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise
+
+
+class _Notice:
+    """Says once, on stderr, that a query is still running and how to stop it."""
+
+    def __init__(self, timeout: float):
+        self.limit = f"it stops by itself after {timeout:g} s" if timeout else "it has no time limit"
+        self.said = False
+
+    def __call__(self, elapsed_s: float) -> None:
+        if not self.said and elapsed_s >= 1.0:
+            self.said = True
+            say(f"query still running after {elapsed_s:.0f} s; Ctrl-C stops it ({self.limit}, --timeout).", stderr=True)
 
 
 def sql_cmd(
     query: str = typer.Argument(..., help='One read-only SELECT, e.g. "SELECT view, count(*) FROM manifests GROUP BY view".'),
     store: Optional[str] = typer.Option(None, "--store", "-s", help=_STORE_HELP),
-    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
+    fmt: str = typer.Option(
+        "table", "--format", "-f",
+        help="table: at most --max-rows rows for reading, saying how many were left out. "
+             "csv, json, parquet: every row, to stdout or --output (parquet needs --output).",
+    ),
+    output: Optional[str] = typer.Option(
+        None, "--output", "-o", help="Write csv/json/parquet rows to this file (whole, or not at all) instead of stdout."),
+    max_rows: int = typer.Option(1000, "--max-rows", min=0, help="Rows the table format prints."),
+    timeout: float = typer.Option(
+        60.0, "--timeout", min=0.0, help="Seconds the query may run, fetching its rows included; 0: no limit."),
+    memory_limit: str = typer.Option(
+        "50%", "--memory-limit", help="DuckDB's memory limit: a share of RAM ('50%') or a size ('4GB')."),
+    spill: Optional[str] = typer.Option(
+        None, "--spill", help="Let a query over the memory limit spill up to this much ('20GB') to a private "
+                              "temporary folder, removed afterwards. Default: no spilling."),
 ) -> None:
     """Query the store's catalog (views: samples, memberships, recipes, manifests, runs,
-    evaluations, errors, shards) in a sandboxed in-memory DuckDB: read-only, no file access."""
-    if fmt not in ("table", "csv", "json"):
-        _fail(ValueError(f"--format must be table, csv or json, got {fmt!r}"))
+    evaluations, errors, shards) in a sandboxed in-memory DuckDB: read-only, no file access.
+
+    A query runs under a time limit (--timeout) and a memory limit (--memory-limit); Ctrl-C
+    stops it. Values print exactly as stored.
+    """
+    from pydantic import ValidationError
+
+    from l2s_data.store.catalog import SQLLimits, parse_one
+
+    if fmt not in _FORMATS:
+        fail(f"--format must be one of {', '.join(_FORMATS)}, got {fmt!r}.")
+    if fmt == "parquet" and output is None:
+        fail("--format parquet writes a file: add --output FILE.parquet.")
+    if fmt == "table" and output is not None:
+        fail("--output takes every row: use it with --format csv, json or parquet.")
     try:
-        t = _open(store).sql(query)
+        limits = SQLLimits(timeout_s=timeout, memory_limit=memory_limit, spill=spill)
+    except ValidationError as exc:
+        fail("; ".join(str(e.get("ctx", {}).get("error", e["msg"])) for e in exc.errors()))
+    notice = _Notice(timeout)
+    try:
+        parse_one(query)  # refuse before paying for a snapshot and a catalog
+        with _open(store).catalog(limits=limits) as cat:
+            if fmt == "table":
+                head = cat.head(query, max_rows, on_wait=notice)
+            else:
+                with cat.stream(query, on_wait=notice) as rows:
+                    _write_rows(rows, fmt, output)
+                return
     except L2SError as exc:
-        _fail(exc)
-    _print_table(t, fmt)
+        fail(exc)
+    except KeyboardInterrupt:
+        fail("interrupted (Ctrl-C): the query was stopped and nothing more was printed.", code=130)
+    except BrokenPipeError:  # the reader of stdout (`| head`) stopped reading: nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc}. Check that its folder exists and is writable.")
+    _console.print(_rich_table(head.table))
+    if head.left_out:
+        say(f"... {head.left_out} more row(s) not shown ({head.total_rows} in all): raise --max-rows, "
+            "or use --format csv|json|parquet for every row.")
 
 
 @catalog_app.command("export")
 def export_cmd(
     file: str = typer.Argument(..., help="New DuckDB database file to write (never overwritten)."),
     store: Optional[str] = typer.Option(None, "--store", "-s", help=_STORE_HELP),
+    timeout: float = typer.Option(
+        0.0, "--timeout", min=0.0, help="Seconds each view may take to read; 0: no limit. Ctrl-C stops it."),
 ) -> None:
     """Materialise the catalog views as tables in FILE.duckdb, for the DuckDB CLI and other tools."""
-    from l2s_data.store.catalog import export_catalog
-
     try:
-        counts = export_catalog(_open(store), file)
+        counts = _open(store).export_catalog(file, timeout_s=timeout)
     except L2SError as exc:
         _fail(exc)
-    _console.print(f"wrote {file}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    except KeyboardInterrupt:
+        fail("interrupted (Ctrl-C): the export was stopped.", code=130)
+    say(f"wrote {file}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
 def register_top_level(root: typer.Typer) -> None:

@@ -1,4 +1,4 @@
-"""Data sources -> samples + memberships (DESIGN 1, CONTRACTS B).
+"""Data sources -> samples + memberships (DESIGN 1).
 
 A sample is one distinct model input, named by :func:`content_id` over (image bytes, query);
 a membership places it in a data set (dataset, subset, question_id, category, label, split).

@@ -30,6 +30,7 @@ to a default. Defaults live here, in one place::
     max_new_tokens = 0                       # > 0: extend P_c / N_c by generated tokens
     do_sample = false
     seed = 0
+    include_last_generated = false           # the reference leaves the last generated token out
 
     [run]
     store = "demo-out/store"     # local path or fsspec URL
@@ -119,11 +120,16 @@ class BehaviorSection(_Section):
 
 
 class CompletionSection(_Section):
-    """Sampled continuation of the pos / neg completions before they are read (POPE reference)."""
+    """Sampled continuation of the pos / neg completions before they are read (POPE reference).
+
+    ``include_last_generated``: feed back the last generated token when generation stops at
+    ``max_new_tokens`` (the reference does not: false).
+    """
 
     max_new_tokens: int = Field(default=0, ge=0)
     do_sample: bool = False
     seed: int = 0
+    include_last_generated: bool = False
 
 
 class RecipeSection(_Section):
@@ -163,7 +169,6 @@ class RunSection(_Section):
     shard_size: int = Field(default=64, ge=1)
     prefix_sharing: bool = True
     write_queue: int = Field(default=2, ge=1)
-    write_threads: int = Field(default=4, ge=1)
     retry_errors: bool = False
     name: str | None = None
 

@@ -14,12 +14,12 @@ dtype tolerance; "idempotent" means the same keys, not the same bytes).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
 from l2s_data.errors import ConfigError
+from l2s_data.store.contract import STORED_DTYPE, canonical_json, recipe_id
 
 from l2s_data.extract.config import DTYPES, INPUT_VIEWS, PAIR_VIEWS
 
@@ -29,18 +29,13 @@ __all__ = ["RECIPE_FORMAT", "ModelIdentity", "Recipe", "RecipeRef", "make_recipe
 #: Bumped when the meaning of a recipe spec changes (it is part of every spec, so of every id).
 RECIPE_FORMAT = 1
 
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-
-
-def canonical_json(obj: Any) -> str:
-    """Sorted keys, no whitespace, UTF-8: the framing every recipe hash is computed over."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+#: Bytes per stored value, from the store's one dtype table.
+DTYPE_BYTES = {name: dt.itemsize for name, dt in STORED_DTYPE.items()}
 
 
 def local_recipe_id(spec: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON (first 32 hex). Used only where no store is open (dry runs);
-    a run always uses the id that ``Store.put_recipe`` returns."""
-    return hashlib.sha256(canonical_json(spec).encode()).hexdigest()[:32]
+    """The id ``Store.put_recipe`` gives ``spec``, computed without a store (dry runs)."""
+    return recipe_id(spec)
 
 
 @dataclass(frozen=True)

@@ -1,38 +1,73 @@
 """The worker: one shard of samples -> model activations -> one committed store shard per recipe.
 
-:class:`ExtractionWorker` is what a Ray actor will wrap (one per GPU): it is built from a
-picklable :class:`ExtractJob`, loads its own adapter, dataset and store lazily, and exposes
-``run_shard(shard)``. In one process, :meth:`ExtractionWorker.run` pipelines shards: the caller's
-thread computes shard k+1 while a background thread writes and commits shard k (bounded queue,
-so at most ``run.write_queue`` computed shards wait in memory).
+:class:`ExtractionWorker` is what a Ray actor wraps (one per GPU): it is built from a
+picklable :class:`ExtractJob`, opens its own adapter, dataset and store on first use, and
+exposes one unit of work, :meth:`ExtractionWorker.run_shard`. :meth:`ExtractionWorker.run`
+(the in-process loop) runs the same three steps over many shards.
+
+A shard goes through three steps, and all of the worker's concurrency is one bounded
+pipeline over them (:mod:`l2s_data.extract.pipeline`):
+
+1. **prepare** (a thread, ahead): per batch of the plan, load the images, tokenize every view
+   of every sample once, and check it (context length, positions); CPU only;
+2. **compute** (the caller's thread): sampled continuations when the recipe asks for them,
+   then one capture per batch; results gather into the shard's arrays;
+3. **write** (a thread, behind): one Zarr shard per recipe part, committed, and the errors
+   table rows of the samples quarantined on the way.
+
+``run_shard`` prepares ahead batch by batch and writes at the end (its outcome says whether
+the commit won); ``run`` also writes shard k while shard k + 1 computes.
 
 A sample that fails (unreadable image, prompt too long, missing position...) is quarantined in
-the store's errors table with its reason; the rest of the shard goes on.
+the store's errors table with its reason; the rest of the shard goes on. Batches come from the
+plan alone (rows sorted by length, cut every ``batch_size``), minus quarantined samples.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
-import queue
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import torch
+from PIL import Image
 
 from l2s_data.errors import DataSourceError, ExtractionError, InputError
-
 from l2s_data.extract.config import ExtractConfig
-from l2s_data.extract.plan import SampleItem, Shard, ShardPart
+from l2s_data.extract.pipeline import run_pipeline
+from l2s_data.extract.plan import SampleItem, Shard
 from l2s_data.extract.recipe import RecipeRef
 
-__all__ = ["ExtractJob", "PreparedShard", "ShardResult", "ShardOutcome", "ExtractionWorker", "QUARANTINED"]
+if TYPE_CHECKING:
+    from l2s_data.datasets.tables import DatasetTables
+    from l2s_data.models import ContrastiveItem, ModelAdapter
+    from l2s_data.models.adapter import EncodedItems
+    from l2s_data.store import Store
+
+__all__ = ["ExtractJob", "Continuation", "Batch", "ShardResult", "ShardOutcome", "ExtractionWorker", "QUARANTINED"]
 
 #: Errors that belong to one sample: quarantined, never fatal for the shard.
 QUARANTINED = (InputError, DataSourceError)
+
+Key = tuple[str, str, int]  # (view, position, layer)
+Kind = Literal["input", "pair"]
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """How pos/neg completions are continued by generation before they are read."""
+
+    max_new_tokens: int = 0
+    do_sample: bool = False
+    seed: int = 0
+    include_last_generated: bool = False
+
+    @classmethod
+    def of(cls, settings: Mapping[str, object]) -> "Continuation":
+        return cls(int(settings.get("max_new_tokens", 0)), bool(settings.get("do_sample", False)),
+                   int(settings.get("seed", 0)), bool(settings.get("include_last_generated", False)))
 
 
 @dataclass(frozen=True)
@@ -43,9 +78,35 @@ class ExtractJob:
     recipes: Mapping[str, RecipeRef]
 
     @property
-    def completion(self) -> dict[str, Any]:
+    def continuation(self) -> Continuation:
         pair = self.recipes.get("pair")
-        return dict(pair.recipe.completion) if pair else {}
+        return Continuation.of(dict(pair.recipe.completion)) if pair else Continuation()
+
+
+@dataclass(frozen=True)
+class Row:
+    """A sample of a batch, with its image loaded."""
+
+    item: SampleItem
+    image: Image.Image
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A prepared batch: rows that passed the checks, their encodings, and the error rows of
+    the ones that did not. ``kind``: ``pair`` (pos/neg, and input when ``with_input``) or
+    ``input`` (input alone). ``encoded`` is None for input-only batches and for pair batches
+    that are continued by generation (their sequences exist only after it)."""
+
+    shard: Shard
+    kind: Kind
+    with_input: bool
+    rows: tuple[Row, ...]
+    encoded: EncodedItems | None
+    errors: tuple[dict[str, object], ...]
+    first_row: int      # the index of the batch's first planned sample in the shard's row order
+    last: bool          # the shard's last batch
+    seconds: float      # time spent preparing it
 
 
 @dataclass
@@ -58,19 +119,17 @@ class ShardResult:
 
     shard: Shard
     sample_ids: dict[str, list[str]] = field(default_factory=dict)
-    arrays: dict[str, dict[tuple[str, str, int], torch.Tensor]] = field(default_factory=dict)
-    errors: list[dict[str, Any]] = field(default_factory=list)
+    arrays: dict[str, dict[Key, torch.Tensor]] = field(default_factory=dict)
+    errors: list[dict[str, object]] = field(default_factory=list)
     compute_s: float = 0.0
 
+    @property
+    def samples(self) -> int:
+        return len({s for ids in self.sample_ids.values() for s in ids})
 
-@dataclass(frozen=True)
-class PreparedShard:
-    """A shard after loading and checking: ``ready`` rows (item, image) and error rows."""
-
-    shard: Shard
-    ready: list[tuple[SampleItem, Any]]
-    errors: list[dict[str, Any]]
-    seconds: float
+    @property
+    def quarantined(self) -> int:
+        return len({e["sample_id"] for e in self.errors})
 
 
 @dataclass(frozen=True)
@@ -86,47 +145,61 @@ class ShardOutcome:
     write_s: float
 
 
-def _row_order(item: SampleItem) -> tuple[int, str]:
+def row_order(item: SampleItem) -> tuple[int, str]:
     # Batch similar lengths together (less padding); deterministic, from the plan alone.
     extra = len(item.pair[0]) + max(len(item.pair[1]), len(item.pair[2])) if item.pair else 0
     return (len(item.query) + extra, item.sample_id)
 
 
+class _Accumulator:
+    """A shard's computed batches, gathered per recipe kind until the shard is complete."""
+
+    def __init__(self, shard: Shard):
+        self.result = ShardResult(shard)
+        self.chunks: dict[str, list[tuple[list[str], dict[Key, torch.Tensor]]]] = {"input": [], "pair": []}
+
+    def add(self, kind: str, ids: list[str], arrays: dict[Key, torch.Tensor]) -> None:
+        if ids:
+            self.chunks[kind].append((ids, arrays))
+
+    def finish(self, recipes: Mapping[str, RecipeRef]) -> ShardResult:
+        res = self.result
+        for kind, chunks in self.chunks.items():
+            if chunks:
+                res.sample_ids[kind] = [s for ids, _ in chunks for s in ids]
+                res.arrays[kind] = {k: torch.cat([c[k] for _, c in chunks]).float() for k in recipes[kind].recipe.keys()}
+        return res
+
+
 class ExtractionWorker:
     """Computes and commits shards. ``adapter`` / ``store`` / ``dataset`` may be injected (tests,
-    benchmarks); otherwise they are opened from the job's config on first use."""
+    benchmarks); otherwise they are opened from the job's config on first use.
 
-    def __init__(self, job: ExtractJob, *, adapter: Any = None, store: Any = None, dataset: Any = None,
-                 prefetch: bool | None = None):
+    ``prefetch``: prepare the next batches in a thread while the model computes. None (the
+    default) does so when the forward leaves a core free (an accelerator, or fewer torch
+    threads than cores); on a CPU whose cores the forward already uses, the thread would only
+    slow it down.
+    """
+
+    def __init__(self, job: ExtractJob, *, adapter: ModelAdapter | None = None, store: Store | None = None,
+                 dataset: DatasetTables | None = None, prefetch: bool | None = None):
         self.job = job
         self._adapter = adapter
         self._store = store
         self._dataset = dataset
-        # Load-and-check the next shard in a thread while this one runs on the device. By
-        # default off when a CPU forward already uses every core (see _prepared).
-        self._prefetch = prefetch
-        n = job.config.run.write_threads
-        self._write_pool = ThreadPoolExecutor(n, thread_name_prefix="l2s-write") if n > 1 else None
+        self.prefetch = prefetch
+        self._input = job.recipes.get("input")
+        self._pair = job.recipes.get("pair")
 
     # -- lazily opened resources ---------------------------------------------------------
     @property
-    def prefix_sharing(self) -> bool:
-        """The config's choice, unless the adapter package has no prefix-shared path: then the
-        three separate forwards (same keys, same numbers within dtype tolerance)."""
-        if not self.job.config.run.prefix_sharing:
-            return False
-        import importlib.util
-
-        return importlib.util.find_spec("l2s_data.models.prefix") is not None
-
-    @property
-    def adapter(self) -> Any:
+    def adapter(self) -> ModelAdapter:
         if self._adapter is None:
             self._adapter = self.job.config.model.load_adapter()
         return self._adapter
 
     @property
-    def store(self) -> Any:
+    def store(self) -> Store:
         if self._store is None:
             from l2s_data.store import Store
 
@@ -134,187 +207,249 @@ class ExtractionWorker:
         return self._store
 
     @property
-    def dataset(self) -> Any:
+    def dataset(self) -> DatasetTables:
         if self._dataset is None:
             from l2s_data.datasets import read_dataset
 
             self._dataset = read_dataset(self.job.config.data.path)
         return self._dataset
 
-    # -- compute -------------------------------------------------------------------------
-    def _error_rows(self, shard: Shard, item: SampleItem, stage: str, err: BaseException) -> list[dict[str, Any]]:
+    # -- the unit of work ----------------------------------------------------------------
+    def run_shard(self, shard: Shard) -> ShardOutcome:
+        """Prepare, compute, write and commit one shard (the unit a Ray actor retries)."""
+        (outcome,) = self._pipeline([shard], write=True)
+        return outcome
+
+    def run(self, shards: Sequence[Shard], *, on_done: Callable[[ShardOutcome], None] | None = None,
+            write: bool = True) -> list[ShardOutcome]:
+        """:meth:`run_shard` over ``shards``, shard k written while shard k + 1 computes.
+
+        ``write=False`` computes and drops the results (benchmarks: extraction without writes).
+        An error stops the run after the shards already computed are written.
+        """
+        outcomes = []
+        for o in self._pipeline(shards, write=write):
+            outcomes.append(o)
+            if on_done:
+                on_done(o)
+        return outcomes
+
+    def compute_shard(self, shard: Shard) -> ShardResult:
+        """Prepare and compute ``shard`` in this thread; nothing is written (dry-run timing)."""
+        acc = _Accumulator(shard)
+        for batch in self.prepare(shard):
+            self._compute_into(acc, batch)
+        return acc.finish(self.job.recipes)
+
+    def _pipeline(self, shards: Sequence[Shard], *, write: bool) -> Iterator[ShardOutcome]:
+        if not shards:
+            return iter(())
+        _ = self.adapter, self.dataset  # open both in this thread, before the prepare thread starts
+        if write:
+            _ = self.store
+        accs: dict[str, _Accumulator] = {}
+
+        def compute(batch: Batch) -> Iterator[ShardResult]:
+            acc = accs.setdefault(batch.shard.shard_id, _Accumulator(batch.shard))
+            self._compute_into(acc, batch)
+            if batch.last:
+                yield accs.pop(batch.shard.shard_id).finish(self.job.recipes)
+
+        def dropped(res: ShardResult) -> ShardOutcome:
+            return ShardOutcome(res.shard.shard_id, res.samples, 0, res.quarantined, {}, res.compute_s, 0.0)
+
+        def written(res: ShardResult) -> ShardOutcome:
+            try:
+                return self.write_shard(res)
+            except Exception as err:  # the store's own error, named, with the shard
+                raise ExtractionError(f"writing shard {res.shard.shard_id} to {self.job.config.run.store!r} "
+                                      f"failed: {err}") from err
+
+        return run_pipeline(shards, self.prepare, compute, written if write else dropped,
+                            depth=self.job.config.run.write_queue, ahead=self._ahead())
+
+    def _ahead(self) -> bool:
+        if self.prefetch is not None:
+            return self.prefetch
+        return self.adapter.device.type != "cpu" or torch.get_num_threads() < (os.cpu_count() or 1)
+
+    # -- prepare -------------------------------------------------------------------------
+    def _error_rows(self, shard: Shard, item: SampleItem, stage: str, err: BaseException) -> list[dict[str, object]]:
         """One errors-table row per recipe part of ``shard`` that needed ``item``."""
         return [{"recipe_id": part.recipe_id, "sample_id": item.sample_id, "stage": stage,
                  "error_type": type(err).__name__, "message": str(err), "shard": part.shard_id}
                 for part in shard.parts if item.sample_id in part.sample_ids]
 
-    def prepare_shard(self, shard: Shard) -> PreparedShard:
-        """Load every image of ``shard`` and run ``adapter.check`` on it (CPU only, no forward).
-
-        Failures become error rows (stage ``load`` or ``check``); the rest is ready to run.
-        """
-        t0 = time.perf_counter()
+    def _groups(self, shard: Shard) -> list[tuple[Kind, bool, list[SampleItem]]]:
+        """The shard's samples by what they need: pair views with input, pair views alone,
+        input alone; each sorted by length."""
         need = {p.kind: set(p.sample_ids) for p in shard.parts}
-        system = self.job.config.behavior.system
-        ready: list[tuple[SampleItem, Any]] = []
-        errors: list[dict[str, Any]] = []
-        for item in sorted(shard.items, key=_row_order):
-            if not any(item.sample_id in ids for ids in need.values()):
-                continue
-            try:
-                image = self.dataset.load_image(item.sample_id)
-                self._check(item, image, need, system)
-            except QUARANTINED as err:
-                errors += self._error_rows(shard, item, "load" if isinstance(err, DataSourceError) else "check", err)
-                continue
-            ready.append((item, image))
-        return PreparedShard(shard, ready, errors, time.perf_counter() - t0)
+        pair, inp = need.get("pair", set()), need.get("input", set())
+        items = sorted(shard.items, key=row_order)
+        return [("pair", True, [it for it in items if it.sample_id in pair and it.sample_id in inp]),
+                ("pair", False, [it for it in items if it.sample_id in pair and it.sample_id not in inp]),
+                ("input", True, [it for it in items if it.sample_id in inp and it.sample_id not in pair])]
 
-    def compute_shard(self, shard: Shard, prepared: PreparedShard | None = None) -> ShardResult:
-        """Load, check and run every sample of ``shard``; nothing is written.
+    def prepare(self, shard: Shard) -> Iterator[Batch]:
+        """The shard's batches, each loaded, tokenized and checked (CPU only, no forward).
 
-        ``prepared`` (from :meth:`prepare_shard`, possibly run ahead in another thread) skips
-        the load-and-check step.
+        Failures become error rows (stage ``load`` or ``check``) of the batch they were in.
+        A shard with no sample to run still yields one empty last batch, so that it gets an
+        outcome.
         """
-        from l2s_data.models import ChatInput, ContrastiveItem
-
-        prep = prepared if prepared is not None else self.prepare_shard(shard)
-        t0 = time.perf_counter()
-        res = ShardResult(shard, errors=list(prep.errors))
-        need = {p.kind: set(p.sample_ids) for p in shard.parts}
-        system = self.job.config.behavior.system
-        rin, rpair = self.job.recipes.get("input"), self.job.recipes.get("pair")
-
-        def quarantine(item: SampleItem, stage: str, err: BaseException) -> None:
-            res.errors.extend(self._error_rows(shard, item, stage, err))
-
-        ready = list(prep.ready)
-        if rpair is not None and self.job.completion.get("max_new_tokens", 0) > 0:
-            ready = self._extend_completions(ready, need.get("pair", set()), system, quarantine)
-
-        pair_rows = [(it, im) for it, im in ready if it.sample_id in need.get("pair", ())]
-        input_only = [(it, im) for it, im in ready
-                      if it.sample_id in need.get("input", ()) and it.sample_id not in need.get("pair", ())]
         bs = self.job.config.run.batch_size
-        outs: dict[str, list[tuple[list[str], dict[tuple[str, str, int], torch.Tensor]]]] = {"input": [], "pair": []}
+        cuts = [(kind, with_input, items[i:i + bs]) for kind, with_input, items in self._groups(shard)
+                for i in range(0, len(items), bs)]
+        if not cuts:
+            cuts = [("pair", False, [])]
+        order = {it.sample_id: k for k, it in enumerate(sorted(shard.items, key=row_order))}
+        for n, (kind, with_input, items) in enumerate(cuts):
+            t0 = time.perf_counter()
+            rows, encs, errors = [], [], []
+            for item in items:
+                try:
+                    image = self.dataset.load_image(item.sample_id)
+                    enc = self._encode_checked(kind, with_input, item, image)
+                except QUARANTINED as err:
+                    stage = "load" if isinstance(err, DataSourceError) else "check"
+                    errors += self._error_rows(shard, item, stage, err)
+                    continue
+                rows.append(Row(item, image))
+                encs.append(enc)
+            encoded = None
+            if rows and kind == "pair" and not self.job.continuation.max_new_tokens:
+                from l2s_data.models.adapter import EncodedItems
 
-        def items_of(batch: list[tuple[SampleItem, Any]]) -> tuple[list[Any], bool]:
-            items = [ContrastiveItem(im, it.query, it.pair[0], it.pair[1], it.pair[2], system) for it, im in batch]
-            # The input branch is skipped (empty layers) when no row of the batch needs it.
-            with_input = rin is not None and any(it.sample_id in need.get("input", ()) for it, _ in batch)
-            return items, with_input
+                encoded = EncodedItems.concat(encs)
+            first = order[items[0].sample_id] if items else 0
+            yield Batch(shard, kind, with_input, tuple(rows), encoded, tuple(errors), first, n == len(cuts) - 1,
+                        time.perf_counter() - t0)
 
-        def encode(batch: list[tuple[SampleItem, Any]]) -> Any:
-            items, with_input = items_of(batch)
-            return self.adapter.encode_contrastive(items, (["input"] if with_input else []) + ["pos", "neg"])
+    def _views(self, with_input: bool) -> list[str]:
+        return (["input"] if with_input else []) + ["pos", "neg"]
 
-        def contrastive(batch: list[tuple[SampleItem, Any]], encoded: Any = None) -> dict[tuple[str, str, int], torch.Tensor]:
-            items, with_input = items_of(batch)
-            return self.adapter.capture_contrastive(
-                items,
-                input_layers=list(rin.recipe.layers) if with_input else [],
-                input_positions=list(rin.recipe.positions) if with_input else [],
-                pair_layers=list(rpair.recipe.layers), pair_positions=list(rpair.recipe.positions),
-                prefix_sharing=self.prefix_sharing, encoded=encoded)
+    def _want(self, with_input: bool) -> dict[str, list[str]]:
+        pair = list(self._pair.recipe.positions)
+        want = {"pos": pair, "neg": pair}
+        if with_input:
+            want["input"] = list(self._input.recipe.positions)
+        return want
 
-        def plain(batch: list[tuple[SampleItem, Any]]) -> dict[tuple[str, str, int], torch.Tensor]:
-            got = self.adapter.capture([ChatInput(im, it.query, system=system) for it, im in batch],
-                                       layers=list(rin.recipe.layers), positions=list(rin.recipe.positions))
-            return {("input", p, layer): t for (p, layer), t in got.items()}
+    def _contrastive(self, row: Row, continuations: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+                     ) -> ContrastiveItem:
+        from l2s_data.models import ContrastiveItem
 
-        pair_batches = [pair_rows[i:i + bs] for i in range(0, len(pair_rows), bs)]
-        input_batches = [input_only[i:i + bs] for i in range(0, len(input_only), bs)]
-        # Lazy: each pair batch's fn is made just before it runs, so the next batch's encoding
-        # overlaps this batch's forward.
-        runs = itertools.chain(
-            ((b, fn, True) for b, fn in zip(pair_batches, self._encoded_ahead(pair_batches, encode, contrastive))),
-            ((b, plain, False) for b in input_batches))
-        for batch, fn, is_pair in runs:
-            for ok, out in self._run_batch(batch, fn, quarantine):
-                ids = [it.sample_id for it, _ in ok]
-                if rin is not None:
-                    in_ids = [s for s in ids if s in need.get("input", ())]
-                    if in_ids:
-                        sel = _select(ids, in_ids)
-                        outs["input"].append((in_ids, {k: _take(out[k], sel) for k in _keys(rin)}))
-                if is_pair:
-                    outs["pair"].append((ids, {k: out[k] for k in _keys(rpair)}))
+        suffix, pos, neg = row.item.pair
+        cont = continuations or (None, None)
+        return ContrastiveItem(row.image, row.item.query, suffix, pos, neg, self.job.config.behavior.system,
+                               cont[0], cont[1])
 
-        for kind, chunks in outs.items():
-            if not chunks:
-                continue
-            ref = self.job.recipes[kind]
-            res.sample_ids[kind] = [s for ids, _ in chunks for s in ids]
-            res.arrays[kind] = {k: torch.cat([c[k] for _, c in chunks]).float() for k in _keys(ref)}
-        res.compute_s = prep.seconds + time.perf_counter() - t0
-        return res
+    def _encode_checked(self, kind: Kind, with_input: bool, item: SampleItem, image: Image.Image
+                        ) -> EncodedItems | None:
+        """Tokenize one sample's views and check them; raises what a capture would raise."""
+        from l2s_data.models import ChatInput
 
-    def _check(self, item: SampleItem, image: Any, need: Mapping[str, set[str]], system: str | None) -> None:
-        """``adapter.check`` for one sample: the views it needs, at the recipes' layers and positions.
+        if kind == "input":
+            self.adapter.check(ChatInput(image, item.query, system=self.job.config.behavior.system),
+                               layers=self._input.recipe.layers, positions=self._input.recipe.positions)
+            return None
+        enc = self.adapter.encode_contrastive([self._contrastive(Row(item, image))], self._views(with_input))
+        self.adapter.check_encoded(enc, self._want(with_input))
+        return enc
 
-        A sample that needs pair views is checked as a ContrastiveItem (one image-processor
-        call, all three views); the adapter checks completion positions on pos/neg only.
-        """
-        from l2s_data.models import ChatInput, ContrastiveItem
+    # -- compute -------------------------------------------------------------------------
+    def _compute_into(self, acc: _Accumulator, batch: Batch) -> None:
+        t0 = time.perf_counter()
+        res = acc.result
+        res.errors.extend(batch.errors)
+        rows, encoded = list(batch.rows), batch.encoded
+        if rows and batch.kind == "pair" and self.job.continuation.max_new_tokens:
+            rows, encoded = self._continue(batch, res.errors)
+        if rows:
+            run = self._capture_pair if batch.kind == "pair" else self._capture_input
+            for ok, out in self._run_batch(batch, rows, encoded, run, res.errors):
+                ids = [r.item.sample_id for r in ok]
+                if batch.with_input:
+                    acc.add("input", ids, {k: out[k] for k in self._input.recipe.keys()})
+                if batch.kind == "pair":
+                    acc.add("pair", ids, {k: out[k] for k in self._pair.recipe.keys()})
+        res.compute_s += batch.seconds + time.perf_counter() - t0
 
-        rin, rpair = self.job.recipes.get("input"), self.job.recipes.get("pair")
-        wants_in = rin is not None and item.sample_id in need.get("input", ())
-        if rpair is not None and item.sample_id in need.get("pair", ()):
-            layers = set(rpair.recipe.layers) | (set(rin.recipe.layers) if wants_in else set())
-            positions = set(rpair.recipe.positions) | (set(rin.recipe.positions) if wants_in else set())
-            self.adapter.check(ContrastiveItem(image, item.query, *item.pair, system=system),
-                               layers=sorted(layers), positions=sorted(positions))
-        elif wants_in:
-            self.adapter.check(ChatInput(image, item.query, system=system),
-                               layers=rin.recipe.layers, positions=rin.recipe.positions)
+    def _capture_pair(self, batch: Batch, rows: list[Row], encoded: EncodedItems) -> dict[Key, torch.Tensor]:
+        with_input = batch.with_input
+        return self.adapter.capture_contrastive(
+            [self._contrastive(r) for r in rows],
+            input_layers=list(self._input.recipe.layers) if with_input else [],
+            input_positions=list(self._input.recipe.positions) if with_input else [],
+            pair_layers=list(self._pair.recipe.layers), pair_positions=list(self._pair.recipe.positions),
+            prefix_sharing=self.job.config.run.prefix_sharing, encoded=encoded)
 
-    def _extend_completions(self, ready, need_pair, system, quarantine):
-        """Continuation: P_c and N_c each extended by up to max_new_tokens generated tokens.
+    def _capture_input(self, batch: Batch, rows: list[Row], encoded: None) -> dict[Key, torch.Tensor]:
+        from l2s_data.models import ChatInput
 
-        Seeded per shard batch, so a rerun of the same plan samples the same tokens (on the same
-        device). The extended completions are re-checked against the context length.
+        got = self.adapter.capture([ChatInput(r.image, r.item.query, system=self.job.config.behavior.system)
+                                    for r in rows],
+                                   layers=list(self._input.recipe.layers), positions=list(self._input.recipe.positions))
+        return {("input", p, layer): t for (p, layer), t in got.items()}
+
+    def continuations(self, rows: Sequence[Row], seed: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """Generated token ids that continue each row's positive and negative completion.
+
+        One ``generate`` call per side for the whole batch, seeded with ``seed``; the ids
+        are what the model generated (end of sequence and padding dropped, the last one too
+        unless ``include_last_generated``), never decoded text.
         """
         from l2s_data.models import ChatInput
 
-        comp = self.job.completion
-        bs = self.job.config.run.batch_size
-        out = []
-        rows = [(it, im) for it, im in ready if it.sample_id in need_pair]
-        rest = [(it, im) for it, im in ready if it.sample_id not in need_pair]
-        for start in range(0, len(rows), bs):
-            batch = rows[start:start + bs]
-            ext: list[list[str]] = []
-            for idx in (1, 2):
-                chats = [ChatInput(im, it.query, it.pair[0], it.pair[idx], system) for it, im in batch]
-                ext.append(self.adapter.generate(chats, max_new_tokens=int(comp["max_new_tokens"]),
-                                                 do_sample=bool(comp.get("do_sample", False)),
-                                                 seed=int(comp.get("seed", 0)) + start))
-            for j, (it, im) in enumerate(batch):
-                new = SampleItem(it.sample_id, it.query, (it.pair[0], it.pair[1] + ext[0][j], it.pair[2] + ext[1][j]))
-                try:
-                    self._check(new, im, {"pair": need_pair}, system)
-                except QUARANTINED as err:
-                    quarantine(it, "check", err)
-                    continue
-                out.append((new, im))
-        return out + rest
+        c = self.job.continuation
+        system = self.job.config.behavior.system
+        sides = []
+        for idx in (1, 2):
+            chats = [ChatInput(r.image, r.item.query, r.item.pair[0], r.item.pair[idx], system) for r in rows]
+            sides.append(self.adapter.generate_ids(chats, max_new_tokens=c.max_new_tokens, do_sample=c.do_sample,
+                                                   seed=seed, include_last=c.include_last_generated))
+        return list(zip(sides[0], sides[1], strict=True))
 
-    def _run_batch(self, batch, fn: Callable, quarantine) -> Iterable[tuple[list, dict]]:
+    def generation_seed(self, batch: Batch) -> int:
+        """The seed of a batch's continuations: the recipe's seed plus the index of the batch's
+        first planned sample in its shard's row order (from the plan alone, so a rerun of the
+        same plan samples the same tokens on the same device)."""
+        return self.job.continuation.seed + batch.first_row
+
+    def _continue(self, batch: Batch, errors: list[dict[str, object]]) -> tuple[list[Row], EncodedItems | None]:
+        """Continue the batch's completions and encode the extended sequences; samples whose
+        extended sequences fail the checks (e.g. too long) are quarantined."""
+        from l2s_data.models.adapter import EncodedItems
+
+        rows = list(batch.rows)
+        conts = self.continuations(rows, self.generation_seed(batch))
+        ok, encs = [], []
+        for row, cont in zip(rows, conts, strict=True):
+            try:
+                enc = self.adapter.encode_contrastive([self._contrastive(row, cont)], self._views(batch.with_input))
+                self.adapter.check_encoded(enc, self._want(batch.with_input))
+            except QUARANTINED as err:
+                errors.extend(self._error_rows(batch.shard, row.item, "check", err))
+                continue
+            ok.append(row)
+            encs.append(enc)
+        return ok, (EncodedItems.concat(encs) if encs else None)
+
+    def _run_batch(self, batch: Batch, rows: list[Row], encoded: EncodedItems | None, fn: Callable,
+                   errors: list[dict[str, object]]) -> list[tuple[list[Row], dict[Key, torch.Tensor]]]:
         """Run a batch; if one sample breaks it, rerun one by one and quarantine the culprit."""
-        if not batch:
-            return []
         try:
-            return [(batch, fn(batch))]
+            return [(rows, fn(batch, rows, encoded))]
         except QUARANTINED as err:
-            if len(batch) == 1:
-                quarantine(batch[0][0], "forward", err)
+            if len(rows) == 1:
+                errors.extend(self._error_rows(batch.shard, rows[0].item, "forward", err))
                 return []
         done = []
-        for row in batch:
+        for i, row in enumerate(rows):
             try:
-                done.append(([row], fn([row])))
+                done.append(([row], fn(batch, [row], None if encoded is None else encoded.select([i]))))
             except QUARANTINED as err:
-                quarantine(row[0], "forward", err)
+                errors.extend(self._error_rows(batch.shard, row.item, "forward", err))
         return done
 
     # -- write ---------------------------------------------------------------------------
@@ -329,136 +464,12 @@ class ExtractionWorker:
                 continue
             ref = self.job.recipes[part.kind]
             arrays = result.arrays[part.kind]
-            dtype = ref.recipe.store_dtype
-            keys_ = ref.recipe.keys()
             with self.store.shard_writer(part.shard_id, part.recipe_id, ids) as w:
-                # The first key alone (it creates the attempt's folder), then the others from a
-                # few threads: each key is its own Zarr array, a few mkdirs and file creates of
-                # mostly I/O wait (about 2-4 ms with the store's direct writer), which threads
-                # overlap.
-                w.write(*keys_[0], arrays[keys_[0]].numpy(), dtype=dtype)
-                rest = [(k, arrays[k].numpy()) for k in keys_[1:]]
-                if self._write_pool is None or len(rest) < 2:
-                    for k, a in rest:
-                        w.write(*k, a, dtype=dtype)
-                else:
-                    list(self._write_pool.map(lambda ka: w.write(*ka[0], ka[1], dtype=dtype), rest))
-            won[part.kind] = bool(getattr(w, "won", True))
+                for k in ref.recipe.keys():
+                    w.write(*k, arrays[k].numpy(), dtype=ref.recipe.store_dtype)
+            won[part.kind] = bool(w.won)
             keys += len(ids) * ref.recipe.keys_per_sample
         if result.errors:
             self.store.put_errors(result.errors)
-        n = len(set().union(*map(set, result.sample_ids.values()))) if result.sample_ids else 0
-        return ShardOutcome(result.shard.shard_id, n, keys, len({e["sample_id"] for e in result.errors}),
+        return ShardOutcome(result.shard.shard_id, result.samples, keys, result.quarantined,
                             won, result.compute_s, time.perf_counter() - t0)
-
-    def _run_ahead(self) -> bool:
-        """Whether to prepare the next shard / encode the next batch in a thread."""
-        if self._prefetch is not None:
-            return self._prefetch
-        # auto: when the forward leaves a core free (an accelerator, or fewer torch threads
-        # than cores), the processor and the image loads run on it
-        return self.adapter.device.type != "cpu" or torch.get_num_threads() < (os.cpu_count() or 1)
-
-    def _encoded_ahead(self, batches: list[list[Any]], encode: Callable, run: Callable) -> Iterator[Callable]:
-        """Per batch in order, a ``fn(rows)`` for :meth:`_run_batch`: with run-ahead on, the
-        processor has already encoded that batch in a thread while the previous one computed.
-
-        A batch whose encoding failed, or a retry of single rows, encodes again in ``run``, so
-        errors surface (and are quarantined) exactly as without run-ahead.
-        """
-        if not self._run_ahead() or len(batches) < 2:
-            for _ in batches:
-                yield run
-            return
-        with ThreadPoolExecutor(1, thread_name_prefix="l2s-encode") as pool:
-            nxt = pool.submit(encode, batches[0])
-            for i, batch in enumerate(batches):
-                try:
-                    enc = nxt.result()
-                except Exception:  # noqa: BLE001 - re-raised by the plain path, per sample
-                    enc = None
-                if i + 1 < len(batches):
-                    nxt = pool.submit(encode, batches[i + 1])
-                yield lambda rows, _b=batch, _e=enc: run(rows, _e if rows is _b else None)
-
-    def _prepared(self, shards: Sequence[Shard]) -> Iterator[PreparedShard | None]:
-        """Yields, per shard in order, its PreparedShard (prefetching one ahead) or None."""
-        prefetch = self._run_ahead()
-        if not prefetch or not shards:
-            for _ in shards:
-                yield None
-            return
-        _ = self.adapter, self.dataset  # load both in this thread, before the helper starts
-        with ThreadPoolExecutor(1, thread_name_prefix="l2s-prepare") as pool:
-            nxt = pool.submit(self.prepare_shard, shards[0])
-            for i in range(len(shards)):
-                cur = nxt.result()
-                if i + 1 < len(shards):
-                    nxt = pool.submit(self.prepare_shard, shards[i + 1])
-                yield cur
-
-    def run_shard(self, shard: Shard) -> ShardOutcome:
-        """Compute and commit one shard (the unit a Ray actor retries)."""
-        return self.write_shard(self.compute_shard(shard))
-
-    def run(self, shards: Sequence[Shard], *, on_done: Callable[[ShardOutcome], None] | None = None,
-            write: bool = True) -> list[ShardOutcome]:
-        """Compute shards in this thread while a background thread writes the previous ones.
-
-        ``write=False`` computes and drops the results (benchmarks: extraction without writes).
-        An error in either thread stops the run after the shards already computed are written.
-        """
-        outcomes: list[ShardOutcome] = []
-        prepared = self._prepared(shards)
-        if not write:
-            for shard in shards:
-                r = self.compute_shard(shard, next(prepared))
-                o = ShardOutcome(shard.shard_id, len(set().union(*map(set, r.sample_ids.values()))), 0,
-                                 len({e["sample_id"] for e in r.errors}), {}, r.compute_s, 0.0)
-                outcomes.append(o)
-                if on_done:
-                    on_done(o)
-            return outcomes
-        _ = self.store  # open it here, not inside the writer thread
-        q: queue.Queue[ShardResult | None] = queue.Queue(maxsize=self.job.config.run.write_queue)
-        failed: list[BaseException] = []
-
-        def writer() -> None:
-            while (res := q.get()) is not None:
-                if failed:
-                    continue  # drain so the producer never blocks on a dead consumer
-                try:
-                    o = self.write_shard(res)
-                    outcomes.append(o)
-                    if on_done:
-                        on_done(o)
-                except BaseException as err:  # re-raised in the caller's thread below
-                    failed.append(err)
-
-        t = threading.Thread(target=writer, name="l2s-shard-writer", daemon=True)
-        t.start()
-        try:
-            for shard in shards:
-                if failed:
-                    break
-                q.put(self.compute_shard(shard, next(prepared)))
-        finally:
-            q.put(None)
-            t.join()
-            prepared.close()
-        if failed:
-            raise ExtractionError(f"writing a shard to {self.job.config.run.store!r} failed: {failed[0]}") from failed[0]
-        return outcomes
-
-
-def _keys(ref: RecipeRef) -> list[tuple[str, str, int]]:
-    return ref.recipe.keys()
-
-
-def _select(ids: Sequence[str], wanted: Sequence[str]) -> torch.Tensor:
-    pos = {s: i for i, s in enumerate(ids)}
-    return torch.tensor([pos[s] for s in wanted], dtype=torch.long)
-
-
-def _take(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    return t.index_select(0, rows) if rows.numel() != t.shape[0] else t

@@ -1,6 +1,6 @@
 """Model layer: load an MLLM from a local directory, format chats, capture and steer.
 
-Public API (CONTRACTS.md A)::
+Public API::
 
     from l2s_data.models import FAMILIES, POSITIONS, ChatInput, ContrastiveItem, ModelAdapter, \\
         load_adapter, make_tiny

@@ -10,19 +10,41 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from l2s_data.errors import InputError, LayerIndexError, PositionError, PromptTooLongError
 from l2s_data.models import families
-from l2s_data.models.encoding import Encoded, encode, position_weights
+from l2s_data.models.encoding import Encoded, encode, plan_sequences, position_weights
 from l2s_data.models.gather import Gather, StopForward, layer_hooks, layer_output, to_cpu
 from l2s_data.models.types import POSITIONS, ChatInput, ContrastiveItem
 
-__all__ = ["ModelAdapter"]
+__all__ = ["ModelAdapter", "EncodedItems"]
+
+
+@dataclass(frozen=True)
+class EncodedItems:
+    """Items tokenized for a contrastive capture: ``views[v][i]`` is item i's sequence of view
+    ``v``; ``vision`` holds their images, row i = item i (:meth:`ModelAdapter.encode_contrastive`)."""
+
+    views: dict[str, list[Encoded]]
+    vision: families.Vision
+
+    def __len__(self) -> int:
+        return len(self.vision.n_tokens)
+
+    @staticmethod
+    def concat(parts: Sequence["EncodedItems"]) -> "EncodedItems":
+        """The items of ``parts``, in order (the parts must hold the same views)."""
+        views = {v: [e for p in parts for e in p.views[v]] for v in parts[0].views}
+        return EncodedItems(views, families.Vision.concat([p.vision for p in parts]))
+
+    def select(self, rows: Sequence[int]) -> "EncodedItems":
+        """Items ``rows``, in this order."""
+        return EncodedItems({v: [e[i] for i in rows] for v, e in self.views.items()}, self.vision.select(rows))
 
 
 class ModelAdapter:
@@ -108,6 +130,8 @@ class ModelAdapter:
                 f"(query starts {enc.text[:60]!r})."
             )
         for p in positions:
+            if p == "user_last":  # always readable: on the sequence, or on the user turn alone
+                continue
             try:
                 position_weights(enc, p)
             except PositionError as exc:
@@ -126,13 +150,21 @@ class ModelAdapter:
         if isinstance(item, ContrastiveItem):
             for view, chat in item.views().items():
                 wanted = positions if view != "input" else [p for p in positions if not p.startswith("completion")]
-                self._check_encoded(self._encode(chat, vision.n_tokens[0]), wanted, f"view {view!r}")
+                self._check_encoded(self.encode_chat(chat, vision.n_tokens[0]), wanted, f"view {view!r}")
         else:
-            self._check_encoded(self._encode(item, vision.n_tokens[0]), positions, "item")
+            self._check_encoded(self.encode_chat(item, vision.n_tokens[0]), positions, "item")
+
+    def check_encoded(self, encoded: EncodedItems, want: Mapping[str, Sequence[str]]) -> None:
+        """Raise for the first item of ``encoded`` whose views cannot be read at ``want``
+        (view -> positions): :class:`PromptTooLongError` or :class:`PositionError`."""
+        for v, positions in want.items():
+            for i, enc in enumerate(encoded.views[v]):
+                self._check_encoded(enc, positions, f"view {v!r} of item {i}")
 
     # --- batching ------------------------------------------------------------------------
 
-    def _encode(self, item: ChatInput, n_image_tokens: int) -> Encoded:
+    def encode_chat(self, item: ChatInput, n_image_tokens: int) -> Encoded:
+        """Tokenize one chat whose image expands to ``n_image_tokens`` tokens."""
         if not isinstance(item.query, str) or not isinstance(item.suffix, str):
             raise InputError(f"query and suffix must be strings, got {type(item.query).__name__} / "
                              f"{type(item.suffix).__name__}.")
@@ -141,7 +173,7 @@ class ModelAdapter:
     def encode_items(self, items: Sequence[ChatInput]) -> tuple[list[Encoded], families.Vision]:
         """Tokenize ``items`` (one image-processor call for all images)."""
         vision = families.process_images(self.family, self.processor, [it.image for it in items])
-        return [self._encode(it, n) for it, n in zip(items, vision.n_tokens, strict=True)], vision
+        return [self.encode_chat(it, n) for it, n in zip(items, vision.n_tokens, strict=True)], vision
 
     def pad_left(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-pad token lists: ids [R, L], attention mask [R, L] (CPU)."""
@@ -176,26 +208,22 @@ class ModelAdapter:
 
     # --- capture -------------------------------------------------------------------------
 
-    def _validate(self, encs: Sequence[Encoded], positions: Sequence[str], label: str) -> None:
-        for i, enc in enumerate(encs):
-            self._check_encoded(enc, positions, f"{label} {i}")
-
-    def _run_rows(self, gather: Gather, view_rows: dict, encs_by_row: list[Encoded], images: list[int],
-                  vision: families.Vision) -> None:
-        """One full left-padded forward of ``encs_by_row``; ``view_rows[key] = [(row, out_row)]``."""
-        ids, mask = self.pad_left([e.ids for e in encs_by_row])
+    def run_sequence(self, gather: Gather, encs: Sequence[Encoded], reads: Sequence[tuple[tuple, str]],
+                     vision: families.Vision) -> None:
+        """One full left-padded forward of ``encs`` (row i = item i, image i); ``reads`` lists
+        (gather key, position) pairs, each read into result row i of its key."""
+        ids, mask = self.pad_left([e.ids for e in encs])
+        images = list(range(len(encs)))
         pos = self.positions_for(ids, mask, vision, images)
         width = ids.shape[1]
         entries = {}
-        for key, rows in view_rows.items():
+        for key, position in reads:
             src, dst, w = [], [], []
-            position = key[-1]
-            for r, out_row in rows:
-                enc = encs_by_row[r]
+            for r, enc in enumerate(encs):
                 base = r * width + (width - len(enc))
                 for t, weight in position_weights(enc, position):
                     src.append(base + t)
-                    dst.append(out_row)
+                    dst.append(r)
                     w.append(weight)
             entries[key] = (src, dst, w)
         gather.set_pass(entries)
@@ -208,38 +236,40 @@ class ModelAdapter:
         """Layer outputs at named positions: key (position, layer) -> float32 [B, D] on CPU.
 
         Row i is ``items[i]``; layer k is the output of decoder layer k (0-based). One
-        left-padded forward for the whole batch.
+        left-padded forward for the whole batch (two when ``user_last`` is not a token of the
+        sequences: see :func:`plan_sequences`).
         """
         layers = self.check_layers(layers)
         positions = self.check_positions(positions)
         if not items:
             return {}
         encs, vision = self.encode_items(items)
-        self._validate(encs, positions, "item")
-        b = len(items)
-        gather = Gather({(p,): (layers, b) for p in positions}, self.hidden_size, self.device,
+        for i, enc in enumerate(encs):
+            self._check_encoded(enc, positions, f"item {i}")
+        gather = Gather({(p,): (layers, len(items)) for p in positions}, self.hidden_size, self.device,
                         stop_early=self.stop_early)
-        rows = [(i, i) for i in range(b)]
-        self._run_rows(gather, {(p,): rows for p in positions}, encs, list(range(b)), vision)
+        seqs, reads = plan_sequences({"item": encs}, {"item": positions}, key=lambda _v, p: (p,))
+        for name, got in seqs.items():
+            self.run_sequence(gather, got, reads[name], vision)
         out = {(key[0], layer): gather.get(key, layer) for key, layer in gather.keys()}
         return to_cpu(out)
 
-    def encode_contrastive(self, items: Sequence[ContrastiveItem], views: Sequence[str]):
-        """Encoded views of every item: ``{view: [Encoded per item]}``, and the images."""
+    def encode_contrastive(self, items: Sequence[ContrastiveItem], views: Sequence[str]) -> EncodedItems:
+        """Encoded views of every item (one image-processor call for all images)."""
         vision = families.process_images(self.family, self.processor, [it.image for it in items])
-        encs = {v: [] for v in views}
+        encs: dict[str, list[Encoded]] = {v: [] for v in views}
         for it, n in zip(items, vision.n_tokens, strict=True):
             chats = it.views()
             for v in views:
-                encs[v].append(self._encode(chats[v], n))
-        return encs, vision
+                encs[v].append(self.encode_chat(chats[v], n))
+        return EncodedItems(encs, vision)
 
     @torch.inference_mode()
     def capture_contrastive(self, items: Sequence[ContrastiveItem], *, input_layers: Sequence[int],
                             input_positions: Sequence[str], pair_layers: Sequence[int],
                             pair_positions: Sequence[str],
                             prefix_sharing: bool = True,
-                            encoded: Any = None) -> dict[tuple[str, str, int], torch.Tensor]:
+                            encoded: EncodedItems | None = None) -> dict[tuple[str, str, int], torch.Tensor]:
         """The ``input``, ``pos``, ``neg`` and ``p2s`` views of every item.
 
         Key (view, position, layer) -> float32 [B, D] on CPU, row i = ``items[i]``. ``input``
@@ -247,13 +277,14 @@ class ModelAdapter:
         ``pair_positions`` x ``pair_layers``. ``p2s = pos - neg`` is taken in float32 on the
         device from the float32 gathers, before anything is down-cast or moved.
 
-        ``prefix_sharing=True`` runs the common token prefix of the three sequences once with a
+        ``prefix_sharing=True`` runs the common token prefix of the sequences once with a
         KV cache and the branches as continuations, pos and neg in one call
-        (:mod:`l2s_data.models.prefix`); ``False`` runs three separate forwards (the reference).
-        Either way, forwards stop after the deepest requested layer (:attr:`stop_early`).
+        (:mod:`l2s_data.models.prefix`); ``False`` runs one forward per sequence (the
+        reference). Either way, forwards stop after the deepest requested layer
+        (:attr:`stop_early`).
 
-        ``encoded``: the result of :meth:`encode_contrastive` for these items and views, when a
-        caller ran the processor ahead (e.g. in a thread while the previous batch computed).
+        ``encoded``: :meth:`encode_contrastive` of these items for the views asked for, when
+        a caller ran the processor ahead (e.g. in a thread while the previous batch computed).
         """
         input_layers = self.check_layers(input_layers)
         pair_layers = self.check_layers(pair_layers)
@@ -264,23 +295,24 @@ class ModelAdapter:
         views = [v for v, (ls, ps) in want.items() if ls and ps]
         if not items or not views:
             return {}
-        encs, vision = encoded if encoded is not None else self.encode_contrastive(items, views)
-        if set(encs) != set(views):
-            raise InputError(f"encoded inputs hold views {sorted(encs)}, but the layers and positions "
-                             f"asked for need {sorted(views)}; encode with the same views")
-        for v in views:
-            self._validate(encs[v], want[v][1], f"view {v!r} of item")
+        if encoded is None:
+            encoded = self.encode_contrastive(items, views)
+        if set(encoded.views) != set(views) or len(encoded) != len(items):
+            raise InputError(f"encoded inputs hold views {sorted(encoded.views)} of {len(encoded)} items, but "
+                             f"the layers and positions asked for need {sorted(views)} of {len(items)}; "
+                             "encode the same items with the same views")
+        self.check_encoded(encoded, {v: want[v][1] for v in views})
         b = len(items)
         keys = {(v, p): (want[v][0], b) for v in views for p in want[v][1]}
         gather = Gather(keys, self.hidden_size, self.device, stop_early=self.stop_early)
+        seqs, reads = plan_sequences(encoded.views, {v: want[v][1] for v in views}, key=lambda v, p: (v, p))
         if prefix_sharing:
             from l2s_data.models.prefix import run_prefix_shared
 
-            run_prefix_shared(self, gather, encs, vision, views, want)
+            run_prefix_shared(self, gather, seqs, encoded.vision, reads)
         else:
-            for v in views:
-                rows = [(i, i) for i in range(b)]
-                self._run_rows(gather, {(v, p): rows for p in want[v][1]}, encs[v], list(range(b)), vision)
+            for name, got in seqs.items():
+                self.run_sequence(gather, got, reads[name], encoded.vision)
         out = {(v, p, layer): gather.get((v, p), layer) for (v, p), layer in gather.keys()}
         if "pos" in views:
             for p in pair_positions:
@@ -321,24 +353,53 @@ class ModelAdapter:
             handle.remove()
 
     def generation_inputs(self, items: Sequence[ChatInput]) -> dict[str, torch.Tensor]:
-        """Left-padded ``generate()`` kwargs for ``items`` (a completion is continued)."""
+        """Left-padded ``generate()`` kwargs for ``items``.
+
+        An item without a completion is prompted with the generation prompt; one with a
+        completion is prompted with the open-ended completion (``continue_final_message``:
+        no end of turn), followed by its ``continuation`` ids when it has some.
+        """
+        items = [it if it.completion is None or it.continuation is not None else replace(it, continuation=())
+                 for it in items]
         encs, vision = self.encode_items(items)
-        seqs = [e.ids if e.completion is None else e.ids[: e.completion[1]] for e in encs]
-        for i, s in enumerate(seqs):
-            if len(s) > self.max_context:
-                raise PromptTooLongError(f"item {i}: {len(s)} tokens exceed the model's context of "
+        for i, e in enumerate(encs):
+            if len(e) > self.max_context:
+                raise PromptTooLongError(f"item {i}: {len(e)} tokens exceed the model's context of "
                                          f"{self.max_context}; shorten the query.")
-        ids, mask = self.pad_left(seqs)
+        ids, mask = self.pad_left([e.ids for e in encs])
         kwargs = {"input_ids": ids, "attention_mask": mask, **vision.take(list(range(len(items))))}
         if self.family != "llava" and families.takes_mm_token_types(self.model.forward):
             kwargs["mm_token_type_ids"] = (ids == self.image_token_id).int()
         return {k: v.to(self.device, dtype=self.dtype if v.is_floating_point() else v.dtype)
                 for k, v in kwargs.items()}
 
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """The ids that end generation (the generation config's, else the tokenizer's)."""
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        if eos is None:
+            eos = self.processor.tokenizer.eos_token_id
+        return frozenset([eos] if isinstance(eos, int) else eos)
+
+    def placeholder_token_ids(self) -> list[int]:
+        """Ids that stand for images or videos: never sampled, since a placeholder without
+        pixels breaks the forward (a real model gives them vanishing probability anyway)."""
+        cfg = self.model.config
+        names = ("image_token_id", "image_token_index", "video_token_id", "vision_start_token_id",
+                 "vision_end_token_id")
+        return sorted({int(v) for n in names if (v := getattr(cfg, n, None)) is not None})
+
     @torch.inference_mode()
-    def generate(self, items: Sequence[ChatInput], *, max_new_tokens: int, do_sample: bool = False,
-                 seed: int | None = None) -> list[str]:
-        """Greedy (or sampled, seeded) continuations of ``items``, decoded without special tokens."""
+    def generate_ids(self, items: Sequence[ChatInput], *, max_new_tokens: int, do_sample: bool = False,
+                     seed: int | None = None, include_last: bool = True) -> list[tuple[int, ...]]:
+        """Greedy (or sampled, seeded) continuations of ``items``, as token ids.
+
+        Row i holds the ids generated for ``items[i]`` up to its end of sequence; the end of
+        sequence itself and the padding after it are dropped. ``include_last=False`` also
+        drops the last id of a row that stopped at ``max_new_tokens`` (the reference feeds
+        back every generated token but the last one produced: the end of sequence, or the
+        N-th). A completion is continued (see :meth:`generation_inputs`).
+        """
         if not items:
             return []
         kwargs = self.generation_inputs(items)
@@ -348,5 +409,20 @@ class ModelAdapter:
             if seed is not None:
                 torch.manual_seed(seed)
             out = self.model.generate(**kwargs, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                      pad_token_id=self.pad_token_id, use_cache=True)
-        return self.processor.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+                                      pad_token_id=self.pad_token_id, use_cache=True,
+                                      suppress_tokens=self.placeholder_token_ids())
+        eos = self.eos_token_ids
+        rows = []
+        for row in out[:, width:].tolist():
+            stop = next((k for k, t in enumerate(row) if t in eos), None)
+            if stop is not None:
+                rows.append(tuple(row[:stop]))
+            else:
+                rows.append(tuple(row if include_last else row[:-1]))
+        return rows
+
+    def generate(self, items: Sequence[ChatInput], *, max_new_tokens: int, do_sample: bool = False,
+                 seed: int | None = None) -> list[str]:
+        """:meth:`generate_ids`, decoded without special tokens (for display only)."""
+        ids = self.generate_ids(items, max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed)
+        return self.processor.tokenizer.batch_decode([list(r) for r in ids], skip_special_tokens=True)

@@ -7,6 +7,7 @@ LLaVA-1.5 (llava-hf layout) or Qwen2-VL / Qwen2.5-VL directory takes the same pa
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import PIL.Image
@@ -78,6 +79,28 @@ class Vision:
     n_tokens: list[int]
     grid: torch.Tensor | None = None
     offsets: list[int] | None = None
+
+    @staticmethod
+    def concat(parts: "Sequence[Vision]") -> "Vision":
+        """The images of ``parts``, in order, as one :class:`Vision`."""
+        first = parts[0]
+        n_tokens = [n for p in parts for n in p.n_tokens]
+        pixels = torch.cat([p.pixel_values for p in parts])
+        if first.grid is None:
+            return Vision(first.family, pixels, n_tokens)
+        grid = torch.cat([p.grid for p in parts])
+        offsets = [0, *torch.cumsum(grid.prod(-1), 0).tolist()]
+        return Vision(first.family, pixels, n_tokens, grid, offsets)
+
+    def select(self, images: "Sequence[int]") -> "Vision":
+        """The images ``images`` (indices, in this order) as a :class:`Vision` of their own."""
+        images = list(images)
+        n_tokens = [self.n_tokens[i] for i in images]
+        if self.grid is None:
+            return Vision(self.family, self.pixel_values[images], n_tokens)
+        kw = self.take(images)
+        grid = kw["image_grid_thw"]
+        return Vision(self.family, kw["pixel_values"], n_tokens, grid, [0, *torch.cumsum(grid.prod(-1), 0).tolist()])
 
     def take(self, images: list[int]) -> dict[str, torch.Tensor]:
         """Forward kwargs for the images ``images`` (indices, in row order)."""

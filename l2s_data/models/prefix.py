@@ -1,7 +1,9 @@
 """Prefix-shared contrastive forward: the common prefix once, the branches as continuations.
 
-The ``input``, ``pos`` and ``neg`` sequences of an item share their beginning (chat header,
-image, most of the query), which is most of every sequence. Per item i, with views v:
+The ``input``, ``pos`` and ``neg`` sequences of an item (and the user turn alone, when
+``user_last`` is not a token of them: :func:`~.encoding.plan_sequences`) share their
+beginning (chat header, image, most of the query), which is most of every sequence. Per item
+i, with sequences v:
 
 1. ``p_i`` = longest common token prefix of the views, capped so that every view keeps at
    least one token of its own (``input`` may be a prefix of ``pos`` when the suffix is empty).
@@ -10,8 +12,8 @@ image, most of the query), which is most of every sequence. Per item i, with vie
 3. The cache is repeated per view (``batch_repeat_interleave``: rows item-major, r = i*V + v)
    and one call runs the branches' remainders as a right-padded continuation [B*V, C]
    attending to the cache; the attention mask is [B*V, P + C]. ``pos`` and ``neg`` always
-   share a call; ``input`` joins them, or runs first on its own when its short remainder
-   would mostly be padding (:func:`continuation_groups`).
+   share a call; ``input`` (and the user turn) join them, or run first on their own when
+   their short remainders would mostly be padding (:func:`continuation_groups`).
 4. Positions are gathered from whichever pass holds their token; a mean that straddles the
    boundary is the sum of both passes' contributions (:class:`~.gather.Gather`).
 
@@ -79,15 +81,17 @@ def _slice_positions(full: torch.Tensor, start: torch.Tensor, n: torch.Tensor, w
     return out * valid.unsqueeze(0)
 
 
-def run_prefix_shared(adapter, gather: Gather, encs: dict[str, list[Encoded]], vision, views: list[str],
-                      want: dict[str, tuple[list[int], list[str]]]) -> None:
-    b = len(encs[views[0]])
+def run_prefix_shared(adapter, gather: Gather, seqs: dict[str, list[Encoded]], vision,
+                      reads: dict[str, list[tuple[tuple, str]]]) -> None:
+    """Run the sequences ``seqs`` (name -> one :class:`Encoded` per item) prefix-shared, reading
+    ``reads[name]`` = [(gather key, position)] into result row i of each key."""
+    views = list(seqs)
+    b = len(seqs[views[0]])
     items = list(range(b))
-    prefix = shared_prefix_lengths(encs, views)
-    if any(p < encs[views[0]][i].image_span[1] for i, p in enumerate(prefix)):
+    prefix = shared_prefix_lengths(seqs, views)
+    if any(p < seqs[views[0]][i].image_span[1] for i, p in enumerate(prefix)):
         for v in views:  # see the module docstring: same numbers, separate forwards
-            rows = [(i, i) for i in items]
-            adapter._run_rows(gather, {(v, p): rows for p in want[v][1]}, encs[v], items, vision)
+            adapter.run_sequence(gather, seqs[v], reads[v], vision)
         return
 
     p = torch.tensor(prefix)
@@ -96,27 +100,27 @@ def run_prefix_shared(adapter, gather: Gather, encs: dict[str, list[Encoded]], v
     # Full-sequence position ids of every view, computed on the CPU ([K, B, L_v]).
     full_pos, full_len = {}, {}
     for v in views:
-        ids, mask = adapter.pad_left([e.ids for e in encs[v]])
+        ids, mask = adapter.pad_left([e.ids for e in seqs[v]])
         full_pos[v] = _as3d(adapter.positions_for(ids, mask, vision, items))
-        full_len[v] = torch.tensor([len(e) for e in encs[v]])
+        full_len[v] = torch.tensor([len(e) for e in seqs[v]])
 
     def squeeze(pos: torch.Tensor) -> torch.Tensor:
         return pos[0] if adapter.family == "llava" else pos
 
     # --- prefix pass [B, P] --------------------------------------------------------------
     first = views[0]
-    pre_ids, pre_mask = adapter.pad_left([encs[first][i].ids[: prefix[i]] for i in items])
+    pre_ids, pre_mask = adapter.pad_left([seqs[first][i].ids[: prefix[i]] for i in items])
     start = full_pos[first].shape[-1] - full_len[first]            # first real column per row
     pre_pos = _slice_positions(full_pos[first], start, p, width_p, right_aligned=True)
     pre_entries = {}
     for v in views:
-        for position in want[v][1]:
+        for key, position in reads[v]:
             src, dst, ws = [], [], []
             for i in items:
-                for t, w in position_weights(encs[v][i], position):
+                for t, w in position_weights(seqs[v][i], position):
                     if t < prefix[i]:
                         src.append(i * width_p + width_p - prefix[i] + t), dst.append(i), ws.append(w)
-            pre_entries[(v, position)] = (src, dst, ws)
+            pre_entries[key] = (src, dst, ws)
 
     cache = DynamicCache(config=adapter.model.config)
     hooks = gather.hooks()
@@ -126,14 +130,14 @@ def run_prefix_shared(adapter, gather: Gather, encs: dict[str, list[Encoded]], v
                         cache=cache, use_cache=True)
 
     # --- continuations: one call per group of views, rows item-major ----------------------
-    groups = continuation_groups(encs, views, prefix)
+    groups = continuation_groups(seqs, views, prefix)
     for gi, group in enumerate(groups):
-        if gi > 0:
-            _truncate(cache, width_p)  # drop the previous group's tokens: back to the prefix
+        if gi > 0:  # back to the prefix: drop the previous group's tokens and repeated rows
+            _truncate(cache, width_p, stride=len(groups[gi - 1]))
         nv = len(group)
         if nv > 1:
             cache.batch_repeat_interleave(nv)
-        conts = [encs[v][i].ids[prefix[i]:] for i in items for v in group]
+        conts = [seqs[v][i].ids[prefix[i]:] for i in items for v in group]
         width_c = max(len(c) for c in conts)
         cont_ids = torch.full((b * nv, width_c), adapter.pad_token_id, dtype=torch.long)
         cont_mask = torch.zeros((b * nv, width_c), dtype=torch.long)
@@ -149,45 +153,48 @@ def run_prefix_shared(adapter, gather: Gather, encs: dict[str, list[Encoded]], v
         attn = torch.cat([pre_mask.repeat_interleave(nv, 0), cont_mask], dim=1)
         entries = {}
         for vi, v in enumerate(group):
-            for position in want[v][1]:
+            for key, position in reads[v]:
                 src, dst, ws = [], [], []
                 for i in items:
-                    for t, w in position_weights(encs[v][i], position):
+                    for t, w in position_weights(seqs[v][i], position):
                         if t >= prefix[i]:
                             src.append((i * nv + vi) * width_c + t - prefix[i]), dst.append(i), ws.append(w)
-                entries[(v, position)] = (src, dst, ws)
+                entries[key] = (src, dst, ws)
         gather.set_pass(entries)
         with layer_hooks(adapter.layers, hooks):
             adapter.forward(cont_ids, attn, squeeze(cont_pos), cache=cache, use_cache=True)
 
 
 def continuation_groups(encs: dict[str, list[Encoded]], views: list[str], prefix: list[int]) -> list[list[str]]:
-    """Which views share a continuation call.
+    """Which sequences share a continuation call.
 
-    ``pos`` and ``neg`` always go together. ``input`` joins them unless its (short,
-    generation-prompt-only) remainder would leave more than ``SPLIT_PADDING`` of the joint
-    call's token slots as padding; then it runs first in a call of its own on the unrepeated
-    cache, and the cache is cut back to the prefix before pos/neg. One more call costs a few
-    milliseconds of launch overhead on a GPU; padding costs FLOPs in every layer.
+    ``pos`` and ``neg`` always go together. The others (``input``, and the user turns alone
+    when ``user_last`` needs them) join them unless their (short, prompt-only) remainders
+    would leave more than ``SPLIT_PADDING`` of the joint call's token slots as padding; then
+    they run first in a call of their own on the unrepeated cache, and the cache is cut back
+    to the prefix before pos/neg. One more call costs a few milliseconds of launch overhead on
+    a GPU; padding costs FLOPs in every layer.
     """
-    pair = [v for v in views if v != "input"]
-    if "input" not in views or not pair:
+    pair = [v for v in views if v in ("pos", "neg")]
+    rest = [v for v in views if v not in pair]
+    if not rest or not pair:
         return [list(views)]
 
     def width(v: str) -> int:
         return max(len(e) - p for e, p in zip(encs[v], prefix, strict=True))
 
-    w_in, w_pair = width("input"), max(width(v) for v in pair)
-    joint = (1 + len(pair)) * max(w_in, w_pair)
-    split = w_in + len(pair) * w_pair
-    return [["input"], pair] if (joint - split) > SPLIT_PADDING * joint else [list(views)]
+    w_rest, w_pair = max(width(v) for v in rest), max(width(v) for v in pair)
+    joint = len(views) * max(w_rest, w_pair)
+    split = len(rest) * w_rest + len(pair) * w_pair
+    return [rest, pair] if (joint - split) > SPLIT_PADDING * joint else [rest + pair]
 
 
-def _truncate(cache, length: int) -> None:
-    """Cut every cache layer back to its first ``length`` positions (absolute, so the same on
-    every transformers version, and right even for layers a stopped forward never reached)."""
+def _truncate(cache, length: int, stride: int = 1) -> None:
+    """Cut every cache layer back to its first ``length`` positions and every ``stride``-th row
+    (undoing a ``batch_repeat_interleave(stride)``). Absolute, so the same on every
+    transformers version, and right even for layers a stopped forward never reached."""
     for layer in cache.layers:
         keys = getattr(layer, "keys", None)
-        if keys is not None and keys.numel() and keys.shape[-2] > length:
-            layer.keys = keys[..., :length, :]
-            layer.values = layer.values[..., :length, :]
+        if keys is not None and keys.numel():
+            layer.keys = keys[::stride, ..., :length, :]
+            layer.values = layer.values[::stride, ..., :length, :]

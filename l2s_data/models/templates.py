@@ -1,11 +1,15 @@
-"""Chat templates of the tiny checkpoints, written to reproduce each real family's format.
+"""Chat templates of the tiny checkpoints, written to render exactly what each real one renders.
 
-LLaVA-1.5 (llava-hf):   ``USER: <image>\\n{text} ASSISTANT: {answer}</s>``; the generation
-prompt is ``ASSISTANT:``; a system message is plain text before ``USER:``.
-Qwen2-VL / Qwen2.5-VL:  ChatML with a default system message and vision tokens
-``<|vision_start|><|image_pad|><|vision_end|>`` where the image goes.
+LLaVA-1.5 (llava-hf): every turn is ``ROLE: `` (upper case; none for a system message), then
+``<image>\\n`` per image, then each text followed by one space; no end-of-sequence token. The
+generation prompt is ``ASSISTANT:``. So a conversation renders as
+``USER: <image>\\n{query} ASSISTANT: {answer} `` and the user turn ends with a space.
+Qwen2-VL / Qwen2.5-VL: ChatML with a default system message and vision tokens
+``<|vision_start|><|image_pad|><|vision_end|>`` where the image goes; a turn ends with
+``<|im_end|>\\n``; the generation prompt is ``<|im_start|>assistant\\n``.
 
-A real checkpoint brings its own template; these are used only by :func:`make_tiny`.
+A real checkpoint brings its own template; these are used only by :func:`make_tiny`. The
+golden tests in ``tests/models/test_formats.py`` pin what they render and how it tokenizes.
 """
 
 from __future__ import annotations
@@ -15,19 +19,11 @@ __all__ = ["LLAVA_TEMPLATE", "QWEN_TEMPLATE", "TEMPLATES"]
 LLAVA_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['content'] is string -%}"
-    "{%- set texts = [message['content']] -%}{%- set n_images = 0 -%}"
-    "{%- else -%}"
-    "{%- set texts = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | list -%}"
-    "{%- set n_images = message['content'] | selectattr('type', 'equalto', 'image') | list | length -%}"
-    "{%- endif -%}"
-    "{%- if message['role'] == 'system' -%}"
-    "{{- texts | join(' ') + ' ' -}}"
-    "{%- else -%}"
-    "{{- message['role'] | upper + ': ' -}}"
-    "{%- for _ in range(n_images) -%}{{- '<image>\\n' -}}{%- endfor -%}"
-    "{{- texts | join(' ') -}}"
-    "{%- if message['role'] == 'assistant' -%}{{- eos_token -}}{%- else -%}{{- ' ' -}}{%- endif -%}"
-    "{%- endif -%}"
+    "{%- set parts = [{'type': 'text', 'text': message['content']}] -%}"
+    "{%- else -%}{%- set parts = message['content'] -%}{%- endif -%}"
+    "{%- if message['role'] != 'system' -%}{{- message['role'] | upper ~ ': ' -}}{%- endif -%}"
+    "{%- for part in parts if part['type'] == 'image' -%}{{- '<image>\\n' -}}{%- endfor -%}"
+    "{%- for part in parts if part['type'] == 'text' -%}{{- part['text'] ~ ' ' -}}{%- endfor -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
 )

@@ -3,8 +3,10 @@
 ``make_tiny(family, out_dir)`` writes, via ``save_pretrained``: a randomly initialised model of
 the family's real class (``LlavaForConditionalGeneration``, ``Qwen2VLForConditionalGeneration``,
 ``Qwen2_5_VLForConditionalGeneration``) and its processor: a byte-level BPE tokenizer built
-locally with the family's special tokens, the family's image processor, and a chat template in
-the family's format (:mod:`l2s_data.models.templates`). Nothing is downloaded.
+locally with the family's real pipeline and a small vocabulary (LLaVA: a SentencePiece-style
+BPE with Metaspace and byte fallback; Qwen: byte-level BPE behind the Qwen pre-tokenizer), the
+family's image processor, and a chat template that renders exactly as the real one
+(:mod:`l2s_data.models.templates`). Nothing is downloaded.
 
 The output is deterministic for a given (family, seed, sizes) and transformers version.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import (
     CLIPVisionConfig,
@@ -43,46 +45,106 @@ from l2s_data.models.types import FAMILIES
 
 __all__ = ["make_tiny", "build_tokenizer", "build_processor"]
 
-_LLAVA_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+_LLAVA_SPECIALS = ["<unk>", "<s>", "</s>"]          # ids 0, 1, 2, as in the Llama vocabulary
+_LLAVA_ADDED = ["<image>", "<pad>"]                # added after the vocabulary, as in llava-hf
 _QWEN_SPECIALS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
     "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
 ]  # fmt: skip
 
-# A few hand-picked merges so that some tokens span several characters, as in a real BPE
-# vocabulary (token boundaries then differ from character boundaries, which the position
-# logic must handle). Byte-level symbols: "Ġ" is a space.
-_MERGES = [
-    ("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("e", "r"), ("a", "n"), ("o", "u"),
-    ("Ġ", "a"), ("Ġ", "s"), ("o", "n"), ("r", "e"), ("a", "t"), ("e", "s"), ("i", "s"),
-    ("S", "S"), ("A", "SS"), ("ASS", "I"), ("ASSI", "S"), ("T", ":"), ("U", "S"), ("US", "E"),
-    ("USE", "R"), ("USER", ":"), ("Ġ", "i"), ("Ġi", "s"), ("Ġ", "u"), ("Ġu", "s"), ("Ġus", "er"),
-]  # fmt: skip
+#: Pre-tokenizer pattern of the Qwen2 tokenizers: contractions, letters with one leading
+#: non-letter, single digits, punctuation runs, newline runs, spaces.
+QWEN_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# Words that get whole-word tokens (every prefix of each becomes a token too, as the merges
+# build them left to right). Other words split into several tokens, as rare words do in a
+# real vocabulary. The list covers the chat templates, the behaviors and a few common words.
+_WORDS = """
+USER ASSISTANT system user assistant You are a helpful the image shows is there in of and
+to it if or be this that what how who should query request safe harmful Harmful Safe Is
+Comply with don't Expert AI expert legal financial Defer meet about consultation sensitive
+topic otherwise answer yourself addressing Consult Ignore consult medical healthcare related
+Ask act Strongly advise law finance Yes No yes no dog cat picture can I my for do
+""".split()
+
+
+def _chain_merges(words: list[str], space: str) -> list[tuple[str, str]]:
+    """Left-to-right merges that make each word (and each of its prefixes) one token, both at
+    the start of a text and after a space (``space`` is the space symbol of the vocabulary)."""
+    merges: list[tuple[str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    for word in words:
+        for form in (space + word, word):
+            for k in range(2, len(form) + 1):
+                pair = (form[: k - 1], form[k - 1])
+                if pair not in seen:
+                    seen.add(pair)
+                    merges.append(pair)
+    return merges
+
+
+def _vocab_with_merges(base: list[str], merges: list[tuple[str, str]]) -> dict[str, int]:
+    vocab = {tok: i for i, tok in enumerate(base)}
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    return vocab
+
+
+def _llava_tokenizer() -> PreTrainedTokenizerFast:
+    """LLaVA-1.5's pipeline (a Llama SentencePiece BPE in its ``tokenizers`` form), small.
+
+    Metaspace pre-tokenizer ("▁" for spaces, one prepended to the start of the text, no
+    splitting: spaces join the word that follows), a BPE with byte fallback (characters
+    outside the vocabulary, "\\n" among them, become ``<0x..>`` byte tokens), and a decoder
+    that maps "▁" back to spaces, fuses byte tokens and strips one leading space. So decoding
+    a continuation on its own drops the space that joined it to the text before it.
+    """
+    chars = ["▁"] + [chr(c) for c in range(33, 127)]
+    base = _LLAVA_SPECIALS + [f"<0x{b:02X}>" for b in range(256)] + chars
+    merges = _chain_merges(_WORDS, "▁")
+    vocab = _vocab_with_merges(base, merges)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    tok.decoder = decoders.Sequence([
+        decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0),
+    ])  # fmt: skip
+    tok.add_special_tokens(_LLAVA_SPECIALS + _LLAVA_ADDED)
+    bos = tok.token_to_id("<s>")
+    # Llama tokenizers prepend <s>; the processor's __call__ relies on it.
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"}, clean_up_tokenization_spaces=False,
+    )  # fmt: skip
+
+
+def _qwen_tokenizer() -> PreTrainedTokenizerFast:
+    """Qwen2's pipeline, small: NFC, the Qwen pre-tokenizer split, byte-level BPE (no unknown
+    tokens: every byte has a symbol, "Ġ" is a space, "Ċ" a newline), byte-level decoder, and
+    the ChatML and vision special tokens after the vocabulary."""
+    alphabet = sorted(ByteLevel.alphabet())
+    merges = _chain_merges(_WORDS, "Ġ")
+    vocab = _vocab_with_merges(alphabet, merges)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])  # fmt: skip
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(_QWEN_SPECIALS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", clean_up_tokenization_spaces=False,
+    )  # fmt: skip
 
 
 def build_tokenizer(family: str) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with the family's special tokens (no download)."""
-    alphabet = sorted(ByteLevel.alphabet())
-    vocab = {ch: i for i, ch in enumerate(alphabet)}
-    for left, right in _MERGES:
-        vocab.setdefault(left + right, len(vocab))
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=list(_MERGES)))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    if family == "llava":
-        tok.add_special_tokens(_LLAVA_SPECIALS)
-        bos = tok.token_to_id("<s>")
-        # Llama tokenizers prepend <s>; the processor's __call__ relies on it.
-        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
-        fast = PreTrainedTokenizerFast(
-            tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-            extra_special_tokens={"image_token": "<image>"},
-        )  # fmt: skip
-    else:
-        tok.add_special_tokens(_QWEN_SPECIALS)
-        fast = PreTrainedTokenizerFast(
-            tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        )  # fmt: skip
+    """The family's tokenizer pipeline with a small vocabulary, built locally (no download)."""
+    fast = _llava_tokenizer() if family == "llava" else _qwen_tokenizer()
     fast.padding_side = "left"
     return fast
 

@@ -31,6 +31,9 @@ class ChatInput:
     followed by a teacher-forced assistant ``completion``.
 
     ``completion=None`` renders the assistant generation prompt instead (e.g. "ASSISTANT:").
+    ``continuation``: token ids that continue the completion (what ``generate`` returned for
+    it); the sequence is then the open-ended completion (no end of turn) followed by exactly
+    these ids. ``None``: the completion is a closed assistant turn.
     """
 
     image: PIL.Image.Image
@@ -38,12 +41,14 @@ class ChatInput:
     suffix: str = ""
     completion: str | None = None
     system: str | None = None
+    continuation: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
 class ContrastiveItem:
     """One sample's three views: ``input`` = (image, query) with the generation prompt;
-    ``pos`` / ``neg`` = (image, query + suffix) answered by ``positive`` / ``negative``."""
+    ``pos`` / ``neg`` = (image, query + suffix) answered by ``positive`` / ``negative``, each
+    optionally continued by generated token ids (see :attr:`ChatInput.continuation`)."""
 
     image: PIL.Image.Image
     query: str
@@ -51,11 +56,15 @@ class ContrastiveItem:
     positive: str
     negative: str
     system: str | None = None
+    positive_continuation: tuple[int, ...] | None = None
+    negative_continuation: tuple[int, ...] | None = None
 
     def views(self) -> dict[str, ChatInput]:
         """The three :class:`ChatInput` sequences, keyed ``input``, ``pos``, ``neg``."""
         return {
             "input": ChatInput(self.image, self.query, system=self.system),
-            "pos": ChatInput(self.image, self.query, self.suffix, self.positive, self.system),
-            "neg": ChatInput(self.image, self.query, self.suffix, self.negative, self.system),
+            "pos": ChatInput(self.image, self.query, self.suffix, self.positive, self.system,
+                             self.positive_continuation),
+            "neg": ChatInput(self.image, self.query, self.suffix, self.negative, self.system,
+                             self.negative_continuation),
         }

@@ -1,10 +1,41 @@
-"""The activation store: immutable Zarr v3 shard attempts, create-if-absent manifests,
-a sandboxed DuckDB catalog, and a chunk-streaming loader. See ``README.md`` beside this file."""
+"""The activation store: immutable Zarr v3 shard attempts, checked create-if-absent manifests,
+a sandboxed DuckDB catalog, and a chunk-streaming loader. See ``README.md`` beside this file.
+
+Layers, each importing only those below it (``tests/store/test_layers.py`` checks it)::
+
+    contract                      names, paths, canonical JSON, hashes, recipe ids, dtypes
+    _backend                      bytes on a filesystem; create-if-absent
+    manifests, leases, tables     checked manifest files; maintenance leases; Parquet parts
+    snapshot                      the committed manifests at one moment; key lookups
+    writer, catalog, loader, ops  shard attempts; SQL; streaming reads; maintenance
+    store                         ``Store``: a thin facade composing them
+
+The public names are imported lazily, so ``l2s_data.store.contract`` stays cheap to import.
+"""
 
 from __future__ import annotations
 
-from l2s_data.store.snapshot import Key, Snapshot
-from l2s_data.store.store import Store
-from l2s_data.store.writer import DEFAULT_CHUNK_BYTES, ShardWriter
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["Store", "Key", "Snapshot", "ShardWriter", "DEFAULT_CHUNK_BYTES"]
+
+_WHERE = {
+    "Store": "l2s_data.store.store",
+    "Key": "l2s_data.store.snapshot",
+    "Snapshot": "l2s_data.store.snapshot",
+    "ShardWriter": "l2s_data.store.writer",
+    "DEFAULT_CHUNK_BYTES": "l2s_data.store.writer",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from l2s_data.store.snapshot import Key, Snapshot
+    from l2s_data.store.store import Store
+    from l2s_data.store.writer import DEFAULT_CHUNK_BYTES, ShardWriter
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'l2s_data.store' has no attribute {name!r}")

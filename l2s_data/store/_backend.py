@@ -53,9 +53,6 @@ class Backend:
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(self.path(rel))
 
-    def open_read(self, rel: str):
-        return self.fs.open(self.path(rel), "rb")
-
     def listdir(self, rel: str) -> list[str]:
         """Names (not paths) of the entries directly inside ``rel``; [] when absent."""
         try:
@@ -154,9 +151,6 @@ class LocalBackend(Backend):
     def read_bytes(self, rel: str) -> bytes:
         with open(self.path(rel), "rb") as f:
             return f.read()
-
-    def open_read(self, rel: str):
-        return open(self.path(rel), "rb", buffering=0)  # unbuffered: readinto goes straight to numpy
 
     def listdir(self, rel: str) -> list[str]:
         try:

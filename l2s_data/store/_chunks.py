@@ -5,13 +5,19 @@ Every array the store writes is ``[n, D]``, regular chunks of ``chunk_rows`` ful
 4-byte crc32c of them, and edge chunks are padded to full size. Reading whole chunk files and
 slicing them with numpy skips zarr-python's per-call machinery: whole-chunk reads go at disk /
 page-cache speed (DESIGN 4.5), and the crc check finds any flipped byte.
+
+Files are read with plain reads into buffers the caller owns (:class:`ChunkReader`), never
+memory-mapped: a mapped file that is truncated underneath kills the reader with SIGBUS, and
+one rewritten underneath changes rows already handed out. A read copies the bytes once, and
+the crc32c of every chunk is checked on every read, over the bytes that were copied: a file
+that is truncated, grown or rewritten raises :class:`CorruptChunkError` naming the chunk.
 """
 
 from __future__ import annotations
 
 import json
-import mmap
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import google_crc32c
@@ -19,19 +25,9 @@ import numpy as np
 
 from l2s_data.errors import CorruptChunkError, StoreError
 from l2s_data.store._backend import Backend
-from l2s_data.store._format import STORED_DTYPE
-from l2s_data.store._vmap import Window
+from l2s_data.store.contract import STORED_DTYPE
 
-__all__ = ["ArrayInfo", "load_array_info", "read_chunk", "map_chunk", "place_chunk", "chunk_identity", "chunk_key", "VERIFY_MODES"]
-
-#: ``"always"``: check a chunk's crc32c on every read. ``"once"``: once per process for an
-#: unchanged file (same device, inode, size, mtime and ctime), then trust it (see :func:`map_chunk`).
-VERIFY_MODES = ("always", "once")
-
-# Chunk files whose crc32c this process has checked: (path, device, inode, size, mtime, ctime).
-# Bounded: past the cap it is cleared, which only means re-checking.
-_VERIFIED: set[tuple[str, int, int, int, int, int]] = set()
-_VERIFIED_CAP = 1 << 20
+__all__ = ["ArrayInfo", "ChunkCache", "ChunkReader", "load_array_info", "read_chunk", "chunk_key"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +50,17 @@ class ArrayInfo:
 
     @property
     def chunk_nbytes(self) -> int:
+        """Bytes of a chunk's rows (edge chunks are padded to full size), without the crc."""
         return self.chunk_rows * self.dim * self.stored_dtype.itemsize
+
+    @property
+    def file_nbytes(self) -> int:
+        """Size of every chunk file: the rows and, when checksummed, 4 bytes of crc32c."""
+        return self.chunk_nbytes + (4 if self.checksummed else 0)
+
+    def rows_in_chunk(self, i: int) -> int:
+        """Rows of chunk ``i`` that hold data (an edge chunk's padding excluded)."""
+        return min(self.chunk_rows, self.rows - i * self.chunk_rows)
 
 
 def chunk_key(i: int) -> str:
@@ -105,25 +111,150 @@ def load_array_info(backend: Backend, path: str, *, shard: str = "?", recipe_id:
 
 
 def read_chunk(backend: Backend, info: ArrayInfo, i: int) -> np.ndarray:
-    """Chunk ``i`` as a stored-dtype array ``[rows_in_chunk, D]`` (edge padding removed).
+    """Chunk ``i`` as a new stored-dtype array ``[rows_in_chunk, D]`` (edge padding removed).
 
     Raises CorruptChunkError naming the shard, recipe, array and chunk when the file is missing,
     has the wrong size, or fails its crc32c.
     """
-    try:
-        raw = backend.read_bytes(f"{info.path}/{chunk_key(i)}")
-    except FileNotFoundError as exc:
-        raise _missing(info, i) from exc
-    want = info.chunk_nbytes + (4 if info.checksummed else 0)
+    return ChunkReader(backend).read(info, i)
+
+
+class ChunkReader:
+    """Reads chunk files into caller-owned arrays with plain reads, checking each one.
+
+    :meth:`into` is the loader's path: the chunk's rows land in a slice of the caller's buffer
+    (one ``preadv`` on a local disk: rows, edge padding, crc and one byte more, to see that the
+    file is not longer than it should be). The crc32c is computed over the bytes just read, so
+    what was checked is exactly what the caller gets. Not thread-safe: one reader per thread.
+    """
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self._local = backend.is_local
+        self._pad = np.empty(0, np.uint8)  # an edge chunk's padding rows land here
+        self._tail = bytearray(5)  # crc32c + one byte past the expected end of the file
+        self._scratch = np.empty(0, np.uint8)
+
+    def into(self, info: ArrayInfo, i: int, out: np.ndarray) -> None:
+        """Read chunk ``i``'s rows into ``out`` (C-contiguous ``[rows_in_chunk, D]``, stored dtype)."""
+        n = info.rows_in_chunk(i)
+        if out.shape != (n, info.dim) or out.dtype != info.stored_dtype or not out.flags.c_contiguous:
+            raise ValueError(
+                f"{_where(info, i)}: the destination must be a C-contiguous {info.stored_dtype} array of "
+                f"shape {(n, info.dim)}, got {out.dtype} {out.shape}."
+            )
+        if not self._local:
+            out[...] = _from_bytes(info, i, self._read_bytes(info, i))
+            return
+        pad_bytes = info.chunk_nbytes - out.nbytes
+        if self._pad.nbytes < pad_bytes:
+            self._pad = np.empty(pad_bytes, np.uint8)
+        pad = self._pad[:pad_bytes]
+        tail = memoryview(self._tail)[: 5 if info.checksummed else 1]
+        want = info.file_nbytes
+        got = self._preadv(info, i, [out, pad, tail] if pad_bytes else [out, tail], want + 1)
+        if got != want:
+            raise _wrong_size(info, i, self._size_of(info, i, got), want)
+        if info.checksummed:
+            crc = google_crc32c.value(out)  # numpy arrays pass the buffer check; memoryviews do not
+            if pad_bytes:
+                crc = google_crc32c.extend(crc, pad)
+            if crc != int.from_bytes(self._tail[:4], "little"):
+                raise _bad_crc(info, i)
+
+    def scratch(self, info: ArrayInfo, i: int) -> np.ndarray:
+        """Chunk ``i``'s rows ``[rows_in_chunk, D]`` in a buffer of this reader, valid until its
+        next call (for picking some rows out of a chunk)."""
+        n = info.rows_in_chunk(i)
+        nbytes = n * info.dim * info.stored_dtype.itemsize
+        if self._scratch.nbytes < nbytes:
+            self._scratch = np.empty(nbytes, np.uint8)
+        out = self._scratch[:nbytes].view(info.stored_dtype).reshape(n, info.dim)
+        self.into(info, i, out)
+        return out
+
+    def read(self, info: ArrayInfo, i: int) -> np.ndarray:
+        """Chunk ``i``'s rows ``[rows_in_chunk, D]`` in a new array."""
+        if not self._local:
+            return _from_bytes(info, i, self._read_bytes(info, i))
+        out = np.empty((info.rows_in_chunk(i), info.dim), info.stored_dtype)
+        self.into(info, i, out)
+        return out
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _read_bytes(self, info: ArrayInfo, i: int) -> bytes:
+        try:
+            return self.backend.read_bytes(f"{info.path}/{chunk_key(i)}")
+        except FileNotFoundError as exc:
+            raise _missing(info, i) from exc
+
+    def _preadv(self, info: ArrayInfo, i: int, buffers: list, limit: int) -> int:
+        """Read the file into ``buffers`` from offset 0; the number of bytes read (``limit`` is
+        the buffers' total; one less means the file ended where expected). Error messages are
+        built only on error: this runs per chunk."""
+        try:
+            fd = os.open(self.backend.path(f"{info.path}/{chunk_key(i)}"), os.O_RDONLY)
+        except FileNotFoundError as exc:
+            raise _missing(info, i) from exc
+        try:
+            got = os.preadv(fd, buffers, 0)
+            if 0 < got < limit - 1:  # short of the expected size: read on until EOF
+                views = [memoryview(b).cast("B") for b in buffers]
+                while got < limit:
+                    rest, skip = [], got
+                    for v in views:
+                        if skip >= len(v):
+                            skip -= len(v)
+                        else:
+                            rest.append(v[skip:])
+                            skip = 0
+                    more = os.preadv(fd, rest, got)
+                    if more == 0:
+                        break
+                    got += more
+        finally:
+            os.close(fd)
+        return got
+
+    def _size_of(self, info: ArrayInfo, i: int, got: int) -> int:
+        """The file's size for an error message (``got`` if it can no longer be stat'ed)."""
+        try:
+            return os.stat(self.backend.path(f"{info.path}/{chunk_key(i)}")).st_size
+        except OSError:
+            return got
+
+
+class ChunkCache:
+    """The last few chunks read, so keys stored in another order are not read once per row."""
+
+    def __init__(self, reader: ChunkReader, capacity: int):
+        self.reader = reader
+        self.capacity = max(1, capacity)
+        self._items: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+
+    def get(self, info: ArrayInfo, i: int) -> np.ndarray:
+        k = (info.path, i)
+        hit = self._items.get(k)
+        if hit is not None:
+            self._items.move_to_end(k)
+            return hit
+        block = self.reader.read(info, i)
+        self._items[k] = block
+        if len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        return block
+
+
+def _from_bytes(info: ArrayInfo, i: int, raw: bytes) -> np.ndarray:
+    """Check a whole chunk file's bytes; its rows ``[rows_in_chunk, D]`` (read-only view)."""
+    want = info.file_nbytes
     if len(raw) != want:
         raise _wrong_size(info, i, len(raw), want)
-    view = np.frombuffer(raw, dtype=np.uint8)  # read-only, zero-copy: google_crc32c accepts it
-    if info.checksummed:
-        _check_crc(info, i, view[:-4], raw[-4:], None, "always")
-        view = view[:-4]
-    arr = np.frombuffer(view, dtype=info.stored_dtype).reshape(info.chunk_rows, info.dim)
-    n = min(info.chunk_rows, info.rows - i * info.chunk_rows)
-    return arr[:n]
+    view = np.frombuffer(raw, dtype=np.uint8)
+    if info.checksummed and google_crc32c.value(view[:-4]) != int.from_bytes(raw[-4:], "little"):
+        raise _bad_crc(info, i)
+    rows = view[: info.chunk_nbytes].view(info.stored_dtype).reshape(info.chunk_rows, info.dim)
+    return rows[: info.rows_in_chunk(i)]
 
 
 def _where(info: ArrayInfo, i: int) -> str:
@@ -141,105 +272,8 @@ def _wrong_size(info: ArrayInfo, i: int, got: int, want: int) -> CorruptChunkErr
     )
 
 
-def _open_chunk(backend: Backend, info: ArrayInfo, i: int) -> tuple[int, os.stat_result, str]:
-    """Open chunk ``i``'s file on a local disk: (fd, stat, path); its size is checked. The
-    caller closes the fd. Error messages are built only on error: this runs per chunk read."""
-    path = backend.path(f"{info.path}/c/{i}/0")
-    try:
-        fd = os.open(path, os.O_RDONLY)  # no Python file object
-    except FileNotFoundError as exc:
-        raise _missing(info, i) from exc
-    try:
-        st = os.fstat(fd)
-        want = info.chunk_nbytes + (4 if info.checksummed else 0)
-        if st.st_size != want:
-            raise _wrong_size(info, i, st.st_size, want)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, st, path
-
-
-def _ident(path: str, st: os.stat_result) -> tuple:
-    return (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def chunk_identity(backend: Backend, info: ArrayInfo, i: int) -> tuple:
-    """(path, device, inode, size, mtime, ctime) of chunk ``i``'s file on a local disk: what
-    :func:`place_chunk` returns, to tell later whether the file changed since."""
-    path = backend.path(f"{info.path}/c/{i}/0")
-    try:
-        return _ident(path, os.stat(path))
-    except FileNotFoundError as exc:
-        raise _missing(info, i) from exc
-
-
-def _needs_check(info: ArrayInfo, ident: tuple, verify: str) -> bool:
-    """Whether the file's crc32c must be checked now (see :func:`map_chunk`)."""
-    return info.checksummed and not (verify == "once" and ident in _VERIFIED)
-
-
-def _check_crc(info: ArrayInfo, i: int, data, stored: bytes, ident: tuple | None, verify: str) -> None:
-    """Check ``data`` (the chunk's row bytes) against its stored crc32c; with ``verify="once"``
-    remember that the file ``ident`` passed."""
-    if google_crc32c.value(data) != int.from_bytes(stored, "little"):
-        raise CorruptChunkError(
-            f"{_where(info, i)} failed its crc32c checksum: the bytes on disk were altered. "
-            f"Re-extract the shard (delete its manifest, then rerun extraction)."
-        )
-    if verify == "once" and ident is not None:
-        if len(_VERIFIED) >= _VERIFIED_CAP:
-            _VERIFIED.clear()
-        _VERIFIED.add(ident)
-
-
-def map_chunk(backend: Backend, info: ArrayInfo, i: int, *, verify: str = "always") -> np.ndarray:
-    """Chunk ``i`` as a read-only ``[rows_in_chunk, D]`` view, memory-mapped on a local disk.
-
-    No copy: the crc32c is checked over the mapped page-cache pages, and the caller's gather
-    is the only copy. Elsewhere this is :func:`read_chunk` (always checked). Same errors as
-    :func:`read_chunk`.
-
-    ``verify="once"`` checks the crc32c the first time this process maps the file, and again
-    whenever its (device, inode, size, mtime, ctime) changes: an attempt is immutable, so a file
-    that passed once and was not rewritten is not re-hashed every epoch. Any write through the
-    filesystem moves the ctime (``touch`` cannot set it back), so an edited or replaced file is
-    checked again. The size is checked on every read. What it trades away: bytes that change
-    underneath the filesystem (media bit rot) while the process runs are found by the next
-    process or by ``l2s store verify``, not mid-run.
-    """
-    if verify not in VERIFY_MODES:
-        raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}.")
-    if not backend.is_local:
-        return read_chunk(backend, info, i)
-    fd, st, path = _open_chunk(backend, info, i)
-    try:
-        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-    finally:
-        os.close(fd)  # the mapping keeps the file's pages
-    raw = np.frombuffer(mm, dtype=np.uint8)
-    data = raw[: info.chunk_nbytes]
-    ident = _ident(path, st)
-    if _needs_check(info, ident, verify):
-        _check_crc(info, i, data, raw[info.chunk_nbytes :].tobytes(), ident, verify)
-    n = min(info.chunk_rows, info.rows - i * info.chunk_rows)
-    return data.view(info.stored_dtype).reshape(info.chunk_rows, info.dim)[:n]
-
-
-def place_chunk(backend: Backend, info: ArrayInfo, i: int, window: Window, slot: int, *,
-                verify: str = "always") -> tuple:
-    """Map chunk ``i``'s rows into ``slot`` of ``window`` (local disks only), checked like
-    :func:`map_chunk`: its rows are then ``window.view()[slot * window.slot_rows:][:n]``.
-    Returns the file's identity (see :func:`chunk_identity`)."""
-    fd, st, path = _open_chunk(backend, info, i)
-    try:
-        nbytes = info.chunk_nbytes
-        window.place(slot, fd, nbytes)
-        ident = _ident(path, st)
-        if _needs_check(info, ident, verify):
-            at = slot * window.slot_rows
-            rows = window.view()[at : at + info.chunk_rows]
-            _check_crc(info, i, rows.reshape(-1).view(np.uint8), os.pread(fd, 4, nbytes), ident, verify)
-    finally:
-        os.close(fd)
-    return ident
+def _bad_crc(info: ArrayInfo, i: int) -> CorruptChunkError:
+    return CorruptChunkError(
+        f"{_where(info, i)} failed its crc32c checksum: the bytes on disk were altered. "
+        f"Re-extract the shard (delete its manifest, then rerun extraction)."
+    )

@@ -104,18 +104,23 @@ def chunk_files(stored: np.ndarray, chunk_rows: int) -> Iterator[tuple[str, list
         yield f"c/{i}/0", parts
 
 
-def write_group(backend: Backend, rel: str) -> None:
-    """Write the root group ``zarr.json`` of the folder ``rel`` (the attempt folder)."""
-    backend.write_bytes(f"{rel}/{ZARR_JSON}", group_metadata())
+def write_group(backend: Backend, rel: str) -> int:
+    """Write the root group ``zarr.json`` of the folder ``rel`` (the attempt folder); its bytes."""
+    meta = group_metadata()
+    backend.write_bytes(f"{rel}/{ZARR_JSON}", meta)
+    return len(meta)
 
 
 def write_array(backend: Backend, rel: str, stored: np.ndarray, chunk_rows: int,
-                attributes: Mapping[str, Any]) -> None:
-    """Write ``stored`` ``[n, D]`` as the Zarr v3 array at ``rel`` (relative to the store root)."""
+                attributes: Mapping[str, Any]) -> int:
+    """Write ``stored`` ``[n, D]`` as the Zarr v3 array at ``rel`` (relative to the store root);
+    returns the bytes written (chunk files and ``zarr.json``)."""
     meta = array_metadata(stored.shape, chunk_rows, stored.dtype, attributes)
+    n, dim = stored.shape
+    nbytes = len(meta) + -(-n // chunk_rows) * (chunk_rows * dim * stored.dtype.itemsize + 4)
     if backend.is_local:
         _write_local(backend.path(rel), meta, chunk_files(stored, chunk_rows))
-        return
+        return nbytes
     # Object stores and other filesystems: one batched put (concurrent where the filesystem is
     # async), after creating the folders for filesystems that need them.
     files = {f"{rel}/{key}": b"".join(parts)
@@ -124,6 +129,7 @@ def write_array(backend: Backend, rel: str, stored: np.ndarray, chunk_rows: int,
     for d in sorted({posixpath.dirname(k) for k in files}):
         backend.makedirs(d)
     backend.fs.pipe({backend.path(k): v for k, v in files.items()})
+    return nbytes
 
 
 def _write_local(root: str, meta: bytes, chunks: Iterator[tuple[str, list[Any]]]) -> None:

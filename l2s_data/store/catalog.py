@@ -2,35 +2,64 @@
 
 Each :class:`Catalog` opens a fresh in-memory connection, registers the committed Parquet parts
 as pyarrow datasets (read through fsspec, never through DuckDB extensions) and the snapshot's
-manifest rows, creates the views of ``schemas/catalog.sql``, and only then locks it down::
+manifest rows, creates the views of ``schemas/catalog.sql``, sets its resource limits
+(:class:`SQLLimits`), and only then locks it down::
 
+    SET memory_limit = ...               -- a share of RAM by default
+    SET temp_directory = ''              -- no spilling, unless asked, then a private folder
     SET enable_external_access = false   -- no file reads, COPY, ATTACH, INSTALL/LOAD
-    SET lock_configuration = true        -- and no SET to turn it back on
+    SET lock_configuration = true        -- and no SET to turn any of it back on
 
 On top of that lock, each statement is parsed first and anything but a single read-only query
 is refused with :class:`SQLRefusedError`, so nothing a user types reaches the store's files.
-Fragments that the library splices into its own queries (the loader's WHERE clause) go through
-:func:`check_where` first.
+
+Every statement runs on a worker thread while the calling thread waits for it. The caller thus
+stays free to enforce the statement's time limit and to see Ctrl-C (DuckDB does not return to
+Python while it computes); either one interrupts the statement with ``con.interrupt()``.
+
+Fragments that the library splices into its own queries (the loader's ``where=``) are parsed
+by DuckDB as one expression and applied as a relation filter: see :meth:`Catalog.select_sample_ids`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, field_validator
 
-from l2s_data.errors import SQLRefusedError, StoreError
+from l2s_data.errors import L2SError, SQLMemoryError, SQLRefusedError, SQLTimeoutError, StoreError
 from l2s_data.schemas import TABLES, catalog_sql
 
 if TYPE_CHECKING:
     from l2s_data.store.snapshot import Snapshot
-    from l2s_data.store.store import Store
+    from l2s_data.store.tables import Tables
 
-__all__ = ["Catalog", "check_where", "parse_one", "export_catalog", "VIEWS"]
+__all__ = [
+    "Catalog",
+    "SQLLimits",
+    "QueryHead",
+    "RowStream",
+    "check_where",
+    "parse_one",
+    "parse_size",
+    "export_catalog",
+    "VIEWS",
+]
 
 #: Views a user can query.
-VIEWS = ("samples", "memberships", "recipes", "manifests", "runs", "evaluations", "errors", "shards")
+VIEWS = ("samples", "memberships", "recipes", "manifests", "runs", "evaluations", "errors", "extractions",
+         "shards")
 
 _READ_ONLY = {duckdb.StatementType.SELECT}
 _FIX = (
@@ -38,6 +67,14 @@ _FIX = (
     f"({', '.join(VIEWS)}) is allowed; the catalog cannot write, read files, attach databases, "
     "install extensions or change settings. To work elsewhere, `l2s catalog export FILE.duckdb`."
 )
+#: How often a waiting caller wakes up to check the deadline and report progress.
+_WAIT_SLICE_S = 0.25
+#: How long an interrupted statement may take to stop before the caller stops waiting for it.
+_STOP_GRACE_S = 10.0
+#: Rows per Arrow batch when results are streamed.
+_BATCH_ROWS = 65_536
+
+T = TypeVar("T")
 
 
 def _refuse(query: str, why: str) -> SQLRefusedError:
@@ -45,31 +82,178 @@ def _refuse(query: str, why: str) -> SQLRefusedError:
     return SQLRefusedError(f"SQL refused ({why}): {shown!r}. {_FIX}")
 
 
+# --- limits -----------------------------------------------------------------------------
+
+_UNITS = {
+    "": 1, "b": 1,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
+_SHARE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*%\s*")
+
+
+def _total_memory() -> int:
+    """Physical memory, or the cgroup's limit where one is set and smaller."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit.isdigit():
+            total = min(total, int(limit))
+    except OSError:
+        pass
+    return total
+
+
+def parse_size(text: str | int, *, what: str = "size") -> int:
+    """Bytes of a size such as ``4GB``, ``512MiB``, ``1000000`` or, for memory, ``50%`` of RAM."""
+    if isinstance(text, bool) or not isinstance(text, (str, int)):
+        raise ValueError(f"{what} must be a size such as '4GB', '512MiB' or '50%', got {text!r}.")
+    if isinstance(text, int):
+        n = text
+    elif m := _SHARE.fullmatch(text):
+        share = float(m.group(1))
+        if not 0 < share <= 100:
+            raise ValueError(f"{what} {text!r}: a share of RAM must be in (0%, 100%].")
+        n = int(_total_memory() * share / 100)
+    elif (m := _SIZE.fullmatch(text)) and m.group(2).lower() in _UNITS:
+        n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    else:
+        raise ValueError(
+            f"{what} {text!r} is not a size: write a number with a unit (B, KB, MB, GB, TB, KiB, "
+            "MiB, GiB, TiB), e.g. '4GB', or a share of RAM such as '50%'."
+        )
+    if n < 1:
+        raise ValueError(f"{what} must be at least 1 byte, got {text!r}.")
+    return n
+
+
+class SQLLimits(BaseModel):
+    """What one catalog may spend. Unknown keys are refused by name.
+
+    - ``timeout_s``: seconds a statement may run, fetching its rows included; 0 or None: no limit.
+    - ``memory_limit``: DuckDB's memory limit, a size (``'4GB'``) or a share of RAM (``'50%'``).
+    - ``spill``: None keeps spilling off (a query over the limit fails with
+      :class:`SQLMemoryError`); a size lets DuckDB spill up to that much into a temporary folder
+      of this catalog's own, removed when the catalog closes.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout_s: float | None = 60.0
+    memory_limit: str = "50%"
+    spill: str | None = None
+
+    @field_validator("timeout_s")
+    @classmethod
+    def _timeout(cls, v: float | None) -> float | None:
+        if v is None or v == 0:
+            return None
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"timeout_s must be a number of seconds >= 0 (0: no limit), got {v!r}")
+        return float(v)
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory(cls, v: str) -> str:
+        parse_size(v, what="memory_limit")
+        return v
+
+    @field_validator("spill")
+    @classmethod
+    def _spill(cls, v: str | None) -> str | None:
+        if v is not None:
+            if _SHARE.fullmatch(v):
+                raise ValueError(f"spill must be a size such as '10GB', not a share of RAM: {v!r}")
+            parse_size(v, what="spill")
+        return v
+
+
+@dataclass(frozen=True)
+class QueryHead:
+    """The first rows of a result, and how many rows it had in all."""
+
+    table: pa.Table
+    total_rows: int
+
+    @property
+    def left_out(self) -> int:
+        return self.total_rows - self.table.num_rows
+
+
+_DEFAULT: Any = object()  # "use the catalog's own timeout"
+
+
+def _limits(limits: SQLLimits | None, overrides: dict[str, Any]) -> SQLLimits:
+    base = limits if limits is not None else SQLLimits()
+    if not overrides:
+        return base
+    return SQLLimits(**{**base.model_dump(), **overrides})  # unknown names refused by name
+
+
+@dataclass
+class _Statement:
+    """One statement's text, deadline and progress callback, shared by the calls that run it."""
+
+    query: str
+    timeout_s: float | None
+    on_wait: Callable[[float], None] | None
+    started: float
+    kind: str = "Query"
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self.timeout_s is None else self.started + self.timeout_s
+
+
+# --- the catalog ------------------------------------------------------------------------
+
+
 class Catalog:
     """A locked DuckDB connection over one snapshot of a store. Use as a context manager."""
 
-    def __init__(self, store: Store, *, snapshot: Snapshot | None = None):
-        self.store = store
-        self.snapshot = snapshot if snapshot is not None else store.snapshot()
+    def __init__(self, tables: Tables, snapshot: Snapshot, *, limits: SQLLimits | None = None, **overrides: Any):
+        """``limits``, or the defaults, with any field of :class:`SQLLimits` overridden by name
+        (``Catalog(t, s, timeout_s=5)``); an unknown name is refused."""
+        self.tables = tables
+        self.snapshot = snapshot
+        self.limits = _limits(limits, overrides)
         self.con = duckdb.connect(":memory:")
+        self._spill_dir: str | None = None
+        self._running: threading.Thread | None = None
         try:
             self._build()
         except BaseException:
-            self.con.close()
+            self.close()
             raise
 
     def _build(self) -> None:
         con = self.con
         con.execute("SET threads TO 2")
         for name in TABLES:
-            if name == "manifests":
-                con.register("_manifests", self.snapshot.manifests)
+            if name == "manifests":  # scanned lazily; the view hides excluded attempts
+                con.register("_manifests", self.snapshot.dataset())
+                con.register("_excluded", self.snapshot.excluded_table())
             else:
-                con.register(f"_{name}", self.store.dataset(name))
+                con.register(f"_{name}", self.tables.dataset(name))
         for stmt in con.extract_statements(catalog_sql()):
             con.execute(stmt)
+        self._apply_limits()
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
+
+    def _apply_limits(self) -> None:
+        """Memory and spilling; must run before the configuration is locked."""
+        con = self.con
+        con.execute(f"SET memory_limit = '{parse_size(self.limits.memory_limit)}B'")
+        if self.limits.spill is None:
+            # An in-memory DuckDB spills into ./.tmp of the working directory by default.
+            con.execute("SET temp_directory = ''")
+        else:
+            self._spill_dir = tempfile.mkdtemp(prefix="l2s-sql-spill-")
+            con.execute("SET temp_directory = ?", [self._spill_dir])  # a parameter: no quoting
+            con.execute(f"SET max_temp_directory_size = '{parse_size(self.limits.spill)}B'")
 
     def __enter__(self) -> Catalog:
         return self
@@ -78,28 +262,219 @@ class Catalog:
         self.close()
 
     def close(self) -> None:
+        if self._running is not None and self._running.is_alive():
+            # A statement that ignored its interrupt still uses the connection: closing it under
+            # that thread is unsafe, so leave both to the process's exit.
+            return
         self.con.close()
+        if self._spill_dir is not None:
+            shutil.rmtree(self._spill_dir, ignore_errors=True)
+            self._spill_dir = None
 
+    # -- statements ------------------------------------------------------------------------
     def statement(self, query: str) -> duckdb.Statement:
         """Parse ``query``; SQLRefusedError unless it is exactly one read-only SELECT."""
         return parse_one(query, self.con)
 
-    def query(self, query: str, params: list | None = None) -> pa.Table:
-        """Run one read-only SELECT and return its rows."""
+    def query(self, query: str, params: list | None = None, *, timeout_s: float | None = _DEFAULT,
+              on_wait: Callable[[float], None] | None = None) -> pa.Table:
+        """Run one read-only SELECT and return every row.
+
+        ``timeout_s`` overrides the catalog's limit for this call (None: no limit);
+        ``on_wait(elapsed_s)`` is called a few times a second while the statement runs.
+        """
         st = self.statement(query)
+        run = self._start(query, timeout_s, on_wait)
+        return self._call(run, lambda: self.con.sql(st.query, params=params or None).to_arrow_table())
+
+    def head(self, query: str, max_rows: int, *, timeout_s: float | None = _DEFAULT,
+             on_wait: Callable[[float], None] | None = None) -> QueryHead:
+        """The first ``max_rows`` rows of ``query``, and the number of rows it has in all.
+
+        The rows past the cap are counted as they stream by, never held.
+        """
+        if not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 0:
+            raise ValueError(f"max_rows must be an int >= 0, got {max_rows!r}.")
+        kept: list[pa.RecordBatch] = []
+        have = total = 0
+        with self.stream(query, timeout_s=timeout_s, on_wait=on_wait) as rows:
+            for batch in rows:
+                total += batch.num_rows
+                if have < max_rows:
+                    part = batch.slice(0, max_rows - have)
+                    kept.append(part)
+                    have += part.num_rows
+        return QueryHead(pa.Table.from_batches(kept, schema=rows.schema), total)
+
+    def stream(self, query: str, *, timeout_s: float | None = _DEFAULT,
+               on_wait: Callable[[float], None] | None = None, batch_rows: int = _BATCH_ROWS) -> RowStream:
+        """Start one read-only SELECT and stream its rows as Arrow record batches.
+
+        The statement starts here (a refusal or a bad column raises here); its time limit covers
+        it from here to the last batch. Use the stream in a ``with`` block, or close it, before
+        the next statement on this catalog.
+        """
+        st = self.statement(query)
+        run = self._start(query, timeout_s, on_wait)
+        reader = self._call(run, lambda: self.con.sql(st.query).to_arrow_reader(batch_rows))
+        return RowStream(self, run, reader)
+
+    def select_sample_ids(self, where: str, *, timeout_s: float | None = _DEFAULT) -> list[str]:
+        """Sample ids (sorted) that ``where`` selects over memberships joined with samples.
+
+        ``where`` is a condition such as ``"split = 'train' AND category IN ('c0', 'c1')"`` over
+        the columns of both views. DuckDB parses it as one expression (:func:`check_where`), and it
+        is applied as a relation filter, so it cannot end the query or start another one.
+        """
+        expr = _where_expression(where)
+        run = self._start(where, timeout_s, None, kind="WHERE fragment")
+
+        def select() -> list[str]:
+            base = self.con.sql("SELECT * FROM memberships LEFT JOIN samples USING (sample_id)")
+            try:
+                rel = base.filter(expr)
+            except duckdb.BinderException as exc:
+                raise StoreError(
+                    f"where={where!r} does not fit the catalog: {exc}. A where fragment may use the "
+                    f"columns of memberships joined with samples: {', '.join(base.columns)}."
+                ) from exc
+            rel = rel.project("sample_id").distinct().order("sample_id")
+            parse_one(rel.sql_query(), self.con)  # what runs is one SELECT, whatever `where` held
+            return rel.to_arrow_table()["sample_id"].to_pylist()
+
+        return self._call(run, select)
+
+    # -- running on a worker thread ----------------------------------------------------------
+    def _start(self, query: str, timeout_s: float | None, on_wait, *, kind: str = "Query") -> _Statement:
+        if timeout_s is _DEFAULT:
+            timeout_s = self.limits.timeout_s
+        else:
+            timeout_s = SQLLimits(timeout_s=timeout_s).timeout_s
+        return _Statement(query, timeout_s, on_wait, time.monotonic(), kind)
+
+    def _call(self, run: _Statement, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (DuckDB calls on this connection) on a worker thread, within ``run``'s limits.
+
+        The calling thread waits on an event in short slices: Ctrl-C reaches it there, and past
+        the deadline it interrupts the statement. Errors come back classified by their type.
+        """
+        if self._running is not None and self._running.is_alive():
+            raise StoreError(
+                "this catalog still runs an interrupted statement that has not stopped; "
+                "open a new Catalog (or a new process) for the next query."
+            )
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as exc:  # handed to the caller, which classifies it
+                box["error"] = exc
+            finally:
+                done.set()
+
+        worker = threading.Thread(target=work, name="l2s-sql", daemon=True)
+        self._running = worker
+        worker.start()
+        timed_out = False
         try:
-            return self.con.sql(st.query, params=params or None).to_arrow_table()
-        except duckdb.PermissionException as exc:
-            raise _refuse(query, f"needs external access: {exc}") from exc
-        except (duckdb.InvalidInputException, duckdb.CatalogException, duckdb.BinderException,
-                duckdb.ParserException, duckdb.ConversionException) as exc:
-            if "external access" in str(exc).lower() or "lock" in str(exc).lower():
-                raise _refuse(query, str(exc)) from exc
-            raise StoreError(f"SQL failed: {exc}. Query: {query!r}") from exc
-        except duckdb.Error as exc:
-            if "external access" in str(exc).lower() or "disabled" in str(exc).lower():
-                raise _refuse(query, str(exc)) from exc
-            raise StoreError(f"SQL failed: {exc}. Query: {query!r}") from exc
+            while not done.wait(_WAIT_SLICE_S if run.deadline is None
+                                else max(0.0, min(_WAIT_SLICE_S, run.deadline - time.monotonic()))):
+                if run.deadline is not None and time.monotonic() >= run.deadline:
+                    timed_out = True
+                    self._stop(done)
+                    break
+                if run.on_wait is not None:
+                    run.on_wait(time.monotonic() - run.started)
+        except KeyboardInterrupt:
+            self._stop(done)
+            raise
+        if "error" not in box:
+            if "value" in box:
+                return box["value"]  # finished just as the deadline passed
+            raise _timed_out(run)  # never stopped: the statement still holds the connection
+        exc = box["error"]
+        if timed_out:
+            raise _timed_out(run) from exc
+        err = _classify(exc, run)
+        if err is exc:
+            raise exc
+        raise err from exc
+
+    def _stop(self, done: threading.Event) -> None:
+        """Interrupt the running statement and wait a little for it to stop."""
+        self.con.interrupt()
+        done.wait(_STOP_GRACE_S)
+
+
+class RowStream:
+    """The rows of one running statement: ``schema``, then its record batches when iterated."""
+
+    def __init__(self, catalog: Catalog, run: _Statement, reader: pa.RecordBatchReader):
+        self._catalog, self._run, self._reader = catalog, run, reader
+        self.schema: pa.Schema = reader.schema
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        while (batch := self._catalog._call(self._run, lambda: _next_batch(self._reader))) is not None:
+            yield batch
+
+    def close(self) -> None:
+        """Let go of the result, so that the catalog can run its next statement."""
+        self._reader.close()
+
+    def __enter__(self) -> RowStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
+    try:
+        return reader.read_next_batch()
+    except StopIteration:
+        return None
+
+
+def _timed_out(run: _Statement) -> SQLTimeoutError:
+    return SQLTimeoutError(
+        f"SQL stopped after its time limit of {run.timeout_s:g} s. {_shown(run)}. Narrow it (a "
+        "WHERE, a LIMIT, fewer joins), or allow it more time with `l2s sql --timeout SECONDS` or "
+        "`SQLLimits(timeout_s=...)` (0: no limit)."
+    )
+
+
+def _shown(run: _Statement) -> str:
+    q = run.query
+    return f"{run.kind}: {q if len(q) <= 200 else q[:200] + '...'!r}"
+
+
+def _classify(exc: BaseException, run: _Statement) -> BaseException:
+    """The library error for what DuckDB (or the Arrow stream over it) raised, by its type."""
+    if isinstance(exc, L2SError):
+        return exc
+    if isinstance(exc, duckdb.PermissionException):
+        return _refuse(run.query, f"needs access outside the catalog: {exc}")
+    if isinstance(exc, duckdb.OutOfMemoryException):
+        return SQLMemoryError(
+            f"SQL needs more memory than the catalog's limit: {exc}. {_shown(run)}. Narrow it, "
+            "raise the limit (`l2s sql --memory-limit 80%`, or `SQLLimits(memory_limit=...)`), or "
+            "let it spill to disk (`--spill 20GB`, or `SQLLimits(spill=...)`)."
+        )
+    if isinstance(exc, duckdb.ParserException):
+        return StoreError(f"SQL does not parse: {exc}. {_shown(run)}")
+    if isinstance(exc, (duckdb.CatalogException, duckdb.BinderException)):
+        return StoreError(
+            f"SQL failed: {exc}. {_shown(run)}. The catalog's views are {', '.join(VIEWS)}; list "
+            "a view's columns with `SELECT * FROM <view> LIMIT 0`."
+        )
+    if isinstance(exc, duckdb.Error):
+        return StoreError(f"SQL failed: {exc}. {_shown(run)}")
+    if isinstance(exc, OSError):
+        # Arrow's stream interface carries an error raised mid-stream without DuckDB's type.
+        return StoreError(f"SQL failed while its rows streamed: {exc}. {_shown(run)}")
+    return exc
 
 
 def parse_one(query: str, con: duckdb.DuckDBPyConnection | None = None) -> duckdb.Statement:
@@ -123,85 +498,67 @@ def parse_one(query: str, con: duckdb.DuckDBPyConnection | None = None) -> duckd
     return st
 
 
-def _scan_tokens(fragment: str) -> list[str]:
-    """Split a SQL fragment into coarse tokens, honouring quotes; refuse comments and ';'."""
-    out: list[str] = []
-    i, n = 0, len(fragment)
-    while i < n:
-        ch = fragment[i]
-        if ch in "'\"":
-            j = i + 1
-            while True:
-                j = fragment.find(ch, j)
-                if j < 0:
-                    raise _refuse(fragment, "unterminated quote in WHERE fragment")
-                if j + 1 < n and fragment[j + 1] == ch:  # doubled quote = escaped
-                    j += 2
-                    continue
-                break
-            out.append(fragment[i : j + 1])
-            i = j + 1
-        elif fragment.startswith("--", i) or fragment.startswith("/*", i):
-            raise _refuse(fragment, "comments are not allowed in a WHERE fragment")
-        elif ch == ";":
-            raise _refuse(fragment, "';' would end the query and start another statement")
-        elif ch in "()":
-            out.append(ch)
-            i += 1
-        else:
-            i += 1
-    return out
+def check_where(con: duckdb.DuckDBPyConnection | None, fragment: str) -> str:
+    """Check a WHERE fragment with DuckDB's own parser; return it unchanged, or refuse it.
 
-
-def check_where(con: duckdb.DuckDBPyConnection, fragment: str) -> str:
-    """Validate a user WHERE fragment before the library splices it into ``WHERE (...)``.
-
-    Refused: ';', comments, quotes left open, parentheses that close the library's own
-    parenthesis, and anything that does not leave exactly one SELECT when spliced in.
+    Refused (:class:`SQLRefusedError`): an empty fragment; anything DuckDB does not read as
+    exactly one expression (a ``)`` that would close an outer parenthesis, a second statement,
+    an open quote); and, found by DuckDB's tokenizer, ``;`` and comments: a fragment is one
+    condition, not a script, and a comment would hide part of it from whoever reads it in a log.
+    ``con`` is accepted for older callers; parsing needs no connection.
     """
-    if not isinstance(fragment, str) or not fragment.strip():
-        raise _refuse(str(fragment), "empty WHERE fragment")
-    depth = 0
-    for tok in _scan_tokens(fragment):
-        if tok == "(":
-            depth += 1
-        elif tok == ")":
-            depth -= 1
-            if depth < 0:
-                raise _refuse(fragment, "unbalanced ')' would close the library's WHERE (...)")
-    if depth != 0:
-        raise _refuse(fragment, "unbalanced '(' in WHERE fragment")
-    probe = f"SELECT 1 FROM (SELECT 1 AS x) AS t WHERE ({fragment})"
-    try:
-        stmts = con.extract_statements(probe)
-    except duckdb.Error as exc:
-        raise StoreError(f"WHERE fragment does not parse: {exc}. Fragment: {fragment!r}") from exc
-    if len(stmts) != 1 or stmts[0].type not in _READ_ONLY:
-        raise _refuse(fragment, "WHERE fragment does not stay a single SELECT")
+    del con
+    _where_expression(fragment)
     return fragment
 
 
-def export_catalog(store: Store, path: str, *, snapshot: Snapshot | None = None) -> dict[str, int]:
+def _where_expression(fragment: str) -> duckdb.Expression:
+    """``fragment`` parsed by DuckDB as one expression, ready for a relation's ``filter``."""
+    if not isinstance(fragment, str) or not fragment.strip():
+        raise _refuse(str(fragment), "empty WHERE fragment")
+    try:
+        fragment.encode()
+    except UnicodeEncodeError as exc:
+        raise _refuse(fragment, f"not valid text: {exc}") from exc
+    for text, kind in _token_texts(fragment):
+        if kind == duckdb.token_type.comment:
+            raise _refuse(fragment, "comments are not allowed in a WHERE fragment")
+        if kind == duckdb.token_type.operator and ";" in text:
+            raise _refuse(fragment, "';' would end the query; a WHERE fragment is one condition")
+    try:
+        return duckdb.SQLExpression(fragment)
+    except (duckdb.ParserException, duckdb.InvalidInputException) as exc:
+        raise _refuse(fragment, f"not one SQL expression: {exc}") from exc
+
+
+def _token_texts(text: str) -> list[tuple[str, Any]]:
+    """DuckDB's tokens of ``text``, each as (its text, its type); DuckDB counts UTF-8 bytes."""
+    raw = text.encode()
+    found = duckdb.tokenize(text)
+    ends = [at for at, _ in found[1:]] + [len(raw)]
+    return [(raw[at:end].decode(errors="replace").strip(), kind) for (at, kind), end in zip(found, ends)]
+
+
+def export_catalog(tables: Tables, snapshot: Snapshot, path: str, *, limits: SQLLimits | None = None,
+                   **overrides: Any) -> dict[str, int]:
     """Materialise every catalog view as a table in a new DuckDB file; returns rows per table.
 
     The file is written by this process, not by user SQL, so the sandbox stays closed.
     """
-    import os
-
     if os.path.exists(path):
         raise StoreError(f"{path} exists; the export never overwrites. Remove it or choose another name.")
-    with Catalog(store, snapshot=snapshot) as cat:
-        tables = {v: cat.query(f"SELECT * FROM {v}") for v in VIEWS}
+    with Catalog(tables, snapshot, limits=limits, **overrides) as cat:
+        views = {v: cat.query(f"SELECT * FROM {v}") for v in VIEWS}
     out = duckdb.connect(path)
     counts: dict[str, int] = {}
     try:
-        for v, t in tables.items():
+        for v, t in views.items():
             out.register("_t", t)
             out.execute(f"CREATE TABLE {v} AS SELECT * FROM _t")
             out.unregister("_t")
             counts[v] = t.num_rows
         out.execute("CREATE TABLE l2s_snapshot AS SELECT ? AS snapshot_id, ? AS store_url",
-                    [cat.snapshot.id, store.url])
+                    [cat.snapshot.id, tables.backend.url])
     finally:
         out.close()
     return counts

@@ -11,54 +11,65 @@
             ...   # x [B, Dx], y [B, Dy] float32
 
 Reads are chunk-granular (DESIGN 4.5): zarr gathers random single rows about 300x slower than
-a memmap, whole chunks at page-cache speed. So the unit of work is one chunk of the first key's
-array (all selected samples in it); units are shuffled and dealt out to ranks and DataLoader
-workers. Each worker takes units ``buffer_rows`` rows at a time (a round: the shuffle buffer).
-On a local disk a round costs no copy at all: its chunk files are mapped side by side into one
-reserved address range (:mod:`l2s_data.store._vmap`), so the round is one ``[rows, D]`` array
-over the page cache, and each batch is one ``take`` of randomly chosen rows of it into a
-reused batch array: each byte is read once and written once, as in a plain memmap read. With
-``verify="once"`` the chunks stay mapped between epochs (:class:`_Windows`). A ``where`` that
-selects some rows of a chunk maps the chunk and takes those rows. The other
-keys' rows come from their own chunks the same way when they line up with the first key's
-(extraction writes the keys of a shard together, so they do); otherwise, on remote stores, or
-where fixed mappings are unavailable, the round's rows are copied into one array first (a
-small chunk cache serves keys stored in another order). Fewer than a batch of rows left at
-the end of a round carry over into the next.
+a plain read, whole chunks at page-cache speed. So the unit of work is one chunk of the first
+key's array (all selected samples in it); units are shuffled and dealt out to ranks and
+DataLoader workers. Each worker takes units ``buffer_rows`` rows at a time (a round: the
+shuffle buffer), reads their chunks with plain reads into a reused round buffer (one
+``preadv`` per chunk, its crc32c checked over the bytes read: :class:`~l2s_data.store._chunks.ChunkReader`),
+and hands out batches, each one ``take`` of randomly chosen rows of the round into a reused
+batch array. Nothing is memory-mapped: a chunk file truncated or rewritten while a loader runs
+raises :class:`~l2s_data.errors.CorruptChunkError` naming the chunk, and rows already read
+stay what was checked. Fewer than a batch of rows left at the end of a round carry over into
+the next.
 
-Each chunk's crc32c is checked the first time the process reads the file, and again if the
-file changes (``verify="once"``); ``verify="always"`` hashes on every read.
+The other keys' rows come from their own chunks the same way when they line up with the
+first key's (extraction writes the keys of a shard together, so they do); a ``where`` that
+keeps some rows of a chunk reads the chunk into a scratch buffer and copies those rows; keys
+stored in another order are gathered through a small cache of chunks.
 
 Every epoch yields every selected row exactly once over all workers and ranks, in an order
 that depends only on (seed, epoch, world size, worker count). A selection whose bytes fit
-``memory_budget`` is read once into memory and then permuted per epoch (``in_memory=None``
-picks automatically; ``False`` forces streaming).
+``memory_budget`` is kept in memory (``in_memory=None`` picks automatically; ``False`` forces
+streaming): the rounds of the first epoch read their units into one array per key instead of
+a round buffer, batches are served as they are read, and later epochs read nothing. Both paths
+yield the same batches.
 """
 
 from __future__ import annotations
 
-import os
+import multiprocessing
 import sys
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
-from l2s_data.errors import KeyNotFoundError, StoreError
-from l2s_data.store._backend import Backend
-from l2s_data.store import _vmap
-from l2s_data.store._chunks import VERIFY_MODES, ArrayInfo, chunk_identity, map_chunk, place_chunk, read_chunk
+from l2s_data.errors import EmptySelectionError, KeyNotFoundError, StoreError
+from l2s_data.store._chunks import ArrayInfo, ChunkCache, ChunkReader
 from l2s_data.store.snapshot import Key
-
-if TYPE_CHECKING:
-    from l2s_data.store.store import Store
 
 __all__ = ["KeyedDataset"]
 
-_TORCH_DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+class Store(Protocol):
+    """What the loader uses of the store facade that builds it (``Store.pairs``/``columns``)."""
+
+    url: str
+
+    @property
+    def backend(self) -> Any: ...
+
+    def snapshot(self) -> Any: ...
+
+    def catalog(self, *, snapshot: Any = None) -> Any: ...
+
+#: Accepted values of ``verify``. Every read is checked either way: "once" is kept so that
+#: code written for an earlier reader (which trusted a file it had checked) still runs.
+VERIFY_MODES = ("always", "once")
 
 
 class KeyedDataset(torch.utils.data.IterableDataset):
@@ -70,6 +81,7 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         keys: the columns to yield, in order.
         where: a SQL boolean expression over the columns of ``samples`` and ``memberships``
             (``split = 'train' AND category LIKE '0%'``); None = every sample having all keys.
+            One that selects no sample raises :class:`EmptySelectionError` here.
         batch_size: rows per batch (the last batch of an epoch may be smaller).
         shuffle: shuffle chunk order and rows inside the buffer; False = storage order.
         seed: with the epoch (``set_epoch``), fixes the order.
@@ -78,11 +90,9 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         in_memory: True / False / None (= when the selection fits ``memory_budget`` bytes).
         dtype: "float32" (default) or "stored" (float16 / bfloat16 tensors as stored).
         missing: "error" if a selected sample lacks a key, or "skip" it.
-        verify: "once" (default) checks each chunk file's crc32c the first time this process
-            reads it and again whenever the file changes (see ``_chunks.map_chunk``); "always"
-            re-checks on every read. ``l2s store verify`` is the full check either way. With
-            "once", a local store's chunk files stay mapped between epochs (``release()``).
-        prefetch: read the next buffer's chunks in a background thread while batches go out
+        verify: "always" (default) or "once": either way every chunk read is checked against
+            its crc32c (the reader copies what it checked, so the check cannot be skipped).
+        prefetch: read the next round's chunks in a background thread while batches go out
             (helps with free cores and remote stores; on a busy 2-core host it costs more).
         rank, world_size: split units across data-parallel ranks as well.
     """
@@ -92,7 +102,7 @@ class KeyedDataset(torch.utils.data.IterableDataset):
                  buffer_rows: int | None = None, in_memory: bool | None = None,
                  memory_budget: int = 2 << 30, dtype: str = "float32", with_ids: bool = False,
                  missing: str = "error", rank: int = 0, world_size: int = 1, epoch: int = 0,
-                 cache_chunks: int = 64, prefetch: bool = False, verify: str = "once"):
+                 cache_chunks: int = 64, prefetch: bool = False, verify: str = "always"):
         super().__init__()
         keys = tuple(keys)
         if not keys or not all(isinstance(k, Key) for k in keys):
@@ -115,80 +125,94 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         self.dtype = dtype
         self.with_ids = with_ids
         self.rank, self.world_size = rank, world_size
-        self.epoch = int(epoch)
+        self._epoch = _SharedEpoch(int(epoch))
         self.cache_chunks = cache_chunks
         self.prefetch = prefetch
         self.verify = verify
-        self._backend: Backend = store._backend
+        self._backend = store.backend
         snap = store.snapshot()
         self.snapshot_id = snap.id
 
         selected = None if where is None else _select(store, snap, where)
-        indexes = [snap.index(k.recipe, k.view, k.position, k.layer) for k in keys]
-        for k, idx in zip(keys, indexes):
-            if not idx:
+        tables = [snap.key_rows(k.recipe, k.view, k.position, k.layer) for k in keys]
+        for k, t in zip(keys, tables):
+            if t.num_rows == 0:
                 raise KeyNotFoundError(
                     f"key {k} has no committed rows in snapshot {snap.id} of {store.url}; check it "
                     f"with `l2s sql \"SELECT DISTINCT recipe_id, view, position, layer FROM manifests\"`."
                 )
-        base = sorted(indexes[0]) if selected is None else sorted(selected)
-        have = [s for s in base if all(s in idx for idx in indexes)]
-        if len(have) != len(base) and missing == "error":
-            lost = [s for s in base if s not in set(have)]
+        if selected is None:
+            base = pc.unique(tables[0]["sample_id"].combine_chunks())
+        else:
+            base = pa.array(sorted(selected), pa.string())
+        base = base.take(pc.array_sort_indices(base))
+        hits = [pc.index_in(base, value_set=t["sample_id"].combine_chunks()) for t in tables]
+        ok = np.ones(len(base), bool)
+        for h in hits:
+            ok &= h.is_valid().to_numpy(zero_copy_only=False)
+        if not ok.all() and missing == "error":
+            lost = base.filter(pa.array(~ok)).to_pylist()
             raise KeyNotFoundError(
                 f"{len(lost)} of {len(base)} selected sample(s) lack one of the keys "
                 f"{[str(k) for k in keys]}, e.g. {lost[:3]}. Extract them, narrow `where`, or pass "
                 f"missing='skip'."
             )
+        have = base.filter(pa.array(ok))
         self.skipped = len(base) - len(have)
+        if len(have) == 0:
+            what = "every key" if where is None else f"where={where!r}"
+            raise EmptySelectionError(
+                f"{what} selects no sample having all of the keys {[str(k) for k in keys]} in "
+                f"snapshot {snap.id} of {store.url} ({self.skipped} selected sample(s) lack a key). "
+                f"Check the selection with `l2s sql \"SELECT count(*) FROM memberships LEFT JOIN "
+                f"samples USING (sample_id) WHERE ...\"`, or extract the keys first."
+            )
 
         # Per key: the arrays it lives in, and (array index, row) of every selected sample.
         self._infos: list[list[ArrayInfo]] = []
         locs: list[np.ndarray] = []
-        for idx in indexes:
-            paths = sorted({idx[s][0] for s in have})
-            pos = {p: i for i, p in enumerate(paths)}
-            self._infos.append([snap.array_info(p) for p in paths])
-            loc = np.array([(pos[idx[s][0]], idx[s][1]) for s in have], np.int64).reshape(-1, 2)
-            locs.append(loc)
+        for t, h in zip(tables, hits):
+            at = h.filter(pa.array(ok))
+            arrays, rows = t["array"].take(at), t["row"].take(at)
+            paths = pc.unique(arrays.combine_chunks())
+            paths = paths.take(pc.array_sort_indices(paths))
+            infos = [snap.array_info(p) for p in paths.to_pylist()]
+            if len({(i.dim, i.logical_dtype) for i in infos}) > 1:
+                raise StoreError(
+                    f"key {keys[len(self._infos)]} is stored with different widths or dtypes in "
+                    f"{', '.join(f'{i.path} ({i.dim} x {i.logical_dtype})' for i in infos[:4])}; its "
+                    f"rows cannot form one column. Delete and re-extract the odd shards."
+                )
+            self._infos.append(infos)
+            which = pc.index_in(arrays, value_set=paths).to_numpy(zero_copy_only=False)
+            locs.append(np.stack([which.astype(np.int64), rows.to_numpy().astype(np.int64)], axis=1))
         # Storage order of the first key, so a unit (one chunk of key 0) is contiguous.
-        if have:
-            c0 = np.array([self._infos[0][a].chunk_rows for a in locs[0][:, 0]], np.int64)
-            order = np.lexsort((locs[0][:, 1], locs[0][:, 1] // c0, locs[0][:, 0]))
-        else:
-            order = np.zeros(0, np.int64)
-        self.sample_ids = [have[i] for i in order]
+        l0 = locs[0]
+        c0 = np.array([i.chunk_rows for i in self._infos[0]], np.int64)[l0[:, 0]]
+        order = np.lexsort((l0[:, 1], l0[:, 1] // c0, l0[:, 0]))
+        self.sample_ids = have.take(pa.array(order)).to_pylist()
         self._locs = [loc[order] for loc in locs]
-        if have:
-            l0 = self._locs[0]
-            chunk_of = l0[:, 1] // np.array([self._infos[0][a].chunk_rows for a in l0[:, 0]], np.int64)
-            unit_key = l0[:, 0] * (1 << 32) + chunk_of
-            starts = np.flatnonzero(np.r_[True, unit_key[1:] != unit_key[:-1]])
-            self._units = np.stack([starts, np.r_[starts[1:], len(have)]], axis=1)
-        else:
-            self._units = np.zeros((0, 2), np.int64)
-        # Per key and unit: is the unit one whole chunk of that key, rows in storage order? Then
-        # it is memory-mapped as is; otherwise its rows are gathered (computed once, here).
+        l0, c0 = self._locs[0], c0[order]
+        unit_key = l0[:, 0] * (1 << 32) + l0[:, 1] // c0
+        starts = np.flatnonzero(np.r_[True, unit_key[1:] != unit_key[:-1]])
+        self._units = np.stack([starts, np.r_[starts[1:], len(have)]], axis=1)
+        # Per key and unit, how its rows are read (computed once): straight into the buffer
+        # when they are one whole chunk in storage order; through a scratch buffer when they
+        # lie in one chunk; else gathered through a cache of chunks.
         self._whole = [self._whole_chunks(k) for k in range(len(keys))]
-        # Per key and unit: do its rows (all, or the selected few) lie in one chunk of the key?
-        # Then the chunk is mapped whole and the rows are picked out of it (see _Windows).
         self._one_chunk = [self._in_one_chunk(k) for k in range(len(keys))]
-        self.dims = [infos[0].dim if infos else 0 for infos in self._infos]
+        self._chunk_ids = [self._unit_chunks(k) for k in range(len(keys))]
+        self.dims = [infos[0].dim for infos in self._infos]
         self.num_rows = len(have)
-        row_bytes = sum(infos[0].dim * infos[0].stored_dtype.itemsize for infos in self._infos if infos)
+        row_bytes = sum(infos[0].dim * infos[0].stored_dtype.itemsize for infos in self._infos)
         self.nbytes = self.num_rows * row_bytes
         self.in_memory = self.nbytes <= memory_budget if in_memory is None else bool(in_memory)
-        typical_chunk = self._infos[0][0].chunk_rows if have else 1
-        self.buffer_rows = int(buffer_rows or max(8 * typical_chunk, 4 * batch_size))
-        self._memory: list[np.ndarray] | None = None
-        self._resident: tuple[int, list] | None = None  # (pid, per key a _Resident or None)
-        self._chunk_ids: dict[int, tuple[list[tuple[int, int]], np.ndarray]] = {}
+        self.buffer_rows = int(buffer_rows or max(8 * self._infos[0][0].chunk_rows, 4 * batch_size))
+        self._memory: _Resident | None = None
 
     def _whole_chunks(self, k: int) -> np.ndarray:
         """bool ``[n_units]``: unit u's rows of key k are exactly one whole chunk, in order."""
         units, loc, infos = self._units, self._locs[k], self._infos[k]
-        if not len(units):
-            return np.zeros(0, bool)
         chunk_rows = np.array([i.chunk_rows for i in infos], np.int64)[loc[:, 0]]
         rows = np.array([i.rows for i in infos], np.int64)[loc[:, 0]]
         follows = (loc[1:, 0] == loc[:-1, 0]) & (loc[1:, 1] == loc[:-1, 1] + 1)  # row i+1 after row i
@@ -200,8 +224,6 @@ class KeyedDataset(torch.utils.data.IterableDataset):
     def _in_one_chunk(self, k: int) -> np.ndarray:
         """bool ``[n_units]``: unit u's rows of key k all lie in one chunk of one array."""
         units, loc, infos = self._units, self._locs[k], self._infos[k]
-        if not len(units):
-            return np.zeros(0, bool)
         chunk = loc[:, 1] // np.array([i.chunk_rows for i in infos], np.int64)[loc[:, 0]]
         same = (loc[1:, 0] == loc[:-1, 0]) & (chunk[1:] == chunk[:-1])
         breaks = np.r_[0, np.cumsum(~same)]
@@ -209,32 +231,25 @@ class KeyedDataset(torch.utils.data.IterableDataset):
 
     def _unit_chunks(self, k: int) -> tuple[list[tuple[int, int]], np.ndarray]:
         """Key k: per unit the (array, chunk) of its first row, and per row its row in its chunk."""
-        got = self._chunk_ids.get(k)
-        if got is None:
-            loc, infos = self._locs[k], self._infos[k]
-            chunk_rows = np.array([i.chunk_rows for i in infos], np.int64)[loc[:, 0]]
-            first = self._units[:, 0]
-            chunks = list(zip(loc[first, 0].tolist(), (loc[first, 1] // chunk_rows[first]).tolist()))
-            got = self._chunk_ids[k] = (chunks, loc[:, 1] % chunk_rows)
-        return got
-
-    def _resident_windows(self) -> list:
-        """This process's resident windows, one slot per key (see :class:`_Windows`)."""
-        pid = os.getpid()
-        if self._resident is None or self._resident[0] != pid:  # new, or a forked worker's copy
-            self._resident = (pid, [None] * len(self.keys))
-        return self._resident[1]
+        loc, infos = self._locs[k], self._infos[k]
+        chunk_rows = np.array([i.chunk_rows for i in infos], np.int64)[loc[:, 0]]
+        first = self._units[:, 0]
+        chunks = list(zip(loc[first, 0].tolist(), (loc[first, 1] // chunk_rows[first]).tolist()))
+        return chunks, loc[:, 1] % chunk_rows
 
     # -- public ----------------------------------------------------------------------------
     def release(self) -> None:
-        """Let go of the chunk files this process keeps mapped between epochs (they are also
-        released when the dataset is garbage-collected). Iterations still running keep theirs
-        until they end; the next iteration maps again."""
-        self._resident = None
+        """Drop this process's in-memory copy of the selection (the next epoch reads again)."""
+        self._memory = None
 
     def set_epoch(self, epoch: int) -> None:
-        """Pick the epoch whose order the next iteration yields (call before each epoch)."""
-        self.epoch = int(epoch)
+        """Pick the epoch whose order the next iteration yields (call before each epoch); DataLoader
+        workers that outlive an epoch (``persistent_workers=True``) see it too."""
+        self._epoch.set(int(epoch))
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
 
     def __repr__(self) -> str:
         mode = "in-memory" if self.in_memory else "streaming"
@@ -244,49 +259,23 @@ class KeyedDataset(torch.utils.data.IterableDataset):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_memory"] = None  # each worker loads its own copy, never pickles one
-        state["_resident"] = None  # mappings belong to a process
-        state["_chunk_ids"] = {}
         return state
 
     def __iter__(self) -> Iterator[tuple]:
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        stream, streams = self.rank * nw + wid, self.world_size * nw
-        if self.in_memory:
-            return self._iter_memory(stream, streams)
-        return self._iter_stream(stream, streams)
+        return self._iter(self.rank * nw + wid, self.world_size * nw)
 
-    # -- in memory -------------------------------------------------------------------------
-    def _load_all(self) -> list[np.ndarray]:
-        if self._memory is None:
-            cols = []
-            for k in range(len(self.keys)):
-                cols.append(self._gather(k, np.arange(self.num_rows), _ChunkCache(self._backend, 4)))
-            self._memory = cols
-        return self._memory
-
-    def _iter_memory(self, stream: int, streams: int) -> Iterator[tuple]:
-        cols = self._load_all()
-        n = self.num_rows
-        perm = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
-        starts = range(0, n, self.batch_size)
-        for b, s in enumerate(starts):
-            if b % streams != stream:
-                continue
-            sel = perm[s : s + self.batch_size]
-            if self.drop_last and len(sel) < self.batch_size:
-                continue
-            yield self._emit(sel, [c[sel] for c in cols])
-
-    # -- streaming -------------------------------------------------------------------------
-    def _iter_stream(self, stream: int, streams: int) -> Iterator[tuple]:
+    # -- the order -------------------------------------------------------------------------
+    def _rounds(self, stream: int, streams: int) -> list[np.ndarray]:
+        """This stream's units, dealt from the epoch's unit order, cut into rounds: consecutive
+        units holding >= buffer_rows rows, whose rows are shuffled together."""
         n_units = len(self._units)
-        ids = np.random.default_rng([self.seed, self.epoch]).permutation(n_units) if self.shuffle else np.arange(n_units)
+        if self.shuffle:
+            ids = np.random.default_rng([self.seed, self.epoch]).permutation(n_units)
+        else:
+            ids = np.arange(n_units)
         mine = ids[stream::streams]
-        if not len(mine):
-            return
-        rng = np.random.default_rng([self.seed, self.epoch, stream, streams])
-        # Rounds: consecutive units holding >= buffer_rows rows, shuffled together.
         rounds, acc, first = [], 0, 0
         sizes = self._units[mine, 1] - self._units[mine, 0]
         for j, m in enumerate(sizes.tolist()):
@@ -296,72 +285,58 @@ class KeyedDataset(torch.utils.data.IterableDataset):
                 first, acc = j + 1, 0
         if first < len(mine):
             rounds.append(mine[first:])
-        caches = [_ChunkCache(self._backend, self.cache_chunks) for _ in self.keys]
-        # With prefetch the next round is mapped while this one is read: two windows per key.
-        copies = 2 if self.prefetch else 1
-        windows = _Windows(self, slots=max(len(r) for r in rounds), copies=copies)
-        nkeys = len(self.keys)
+        return rounds
 
-        def load(r: int, rnd: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-            """The round's sample positions, and per key a source array and the row in it of
-            each of the round's rows (see :meth:`_Windows.load`)."""
-            starts, stops = self._units[rnd, 0], self._units[rnd, 1]
-            sizes = stops - starts
-            pos = np.repeat(starts - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
-            srcs, rows = [], []
-            for k in range(nkeys):
-                src, row = windows.load(k, r % copies, rnd, pos, sizes, caches[k])
-                srcs.append(src)
-                rows.append(row)
-            return pos, srcs, rows
-
-        pool = ThreadPoolExecutor(1, thread_name_prefix="l2s-loader") if self.prefetch else None
-        bsz = self.batch_size
+    # -- iteration -------------------------------------------------------------------------
+    def _iter(self, stream: int, streams: int) -> Iterator[tuple]:
+        rounds = self._rounds(stream, streams)
+        if not rounds:
+            return
+        rng = np.random.default_rng([self.seed, self.epoch, stream, streams])
+        bsz, nkeys = self.batch_size, len(self.keys)
         shapes = [(d, infos[0].stored_dtype) for d, infos in zip(self.dims, self._infos)]
+        if self.in_memory:
+            if self._memory is None:
+                self._memory = _Resident(self.num_rows, len(self._units), shapes)
+            source: _Source = _MemorySource(self, self._memory)
+        else:
+            most = max(int((self._units[r, 1] - self._units[r, 0]).sum()) for r in rounds)
+            source = _RoundSource(self, bsz + most, shapes, 2 if self.prefetch else 1)
+        pool = ThreadPoolExecutor(1, thread_name_prefix="l2s-loader") if self.prefetch else None
         buffers = _BatchBuffers(bsz, shapes)
         carry_pos = np.zeros(0, np.int64)
-        carry = [np.zeros((0, d), dt) for d, dt in shapes]
         try:
-            pending = pool.submit(load, 0, rounds[0]) if pool else None
+            pending = pool.submit(source.load, 0, rounds[0]) if pool else None
             for r, rnd in enumerate(rounds):
-                pos_r, srcs, rows = pending.result() if pool else load(r, rnd)
+                pos_r, srcs = pending.result() if pool else source.load(r, rnd)
                 if pool and r + 1 < len(rounds):
-                    pending = pool.submit(load, r + 1, rounds[r + 1])
+                    pending = pool.submit(source.load, r + 1, rounds[r + 1])
                 # The rows carried from the last round come first, then this round's; ``perm``
-                # deals them out. Row i of the output is source row src_rows[k][i] of key k, or
-                # carried row perm[i] (a few; patched after the take).
+                # deals them out: output row i is held row perm[i].
                 nc = len(carry_pos)
                 held = nc + len(pos_r)
                 perm = rng.permutation(held) if self.shuffle else np.arange(held)
                 pos = np.concatenate([carry_pos, pos_r])[perm]
-                from_carry = perm < nc
-                src_rows = [np.where(from_carry, row[0], row[np.maximum(perm - nc, 0)]) for row in rows]
-                carried = {i: perm[i] for i in np.flatnonzero(from_carry).tolist()}  # output row -> carried row
-                patch = {i // bsz for i in carried}  # batches holding carried rows
+                rows = source.rows(srcs, pos, perm, nc)
                 last = r == len(rounds) - 1
                 out_n = held if last else held - held % bsz
-                for b, s in enumerate(range(0, out_n, bsz)):
+                for s in range(0, out_n, bsz):
                     e = min(s + bsz, out_n)
                     if e - s < bsz and self.drop_last:
                         continue
                     cols = buffers.get(e - s)
                     for k in range(nkeys):
                         # mode="clip": no bounds pass through a temporary (rows valid by construction)
-                        srcs[k].take(src_rows[k][s:e], 0, cols[k], "clip")
-                    if b in patch:
-                        _patch(cols, carry, carried, s, e)
+                        srcs[k].take(rows[s:e], 0, cols[k], "clip")
                     yield self._emit(pos[s:e], cols)
                     del cols  # the caller's tensors alone keep the buffer from reuse
-                # Fewer than a batch left: copied out (the sources are remapped next round) and
-                # shuffled again with the next round's rows.
-                left = [src.take(row[out_n:held], 0) for src, row in zip(srcs, src_rows)]
-                _patch(left, carry, carried, out_n, held)
-                carry_pos, carry = pos[out_n:].copy(), left
+                # Fewer than a batch left: shuffled again with the next round's rows.
+                source.carry(srcs, rows[out_n:held])
+                carry_pos = pos[out_n:held].copy()
                 del srcs
         finally:
             if pool:
                 pool.shutdown(wait=True, cancel_futures=True)
-            windows.close()
 
     def _emit(self, positions: np.ndarray, cols: list[np.ndarray]) -> tuple:
         out = [self._tensor(k, c) for k, c in enumerate(cols)]
@@ -377,21 +352,25 @@ class KeyedDataset(torch.utils.data.IterableDataset):
             t = torch.from_numpy(np.ascontiguousarray(a))
         return t.float() if self.dtype == "float32" and t.dtype != torch.float32 else t
 
-    def _source(self, k: int, u: int, cache: _ChunkCache) -> np.ndarray:
-        """Key k's rows of unit u ``[len, D_k]``: a mapped chunk when they are one whole chunk in
-        storage order (the usual unit), else a gathered copy."""
+    # -- reading ---------------------------------------------------------------------------
+    def _fill(self, k: int, u: int, dest: np.ndarray, at: int, reader: ChunkReader, cache: ChunkCache) -> None:
+        """Write key k's rows of unit u into ``dest[at : at + rows of u]``, checked."""
         start, stop = self._units[u].tolist()
+        out = dest[at : at + stop - start]
         if self._whole[k][u]:
-            a0, r0 = self._locs[k][start].tolist()
-            info = self._infos[k][a0]
-            return map_chunk(self._backend, info, r0 // info.chunk_rows, verify=self.verify)
-        return self._gather(k, np.arange(start, stop), cache)
+            a, c = self._chunk_ids[k][0][u]
+            reader.into(self._infos[k][a], c, out)
+        elif self._one_chunk[k][u]:
+            a, c = self._chunk_ids[k][0][u]
+            block = reader.scratch(self._infos[k][a], c)
+            block.take(self._chunk_ids[k][1][start:stop], 0, out, "clip")
+        else:
+            self._gather(k, np.arange(start, stop), out, cache)
 
-    def _gather(self, k: int, positions: np.ndarray, cache: _ChunkCache) -> np.ndarray:
-        """Stored-dtype rows ``[len(positions), D_k]`` of key k, read chunk by chunk via ``cache``."""
+    def _gather(self, k: int, positions: np.ndarray, out: np.ndarray, cache: ChunkCache) -> None:
+        """Key k's rows of ``positions`` into ``out``, read chunk by chunk via ``cache``."""
         infos = self._infos[k]
         loc = self._locs[k][positions]
-        out = np.empty((len(positions), infos[0].dim), infos[0].stored_dtype)
         chunk_rows = np.array([infos[a].chunk_rows for a in loc[:, 0]], np.int64)
         chunk = loc[:, 1] // chunk_rows
         order = np.lexsort((chunk, loc[:, 0]))
@@ -402,113 +381,114 @@ class KeyedDataset(torch.utils.data.IterableDataset):
             block = cache.get(info, int(c_s[lo]))
             dst = order[lo:hi]
             out[dst] = block[loc[dst, 1] - c_s[lo] * info.chunk_rows]
-        return out
 
 
-class _Windows:
-    """Where each round's rows come from, per key: chunk files mapped into a
-    :class:`_vmap.Window`, so the round's rows are one array and a batch is one ``take``.
+class _SharedEpoch:
+    """The epoch, in memory shared with DataLoader workers started from this process: a
+    persistent worker keeps the dataset it was given, so a plain attribute set later by
+    ``set_epoch`` would never reach it, and every epoch would repeat the first one's order.
+    Pickled for anything but starting a worker, it is a plain number."""
 
-    Used for a key's round when the store is on a local disk, the platform can map files at
-    fixed addresses, and each of the round's units has its rows of that key in one chunk (how
-    extraction writes: the keys of a shard share its rows and chunking; a ``where`` that picks
-    some rows of a chunk maps the chunk and takes those rows). Otherwise, or if mapping fails,
-    the round's rows are copied into one array instead (a pass through memory: slower, same
-    rows, same order).
+    def __init__(self, epoch: int):
+        self._box = multiprocessing.RawValue("q", epoch)
 
-    Two ways to map. *Resident* (``verify="once"``, and few enough chunks): every unit has its
-    own slot in a window kept on the dataset for the life of the process, so a chunk is mapped
-    once and later epochs only ``stat`` it (once per pass) to see that it did not change; a
-    changed file is mapped and checked again. Mapping and unmapping 2 MiB per chunk per epoch
-    was about a fifth of an epoch. *Per round* (``verify="always"``, or more chunks than
-    :attr:`MAX_RESIDENT` mappings): a window of one slot per unit of a round, remapped each
-    round (two with ``prefetch``, so the next round maps while this one is read).
-    """
+    def get(self) -> int:
+        return int(self._box.value)
 
-    MAX_RESIDENT = 24576  # mappings kept per process (the kernel's default cap is 65,530)
+    def set(self, epoch: int) -> None:
+        self._box.value = epoch
 
-    def __init__(self, ds: KeyedDataset, slots: int, copies: int):
-        self.ds, self.slots = ds, slots
-        self._windows: dict[tuple[int, int], _vmap.Window] = {}
-        self._slot_rows: list[int | None] = []
-        local = ds._backend.is_local and _vmap.available()
-        for infos in ds._infos:
-            uniform = len({(i.dim, i.stored_dtype) for i in infos}) == 1
-            fit = _vmap.slot_rows(max(i.chunk_rows for i in infos), infos[0].dim * infos[0].stored_dtype.itemsize)
-            self._slot_rows.append(fit if local and uniform else None)
-        n_units = len(ds._units)
-        self._resident = ds._resident_windows() if (
-            ds.verify == "once" and n_units * len(ds.keys) <= self.MAX_RESIDENT) else None
-        self._pass = object()  # this iteration: a resident chunk is stat'ed once per pass
+    def __getstate__(self) -> dict[str, Any]:
+        from multiprocessing.context import get_spawning_popen
 
-    def load(self, k: int, copy: int, rnd: np.ndarray, pos: np.ndarray, sizes: np.ndarray,
-             cache: _ChunkCache) -> tuple[np.ndarray, np.ndarray]:
-        """Key k's rows of the round's units (sample positions ``pos``, ``sizes`` per unit):
-        (source ``[R, D_k]``, the row in it of each of ``pos``)."""
-        ds = self.ds
-        if self._slot_rows[k] is not None and ds._one_chunk[k][rnd].all():
-            try:
-                if self._resident is not None:
-                    return self._map_resident(k, rnd, pos, sizes)
-                return self._map(k, copy, rnd, pos, sizes)
-            except OSError:  # e.g. out of mappings: copy from here on
-                self._slot_rows[k] = None
-        srcs = [ds._source(k, int(u), cache) for u in rnd.tolist()]
-        return np.concatenate(srcs), np.arange(sum(len(x) for x in srcs))
+        return {"box": self._box} if get_spawning_popen() is not None else {"epoch": self.get()}
 
-    def _map(self, k: int, copy: int, rnd: np.ndarray, pos: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ds, sr = self.ds, self._slot_rows[k]
-        w = self._windows.get((k, copy))
-        if w is None:
-            info = ds._infos[k][0]
-            w = self._windows[(k, copy)] = _vmap.Window(self.slots, sr, info.dim, info.stored_dtype)
-        infos, (chunks, in_chunk) = ds._infos[k], ds._unit_chunks(k)
-        for j, u in enumerate(rnd.tolist()):
-            a, c = chunks[u]
-            place_chunk(ds._backend, infos[a], c, w, j, verify=ds.verify)
-        return w.view(), np.repeat(np.arange(len(rnd)) * sr, sizes) + in_chunk[pos]
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._box = state["box"] if "box" in state else multiprocessing.RawValue("q", state["epoch"])
 
-    def _map_resident(self, k: int, rnd: np.ndarray, pos: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ds, sr = self.ds, self._slot_rows[k]
-        res = self._resident[k]
-        if res is None:
-            info = ds._infos[k][0]
-            res = self._resident[k] = _Resident(_vmap.Window(len(ds._units), sr, info.dim, info.stored_dtype))
-        infos, (chunks, in_chunk), backend = ds._infos[k], ds._unit_chunks(k), ds._backend
+
+class _Source:
+    """Where a round's rows are read to, and where its batches take them from."""
+
+    def load(self, r: int, rnd: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Read round r (units ``rnd``): the sample positions of its rows, in unit order, and
+        per key the array that batches take from."""
+        raise NotImplementedError
+
+    def rows(self, srcs: list[np.ndarray], pos: np.ndarray, perm: np.ndarray, nc: int) -> np.ndarray:
+        """The row in each source array of each output row of the round."""
+        raise NotImplementedError
+
+    def carry(self, srcs: list[np.ndarray], rows: np.ndarray) -> None:
+        """Keep ``rows`` (fewer than a batch) for the next round."""
+
+
+def _round_positions(ds: KeyedDataset, rnd: np.ndarray) -> np.ndarray:
+    starts, stops = ds._units[rnd, 0], ds._units[rnd, 1]
+    sizes = stops - starts
+    return np.repeat(starts - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
+
+
+class _RoundSource(_Source):
+    """Streaming: per key a round buffer ``[batch_size + round rows, D_k]``, reused round after
+    round (two with prefetch). Rows ``[batch_size - nc, batch_size)`` hold the nc rows carried
+    from the last round, then the units' rows follow in order."""
+
+    def __init__(self, ds: KeyedDataset, capacity: int, shapes: list[tuple[int, np.dtype]], copies: int):
+        self.ds = ds
+        self.bufs = [[np.empty((capacity, d), dt) for d, dt in shapes] for _ in range(copies)]
+        self.reader = ChunkReader(ds._backend)
+        self.caches = [ChunkCache(self.reader, ds.cache_chunks) for _ in shapes]
+        self._carried: list[np.ndarray] = [np.empty((0, d), dt) for d, dt in shapes]
+
+    def load(self, r: int, rnd: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        ds, bufs = self.ds, self.bufs[r % len(self.bufs)]
+        at = ds.batch_size
         for u in rnd.tolist():
-            if res.seen.get(u) is self._pass:
-                continue
-            a, c = chunks[u]
-            ident = res.idents.get(u)
-            if ident is None or chunk_identity(backend, infos[a], c) != ident:
-                res.idents[u] = place_chunk(backend, infos[a], c, res.window, u, verify=ds.verify)
-            res.seen[u] = self._pass
-        return res.window.view(), np.repeat(rnd * sr, sizes) + in_chunk[pos]
+            for k, buf in enumerate(bufs):
+                ds._fill(k, u, buf, at, self.reader, self.caches[k])
+            at += int(ds._units[u, 1] - ds._units[u, 0])
+        return _round_positions(ds, rnd), bufs
 
-    def close(self) -> None:
-        """Unmap the per-round windows (resident ones stay with the dataset)."""
-        for w in self._windows.values():
-            w.close()
-        self._windows.clear()
+    def rows(self, srcs, pos, perm, nc):
+        for src, kept in zip(srcs, self._carried):
+            src[self.ds.batch_size - nc : self.ds.batch_size] = kept
+        return perm + (self.ds.batch_size - nc)
+
+    def carry(self, srcs, rows):
+        self._carried = [src.take(rows, 0) for src in srcs]  # copied out: the buffer is refilled
 
 
 class _Resident:
-    """One key's resident window: unit u's chunk at slot u, and the identity of each mapped file
-    (and the pass that last confirmed it unchanged)."""
+    """A process's in-memory copy of the selection: per key ``[n, D_k]`` in sample-position
+    order, and which units have been read into it."""
 
-    def __init__(self, window: _vmap.Window):
-        self.window = window
-        self.idents: dict[int, tuple] = {}
-        self.seen: dict[int, object] = {}
+    def __init__(self, n: int, n_units: int, shapes: list[tuple[int, np.dtype]]):
+        self.cols = [np.empty((n, d), dt) for d, dt in shapes]
+        self.loaded = np.zeros(n_units, bool)
 
 
-def _patch(out: list[np.ndarray], carry: list[np.ndarray], carried: dict[int, int], s: int, e: int) -> None:
-    """Overwrite the rows of ``out`` (rows s..e of the round) that come from the carried rows."""
-    for i in range(s, e):
-        c = carried.get(i)
-        if c is not None:
-            for o, src in zip(out, carry):
-                o[i - s] = src[c]
+class _MemorySource(_Source):
+    """In memory: a round reads only the units not read yet (all of them in the first epoch,
+    none later), straight into the resident arrays; batches take rows by sample position."""
+
+    def __init__(self, ds: KeyedDataset, memory: _Resident):
+        self.ds, self.memory = ds, memory
+        self.reader = ChunkReader(ds._backend)
+        self.caches = [ChunkCache(self.reader, ds.cache_chunks) for _ in memory.cols]
+
+    def load(self, r: int, rnd: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        ds, mem = self.ds, self.memory
+        for u in rnd.tolist():
+            if not mem.loaded[u]:
+                at = int(ds._units[u, 0])
+                for k, col in enumerate(mem.cols):
+                    ds._fill(k, u, col, at, self.reader, self.caches[k])
+                mem.loaded[u] = True
+        return _round_positions(ds, rnd), mem.cols
+
+    def rows(self, srcs, pos, perm, nc):
+        return pos
 
 
 class _BatchBuffers:
@@ -544,38 +524,7 @@ class _BatchBuffers:
         return cols if rows == self.batch_size else [c[:rows] for c in cols]
 
 
-class _ChunkCache:
-    """The last few chunks read, so keys stored in another order are not read once per row."""
-
-    def __init__(self, backend: Backend, capacity: int):
-        self.backend = backend
-        self.capacity = max(1, capacity)
-        self._items: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
-
-    def get(self, info: ArrayInfo, i: int) -> np.ndarray:
-        k = (info.path, i)
-        hit = self._items.get(k)
-        if hit is not None:
-            self._items.move_to_end(k)
-            return hit
-        block = read_chunk(self.backend, info, i)
-        self._items[k] = block
-        if len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-        return block
-
-
 def _select(store: Store, snap, where: str) -> set[str]:
     """Sample ids that ``where`` selects over samples joined with memberships (sandboxed)."""
-    from l2s_data.store.catalog import Catalog, check_where
-
-    with Catalog(store, snapshot=snap) as cat:
-        check_where(cat.con, where)
-        try:
-            t = cat.query(
-                "SELECT DISTINCT sample_id FROM memberships LEFT JOIN samples USING (sample_id) "
-                f"WHERE ({where})"
-            )
-        except StoreError as exc:
-            raise type(exc)(f"{exc} (from the loader's where={where!r})") from exc
-    return set(t["sample_id"].to_pylist())
+    with store.catalog(snapshot=snap) as cat:
+        return set(cat.select_sample_ids(where))

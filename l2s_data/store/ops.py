@@ -1,40 +1,59 @@
 """Maintenance of a store: info, verify, gc, compact and delete (``l2s store ...``).
 
-All of them keep the commit protocol's promise to concurrent readers: a file a snapshot may
-still need is removed only after its replacement is committed, and a snapshot that finds a
-manifest gone mid-read simply lists again.
+Each takes the store's parts explicitly (backend, tables, and a function that takes a fresh
+snapshot); ``Store`` exposes them as methods. compact, delete and gc hold the store's
+maintenance lease (``leases``), so two of them never interleave, and each is safe alongside
+running writers and readers:
+
+- **compact** commits the folded file (which names the files it ``supersedes``) before it
+  removes any of them, so every reader sees each key at every moment;
+- **delete** commits a tombstone (a manifest that ``deletes`` the recipe's attempts) before it
+  removes a file, so no compaction can bring the rows back, and rows committed meanwhile by a
+  running extraction keep their recipe (the writer registers it again after its commit);
+- **gc** removes an attempt folder only after creating its ``claim`` file, which a writer
+  creates too before it commits: exactly one of them wins (see ``writer``).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import google_crc32c
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from l2s_data.errors import CorruptChunkError, ReferencedRecipeError, SchemaMismatchError, StoreError
-from l2s_data.schemas import MANIFESTS
+from l2s_data.errors import CorruptChunkError, CorruptManifestError, ReferencedRecipeError, StoreError
+from l2s_data.schemas import ZARR_ATTRIBUTES_KEY
+from l2s_data.store._backend import Backend
 from l2s_data.store._chunks import load_array_info, read_chunk
-from l2s_data.store._format import COMPACTED_PREFIX, attempt_dir, parquet_bytes, sha256_hex
-from l2s_data.store.snapshot import list_manifests, read_manifest
+from l2s_data.store.contract import PART_TABLES, attempt_dir, now, sha256_hex
+from l2s_data.store.leases import Lease
+from l2s_data.store.manifests import (
+    concat_rows, drop_attempts, encode_manifest, list_names, manifest_name, read_info, read_rows,
+)
+from l2s_data.store.snapshot import Snapshot
+from l2s_data.store.tables import Tables
 
-if TYPE_CHECKING:
-    from l2s_data.store.store import Store
+__all__ = ["StoreInfo", "Problem", "GcResult", "DeleteResult", "info", "verify", "gc", "compact",
+           "maybe_compact", "delete_recipe", "list_attempts", "AUTO_COMPACT_FILES"]
 
-__all__ = ["StoreInfo", "Problem", "info", "verify", "gc", "compact", "delete_recipe", "list_attempts"]
+#: Loose (one-shard) manifest files after which a commit folds them into one file.
+AUTO_COMPACT_FILES = 256
+
+Take = Callable[[], Snapshot]
 
 
 @dataclass(frozen=True)
 class StoreInfo:
     url: str
     snapshot_id: str
-    recipes: pa.Table          # recipe_id, name, keys, rows
+    recipes: pa.Table          # recipe_id, name, keys, rows, shards
     rows: int                  # committed manifest rows (keys)
-    bytes: int                 # bytes under shards/ (committed and orphaned)
+    bytes: int                 # bytes the commits recorded for their arrays
     committed_shards: int
     manifest_files: int
     orphans: list[str]         # attempt folders that no manifest commits
@@ -49,93 +68,101 @@ class Problem:
     message: str
 
 
-def list_attempts(store: Store) -> list[tuple[str, str]]:
+def list_attempts(backend: Backend) -> list[tuple[str, str]]:
     """Every (shard, attempt) folder under shards/."""
-    b = store._backend
-    return [(s, a) for s in b.listdir("shards") for a in b.listdir(f"shards/{s}")]
+    return [(s, a) for s in backend.listdir("shards") for a in backend.listdir(f"shards/{s}")]
 
 
-def _attempt_age_s(store: Store, shard: str, attempt: str) -> float:
-    try:
-        meta = json.loads(store._backend.read_bytes(f"{attempt_dir(shard, attempt)}/attempt.json"))
-        started = _dt.datetime.fromisoformat(meta["started_at"])
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
-        return float("inf")  # no readable marker: not a live writer's folder
-    return (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds()
-
-
-def info(store: Store) -> StoreInfo:
-    attempts = list_attempts(store)  # before the snapshot: a commit in between is not an orphan
-    snap = store.snapshot()
+def info(backend: Backend, take: Take, recipes_sql: Callable[[Snapshot], pa.Table]) -> StoreInfo:
+    attempts = list_attempts(backend)  # before the snapshot: a commit in between is not an orphan
+    snap = take()
     orphans = [attempt_dir(s, a) for s, a in attempts if (s, a) not in snap.attempts]
-    recipes = store.sql(
-        "SELECT m.recipe_id, any_value(r.name) AS name, "
-        "count(DISTINCT (m.view, m.position, m.layer)) AS keys, count(*) AS rows, "
-        "count(DISTINCT m.shard) AS shards "
-        "FROM manifests m LEFT JOIN recipes r USING (recipe_id) GROUP BY m.recipe_id ORDER BY m.recipe_id"
-    )
+    recipes = recipes_sql(snap)
     return StoreInfo(
-        url=store.url, snapshot_id=snap.id, recipes=recipes, rows=snap.manifests.num_rows,
-        bytes=store._backend.du("shards"), committed_shards=len(snap.shards),
-        manifest_files=len(snap.files), orphans=orphans,
-        orphan_bytes=sum(store._backend.du(o) for o in orphans),
+        url=backend.url, snapshot_id=snap.id, recipes=recipes,
+        rows=int(pc.sum(recipes["rows"]).as_py() or 0) if recipes.num_rows else 0,
+        bytes=snap.bytes, committed_shards=len(snap.shards), manifest_files=len(snap.files),
+        orphans=orphans, orphan_bytes=sum(backend.du(o) for o in orphans),
     )
 
 
-def verify(store: Store, *, progress=None) -> list[Problem]:
-    """Check every committed row against its manifest: files, shapes, chunk and row checksums.
-
-    Returns the problems found ([] = the store is intact). ``progress(n_done, n_total)`` is
-    called after each array when given.
-    """
+def verify(backend: Backend, take: Take, *, progress=None) -> list[Problem]:
+    """Check every committed row: the manifests' checksums and paths, each array's ``zarr.json``
+    attributes against its rows (shard, attempt, recipe, view, position, layer, sample-ids
+    hash), shapes, and every chunk's and row's checksum. Returns the problems ([] = intact).
+    ``progress(n_done, n_total)`` is called after each array when given."""
     problems: list[Problem] = []
-    b = store._backend
-    tables = []
-    for f in list_manifests(b):
+    for name in list_names(backend):
         try:
-            tables.append(read_manifest(b, f))
-        except SchemaMismatchError as exc:
-            problems.append(Problem("?", "?", f, str(exc)))
+            read_info(backend, name)
+        except CorruptManifestError as exc:
+            problems.append(Problem("?", "?", name, str(exc)))
         except FileNotFoundError:
             continue
-    if not tables:
-        return problems
-    m = pa.concat_tables(tables)
+    snap = take() if not problems else None
+    if snap is None:
+        return problems  # a corrupt manifest: nothing else can be trusted to be complete
+    tables = []
+    for i in snap.live:
+        try:
+            tables.append(drop_attempts(read_rows(backend, i), snap.excluded))
+        except CorruptManifestError as exc:
+            problems.append(Problem("?", "?", i.name, str(exc)))
+    m = concat_rows(tables)
     arrays = sorted(set(m["array"].to_pylist()))
     for k, path in enumerate(arrays):
-        rows = m.filter(pc.equal(m["array"], path))
-        shard, rid = rows["shard"][0].as_py(), rows["recipe_id"][0].as_py()
-        try:
-            info_ = load_array_info(b, path, shard=shard, recipe_id=rid)
-        except StoreError as exc:
-            problems.append(Problem(shard, rid, path, str(exc)))
-            continue
-        dims = set(rows["dim"].to_pylist())
-        dtypes = set(rows["dtype"].to_pylist())
-        if dims != {info_.dim} or dtypes != {info_.logical_dtype} or max(rows["row"].to_pylist()) >= info_.rows:
-            problems.append(Problem(shard, rid, path, (
-                f"zarr.json says [{info_.rows}, {info_.dim}] {info_.logical_dtype}, the manifest "
-                f"says D={sorted(dims)} {sorted(dtypes)} up to row {max(rows['row'].to_pylist())}."
-            )))
-            continue
-        want = dict(zip(rows["row"].to_pylist(), rows["checksum"].to_pylist()))
-        for c in range(info_.n_chunks):
-            try:
-                block = read_chunk(b, info_, c)
-            except CorruptChunkError as exc:
-                problems.append(Problem(shard, rid, f"{path}/c/{c}/0", str(exc)))
-                continue
-            base = c * info_.chunk_rows
-            for i in range(block.shape[0]):
-                expect = want.get(base + i)
-                if expect is not None and f"{google_crc32c.value(block[i].tobytes()):08x}" != expect:
-                    problems.append(Problem(shard, rid, f"{path}/c/{c}/0", (
-                        f"row {base + i} of shard {shard} (recipe {rid}) does not match its manifest "
-                        f"checksum; re-extract the shard."
-                    )))
+        rows = m.filter(pc.equal(m["array"], path)).sort_by("row")
+        problems += _verify_array(backend, path, rows)
         if progress is not None:
             progress(k + 1, len(arrays))
     return problems
+
+
+def _verify_array(backend: Backend, path: str, rows: pa.Table) -> list[Problem]:
+    first = {c: rows[c][0].as_py() for c in ("shard", "attempt", "recipe_id", "view", "position", "layer")}
+    shard, rid = first["shard"], first["recipe_id"]
+    try:
+        info_ = load_array_info(backend, path, shard=shard, recipe_id=rid)
+        meta = json.loads(backend.read_bytes(f"{path}/zarr.json"))
+        attrs = meta.get("attributes", {}).get(ZARR_ATTRIBUTES_KEY, {})
+    except (StoreError, ValueError, FileNotFoundError) as exc:
+        return [Problem(shard, rid, path, str(exc))]
+    out: list[Problem] = []
+    ids_hash = hashlib.sha256("\n".join(rows["sample_id"].to_pylist()).encode()).hexdigest()
+    want = dict(first, sample_ids_sha256=ids_hash)
+    if rows["row"].to_pylist() != list(range(rows.num_rows)):
+        want["sample_ids_sha256"] = attrs.get("sample_ids_sha256")  # a partial view: rows were hidden
+    wrong = {k: (attrs.get(k), v) for k, v in want.items() if attrs.get(k) != v}
+    if wrong:
+        out.append(Problem(shard, rid, f"{path}/zarr.json", (
+            f"zarr.json attributes disagree with the manifest rows: "
+            + ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in sorted(wrong.items()))
+            + "; the manifest or the array was altered. Re-extract the shard."
+        )))
+    dims, dtypes = set(rows["dim"].to_pylist()), set(rows["dtype"].to_pylist())
+    top = max(rows["row"].to_pylist())
+    if dims != {info_.dim} or dtypes != {info_.logical_dtype} or top >= info_.rows:
+        out.append(Problem(shard, rid, path, (
+            f"zarr.json says [{info_.rows}, {info_.dim}] {info_.logical_dtype}, the manifest "
+            f"says D={sorted(dims)} {sorted(dtypes)} up to row {top}."
+        )))
+        return out
+    sums = dict(zip(rows["row"].to_pylist(), rows["checksum"].to_pylist()))
+    for c in range(info_.n_chunks):
+        try:
+            block = read_chunk(backend, info_, c)
+        except CorruptChunkError as exc:
+            out.append(Problem(shard, rid, f"{path}/c/{c}/0", str(exc)))
+            continue
+        base = c * info_.chunk_rows
+        for i in range(block.shape[0]):
+            expect = sums.get(base + i)
+            if expect is not None and f"{google_crc32c.value(block[i].tobytes()):08x}" != expect:
+                out.append(Problem(shard, rid, f"{path}/c/{c}/0", (
+                    f"row {base + i} of shard {shard} (recipe {rid}) does not match its manifest "
+                    f"checksum; re-extract the shard."
+                )))
+    return out
 
 
 @dataclass
@@ -145,64 +172,114 @@ class GcResult:
     kept_recent: list[str] = field(default_factory=list)
 
 
-def gc(store: Store, *, grace_s: float = 3600.0, dry_run: bool = False) -> GcResult:
-    """Remove attempts that no manifest commits.
+def _age_s(backend: Backend, rel: str, key: str) -> float:
+    try:
+        meta = json.loads(backend.read_bytes(rel))
+        return (now() - _dt.datetime.fromisoformat(meta[key])).total_seconds()
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return float("inf")  # no readable marker: not a live writer's folder
 
-    An attempt at a shard that another attempt committed lost its race and goes at once. An
-    attempt at a shard nobody committed may be a writer still at work, so it goes only once
-    it is ``grace_s`` seconds old (by its ``attempt.json``).
+
+def gc(backend: Backend, take: Take, *, grace_s: float = 3600.0, dry_run: bool = False) -> GcResult:
+    """Remove attempts that no valid manifest commits, and stale temporaries.
+
+    Stops on a corrupt manifest (its attempts cannot be told from orphans). An attempt at a
+    shard another attempt committed lost its race and goes at once; an attempt at a shard
+    nobody committed may be a writer at work, so it goes only once ``grace_s`` old. Before
+    removing a folder gc claims it (see the module docstring), so a writer finishing at that
+    moment either commits first (and gc keeps it) or finds its attempt gone and commits nothing.
     """
-    attempts = list_attempts(store)  # list first: an attempt that commits meanwhile is kept
-    snap = store.snapshot()
-    out = GcResult()
-    for s, a in attempts:
-        if (s, a) in snap.attempts:
-            continue
-        d = attempt_dir(s, a)
-        if s not in snap.shards and _attempt_age_s(store, s, a) < grace_s:
-            out.kept_recent.append(d)
-            continue
-        out.bytes += store._backend.du(d)
-        out.removed.append(d)
-        if not dry_run:
-            store._backend.remove(d, recursive=True)
-    # A process killed inside put_if_absent can leave its private temporary file behind.
-    for folder in ("manifests", "recipes", "samples", "memberships", "errors", "runs", "evaluations"):
-        for tmp in store._backend.stale_temporaries(folder, grace_s):
-            out.removed.append(tmp)
+    with Lease(backend, op="gc"):
+        attempts = list_attempts(backend)  # list first: an attempt that commits meanwhile is kept
+        snap = take()  # CorruptManifestError stops gc here
+        out = GcResult()
+        for s, a in attempts:
+            if (s, a) in snap.attempts:
+                continue
+            d = attempt_dir(s, a)
+            if s not in snap.shards and _age_s(backend, f"{d}/attempt.json", "started_at") < grace_s:
+                out.kept_recent.append(d)
+                continue
+            # A shard another attempt committed: this one lost, or will lose, its commit.
+            if not dry_run and s not in snap.shards:
+                mine = json.dumps({"by": "gc", "at": now().isoformat()}).encode()
+                if not backend.put_if_absent(f"{d}/claim", mine):
+                    claim = f"{d}/claim"
+                    try:
+                        by_gc = json.loads(backend.read_bytes(claim)).get("by") == "gc"
+                    except (FileNotFoundError, ValueError, AttributeError):
+                        by_gc = False
+                    # A writer claimed it: it is committing now, unless it died after claiming.
+                    if not by_gc and (_committed_now(backend, s, a) or _age_s(backend, claim, "at") < grace_s):
+                        out.kept_recent.append(d)
+                        continue
+            out.bytes += backend.du(d)
+            out.removed.append(d)
             if not dry_run:
-                store._backend.remove(tmp)
-    if not dry_run:
-        for s in {s for s, _ in attempts}:
-            if not store._backend.listdir(f"shards/{s}"):
-                store._backend.remove(f"shards/{s}", recursive=True)
-    return out
+                backend.remove(d, recursive=True)
+        for folder in ("manifests", "leases", *PART_TABLES):
+            for tmp in backend.stale_temporaries(folder, grace_s):
+                out.removed.append(tmp)
+                if not dry_run:
+                    backend.remove(tmp)
+        if not dry_run:
+            for s in {s for s, _ in attempts}:
+                if not backend.listdir(f"shards/{s}"):
+                    backend.remove(f"shards/{s}", recursive=True)
+        return out
 
 
-def compact(store: Store, *, min_files: int = 2) -> tuple[int, str | None]:
-    """Fold every manifest file into one ``_compacted-<hash>.parquet``; returns (folded, name).
+def _committed_now(backend: Backend, shard: str, attempt: str) -> bool:
+    try:
+        return read_info(backend, manifest_name("shard", shard)).shards.get(shard) == attempt
+    except FileNotFoundError:
+        return False
 
-    The folded file is committed (create-if-absent) before any source is removed, so every
-    reader sees each key at every moment; the snapshot id does not change.
-    """
-    for _ in range(5):
-        files = list_manifests(store._backend)
-        if len(files) < min_files:
-            return 0, None
-        try:
-            tables = [read_manifest(store._backend, f) for f in files]
-        except FileNotFoundError:
-            continue  # another compaction or delete is at work: list again
-        merged = pa.concat_tables(tables).sort_by(
-            [("shard", "ascending"), ("array", "ascending"), ("row", "ascending")]
-        )
-        name = f"manifests/{COMPACTED_PREFIX}{sha256_hex(chr(10).join(files))}.parquet"
-        store._backend.put_if_absent(name, parquet_bytes(merged.cast(MANIFESTS)))
-        for f in files:
-            if f != name:
-                store._backend.remove(f)
-        return len(files), name
-    raise StoreError(f"store {store.url}: manifests kept changing during compact; retry.")
+
+def compact(backend: Backend, take: Take, *, min_files: int = 2) -> tuple[int, str | None]:
+    """Fold every live manifest and tombstone into one ``_compacted-<hash>.parquet``; returns
+    (files folded, new name). Rows of deleted or losing attempts are dropped; the snapshot id
+    does not change."""
+    with Lease(backend, op="compact"):
+        return _compact(backend, take, min_files)
+
+
+def _compact(backend: Backend, take: Take, min_files: int) -> tuple[int, str | None]:
+    snap = take()
+    folded = [i for i in snap.infos if i.name not in {n for j in snap.infos for n in j.supersedes}]
+    if len(folded) < min_files:
+        return 0, None
+    rows = drop_attempts(concat_rows(read_rows(backend, i) for i in snap.live), snap.excluded)
+    rows = rows.sort_by([(c, "ascending") for c in ("recipe_id", "view", "position", "layer", "sample_id")])
+    stamps = {s: t for i in snap.live for s, t in i.committed_at.items() if snap.shards.get(s) == i.shards.get(s)}
+    byts = {s: b for i in snap.live for s, b in i.bytes.items() if snap.shards.get(s) == i.shards.get(s)}
+    names = sorted(i.name for i in folded)
+    name = manifest_name("compacted", sha256_hex("\n".join(names)))
+    data = encode_manifest(rows, kind="compacted", shards=snap.shards, bytes_=byts, committed_at=stamps,
+                           supersedes=[n for n in names if n != name])
+    backend.put_if_absent(name, data)
+    # Remove what the new file supersedes, and what an earlier compaction left behind.
+    for n in sorted(set(names) | {n for i in snap.infos for n in i.supersedes}):
+        if n != name:
+            backend.remove(n)
+    return len(folded), name
+
+
+def maybe_compact(backend: Backend, take: Take, *, threshold: int | None = None) -> bool:
+    """Compact when more than ``threshold`` one-shard manifests are live and nobody holds the
+    lease; a busy store is simply left for the next commit. Returns whether it compacted."""
+    from l2s_data.errors import LeaseHeldError
+
+    threshold = AUTO_COMPACT_FILES if threshold is None else threshold
+    names = list_names(backend)
+    if sum(1 for n in names if not n.split("/", 1)[1].startswith("_")) <= threshold:
+        return False
+    try:
+        with Lease(backend, op="auto-compact"):
+            _compact(backend, take, 2)
+    except LeaseHeldError:
+        return False
+    return True
 
 
 @dataclass
@@ -213,38 +290,83 @@ class DeleteResult:
     bytes: int = 0
 
 
-def delete_recipe(store: Store, recipe: str, *, force: bool = False) -> DeleteResult:
+def delete_recipe(backend: Backend, tables: Tables, take: Take, recipe: str, *, force: bool = False) -> DeleteResult:
     """Uncommit and remove every row of a recipe; refused while runs reference it unless ``force``."""
-    rid = store.resolve_recipe(recipe)
-    runs = store.table("runs")
+    rid = tables.resolve_recipe(recipe)
+    runs = tables.read("runs")
     users = [r for r, ids in zip(runs["run_id"].to_pylist(), runs["recipe_ids"].to_pylist()) if rid in (ids or [])]
     if users and not force:
         raise ReferencedRecipeError(
             f"recipe {rid} is referenced by {len(users)} run(s), e.g. {users[:3]}; their results "
             f"would lose their inputs. Delete those runs first, or pass --force."
         )
-    out = DeleteResult(rid)
-    b = store._backend
-    for f in list_manifests(b):
-        t = read_manifest(b, f)
-        mine = pc.equal(t["recipe_id"], rid)
-        n = int(pc.sum(mine).as_py() or 0)
-        if n == 0:
-            continue
-        out.rows += n
-        out.shards += sorted(set(t.filter(mine)["shard"].to_pylist()))
-        rest = t.filter(pc.invert(mine))
-        if rest.num_rows:
-            # Commit the remainder before removing the original, so other recipes never vanish.
-            b.put_if_absent(f"manifests/{COMPACTED_PREFIX}{sha256_hex(f + rid)}.parquet", parquet_bytes(rest))
-        b.remove(f)
-    for s in sorted(set(out.shards)):
-        out.bytes += b.du(f"shards/{s}")
-        b.remove(f"shards/{s}", recursive=True)
-    for part in b.listdir("recipes"):
-        if part.startswith(rid):
-            b.remove(f"recipes/{part}")
-    store._recipes = None
-    store._compacted.clear()
-    return out
+    with Lease(backend, op="delete"):
+        snap = take()
+        mine = snap.rows(pc.field("recipe_id") == rid, ["shard", "attempt"])
+        pairs = sorted(set(zip(mine["shard"].to_pylist(), mine["attempt"].to_pylist())))
+        out = DeleteResult(rid, rows=mine.num_rows, shards=[s for s, _ in pairs])
+        if pairs:
+            attempts = [a for _, a in pairs]
+            tomb = manifest_name("tombstone", sha256_hex("\n".join(attempts)))
+            backend.put_if_absent(tomb, encode_manifest(concat_rows([]), kind="tombstone", shards={},
+                                                        deletes=attempts))
+        # The tombstone is committed: the files below are now unreachable, remove them.
+        gone = {a for _, a in pairs}
+        for i in snap.live:
+            if i.kind == "shard" and set(i.shards.values()) <= gone:
+                backend.remove(i.name)
+        for s, a in pairs:
+            d = attempt_dir(s, a)
+            out.bytes += snap.bytes_of(s)
+            backend.remove(d, recursive=True)
+            if not backend.listdir(f"shards/{s}"):
+                backend.remove(f"shards/{s}", recursive=True)
+        if take().rows(pc.field("recipe_id") == rid, ["shard"]).num_rows == 0:
+            for part in tables.recipe_parts(rid):
+                backend.remove(part)
+        return out
 
+
+def migrate(backend: Backend) -> int:
+    """Upgrade a format-1 store in place: its manifests (plain Parquet, no header) are folded
+    into one checked, compacted manifest; arrays, tables and recipe ids do not change (format 2
+    keeps their bytes). Returns the number of format-1 manifests folded. Safe to rerun."""
+    import pyarrow.parquet as pq
+
+    from l2s_data.schemas import FORMAT_VERSION, MANIFESTS
+    from l2s_data.store.contract import MARKER, check_exact
+    from l2s_data.store.manifests import check_rows
+
+    marker = json.loads(backend.read_bytes(MARKER))
+    if int(marker.get("format_version", -1)) == FORMAT_VERSION:
+        return 0
+    if int(marker.get("format_version", -1)) != 1:
+        raise StoreError(f"store {backend.url}: cannot migrate format version {marker.get('format_version')!r}.")
+    with Lease(backend, op="migrate"):
+        old, tables = [], []
+        for name in list_names(backend):
+            try:
+                read_info(backend, name)
+                continue  # already format 2 (a rerun after a crash)
+            except CorruptManifestError:
+                pass
+            t = check_exact(pq.read_table(pa.BufferReader(backend.read_bytes(name))), MANIFESTS, what=name)
+            tables.append(check_rows(t, name))
+            old.append(name)
+        if tables:
+            rows = concat_rows(tables).sort_by([("written_at", "ascending"), ("attempt", "ascending")])
+            first: dict[str, str] = {}
+            for s, a in zip(rows["shard"].to_pylist(), rows["attempt"].to_pylist()):
+                first.setdefault(s, a)  # the earliest commit of a shard wins, as format 1 read it
+            keep = pc.is_in(rows["attempt"], value_set=pa.array(sorted(set(first.values()))))
+            rows = rows.filter(keep).sort_by([(c, "ascending") for c in ("recipe_id", "view", "position", "layer", "sample_id")])
+            stamps = {s: t.isoformat() for s, t in zip(rows["shard"].to_pylist(), rows["written_at"].to_pylist())}
+            data = encode_manifest(rows, kind="compacted", shards=first, committed_at=stamps,
+                                   bytes_={s: backend.du(attempt_dir(s, a)) for s, a in first.items()})
+            backend.put_if_absent(manifest_name("compacted", sha256_hex("\n".join(sorted(old)))), data)
+            for name in old:
+                backend.remove(name)
+        marker["format_version"] = FORMAT_VERSION
+        marker["migrated_at"] = now().isoformat()
+        backend.write_bytes(MARKER, json.dumps(marker, indent=1).encode())
+        return len(old)

@@ -1,37 +1,37 @@
 """Snapshots: the committed manifests at one moment, and reads of stored rows by key.
 
-A snapshot loads every manifest that exists when it is taken, into memory, so later commits,
-compactions or deletions never change what it reads. Its id hashes the set of committed
-(shard, attempt) pairs: it names exactly the data a training run read, and stays the same when
-``compact`` merely folds manifest files together.
+Taking a snapshot lists ``manifests/`` and reads each file's checked header, never its rows:
+
+- a file that another file's header ``supersedes`` (a compaction folded it) is left out;
+- attempts that a tombstone ``deletes`` are left out;
+- a shard committed twice (a rare race with a compaction) counts once: the earliest commit wins.
+
+What remains is a list of live files and a small set of excluded attempts. Rows are then read
+lazily through a pyarrow dataset over those files: the catalog scans it in DuckDB, and a key
+lookup is a filtered read whose row-group statistics skip other keys. Nothing materialises
+every manifest row. The snapshot's ``id`` hashes the committed (shard, attempt) pairs: it names
+exactly the data a training run read, and survives ``compact``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+import pyarrow.dataset as pads
 
-from l2s_data.errors import KeyNotFoundError, SchemaMismatchError
+from l2s_data.errors import KeyNotFoundError
 from l2s_data.schemas import MANIFESTS
 from l2s_data.store._backend import Backend
 from l2s_data.store._chunks import ArrayInfo, load_array_info, read_chunk
-from l2s_data.store._format import check_exact, to_float32
+from l2s_data.store.contract import to_float32
+from l2s_data.store.manifests import ManifestInfo, check_rows, list_names, read_infos
 
-if TYPE_CHECKING:
-    from l2s_data.store.store import Store
-
-__all__ = ["Key", "Snapshot", "read_manifest", "list_manifests", "dedupe_manifests"]
-
-_KEY_COLS = ("recipe_id", "view", "position", "layer", "sample_id")
+__all__ = ["Key", "Snapshot", "take_snapshot"]
 
 
 @dataclass(frozen=True)
@@ -47,122 +47,166 @@ class Key:
         return f"{self.recipe}/{self.view}/{self.position}/L{self.layer}"
 
 
-def list_manifests(backend: Backend) -> list[str]:
-    return [f"manifests/{n}" for n in backend.listdir("manifests") if n.endswith(".parquet")]
+def take_snapshot(backend: Backend, resolve: Callable[[str], str]) -> Snapshot:
+    """The committed manifests now. Lists again if a compaction removes a file mid-read."""
+    for _ in range(8):
+        names = list_names(backend)
+        try:
+            return Snapshot(backend, read_infos(backend, names), resolve)
+        except FileNotFoundError:
+            continue
+    from l2s_data.errors import StoreError
 
-
-def read_manifest(backend: Backend, rel: str) -> pa.Table:
-    """One manifest file, checked against the pinned MANIFESTS schema (SchemaMismatchError)."""
-    import io
-
-    data = backend.read_bytes(rel)
-    try:
-        table = pq.read_table(io.BytesIO(data))
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise SchemaMismatchError(
-            f"manifest {rel} is not a readable Parquet file ({exc}); it was not written by "
-            f"l2s-data. Remove it (the shard is then uncommitted) and rerun extraction."
-        ) from exc
-    return check_exact(table, MANIFESTS, what=f"manifest {rel}")
-
-
-def dedupe_manifests(table: pa.Table) -> pa.Table:
-    """One row per key, sorted by key; earliest commit wins when a key appears twice."""
-    if table.num_rows == 0:
-        return table
-    con = duckdb.connect()
-    try:
-        con.register("m", table)
-        out = con.sql(
-            "SELECT DISTINCT ON (recipe_id, view, position, layer, sample_id) * FROM m "
-            "ORDER BY recipe_id, view, position, layer, sample_id, written_at, shard, attempt"
-        ).to_arrow_table()
-    finally:
-        con.close()
-    return out.cast(MANIFESTS)
-
-
-def _load(backend: Backend, files: Sequence[str]) -> list[pa.Table]:
-    if len(files) <= 4 or backend.is_local:
-        return [read_manifest(backend, f) for f in files]
-    with ThreadPoolExecutor(max_workers=16) as pool:  # object stores: hide request latency
-        return list(pool.map(lambda f: read_manifest(backend, f), files))
+    raise StoreError(f"store {backend.url}: manifests kept changing while being read; retry.")
 
 
 class Snapshot:
-    """The committed manifests of a store at the moment :meth:`Store.snapshot` was called."""
+    """The committed manifests of a store at one moment (see the module docstring)."""
 
-    def __init__(self, store: Store, files: Sequence[str], tables: Iterable[pa.Table]):
-        self.store = store
-        self.files = tuple(files)
-        tables = list(tables)
-        raw = pa.concat_tables(tables) if tables else MANIFESTS.empty_table()
-        pairs = sorted(set(zip(raw.column("shard").to_pylist(), raw.column("attempt").to_pylist())))
-        self.id = hashlib.sha256("\n".join(f"{s}/{a}" for s, a in pairs).encode()).hexdigest()[:32]
-        #: every (shard, attempt) that some manifest commits
-        self.attempts: frozenset[tuple[str, str]] = frozenset(pairs)
-        self.manifests = dedupe_manifests(raw)
-        #: shard -> the attempt whose rows are read (one per shard, even after a rare double commit)
-        self.shards: dict[str, str] = dict(
-            sorted(set(zip(self.manifests["shard"].to_pylist(), self.manifests["attempt"].to_pylist())))
-        )
-        self._recipe_ids = frozenset(pc.unique(self.manifests["recipe_id"]).to_pylist())
+    def __init__(self, backend: Backend, infos: Sequence[ManifestInfo], resolve: Callable[[str], str]):
+        self.backend = backend
+        self._resolve = resolve
+        superseded = {n for i in infos for n in i.supersedes}
+        live = [i for i in infos if i.name not in superseded]
+        deleted = {a for i in live for a in i.deletes}
+        #: shard -> (attempt, committed_at, file) of the commit that counts
+        chosen: dict[str, tuple[str, str, str]] = {}
+        excluded: set[str] = set(deleted)
+        for info in sorted((i for i in live if i.is_data), key=lambda i: i.name):
+            for shard, attempt in info.shards.items():
+                if attempt in deleted:
+                    continue
+                cand = (attempt, info.committed_at.get(shard, ""), info.name)
+                prev = chosen.get(shard)
+                if prev is None:
+                    chosen[shard] = cand
+                elif prev[0] != attempt:  # two attempts committed one shard: earliest wins
+                    win, lose = sorted((prev, cand), key=lambda c: (c[1], c[0]))
+                    chosen[shard] = win
+                    excluded.add(lose[0])
+        #: every manifest file that was read, and those whose rows count
+        self.infos = tuple(infos)
+        self.live = tuple(i for i in live if i.is_data and any(chosen.get(s, ("",))[0] == a for s, a in i.shards.items()))
+        self.files = tuple(i.name for i in self.live)
+        #: attempts whose rows are hidden (tombstoned, or lost a double commit)
+        self.excluded = frozenset(excluded)
+        #: shard -> the attempt whose rows are read
+        self.shards: dict[str, str] = {s: c[0] for s, c in sorted(chosen.items())}
+        #: every (shard, attempt) that counts
+        self.attempts: frozenset[tuple[str, str]] = frozenset(self.shards.items())
+        self.id = hashlib.sha256("\n".join(f"{s}/{a}" for s, a in sorted(self.attempts)).encode()).hexdigest()[:32]
+        #: bytes the commits recorded for their arrays
+        self.bytes = sum(i.bytes.get(s, 0) for i in self.live for s, a in i.shards.items() if self.shards.get(s) == a)
+        #: committed manifest rows (keys), from the headers
+        self.loose_files = sum(1 for i in self.live if i.kind == "shard")
+        self._dataset: pads.Dataset | None = None
+        self._only: frozenset[str] | None = None
         self._index: dict[tuple[str, str, str, int], dict[str, tuple[str, int]]] = {}
         self._infos: dict[str, ArrayInfo] = {}
-        self._array_recipe: dict[str, str] | None = None
+        self._array_recipe: dict[str, str] = {}
 
     def __repr__(self) -> str:
-        return f"Snapshot(id={self.id!r}, shards={len(self.shards)}, rows={self.manifests.num_rows})"
+        return f"Snapshot(id={self.id!r}, shards={len(self.shards)}, files={len(self.files)})"
+
+    def bytes_of(self, shard: str) -> int:
+        """Bytes the commit of ``shard`` recorded for its arrays (0 if not committed)."""
+        att = self.shards.get(shard)
+        return next((i.bytes.get(shard, 0) for i in self.live if i.shards.get(shard) == att), 0) if att else 0
+
+    # -- rows ------------------------------------------------------------------------------------
+    def dataset(self) -> pads.Dataset:
+        """A lazily scanned dataset over the live manifest files (filter with :meth:`visible`)."""
+        if self._dataset is None:
+            self._dataset = pads.dataset([self.backend.path(f) for f in self.files], schema=MANIFESTS,
+                                         format="parquet", filesystem=self.backend.fs)
+        return self._dataset
+
+    def visible(self) -> pc.Expression:
+        """The filter that hides excluded attempts' rows (true when none are excluded)."""
+        expr = pc.scalar(True)
+        if self.excluded:
+            expr = ~pc.field("attempt").isin(pa.array(sorted(self.excluded), pa.string()))
+        if self._only is not None:
+            expr = expr & pc.field("attempt").isin(pa.array(sorted(self._only), pa.string()))
+        return expr
+
+    def excluded_table(self) -> pa.Table:
+        return pa.table({"attempt": pa.array(sorted(self.excluded), pa.string())})
+
+    def rows(self, where: pc.Expression | None = None, columns: Sequence[str] | None = None) -> pa.Table:
+        """Manifest rows matching ``where`` (a pyarrow expression), locations checked."""
+        flt = self.visible() if where is None else (self.visible() & where)
+        try:
+            t = self.dataset().to_table(filter=flt)
+        except FileNotFoundError:
+            self._follow()  # a compaction folded a file away since this snapshot was taken
+            t = self.dataset().to_table(filter=flt)
+        check_rows(t, f"snapshot {self.id}")
+        return t if columns is None else t.select(list(columns))
+
+    def _follow(self) -> None:
+        """Re-read the manifest list; allowed only if it commits exactly the same attempts
+        (a compaction keeps the id; a delete or a new commit does not)."""
+        from l2s_data.errors import StoreError
+
+        new = take_snapshot(self.backend, self._resolve)
+        if not self.attempts <= new.attempts:
+            raise StoreError(
+                f"snapshot {self.id} of {self.backend.url} can no longer be read: its manifests were "
+                f"deleted or replaced since it was taken. Take a new snapshot."
+            )
+        self.infos, self.live, self.files, self.excluded = new.infos, new.live, new.files, new.excluded
+        if new.attempts != self.attempts:  # later commits too: keep reading only ours
+            self._only = frozenset(a for _, a in self.attempts)
+        self._dataset = None
 
     @property
-    def _backend(self) -> Backend:
-        return self.store._backend
+    def row_count(self) -> int:
+        return int(self.dataset().count_rows(filter=self.visible()))
 
-    # -- lookup ----------------------------------------------------------------------------
+    # -- lookup ----------------------------------------------------------------------------------
     def resolve(self, recipe: str) -> str:
-        """Recipe id for an id with rows here, or a registered recipe id or name."""
-        return recipe if recipe in self._recipe_ids else self.store.resolve_recipe(recipe)
+        """Recipe id for a registered recipe id or name."""
+        return self._resolve(recipe)
 
     def key_rows(self, recipe: str, view: str, position: str, layer: int) -> pa.Table:
         """Manifest rows of one key column (all its samples), sorted by sample id."""
         rid = self.resolve(recipe)
-        m = self.manifests
-        mask = pc.and_(
-            pc.and_(pc.equal(m["recipe_id"], rid), pc.equal(m["view"], view)),
-            pc.and_(pc.equal(m["position"], position), pc.equal(m["layer"], int(layer))),
-        )
-        return m.filter(mask)
+        flt = ((pc.field("recipe_id") == rid) & (pc.field("view") == view)
+               & (pc.field("position") == position) & (pc.field("layer") == int(layer)))
+        t = self.rows(flt).sort_by("sample_id")
+        for path in pc.unique(t["array"]).to_pylist():
+            self._array_recipe[path] = rid  # so that errors about its chunks name the recipe
+        return t
+
+    def committed_keys(self, recipe: str) -> pa.Table:
+        """Columns view, position, layer, sample_id of every committed key of one recipe."""
+        return self.rows(pc.field("recipe_id") == recipe, ["view", "position", "layer", "sample_id"])
 
     def index(self, recipe: str, view: str, position: str, layer: int) -> dict[str, tuple[str, int]]:
         """sample_id -> (array path, row) for one key column."""
-        rid = self.resolve(recipe)
-        k = (rid, view, position, int(layer))
+        k = (self.resolve(recipe), view, position, int(layer))
         if k not in self._index:
-            t = self.key_rows(rid, view, position, layer)
-            self._index[k] = dict(
-                zip(t["sample_id"].to_pylist(), zip(t["array"].to_pylist(), t["row"].to_pylist()))
-            )
+            t = self.key_rows(*k)
+            self._index[k] = dict(zip(t["sample_id"].to_pylist(), zip(t["array"].to_pylist(), t["row"].to_pylist())))
         return self._index[k]
 
-    def array_info(self, path: str) -> ArrayInfo:
+    def array_info(self, path: str, *, recipe_id: str | None = None) -> ArrayInfo:
         if path not in self._infos:
-            if self._array_recipe is None:
-                pairs = self.manifests.group_by(["array", "recipe_id"]).aggregate([])
-                self._array_recipe = dict(zip(pairs["array"].to_pylist(), pairs["recipe_id"].to_pylist()))
             shard = path.split("/")[1] if path.startswith("shards/") else "?"
-            rid = self._array_recipe.get(path, "?")
-            self._infos[path] = load_array_info(self._backend, path, shard=shard, recipe_id=rid)
+            rid = recipe_id or self._array_recipe.get(path, "?")
+            self._infos[path] = load_array_info(self.backend, path, shard=shard, recipe_id=rid)
         return self._infos[path]
 
     def chunk(self, path: str, i: int) -> np.ndarray:
         """Chunk ``i`` of a stored array, stored dtype ``[rows_in_chunk, D]``."""
-        return read_chunk(self._backend, self.array_info(path), i)
+        return read_chunk(self.backend, self.array_info(path), i)
 
-    # -- reads -----------------------------------------------------------------------------
-    def read(self, recipe_id: str, view: str, position: str, layer: int,
-             sample_ids: Sequence[str]) -> np.ndarray:
+    # -- reads -----------------------------------------------------------------------------------
+    def read(self, recipe_id: str, view: str, position: str, layer: int, sample_ids: Sequence[str]) -> np.ndarray:
         """float32 ``[len(sample_ids), D]``, row i = sample_ids[i]; whole chunks are read."""
-        idx = self.index(recipe_id, view, position, layer)
+        rid = self.resolve(recipe_id)
+        idx = self.index(rid, view, position, layer)
         missing = [s for s in sample_ids if s not in idx]
         if missing:
             raise KeyNotFoundError(
@@ -173,20 +217,17 @@ class Snapshot:
             )
         locs = [idx[s] for s in sample_ids]
         if not locs:
-            dim = self.key_rows(recipe_id, view, position, layer)["dim"]
+            dim = self.key_rows(rid, view, position, layer)["dim"]
             return np.zeros((0, int(dim[0].as_py()) if len(dim) else 0), np.float32)
-        out: np.ndarray | None = None
         by_chunk: dict[tuple[str, int], list[tuple[int, int]]] = {}
         for j, (path, row) in enumerate(locs):
-            info = self.array_info(path)
+            info = self.array_info(path, recipe_id=rid)
             by_chunk.setdefault((path, row // info.chunk_rows), []).append((j, row % info.chunk_rows))
+        out = np.empty((len(locs), self.array_info(locs[0][0]).dim), np.float32)
         for (path, c), items in by_chunk.items():
             info = self.array_info(path)
             block = self.chunk(path, c)
-            if out is None:
-                out = np.empty((len(locs), info.dim), np.float32)
             dst = np.fromiter((j for j, _ in items), np.int64, len(items))
             src = np.fromiter((r for _, r in items), np.int64, len(items))
             out[dst] = to_float32(block[src], info.logical_dtype)
-        assert out is not None  # locs is non-empty
         return out

@@ -8,10 +8,17 @@
     w.won   # True: committed; False: another attempt committed this shard first (orphan)
 
 Each attempt writes ``shards/<shard>/<attempt-uuid>/``, which no other process touches
-(DESIGN 4.2: two writers never share a Zarr shard). Leaving the ``with`` block normally builds
-the manifest (one row per key) and creates ``manifests/<shard>.parquet`` only if it is absent:
-that single create is the commit. A crash or an exception before it leaves an orphan attempt
-that readers never see and ``l2s store gc`` removes.
+(DESIGN 4.2: two writers never share a Zarr shard). Leaving the ``with`` block normally commits:
+
+1. the attempt folder is checked: ``attempt.json`` and every array written are still there;
+2. ``claim`` is created in it if absent. ``gc`` creates the same file before it removes an
+   attempt, so exactly one of them wins: a writer never commits a folder that gc is removing,
+   and gc never removes one that a writer commits;
+3. the manifest (one row per key, with its checksums; see ``manifests``) is created as
+   ``manifests/<shard>.parquet`` only if absent: that single create is the commit.
+
+A crash or an exception before it leaves an orphan attempt that readers never see and
+``l2s store gc`` removes.
 """
 
 from __future__ import annotations
@@ -22,9 +29,9 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import google_crc32c
 import numpy as np
@@ -32,14 +39,12 @@ import pyarrow as pa
 
 from l2s_data.errors import StoreError, WriteMismatchError
 from l2s_data.schemas import FORMAT_VERSION, MANIFESTS, ZARR_ATTRIBUTES_KEY
-from l2s_data.store._format import (
-    COMPACTED_PREFIX, DTYPES, array_name, attempt_dir, check_exact, check_name, check_part,
-    manifest_path, now, parquet_bytes, to_float32, to_stored,
-)
+from l2s_data.store._backend import Backend
 from l2s_data.store._zarr_write import write_array, write_group
-
-if TYPE_CHECKING:
-    from l2s_data.store.store import Store
+from l2s_data.store.contract import (
+    DTYPES, array_name, attempt_dir, check_exact, check_part, check_shard, now, to_float32, to_stored,
+)
+from l2s_data.store.manifests import encode_manifest, manifest_name
 
 __all__ = ["ShardWriter", "DEFAULT_CHUNK_BYTES", "ZARR_WRITERS"]
 
@@ -70,11 +75,13 @@ class _Written:
 class ShardWriter:
     """One attempt at one shard. Use as a context manager; see the module docstring."""
 
-    def __init__(self, store: Store, shard_id: str, recipe_id: str, sample_ids: Sequence[str], *,
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, zarr_writer: str | None = None):
-        check_name("shard id", shard_id, fix=" (e.g. 's-000017')")
-        if shard_id.startswith(COMPACTED_PREFIX.rstrip("-")) or shard_id.startswith("_"):
-            raise WriteMismatchError(f"shard id {shard_id!r} may not start with '_' (reserved).")
+    def __init__(self, backend: Backend, shard_id: str, recipe_id: str, sample_ids: Sequence[str], *,
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, zarr_writer: str | None = None,
+                 is_committed: Callable[[str], bool] | None = None,
+                 on_commit: Callable[[ShardWriter], None] | None = None):
+        """``is_committed(shard)`` says whether a compacted manifest already commits the shard
+        (its own file is then gone); ``on_commit(writer)`` runs after this attempt won."""
+        check_shard(shard_id)
         if not isinstance(recipe_id, str) or not recipe_id:
             raise WriteMismatchError(f"recipe_id must be a non-empty string, got {recipe_id!r}.")
         ids = list(sample_ids)
@@ -94,9 +101,9 @@ class ShardWriter:
                 f"zarr writer {zarr_writer!r} (argument or ${ZARR_WRITER_ENV}) is not one of "
                 f"{ZARR_WRITERS}; unset ${ZARR_WRITER_ENV} for the default 'direct'."
             )
-        self.store = store
+        self.backend = backend
         self.shard = shard_id
-        self.recipe_id = store.resolve_recipe(recipe_id, must_exist=False)
+        self.recipe_id = recipe_id
         self.sample_ids = ids
         self.chunk_bytes = int(chunk_bytes)
         self.zarr_writer = zarr_writer
@@ -110,6 +117,9 @@ class ShardWriter:
         self._lock = threading.Lock()  # write() may run from several threads (one key each)
         self._ids_hash = hashlib.sha256("\n".join(ids).encode()).hexdigest()
         self._entered = False
+        self._is_committed = is_committed
+        self._on_commit = on_commit
+        self.bytes = 0
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> ShardWriter:
@@ -122,7 +132,9 @@ class ShardWriter:
             "started_at": now().isoformat(), "host": socket.gethostname(), "pid": os.getpid(),
             "sample_ids": self.sample_ids,
         }
-        self.store._backend.write_bytes(f"{self.dir}/attempt.json", json.dumps(meta).encode())
+        data = json.dumps(meta).encode()
+        self.backend.write_bytes(f"{self.dir}/attempt.json", data)
+        self.bytes += len(data)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -178,21 +190,24 @@ class ShardWriter:
             }
         }
         if self.zarr_writer == "direct":
-            backend = self.store._backend
+            backend = self.backend
             with self._lock:
                 if not self._group_written:  # zarr-python writes the implicit root group too
-                    write_group(backend, self.dir)
+                    self.bytes += write_group(backend, self.dir)
                     self._group_written = True
-            write_array(backend, f"{self.dir}/{name}", stored, chunk_rows, attrs)
+            nbytes = write_array(backend, f"{self.dir}/{name}", stored, chunk_rows, attrs)
         else:
             self._write_zarr_python(name, stored, chunk_rows, attrs)
+            nbytes = -(-n // chunk_rows) * (chunk_rows * dim * stored.dtype.itemsize + 4)
         logical = to_float32(stored, dtype)
         norms = np.linalg.norm(logical, axis=1).astype(np.float32)
         rows = stored.view()
         rows.flags.writeable = False  # google_crc32c hashes read-only buffers in place (no copy)
         checksums = [f"{google_crc32c.value(r):08x}" for r in rows]
-        self._written[key] = _Written(view, position, layer, dtype, dim, chunk_rows,
-                                      f"{self.dir}/{name}", norms, checksums)
+        with self._lock:
+            self.bytes += nbytes
+            self._written[key] = _Written(view, position, layer, dtype, dim, chunk_rows,
+                                          f"{self.dir}/{name}", norms, checksums)
 
     def _write_zarr_python(self, name: str, stored: np.ndarray, chunk_rows: int,
                            attrs: dict[str, Any]) -> None:
@@ -201,7 +216,7 @@ class ShardWriter:
 
         with self._lock:
             if self._zarr is None:
-                self._zarr = self.store._backend.zarr_store(self.dir)
+                self._zarr = self.backend.zarr_store(self.dir)
         n, dim = stored.shape
         arr = zarr.create_array(
             self._zarr, name=name, shape=(n, dim), chunks=(chunk_rows, dim), dtype=stored.dtype,
@@ -212,11 +227,11 @@ class ShardWriter:
         arr[...] = stored
 
     # -- commit ----------------------------------------------------------------------------
-    def manifest(self) -> pa.Table:
+    def manifest(self, written_at: Any = None) -> pa.Table:
         """The manifest rows of everything written so far (MANIFESTS schema)."""
         n = len(self.sample_ids)
         cols: dict[str, list] = {f.name: [] for f in MANIFESTS}
-        written_at = now()
+        written_at = written_at or now()
         for w in self._written.values():
             cols["recipe_id"] += [self.recipe_id] * n
             cols["view"] += [w.view] * n
@@ -237,7 +252,8 @@ class ShardWriter:
         return check_exact(table, MANIFESTS, what=f"manifest of shard {self.shard}")
 
     def commit(self) -> bool:
-        """Create the shard's manifest if absent. Sets and returns ``won``."""
+        """Check the attempt folder, claim it, and create the shard's manifest if absent.
+        Sets and returns ``won``."""
         if self.won is not None:
             return self.won
         if not self._written:
@@ -245,11 +261,29 @@ class ShardWriter:
                 f"shard {self.shard}: nothing was written; call w.write(...) at least once before "
                 f"leaving the block."
             )
-        data = parquet_bytes(self.manifest())
-        backend = self.store._backend
-        if self.shard in self.store._compacted_shards():
-            # Committed earlier and since folded into a compacted manifest: this attempt lost.
-            self.won = False
+        stamp = now()
+        data = encode_manifest(self.manifest(stamp), kind="shard", shards={self.shard: self.attempt},
+                               bytes_={self.shard: self.bytes}, committed_at={self.shard: stamp.isoformat()})
+        present = set(self.backend.listdir(self.dir))
+        expected = {"attempt.json"} | {array_name(w.view, w.position, w.layer) for w in self._written.values()}
+        missing = sorted(expected - present)
+        if missing:
+            raise StoreError(
+                f"shard {self.shard} attempt {self.attempt}: {missing[:3]} vanished from its folder "
+                f"before the commit (removed by `l2s store gc --grace` shorter than the write?). "
+                f"Nothing was committed; rerun the extraction to recompute the shard."
+            )
+        claim = json.dumps({"by": "writer", "pid": os.getpid(), "host": socket.gethostname(),
+                            "at": stamp.isoformat()}).encode()
+        if not self.backend.put_if_absent(f"{self.dir}/claim", claim):
+            raise StoreError(
+                f"shard {self.shard} attempt {self.attempt} was claimed by `l2s store gc` before it "
+                f"could commit; nothing was committed. Rerun the extraction to recompute the shard."
+            )
+        if self._is_committed is not None and self._is_committed(self.shard):
+            self.won = False  # committed earlier and since folded into a compacted manifest
         else:
-            self.won = backend.put_if_absent(manifest_path(self.shard), data)
+            self.won = self.backend.put_if_absent(manifest_name("shard", self.shard), data)
+        if self.won and self._on_commit is not None:
+            self._on_commit(self)
         return self.won

@@ -146,7 +146,12 @@ def test_select_keeps_only_the_samples_its_memberships_point_at(tmp_path):
     assert rec["query"] == t.query(rec["sample_id"]) and rec["image_path"].startswith("images/")
 
 
-def test_pngs_are_decodable_bytes(tmp_path):
+def test_pngs_decode_to_the_size_and_pixels_the_samples_table_records(tmp_path):
     t = make_synthetic("synthetic-safety", tmp_path, n=3, seed=0)
+    size = {r["sample_id"]: (r["width"], r["height"]) for r in t.samples.to_pylist()}
     for sid in t.sample_ids:
-        Image.open(io.BytesIO(t.image_path(sid).read_bytes())).verify()
+        img = Image.open(io.BytesIO(t.image_path(sid).read_bytes()))
+        assert img.format == "PNG"
+        img.load()  # decodes every pixel: a truncated or corrupt file raises here
+        assert img.size == size[sid]
+        assert len(set(img.convert("L").getdata())) > 1  # a rendered image, not a blank canvas

@@ -232,7 +232,7 @@ def test_sampled_continuation_extends_the_completions_reproducibly(llava, data_d
     plain = Extraction(_config(ckpt, data_dir, tmp_path / "plain", **kw), adapter=adapter).run()
     assert runs[0].recipe_ids == runs[1].recipe_ids != plain.recipe_ids  # settings are part of the recipe
     spec = Store.open(tmp_path / "a").recipe_spec(runs[0].recipe_ids["pair"])
-    assert spec["completion"] == comp and "input" not in runs[0].recipe_ids
+    assert spec["completion"] == {**comp, "include_last_generated": False} and "input" not in runs[0].recipe_ids
     read = lambda name, r: Store.open(tmp_path / name).snapshot().read(  # noqa: E731
         r.recipe_ids["pair"], "pos", "completion_mean", 1, sorted(i.sample_id for s in r.plan.shards for i in s.items))
     a, b, p = read("a", runs[0]), read("b", runs[1]), read("plain", plain)

@@ -31,11 +31,9 @@ def _expected_indices(adapter, item):
     user = messages_for(item, with_completion=False)
     full_len = n_tokens(render(proc, messages_for(item)))
     prompt_len = n_tokens(render(proc, user, add_generation_prompt=True))
-    user_len = n_tokens(render(proc, user).rstrip(" "))
     completion_len = n_tokens(render(proc, messages_for(item), continue_final_message=True))
     return {
         "prompt_last": [prompt_len - 1],
-        "user_last": [user_len - 1],
         "completion_last": [completion_len - 1],
         "completion_mean": list(range(prompt_len, completion_len)),
         "sequence_last": [full_len - 1],
@@ -65,10 +63,18 @@ def test_capture_equals_output_hidden_states_at_every_layer_but_the_last_and_eve
         inputs = adapter.processor(text=[text], images=[item.image], return_tensors="pt")
         with torch.no_grad():
             hs = adapter.model(**inputs, output_hidden_states=True).hidden_states
-        for position, idx in _expected_indices(adapter, item).items():
+        # user_last: the last token of the user turn rendered alone (its own sequence)
+        user_text = render(adapter.processor, messages_for(item, with_completion=False))
+        with torch.no_grad():
+            user_hs = adapter.model(**adapter.processor(text=[user_text], images=[item.image], return_tensors="pt"),
+                                    output_hidden_states=True).hidden_states
+        expected = {p: (hs, idx) for p, idx in _expected_indices(adapter, item).items()}
+        expected["user_last"] = (user_hs, [user_hs[0].shape[1] - 1])
+        assert set(expected) == set(POSITIONS)
+        for position, (states, idx) in expected.items():
             assert idx, position
             for layer in layers[:-1]:
-                want = hs[layer + 1][0, idx].mean(0)
+                want = states[layer + 1][0, idx].mean(0)
                 torch.testing.assert_close(got[(position, layer)][0], want, atol=1e-5, rtol=1e-5)
             assert got[(position, layers[-1])].shape == (1, adapter.hidden_size)
             assert got[(position, layers[-1])].dtype == torch.float32

@@ -39,8 +39,9 @@ def test_chat_template_reproduces_the_family_format(family, tiny_adapter, make_i
     prompt = render(proc, messages_for(item, with_completion=False), add_generation_prompt=True)
     full = render(proc, messages_for(item))
     if family == "llava":
+        # llava-hf: a space after every text, no end-of-sequence token
         assert prompt == "USER: <image>\nWhat is this? Be brief. ASSISTANT:"
-        assert full == "USER: <image>\nWhat is this? Be brief. ASSISTANT: A box</s>"
+        assert full == "USER: <image>\nWhat is this? Be brief. ASSISTANT: A box "
         system = ChatInput(item.image, "Q", system="Be nice.")
         assert render(proc, messages_for(system), add_generation_prompt=True) == "Be nice. USER: <image>\nQ ASSISTANT:"
     else:

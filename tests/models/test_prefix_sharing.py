@@ -26,7 +26,7 @@ def test_prefix_shared_equals_separate_forwards_on_a_left_padded_mix_of_categori
     family, tiny_adapter, safety_items
 ):
     adapter = tiny_adapter(family)
-    encs, _ = adapter.encode_contrastive(safety_items, ["input", "pos", "neg"])
+    encs = adapter.encode_contrastive(safety_items, ["input", "pos", "neg"]).views
     prefix = shared_prefix_lengths(encs, ["input", "pos", "neg"])
     # The prefix really is shared (image and query), and rows differ in length (left padding).
     assert all(p > e.image_span[1] for p, e in zip(prefix, encs["input"], strict=True))
@@ -82,7 +82,7 @@ def test_both_continuation_groupings_equal_separate_forwards(family, split_paddi
 
     monkeypatch.setattr(prefix_module, "SPLIT_PADDING", split_padding)
     adapter = tiny_adapter(family)
-    encs, _ = adapter.encode_contrastive(safety_items, ["input", "pos", "neg"])
+    encs = adapter.encode_contrastive(safety_items, ["input", "pos", "neg"]).views
     groups = prefix_module.continuation_groups(encs, ["input", "pos", "neg"],
                                                shared_prefix_lengths(encs, ["input", "pos", "neg"]))
     assert groups == ([["input"], ["pos", "neg"]] if split_padding == 0.0 else [["input", "pos", "neg"]])

@@ -96,7 +96,7 @@ def test_every_escape_is_refused_and_the_store_is_unchanged(filled, query):
 
 
 def test_the_connection_is_locked_even_below_the_statement_check(filled):
-    with Catalog(filled) as cat:
+    with filled.catalog() as cat:
         for q in ("SET enable_external_access = true", "SELECT * FROM read_csv('/etc/passwd')"):
             with pytest.raises(duckdb.Error):
                 cat.con.execute(q)
@@ -126,7 +126,7 @@ def test_loader_where_fragments_that_escape_are_refused(filled, where):
 
 
 def test_where_fragments_with_quotes_and_parentheses_still_work(filled):
-    with Catalog(filled) as cat:
+    with filled.catalog() as cat:
         assert check_where(cat.con, "(split = 'train') AND category IN ('c0', 'c1')")
         assert check_where(cat.con, "query <> 'it''s; (odd'")
     k = Key("r", "p2s", "completion_last", 2)
@@ -141,7 +141,7 @@ def test_sql_errors_name_the_query(filled):
 
 def test_catalog_export_writes_a_duckdb_file_with_every_view(filled, tmp_path):
     out = tmp_path / "catalog.duckdb"
-    counts = export_catalog(filled, str(out))
+    counts = filled.export_catalog(str(out))
     assert counts["manifests"] == 12 and counts["samples"] == 12
     con = duckdb.connect(str(out), read_only=True)
     try:
@@ -150,4 +150,40 @@ def test_catalog_export_writes_a_duckdb_file_with_every_view(filled, tmp_path):
     finally:
         con.close()
     with pytest.raises(StoreError, match="never overwrites"):
-        export_catalog(filled, str(out))
+        filled.export_catalog(str(out))
+
+
+def test_select_sample_ids_filters_memberships_joined_with_samples(filled):
+    with filled.catalog() as cat:
+        ids = cat.select_sample_ids("split = 'train' AND category IN ('c0', 'c1')")
+        assert ids == sorted(ids)
+        assert ids == [f"s{i:05d}" for i in range(12) if i % 4 and i % 3 in (0, 1)]
+        # columns of both views, and subqueries over the other views, are allowed
+        assert cat.select_sample_ids("query = 'q5' OR width > 100") == ["s00005"]
+        assert len(cat.select_sample_ids("sample_id IN (SELECT sample_id FROM manifests)")) == 12
+        assert cat.select_sample_ids("label = 'nobody'") == []
+        assert cat.select_sample_ids("query = 'é;' OR query = 'q1'") == ["s00001"]
+
+
+@pytest.mark.parametrize("where", ["split = 'train';", "split = 'é' -- x", "split = 'train', label = 'yes'",
+                                   "split = 'train' ORDER BY 1", "   "])
+def test_where_fragments_that_are_not_one_condition_are_refused(filled, where):
+    with filled.catalog() as cat:
+        with pytest.raises(SQLRefusedError):
+            cat.select_sample_ids(where)
+        with pytest.raises(SQLRefusedError):
+            check_where(cat.con, where)
+
+
+def test_a_where_fragment_naming_an_unknown_column_lists_the_columns(filled):
+    with filled.catalog() as cat:
+        with pytest.raises(StoreError, match="nope") as err:
+            cat.select_sample_ids("nope = 1")
+    assert "category" in str(err.value) and "image_path" in str(err.value)
+    assert not isinstance(err.value, SQLRefusedError)
+
+
+def test_a_where_fragment_reading_files_is_refused_when_it_runs(filled):
+    with filled.catalog() as cat:
+        with pytest.raises(SQLRefusedError, match="needs access outside the catalog"):
+            cat.select_sample_ids("sample_id IN (SELECT * FROM read_text('/etc/hostname'))")

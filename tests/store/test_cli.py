@@ -56,7 +56,7 @@ def test_store_commands_info_verify_gc_compact_delete(store):
     assert r.exit_code == 1 and "run-7" in r.output
     r = _l2s("store", "delete", "cli", "--store", store.url, "--force")
     assert r.exit_code == 0 and "6 rows" in r.output
-    assert ops.info(store).rows == 0
+    assert store.info().rows == 0
 
 
 def test_verify_exits_nonzero_on_a_flipped_byte(store):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from l2s_data.errors import (
-    KeyNotFoundError, SchemaMismatchError, StoreNotFoundError, WriteMismatchError,
+    KeyNotFoundError, CorruptManifestError, SchemaMismatchError, StoreNotFoundError, WriteMismatchError,
 )
 from l2s_data.store import Store
 
@@ -96,7 +96,7 @@ def test_an_exception_inside_the_block_leaves_an_invisible_orphan(store):
             w.write("p2s", "completion_last", 2, rows(3, 8), "float32")
             raise RuntimeError("boom")
     assert w.won is None
-    assert store.snapshot().manifests.num_rows == 0
+    assert store.snapshot().row_count == 0
     assert not store.is_committed("a")
 
 
@@ -115,10 +115,10 @@ def test_shape_or_dtype_mismatch_is_refused_before_anything_is_written(store, ar
     with pytest.raises(WriteMismatchError, match=match):
         with store.shard_writer("a", rid, sample_ids(4)) as w:
             w.write("p2s", "completion_last", 2, array, dtype)
-    attempt = store._backend.listdir("shards/a")
+    attempt = store.backend.listdir("shards/a")
     assert len(attempt) == 1
     # Only the attempt's own marker exists: no array folder was started.
-    assert store._backend.listdir(f"shards/a/{attempt[0]}") == ["attempt.json"]
+    assert store.backend.listdir(f"shards/a/{attempt[0]}") == ["attempt.json"]
     assert not store.is_committed("a")
 
 
@@ -147,12 +147,12 @@ def test_a_manifest_that_does_not_match_the_schema_is_refused(store):
     bad = pa.table({"recipe_id": ["r"], "sample_id": ["s"]})
     import pyarrow.parquet as pq
 
-    store._backend.makedirs("manifests")
-    pq.write_table(bad, store._backend.path("manifests/evil.parquet"))
-    with pytest.raises(SchemaMismatchError, match="manifests/evil.parquet"):
+    store.backend.makedirs("manifests")
+    pq.write_table(bad, store.backend.path("manifests/evil.parquet"))
+    with pytest.raises(CorruptManifestError, match="manifests/evil.parquet"):
         store.snapshot()
-    store._backend.write_bytes("manifests/evil.parquet", b"not parquet at all")
-    with pytest.raises(SchemaMismatchError, match="not a readable Parquet"):
+    store.backend.write_bytes("manifests/evil.parquet", b"not parquet at all")
+    with pytest.raises(CorruptManifestError, match="not a Parquet file"):
         store.snapshot()
 
 

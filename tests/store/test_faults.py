@@ -32,7 +32,8 @@ CHILD = textwrap.dedent(
                 w.write("p2s", "completion_last", layer, a, "float32")
                 print("wrote", shard, layer, flush=True)
             print("ready", shard, flush=True)
-            while wait_for != "-" and not os.path.exists(wait_for):
+            # Wait for `wait_for`, or for `wait_for.<shard>`, which releases this shard alone.
+            while wait_for != "-" and not (os.path.exists(wait_for) or os.path.exists(wait_for + "." + shard)):
                 time.sleep(0.01)
         print("won" if w.won else "lost", shard, flush=True)
     """
@@ -70,8 +71,8 @@ def test_a_writer_killed_mid_shard_leaves_nothing_visible_and_a_rerun_completes(
     p.wait(timeout=30)
     assert p.returncode == -signal.SIGKILL
     snap = store.snapshot()
-    assert snap.manifests.num_rows == 0 and not store.is_committed("k")
-    assert len(ops.info(store).orphans) == 1
+    assert snap.row_count == 0 and not store.is_committed("k")
+    assert len(store.info().orphans) == 1
     # The rerun writes the whole shard again, in this process, and commits it.
     ids = [f"k-{i:04d}" for i in range(20)]
     with store.shard_writer("k", "r", ids) as w:
@@ -79,9 +80,9 @@ def test_a_writer_killed_mid_shard_leaves_nothing_visible_and_a_rerun_completes(
             w.write("p2s", "completion_last", layer, _expected("k", layer), "float32")
     assert w.won
     np.testing.assert_array_equal(store.snapshot().read("r", "p2s", "completion_last", 2, ids), _expected("k", 2))
-    removed = ops.gc(store, grace_s=0).removed
+    removed = store.gc(grace_s=0).removed
     assert len(removed) == 1 and removed[0].startswith("shards/k/")
-    assert ops.verify(store) == []
+    assert store.verify() == []
 
 
 def test_two_attempts_racing_to_commit_one_shard_exactly_one_wins(store):
@@ -97,12 +98,12 @@ def test_two_attempts_racing_to_commit_one_shard_exactly_one_wins(store):
         outs.append(out.strip().splitlines()[-1])
     assert sorted(outs) == ["lost x", "won x"], outs
     snap = store.snapshot()
-    assert len(snap.attempts) == 1 and snap.manifests.num_rows == 60
-    info = ops.info(store)
+    assert len(snap.attempts) == 1 and snap.row_count == 60
+    info = store.info()
     assert len(info.orphans) == 1  # the loser
-    gone = ops.gc(store, grace_s=3600).removed  # a loser goes at once, whatever the grace
+    gone = store.gc(grace_s=3600).removed  # a loser goes at once, whatever the grace
     assert gone == info.orphans
-    assert ops.verify(store) == []
+    assert store.verify() == []
 
 
 def test_two_processes_writing_different_shards_lose_nothing(store):
@@ -113,7 +114,7 @@ def test_two_processes_writing_different_shards_lose_nothing(store):
         assert p.returncode == 0, err
         assert out.count("won") == 4
     snap = store.snapshot()
-    assert len(snap.shards) == 8 and snap.manifests.num_rows == 8 * 3 * 20
+    assert len(snap.shards) == 8 and snap.row_count == 8 * 3 * 20
     for shard in [f"a{i}" for i in range(4)] + [f"b{i}" for i in range(4)]:
         ids = [f"{shard}-{i:04d}" for i in range(20)]
         for layer in range(3):
@@ -125,14 +126,16 @@ def test_a_reader_opened_during_writes_sees_only_earlier_commits(store):
     p = _spawn(store.url, ["w0", "w1"], wait_for=str(go))
     _wait_line(p, "ready w0")
     before = store.snapshot()  # w0 is fully written but not committed yet
-    assert before.manifests.num_rows == 0
-    go.write_text("go")
+    assert before.row_count == 0
+    Path(f"{go}.w0").write_text("go")  # release w0 only: w1 waits until `during` is taken
     _wait_line(p, "won w0")
     during = store.snapshot()
+    _wait_line(p, "ready w1")
+    Path(f"{go}.w1").write_text("go")
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
     assert set(during.shards) == {"w0"}
-    assert before.manifests.num_rows == 0 and set(during.shards) == {"w0"}  # unchanged by later commits
+    assert before.row_count == 0 and set(during.shards) == {"w0"}  # unchanged by later commits
     assert set(store.snapshot().shards) == {"w0", "w1"}
     ids = [f"w0-{i:04d}" for i in range(20)]
     np.testing.assert_array_equal(during.read("r", "p2s", "completion_last", 0, ids), _expected("w0", 0))

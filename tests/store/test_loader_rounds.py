@@ -1,4 +1,5 @@
-"""The streaming loader's round buffers and its chunk-checksum policy (verify='once' / 'always')."""
+"""The loader's rounds: coverage, shuffling, reused buffers, both paths giving the same batches,
+and a crc32c check on every chunk read."""
 
 from __future__ import annotations
 
@@ -6,11 +7,10 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
-from l2s_data.errors import CorruptChunkError
+from l2s_data.errors import CorruptChunkError, EmptySelectionError
 from l2s_data.store import Key, Store
-from l2s_data.store import _chunks, _vmap, loader
+from l2s_data.store import _chunks
 
 from .conftest import rows as random_rows
 from .conftest import sample_ids, write_shard
@@ -87,60 +87,38 @@ def _epochs(ds, n=3):
 
 
 @pytest.mark.parametrize("prefetch", [False, True])
-@pytest.mark.parametrize("verify", ["once", "always"])
-def test_chunks_mapped_into_one_window_give_the_same_batches_as_copied_rounds(tmp_path, monkeypatch, prefetch, verify):
-    """The window paths (chunk files mapped side by side, one take per batch: kept mapped across
-    epochs with verify='once', remapped per round with 'always') and the copy path (rounds
-    concatenated in memory) are ways to the same batches, in the same order."""
+def test_the_in_memory_path_gives_the_streaming_batches_in_every_epoch(tmp_path, prefetch):
+    """Two keys written together (read straight into the buffers), with edge chunks: the
+    in-memory path (first epoch read while served, later epochs from memory) and the streaming
+    path yield the same batches, epoch after epoch, and they hold the rows that were written."""
     store = Store.open(tmp_path / "s", create=True)
     rid = store.put_recipe({"w": 1}, name="r")
     keys = (("p2s", "completion_last", 2), ("input", "prompt_last", 1))
     ids = sample_ids(90)
-    for j, part in enumerate((ids[:37], ids[37:])):  # 16-row chunks: 3 + 4, edge chunks of 5 rows
-        write_shard(store, f"s{j}", rid, part, d=12, keys=keys, seed=j, dtype="float16", chunk_bytes=16 * 12 * 2)
+    written = {}
+    for j, part in enumerate((ids[:37], ids[37:])):  # 16-row chunks: 3 + 4, edge chunks of 5 and 5 rows
+        d = write_shard(store, f"s{j}", rid, part, d=12, keys=keys, seed=j, dtype="float16", chunk_bytes=16 * 12 * 2)
+        for k, a in d.items():
+            written.update({(k, s): row for s, row in zip(part, a.astype(np.float16))})
     cols = [Key(rid, *k) for k in keys]
-    placed = [0]
-    real_place = loader.place_chunk
-
-    def counted(*a, **kw):
-        placed[0] += 1
-        return real_place(*a, **kw)
-
-    monkeypatch.setattr(loader, "place_chunk", counted)
-    kw = dict(batch_size=7, buffer_rows=40, in_memory=False, with_ids=True, dtype="stored",
-              prefetch=prefetch, verify=verify)
-    ds = store.columns(cols, **kw)
-    mapped = _epochs(ds)
-    # keys x chunks, mapped once and kept (once), or every epoch (always)
-    assert placed[0] == 2 * 7 * (1 if verify == "once" else 3)
-    monkeypatch.setattr(_vmap, "available", lambda: False)
-    copied = _epochs(store.columns(cols, **kw))
-    assert placed[0] == 2 * 7 * (1 if verify == "once" else 3)
-    assert mapped == copied
-    assert mapped[0] != mapped[1]  # and epochs differ
-    assert sorted(s for _, b in mapped[2] for s in b) == ids
+    kw = dict(batch_size=7, buffer_rows=40, with_ids=True, dtype="stored", prefetch=prefetch)
+    streamed = _epochs(store.columns(cols, in_memory=False, **kw))
+    kept = store.columns(cols, in_memory=True, **kw)
+    assert _epochs(kept) == streamed
+    assert kept._memory is not None and kept._memory.loaded.all()
+    assert streamed[0] != streamed[1]  # epochs differ
+    for epoch in streamed:
+        assert sorted(s for _, b in epoch for s in b) == ids
+        for (xb, yb), b in epoch:
+            np.testing.assert_array_equal(np.frombuffer(xb, np.float16).reshape(-1, 12),
+                                          np.stack([written[(keys[0], s)] for s in b]))
+            np.testing.assert_array_equal(np.frombuffer(yb, np.float16).reshape(-1, 12),
+                                          np.stack([written[(keys[1], s)] for s in b]))
 
 
-def test_resident_chunks_are_stat_checked_each_epoch_and_released_on_request(chunked, monkeypatch):
-    store, _ = chunked
-    placed, stats = [0], [0]
-    real_place, real_ident = loader.place_chunk, loader.chunk_identity
-    monkeypatch.setattr(loader, "place_chunk", lambda *a, **kw: (placed.__setitem__(0, placed[0] + 1), real_place(*a, **kw))[1])
-    monkeypatch.setattr(loader, "chunk_identity", lambda *a: (stats.__setitem__(0, stats[0] + 1), real_ident(*a))[1])
-    ds = store.columns([K], batch_size=8, in_memory=False)
-    for epoch in range(3):
-        ds.set_epoch(epoch)
-        assert sum(len(x) for (x,) in ds) == N
-    assert placed[0] == 15 and stats[0] == 2 * 15  # 15 chunks mapped once, stat'ed in epochs 2 and 3
-    ds.release()
-    assert sum(len(x) for (x,) in ds) == N
-    assert placed[0] == 30
-
-
-def test_windows_serve_a_where_selection_and_keys_chunked_differently_fall_back(tmp_path, monkeypatch):
-    """A ``where`` that picks some rows of each chunk still maps whole chunks (and takes those
-    rows); a key whose chunks do not line up with the first key's is copied instead. Both give
-    the batches the copy path gives."""
+def test_a_where_selection_and_keys_chunked_differently_give_the_same_batches_on_both_paths(tmp_path):
+    """A ``where`` that picks some rows of each chunk reads whole chunks and keeps those rows;
+    a key whose chunks do not line up with the first key's is gathered through the chunk cache."""
     from .conftest import tables
 
     store = Store.open(tmp_path / "s", create=True)
@@ -153,100 +131,34 @@ def test_windows_serve_a_where_selection_and_keys_chunked_differently_fall_back(
         w.write("input", "prompt_last", 1, x, "float16")
         w.write("p2s", "completion_last", 2, y, "float32")
     cols = [Key(rid, "input", "prompt_last", 1), Key(rid, "p2s", "completion_last", 2)]
-    placed = []
-    real_place = loader.place_chunk
-    monkeypatch.setattr(loader, "place_chunk", lambda b, info, *a, **kw: (placed.append(info.path), real_place(b, info, *a, **kw))[1])
-    kw = dict(where="split = 'train'", batch_size=5, buffer_rows=20, in_memory=False, with_ids=True, dtype="stored")
-    mapped = _epochs(store.columns(cols, **kw), 2)
-    assert len(placed) == 4 and all("input" in p for p in placed)  # key 0's 4 chunks, mapped once
-    monkeypatch.setattr(_vmap, "available", lambda: False)
-    assert _epochs(store.columns(cols, **kw), 2) == mapped
+    kw = dict(where="split = 'train'", batch_size=5, buffer_rows=20, with_ids=True, dtype="stored")
+    streamed = _epochs(store.columns(cols, in_memory=False, **kw), 2)
+    assert _epochs(store.columns(cols, in_memory=True, **kw), 2) == streamed
     train = [s for i, s in enumerate(ids) if i % 4]
-    assert sorted(s for _, b in mapped[1] for s in b) == train
+    assert sorted(s for _, b in streamed[1] for s in b) == train
     by_id = dict(zip(ids, range(64)))
-    for (xb, yb), b in mapped[0]:
+    for (xb, yb), b in streamed[0]:
         np.testing.assert_array_equal(np.frombuffer(xb, np.float16).reshape(-1, 12), x[[by_id[s] for s in b]])
         np.testing.assert_array_equal(np.frombuffer(yb, np.float32).reshape(-1, 12), y[[by_id[s] for s in b]])
 
 
-def test_a_mapping_that_fails_midway_falls_back_to_copying_with_the_same_batches(chunked, monkeypatch):
-    """If the kernel refuses a mapping (say, the process is out of map slots), the round is
-    copied instead: nothing is lost or repeated, and the order is the one windows give."""
-    store, rows = chunked
-    kw = dict(batch_size=6, buffer_rows=21, in_memory=False, with_ids=True, dtype="stored", seed=3)
-    want = _epochs(store.columns([K], **kw), 1)
-    real_place, calls = _vmap.Window.place, [0]
-
-    def flaky(self, slot, fd, nbytes):
-        calls[0] += 1
-        if calls[0] == 5:
-            raise OSError(12, "Cannot allocate memory")
-        return real_place(self, slot, fd, nbytes)
-
-    monkeypatch.setattr(_vmap.Window, "place", flaky)
-    got = _epochs(store.columns([K], **kw), 1)
-    assert calls[0] == 5  # the fifth mapping failed, and no window was tried after it
-    assert got == want
-    assert sorted(s for _, b in got[0] for s in b) == sample_ids(N)
-
-
-def _mapped_in(lo: int, hi: int) -> int:
-    """How many of this process's mappings lie in [lo, hi)."""
-    n = 0
-    with open("/proc/self/maps") as f:
-        for line in f:
-            start, end = (int(x, 16) for x in line.split()[0].split("-"))
-            n += start < hi and end > lo
-    return n
-
-
-def test_mapped_chunks_go_with_the_dataset_or_on_release(chunked):
-    """Resident mappings are the dataset's: release() or dropping the dataset unmaps them, so
-    a sweep that builds a loader per trial does not pile up mappings."""
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_a_where_that_selects_no_sample_is_a_clear_error(chunked, in_memory):
     store, _ = chunked
-    for drop in ("release", "del"):
-        ds = store.columns([K], batch_size=8, in_memory=False)
-        assert sum(len(x) for (x,) in ds) == N
-        w = ds._resident[1][0].window
-        lo, hi = w.addr, w.addr + w.nbytes
-        del w
-        assert _mapped_in(lo, hi) >= 15  # one per chunk file
-        if drop == "release":
-            ds.release()
-        else:
-            del ds  # reference counting alone frees it: no cycle holds the windows
-        assert _mapped_in(lo, hi) == 0
+    from .conftest import tables
+
+    store.put_samples(*tables(sample_ids(N)))
+    with pytest.raises(EmptySelectionError, match="selects no sample") as err:
+        store.columns([K], where="split = 'nowhere'", in_memory=in_memory)
+    assert "split = 'nowhere'" in str(err.value) and isinstance(err.value, ValueError)
 
 
-def test_a_window_holds_chunks_that_are_not_whole_pages(tmp_path):
-    """Slots are whole pages and whole rows: 7-row chunks of 12 float32 (336 bytes) still line up."""
-    w = _vmap.Window(3, _vmap.slot_rows(7, 48), 12, np.float32)
-    try:
-        assert w.slot_rows * 48 % 4096 == 0 and w.slot_rows >= 7
-        data = [np.random.default_rng(i).standard_normal((7, 12)).astype(np.float32) for i in range(3)]
-        for j, a in enumerate(data):
-            p = tmp_path / f"c{j}"
-            p.write_bytes(a.tobytes() + b"crc!")
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                w.place(j, fd, a.nbytes)
-            finally:
-                os.close(fd)
-        v = w.view()
-        for j, a in enumerate(data):
-            np.testing.assert_array_equal(v[j * w.slot_rows : j * w.slot_rows + 7], a)
-        p = tmp_path / "c0"
-        p.write_bytes(data[2].tobytes() + b"crc!")  # a new file over slot 0 replaces the old
-        fd = os.open(p, os.O_RDONLY)
-        w.place(0, fd, data[2].nbytes)
-        os.close(fd)
-        np.testing.assert_array_equal(v[:7], data[2])
-        with pytest.raises(ValueError, match="slot 3 of 3"):
-            w.place(3, 0, 16)
-    finally:
-        w.close()
-    with pytest.raises(ValueError, match="closed"):
-        w.view()
+def test_skipping_every_sample_is_the_same_error(chunked):
+    store, _ = chunked
+    rid = store.put_recipe({"other": 1}, name="other")
+    write_shard(store, "other", rid, sample_ids(5, prefix="t"))
+    with pytest.raises(EmptySelectionError, match="5 selected sample"):
+        store.columns([Key("other", "p2s", "completion_last", 2), K], missing="skip")
 
 
 def _count_crc(monkeypatch) -> list[int]:
@@ -268,47 +180,109 @@ def _fresh_store(tmp_path, n=24):
     return store, rid
 
 
-def test_verify_once_hashes_each_chunk_once_per_process_and_always_every_read(tmp_path, monkeypatch):
+def _chunk_path(store, tmp_path, i):
+    attempt = store.snapshot().shards["v"]
+    return tmp_path / "s" / "shards" / "v" / attempt / "p2s.completion_last.L2" / "c" / str(i) / "0"
+
+
+@pytest.mark.parametrize("verify", ["always", "once"])
+def test_every_chunk_read_is_checked_and_memory_is_read_once(tmp_path, monkeypatch, verify):
     store, _ = _fresh_store(tmp_path)  # 6 chunks
     calls = _count_crc(monkeypatch)
-    once = store.columns([K], batch_size=5, in_memory=False)
-    assert once.verify == "once"
+    streaming = store.columns([K], batch_size=5, in_memory=False, verify=verify)
     for epoch in range(3):
-        once.set_epoch(epoch)
-        assert sum(len(x) for (x,) in once) == 24
-    assert calls[0] == 6
-    always = store.columns([K], batch_size=5, in_memory=False, verify="always")
-    for epoch in range(2):
-        always.set_epoch(epoch)
-        list(always)
-    assert calls[0] == 6 + 12
+        streaming.set_epoch(epoch)
+        assert sum(len(x) for (x,) in streaming) == 24
+    assert calls[0] == 6 * 3
+    kept = store.columns([K], batch_size=5, in_memory=True, verify=verify)
+    for epoch in range(3):
+        kept.set_epoch(epoch)
+        assert sum(len(x) for (x,) in kept) == 24
+    assert calls[0] == 6 * 3 + 6
     with pytest.raises(ValueError, match="verify"):
         store.columns([K], verify="never")
 
 
-def test_verify_once_still_catches_a_chunk_rewritten_after_it_was_checked(tmp_path):
+def test_a_chunk_rewritten_after_it_was_read_is_caught_on_the_next_read(tmp_path):
     store, rid = _fresh_store(tmp_path)
     ds = store.columns([K], batch_size=5, in_memory=False)
-    list(ds)  # every chunk checked and remembered
-    attempt = store.snapshot().shards["v"]
-    p = tmp_path / "s" / "shards" / "v" / attempt / "p2s.completion_last.L2" / "c" / "2" / "0"
+    list(ds)
+    p = _chunk_path(store, tmp_path, 2)
     st = os.stat(p)
     data = bytearray(p.read_bytes())
     data[3] ^= 0x01
     p.write_bytes(bytes(data))
-    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # even with the mtime put back (ctime moves)
-    with pytest.raises(CorruptChunkError, match=f"chunk 2 of .*shard v, recipe {rid}"):
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # size and mtime as before
+    with pytest.raises(CorruptChunkError, match=f"chunk 2 of .*shard v, recipe {rid}.*crc32c"):
         list(ds)
 
 
-def test_a_corrupted_chunk_is_caught_on_its_first_read_with_verify_once(tmp_path):
+@pytest.mark.parametrize("prefetch", [False, True])
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_a_corrupted_chunk_is_caught_on_its_first_read(tmp_path, prefetch, in_memory):
     store, rid = _fresh_store(tmp_path)
-    attempt = store.snapshot().shards["v"]
-    p = tmp_path / "s" / "shards" / "v" / attempt / "p2s.completion_last.L2" / "c" / "4" / "0"
+    p = _chunk_path(store, tmp_path, 4)
     data = bytearray(p.read_bytes())
     data[0] ^= 0x80
     p.write_bytes(bytes(data))
-    for prefetch in (False, True):
-        ds = store.columns([K], batch_size=5, in_memory=False, verify="once", prefetch=prefetch)
-        with pytest.raises(CorruptChunkError, match=f"shard v, recipe {rid}"):
-            list(ds)
+    ds = store.columns([K], batch_size=5, in_memory=in_memory, prefetch=prefetch)
+    with pytest.raises(CorruptChunkError, match=f"chunk 4 of .*shard v, recipe {rid}"):
+        list(ds)
+
+
+def test_a_chunk_file_that_grew_is_refused(tmp_path):
+    store, rid = _fresh_store(tmp_path)
+    p = _chunk_path(store, tmp_path, 1)
+    want = p.stat().st_size
+    with open(p, "ab") as f:
+        f.write(b"\0" * 8)
+    with pytest.raises(CorruptChunkError, match=f"chunk 1 of .*has {want + 8} bytes, expected {want}"):
+        list(store.columns([K], batch_size=5, in_memory=False))
+
+
+def test_chunk_reader_matches_zarr_python_on_an_edge_chunk(tmp_path):
+    """The direct reader gives the rows zarr-python reads, edge padding excluded."""
+    import zarr
+
+    store, _ = _fresh_store(tmp_path, n=22)  # 6 chunks, the last one holds 2 rows
+    snap = store.snapshot()
+    path = snap.key_rows("r", "p2s", "completion_last", 2)["array"][0].as_py()
+    info = snap.array_info(path)
+    z = zarr.open_array(store=store.backend.zarr_store(path, read_only=True), mode="r")
+    reader = _chunks.ChunkReader(store.backend)
+    got = np.concatenate([reader.read(info, i) for i in range(info.n_chunks)])
+    np.testing.assert_array_equal(got, z[:])
+    with pytest.raises(ValueError, match="destination"):
+        reader.into(info, 5, np.empty((4, 8), np.float32))
+
+
+def test_in_memory_dataloader_workers_give_the_streaming_batches(chunked):
+    """Each worker keeps its own copy (read during the first epoch it serves); with
+    persistent workers later epochs read nothing, and every epoch matches the streaming path."""
+    import torch
+
+    store, rows = chunked
+    kw = dict(batch_size=6, buffer_rows=14, with_ids=True, dtype="stored", seed=4)
+    kept = store.columns([K], in_memory=True, **kw)
+    streamed = store.columns([K], in_memory=False, **kw)
+    dl_kept = torch.utils.data.DataLoader(kept, batch_size=None, num_workers=2, persistent_workers=True)
+    dl_streamed = torch.utils.data.DataLoader(streamed, batch_size=None, num_workers=2)
+    for epoch in range(2):
+        kept.set_epoch(epoch)
+        streamed.set_epoch(epoch)
+        got = [(x.numpy().tobytes(), tuple(ids)) for x, ids in dl_kept]
+        assert got == [(x.numpy().tobytes(), tuple(ids)) for x, ids in dl_streamed]
+        assert sorted(s for _, ids in got for s in ids) == sample_ids(N)
+        for x, ids in got:
+            np.testing.assert_array_equal(np.frombuffer(x, np.float32).reshape(-1, 8), np.stack([rows[s] for s in ids]))
+
+
+def test_a_key_stored_with_two_widths_is_refused_by_name(tmp_path):
+    store = Store.open(tmp_path / "s", create=True)
+    rid = store.put_recipe({"odd": 1}, name="r")
+    write_shard(store, "a", rid, sample_ids(6), d=8)
+    write_shard(store, "b", rid, sample_ids(6, prefix="t"), d=12)
+    from l2s_data.errors import StoreError
+
+    with pytest.raises(StoreError, match=r"different widths.*\(8 x float32\).*\(12 x float32\)"):
+        store.columns([K])

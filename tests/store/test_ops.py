@@ -28,7 +28,7 @@ def test_info_counts_recipes_rows_shards_bytes_and_orphans(store):
         with store.shard_writer("c", rid, ["x"]) as w:
             w.write("p2s", "completion_last", 2, np.ones((1, 8), np.float32), "float32")
             raise RuntimeError("crash")
-    i = ops.info(store)
+    i = store.info()
     assert (i.rows, i.committed_shards, len(i.orphans)) == (12, 2, 1)
     assert i.bytes > i.orphan_bytes > 0
     assert i.recipes.to_pylist() == [{"recipe_id": rid, "name": "named", "keys": 3, "rows": 12, "shards": 2}]
@@ -39,10 +39,10 @@ def test_verify_finds_a_flipped_byte_and_reading_that_chunk_names_shard_and_reci
     ids = sample_ids(10)
     write_shard(store, "good", rid, ids[:5])
     write_shard(store, "bad", rid, ids[5:], chunk_bytes=64)  # 2 rows (of 8 float32) per chunk
-    assert ops.verify(store) == []
+    assert store.verify() == []
     attempt = store.snapshot().shards["bad"]
     _flip_a_byte(store, f"shards/bad/{attempt}/p2s.completion_last.L2/c/1/0")
-    problems = ops.verify(store)
+    problems = store.verify()
     assert len(problems) == 1
     assert problems[0].shard == "bad" and problems[0].recipe_id == rid and "c/1/0" in problems[0].what
     snap = store.snapshot()
@@ -58,9 +58,9 @@ def test_verify_reports_a_missing_chunk_and_a_truncated_one(store):
     write_shard(store, "a", rid, sample_ids(6), chunk_bytes=64)
     attempt = store.snapshot().shards["a"]
     base = f"shards/a/{attempt}/p2s.completion_last.L2"
-    store._backend.remove(f"{base}/c/0/0")
-    store._backend.write_bytes(f"{base}/c/2/0", b"short")
-    problems = ops.verify(store)
+    store.backend.remove(f"{base}/c/0/0")
+    store.backend.write_bytes(f"{base}/c/2/0", b"short")
+    problems = store.verify()
     assert sorted(p.what.rsplit("/", 3)[-2] for p in problems) == ["0", "2"]
     with pytest.raises(CorruptChunkError, match="missing"):
         store.snapshot().read(rid, "p2s", "completion_last", 2, sample_ids(1))
@@ -71,11 +71,11 @@ def test_gc_removes_orphans_but_keeps_a_recent_uncommitted_attempt(store):
     write_shard(store, "a", rid, sample_ids(3))
     w = store.shard_writer("live", rid, sample_ids(3)).__enter__()  # a writer still at work
     w.write("p2s", "completion_last", 2, np.ones((3, 8), np.float32), "float32")
-    r = ops.gc(store, grace_s=3600)
+    r = store.gc(grace_s=3600)
     assert r.removed == [] and r.kept_recent == [w.dir]
-    assert ops.gc(store, grace_s=0, dry_run=True).removed == [w.dir]
-    assert ops.gc(store, grace_s=0).removed == [w.dir]
-    assert store._backend.listdir("shards") == ["a"]
+    assert store.gc(grace_s=0, dry_run=True).removed == [w.dir]
+    assert store.gc(grace_s=0).removed == [w.dir]
+    assert store.backend.listdir("shards") == ["a"]
     np.testing.assert_array_equal(store.snapshot().read(rid, "p2s", "completion_last", 2, sample_ids(3)).shape, (3, 8))
 
 
@@ -86,11 +86,11 @@ def test_compact_folds_manifests_into_one_and_keeps_every_key_and_the_snapshot_i
         ids = sample_ids(3, f"s{j}-")
         data.update(zip(ids, write_shard(store, f"m{j}", rid, ids, seed=j)[("p2s", "completion_last", 2)]))
     before = store.snapshot()
-    n, name = ops.compact(store)
+    n, name = store.compact()
     assert n == 6 and name.startswith("manifests/_compacted-")
-    assert store._backend.listdir("manifests") == [name.split("/")[1]]
+    assert store.backend.listdir("manifests") == [name.split("/")[1]]
     after = store.snapshot()
-    assert after.id == before.id and after.manifests.equals(before.manifests)
+    assert after.id == before.id and after.rows().equals(before.rows())
     ids = sorted(data)
     np.testing.assert_array_equal(after.read(rid, "p2s", "completion_last", 2, ids), np.stack([data[s] for s in ids]))
     # A committed shard folded away still counts as committed: a new attempt loses.
@@ -98,7 +98,7 @@ def test_compact_folds_manifests_into_one_and_keeps_every_key_and_the_snapshot_i
         w.write("p2s", "completion_last", 2, np.zeros((3, 8), np.float32), "float32")
     assert w.won is False and store.is_committed("m0")
     write_shard(store, "m9", rid, sample_ids(3, "s9-"))
-    assert ops.compact(store)[0] == 2  # the compacted file plus the new one
+    assert store.compact()[0] == 2  # the compacted file plus the new one
 
 
 def test_readers_stay_correct_while_compaction_runs(store):
@@ -112,13 +112,13 @@ def test_readers_stay_correct_while_compaction_runs(store):
         try:
             for _ in range(15):
                 s = store.snapshot()
-                seen.append((s.id, s.manifests.num_rows))
+                seen.append((s.id, s.row_count))
         except Exception as exc:  # noqa: BLE001 - any failure is the test's finding
             errors.append(exc)
 
     t = threading.Thread(target=read_loop)
     t.start()
-    ops.compact(store)
+    store.compact()
     t.join()
     assert errors == []
     assert set(seen) == {(want.id, 40)}
@@ -129,26 +129,26 @@ def test_delete_is_refused_while_runs_reference_the_recipe_unless_forced(store):
     drop = store.put_recipe({"drop": 1}, name="drop")
     write_shard(store, "k", keep, sample_ids(3))
     write_shard(store, "d", drop, sample_ids(3))
-    ops.compact(store)  # mixed manifests: delete must rewrite, not just remove
+    store.compact()  # mixed manifests: delete must rewrite, not just remove
     write_shard(store, "d2", drop, sample_ids(3, "x"))
     store.put_runs([{"run_id": "r1", "kind": "train", "recipe_ids": [drop], "status": "done", "config_json": "{}"}])
     with pytest.raises(ReferencedRecipeError, match="r1"):
-        ops.delete_recipe(store, "drop")
-    assert store.snapshot().manifests.num_rows == 9
-    r = ops.delete_recipe(store, "drop", force=True)
+        store.delete_recipe("drop")
+    assert store.snapshot().row_count == 9
+    r = store.delete_recipe("drop", force=True)
     assert r.rows == 6 and sorted(set(r.shards)) == ["d", "d2"]
     snap = store.snapshot()
-    assert set(snap.manifests["recipe_id"].to_pylist()) == {keep}
-    assert store._backend.listdir("shards") == ["k"]
+    assert set(snap.rows()["recipe_id"].to_pylist()) == {keep}
+    assert store.backend.listdir("shards") == ["k"]
     assert snap.read("keep", "p2s", "completion_last", 2, sample_ids(3)).shape == (3, 8)
     assert store.sql("SELECT recipe_id FROM recipes")["recipe_id"].to_pylist() == [keep]
-    assert ops.verify(store) == []
+    assert store.verify() == []
 
 
 def test_gc_removes_temporaries_left_by_an_interrupted_commit(store):
     rid = store.put_recipe({"r": 1})
     write_shard(store, "a", rid, sample_ids(2))
-    store._backend.write_bytes("manifests/.b.parquet.dead.tmp", b"half")
-    assert store.snapshot().manifests.num_rows == 2  # invisible to readers
-    assert ops.gc(store, grace_s=0).removed == ["manifests/.b.parquet.dead.tmp"]
-    assert store._backend.stale_temporaries("manifests", 0) == []
+    store.backend.write_bytes("manifests/.b.parquet.dead.tmp", b"half")
+    assert store.snapshot().row_count == 2  # invisible to readers
+    assert store.gc(grace_s=0).removed == ["manifests/.b.parquet.dead.tmp"]
+    assert store.backend.stale_temporaries("manifests", 0) == []

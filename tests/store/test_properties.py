@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from l2s_data.store import Key, Store
 from l2s_data.store._chunks import load_array_info, read_chunk
-from l2s_data.store._format import float32_to_bfloat16_bits
+from l2s_data.store.contract import float32_to_bfloat16_bits
 
 SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -61,7 +61,7 @@ def test_any_layout_round_trips_by_key_and_through_the_loader(layout):
         assert sorted(seen) == sorted(ids)
         for i, s in enumerate(ids):
             np.testing.assert_array_equal(seen[s], want[i])
-        m = snap.manifests
+        m = snap.rows()
         norms = np.array(m["norm"].to_pylist(), np.float32)
         rows = {sid: r for sid, r in zip(m["sample_id"].to_pylist(), range(m.num_rows))}
         np.testing.assert_allclose(norms[[rows[s] for s in ids]], np.linalg.norm(want, axis=1), rtol=1e-5, atol=1e-6)
@@ -75,9 +75,9 @@ def test_the_direct_chunk_reader_agrees_with_zarr_python(n, d, chunk_bytes, dtyp
         store = Store.open(f"{tmp}/s", create=True)
         with store.shard_writer("a", "r", [f"{i}" for i in range(n)], chunk_bytes=chunk_bytes) as w:
             w.write("neg", "sequence_last-1", 0, a, dtype)
-        path = store.snapshot().manifests["array"][0].as_py()
-        info = load_array_info(store._backend, path)
-        ours = np.concatenate([read_chunk(store._backend, info, c) for c in range(info.n_chunks)])
+        path = store.snapshot().rows()["array"][0].as_py()
+        info = load_array_info(store.backend, path)
+        ours = np.concatenate([read_chunk(store.backend, info, c) for c in range(info.n_chunks)])
         arr = zarr.open_array(f"{tmp}/s/{path}", mode="r")
         theirs = arr[...]
         assert theirs.dtype == ours.dtype and np.array_equal(theirs, ours)

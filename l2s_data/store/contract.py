@@ -1,14 +1,22 @@
-"""The on-disk conventions of a store: folder names, identifiers, dtypes, table parts.
+"""The store's contract: names and paths, canonical JSON, hashes and recipe ids, dtypes.
 
-Layout under the store root::
+This is the bottom layer of ``l2s_data.store``: it imports nothing else of the store, and
+every other module takes these rules from here (a rule is written once). Layout under the
+store root::
 
-    l2s-store.json                      marker + format version (created once)
+    l2s-store.json                        marker + format version (created once)
     recipes/<recipe_id>[-<name>].parquet
-    samples/<content hash>.parquet      memberships/, errors/, runs/, evaluations/ likewise
-    manifests/<shard>.parquet           its existence commits the shard
-    manifests/_compacted-<hash>.parquet many manifests folded into one (``compact``)
+    samples/<content hash>.parquet        memberships/, errors/, runs/, evaluations/ likewise
+    manifests/<shard>.parquet             its creation commits the shard
+    manifests/_compacted-<hash>.parquet   many manifests folded into one (``compact``)
+    manifests/_tombstone-<hash>.parquet   a committed delete: attempts that no longer count
+    leases/<name>-<n>.json                maintenance leases (create-if-absent, with expiry)
     shards/<shard>/<attempt>/attempt.json
+    shards/<shard>/<attempt>/claim        created once: by the writer that commits, or by gc
     shards/<shard>/<attempt>/<view>.<position>.L<layer>/   one Zarr v3 array [n, D]
+
+Every path read from a manifest is checked with :func:`check_array_path` before it is used,
+so a damaged or forged manifest can never make the store read or delete outside its root.
 """
 
 from __future__ import annotations
@@ -30,12 +38,16 @@ from l2s_data.schemas import FORMAT_VERSION
 
 MARKER = "l2s-store.json"
 COMPACTED_PREFIX = "_compacted-"
+TOMBSTONE_PREFIX = "_tombstone-"
+#: Folders of committed Parquet parts (content-addressed, create-if-absent).
+PART_TABLES = ("recipes", "samples", "memberships", "errors", "runs", "evaluations", "extractions")
 DTYPES = ("float32", "float16", "bfloat16")
 #: numpy dtype each logical dtype is stored as (Zarr v3 has no bfloat16: its bits as uint16).
 STORED_DTYPE = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "bfloat16": np.dtype("<u2")}
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _PART = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ATTEMPT = re.compile(r"^[0-9a-f]{32}$")
 
 
 def check_name(kind: str, value: object, *, fix: str = "") -> str:
@@ -58,8 +70,46 @@ def check_part(kind: str, value: object) -> str:
     return value
 
 
+def check_attempt(value: object) -> str:
+    """Attempt ids are uuid4 hex strings (32 lowercase hex characters)."""
+    if not isinstance(value, str) or not _ATTEMPT.match(value):
+        raise WriteMismatchError(f"attempt id {value!r} is not valid: expected 32 lowercase hex characters.")
+    return value
+
+
+def check_shard(value: object) -> str:
+    """A shard id as the writer accepts it: a safe name that is not reserved (no leading '_')."""
+    check_name("shard id", value, fix=" (e.g. 's-000017')")
+    if value.startswith("_"):  # type: ignore[union-attr]
+        raise WriteMismatchError(f"shard id {value!r} may not start with '_' (reserved for store files).")
+    return value  # type: ignore[return-value]
+
+
 def array_name(view: str, position: str, layer: int) -> str:
     return f"{view}.{position}.L{layer}"
+
+
+def array_path(shard: str, attempt: str, view: str, position: str, layer: int) -> str:
+    """Where the writer puts one key's array; every other module derives it from here."""
+    return f"{attempt_dir(shard, attempt)}/{array_name(view, position, layer)}"
+
+
+def check_array_path(path: object, shard: object, attempt: object, view: object, position: object,
+                     layer: object) -> str:
+    """``path`` if it is exactly what the writer's name rules give for these fields, else
+    WriteMismatchError. Called on every path read from a manifest before it is used."""
+    try:
+        want = array_path(check_shard(shard), check_attempt(attempt), check_part("view", view),
+                          check_part("position", position), int(layer))  # type: ignore[arg-type]
+        if isinstance(layer, bool) or int(layer) < 0:  # type: ignore[arg-type]
+            raise ValueError(layer)
+    except (WriteMismatchError, TypeError, ValueError) as exc:
+        raise WriteMismatchError(f"manifest row names an invalid location ({exc}).") from exc
+    if path != want:
+        raise WriteMismatchError(
+            f"manifest row's array path {path!r} is not where the writer puts that key ({want!r})."
+        )
+    return want
 
 
 def attempt_dir(shard: str, attempt: str) -> str:
@@ -74,13 +124,14 @@ def now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
 
-def canonical_json(obj: Any) -> str:
-    """Sorted keys, no spaces, UTF-8: the same dict always gives the same text."""
+def canonical_json(obj: Any, *, what: str = "value") -> str:
+    """Sorted keys, no spaces, UTF-8, finite numbers only: the same dict always gives the
+    same text. The one canonical form of the project (recipe ids, behaviors, manifests)."""
     try:
         return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise SchemaMismatchError(
-            f"recipe spec is not JSON-serialisable ({exc}); use dicts, lists, strings, "
+            f"{what} is not JSON-serialisable ({exc}); use dicts, lists, strings, "
             f"finite numbers, booleans and None only."
         ) from exc
 
@@ -89,6 +140,11 @@ def sha256_hex(data: bytes | str, n: int = 32) -> str:
     if isinstance(data, str):
         data = data.encode("utf-8")
     return hashlib.sha256(data).hexdigest()[:n]
+
+
+def recipe_id(spec: Mapping[str, Any]) -> str:
+    """A recipe's id: the first 32 hex characters of the sha256 of its canonical JSON."""
+    return sha256_hex(canonical_json(dict(spec), what="recipe spec"))
 
 
 # -- tables -------------------------------------------------------------------------------

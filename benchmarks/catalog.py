@@ -1,0 +1,143 @@
+"""Catalog benchmark: SQL, `store info` and loader set-up on stores of 100k to 3M manifest rows.
+
+    python benchmarks/catalog.py                      # 100k, 1M and 3M rows
+    python benchmarks/catalog.py --rows 100000        # one size
+
+Each store is built through the writer (10,000 samples, rows / 10,000 keys, shards of 256
+samples; D = 8 so that manifests, not arrays, dominate), once loose (one manifest per shard)
+and once compacted. Every measurement runs in a fresh process, as `l2s sql` does, and reports
+its time after the imports (opening the store, the snapshot, the catalog and the query) and
+the process's peak RSS. The baseline is DuckDB's own ``read_parquet`` over the same
+manifest files in the same run: it reads them with no checksum, no path check and no view.
+Targets (issue: catalog scale): at 1.5M rows, count / JOIN / GROUP BY under 1 s and 1 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+QUERIES = {
+    "count": "SELECT count(*) FROM manifests",
+    "join": "SELECT m.category, count(*) AS n FROM manifests k JOIN memberships m USING (sample_id) "
+            "WHERE k.view = 'p2s' GROUP BY ALL ORDER BY 1",
+    "group by": "SELECT view, layer, count(*) AS n, avg(norm) AS norm FROM manifests GROUP BY ALL",
+}
+
+CHILD = r"""
+import json, resource, sys, time
+kind, url, arg = sys.argv[1], sys.argv[2], sys.argv[3]
+import duckdb, pyarrow, torch  # imports are not what is measured: a CLI pays them once either way
+from l2s_data.store import Key, Store
+from l2s_data.store import catalog, loader, ops
+t0 = time.perf_counter()
+if kind == "sql":
+    out = Store.open(url).sql(arg).num_rows
+elif kind == "raw":
+    con = duckdb.connect()
+    con.execute("SET threads TO 2")
+    out = con.sql(arg).fetchall()[0][0]
+elif kind == "info":
+    out = Store.open(url).info().rows
+elif kind == "pairs":
+    ds = Store.open(url).pairs(Key("bench", "input", "prompt_last", 0), Key("bench", "p2s", "completion_last", 0),
+                               batch_size=256, seed=0)
+    out = 0
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        out += sum(x.shape[0] for x, _ in ds)
+print(json.dumps({"s": time.perf_counter() - t0, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "out": out}))
+"""
+
+
+def build(url: Path, rows: int, n_samples: int = 10_000) -> None:
+    from l2s_data.schemas import MEMBERSHIPS, SAMPLES
+    from l2s_data.store import Store
+
+    import pyarrow as pa
+
+    n_keys = max(2, rows // n_samples)
+    keys = [("input" if j % 2 == 0 else "p2s", "prompt_last" if j % 2 == 0 else "completion_last", j // 2)
+            for j in range(n_keys)]
+    store = Store.open(url, create=True)
+    rid = store.put_recipe({"bench": rows}, name="bench")
+    ids = [f"{i:032x}" for i in range(n_samples)]
+    store.put_samples(
+        pa.Table.from_pylist([{"sample_id": s, "query": "q", "image_path": "i.png", "image_sha256": "0" * 64,
+                               "width": 8, "height": 8} for s in ids], schema=SAMPLES),
+        pa.Table.from_pylist([{"dataset": "bench", "subset": "all", "question_id": str(i), "sample_id": s,
+                               "category": f"c{i % 13}", "label": None, "split": "train"}
+                              for i, s in enumerate(ids)], schema=MEMBERSHIPS),
+    )
+    block = np.random.default_rng(0).standard_normal((256, 8)).astype(np.float16)
+    for k, lo in enumerate(range(0, n_samples, 256)):
+        part = ids[lo:lo + 256]
+        with store.shard_writer(f"s-{k:05d}", rid, part) as w:
+            for view, pos, layer in keys:
+                w.write(view, pos, layer, block[: len(part)], "float16")
+
+
+def run(kind: str, url: Path, arg: str = "-") -> dict:
+    p = subprocess.run([sys.executable, "-c", CHILD, kind, str(url), arg], capture_output=True, text=True,
+                       cwd=ROOT, check=False)
+    if p.returncode:
+        raise SystemExit(f"{kind} failed: {p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def best(kind: str, url: Path, arg: str = "-", repeats: int = 3) -> dict:
+    runs = [run(kind, url, arg) for _ in range(repeats)]
+    return {"s": min(r["s"] for r in runs), "rss_mb": max(r["rss_mb"] for r in runs), "out": runs[0]["out"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, nargs="*", default=[100_000, 1_000_000, 3_000_000])
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    from l2s_data.store import Store
+
+    print("| rows | layout | what | l2s s | l2s peak RSS MB | read_parquet s | l2s / read_parquet |")
+    print("|---:|---|---|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for rows in args.rows:
+            url = Path(tmp) / f"store-{rows}"
+            t = time.perf_counter()
+            build(url, rows)
+            built = time.perf_counter() - t
+            for layout in ("loose", "compacted"):
+                if layout == "compacted":
+                    Store.open(url).compact()
+                files = sorted(str(p) for p in (url / "manifests").glob("*.parquet"))
+                source = f"read_parquet({json.dumps(files)[1:-1].join(['[', ']'])})".replace('"', "'")
+                raw = {
+                    "count": f"SELECT count(*) FROM {source}",
+                    "join": f"SELECT count(*) FROM (SELECT m.category, count(*) FROM {source} k JOIN "
+                            f"read_parquet('{url}/memberships/*.parquet') m USING (sample_id) "
+                            f"WHERE k.view = 'p2s' GROUP BY ALL)",
+                    "group by": f"SELECT count(*) FROM (SELECT view, layer, count(*), avg(norm) FROM {source} GROUP BY ALL)",
+                }
+                for name, q in QUERIES.items():
+                    a, b = best("sql", url, q, args.repeats), best("raw", url, raw[name], args.repeats)
+                    print(f"| {rows:,} | {layout} | `{name}` | {a['s']:.2f} | {a['rss_mb']:.0f} | {b['s']:.2f} | "
+                          f"{a['s'] / b['s']:.1f}x |", flush=True)
+                i = best("info", url, repeats=args.repeats)
+                print(f"| {rows:,} | {layout} | `store info` | {i['s']:.2f} | {i['rss_mb']:.0f} | | |", flush=True)
+                p = best("pairs", url, repeats=args.repeats)
+                print(f"| {rows:,} | {layout} | `pairs()` one key, set-up + 2 epochs | {p['s']:.2f} | "
+                      f"{p['rss_mb']:.0f} | | |", flush=True)
+            print(f"<!-- built {rows:,} rows in {built:.0f} s -->", flush=True)
+
+
+if __name__ == "__main__":
+    main()

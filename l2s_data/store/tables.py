@@ -1,0 +1,134 @@
+"""The store's Parquet tables other than manifests: recipes, samples, memberships, errors, runs
+and evaluations, each a folder of immutable, content-addressed parts.
+
+A part is created only if absent, so writers never contend and a retried write is a no-op.
+Parts may repeat rows (the same samples put twice); the catalog's views deduplicate.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from l2s_data.errors import KeyNotFoundError, SchemaMismatchError
+from l2s_data.schemas import RECIPES, TABLES
+from l2s_data.store._backend import Backend
+from l2s_data.store.contract import (
+    PART_TABLES, canonical_json, check_exact, conform, content_hash, now, parquet_bytes, recipe_id,
+    sha256_hex,
+)
+
+__all__ = ["Tables"]
+
+
+def _recipe_part(rid: str, name: str | None) -> str:
+    return rid if name is None else f"{rid}-{sha256_hex(name, 16)}"
+
+
+class Tables:
+    """Reads and commits the parts of the store's tables on one backend."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    @staticmethod
+    def _check(name: str) -> str:
+        if name not in PART_TABLES:
+            raise KeyError(f"unknown table {name!r}; expected one of {PART_TABLES}.")
+        return name
+
+    def files(self, name: str) -> list[str]:
+        folder = self._check(name)
+        return [f"{folder}/{n}" for n in self.backend.listdir(folder) if n.endswith(".parquet")]
+
+    def put(self, name: str, table: pa.Table, *, part: str | None = None) -> str:
+        """Commit ``table`` (already conformed) as one part; returns its path."""
+        rel = f"{self._check(name)}/{part or content_hash(table)}.parquet"
+        self.backend.put_if_absent(rel, parquet_bytes(table))
+        return rel
+
+    def put_rows(self, name: str, rows: pa.Table | Sequence[Mapping[str, Any]]) -> None:
+        """Conform ``rows`` to the table's schema (``created_at`` defaults to now) and commit them."""
+        schema = TABLES[self._check(name)]
+        defaults = {"created_at": now()} if "created_at" in schema.names else None
+        t = conform(rows, schema, what=name, defaults=defaults)
+        if t.num_rows:
+            self.put(name, t)
+
+    def dataset(self, name: str) -> pads.Dataset:
+        """A lazily scanned pyarrow dataset over the committed parts of one table."""
+        files = [self.backend.path(f) for f in self.files(name)]
+        return pads.dataset(files, schema=TABLES[name], format="parquet", filesystem=self.backend.fs)
+
+    def read(self, name: str) -> pa.Table:
+        """Every committed row of one table, each part checked against its schema."""
+        parts = []
+        for f in self.files(name):
+            try:
+                t = pq.read_table(pa.BufferReader(self.backend.read_bytes(f)))
+            except FileNotFoundError:
+                continue  # removed meanwhile (a recipe deleted)
+            parts.append(check_exact(t, TABLES[name], what=f"{name} part {f}"))
+        return pa.concat_tables(parts) if parts else TABLES[name].empty_table()
+
+    # -- recipes ---------------------------------------------------------------------------------
+    def put_recipe(self, spec: Mapping[str, Any], *, name: str | None = None) -> str:
+        """Register a recipe (idempotent); its id is :func:`~l2s_data.store.contract.recipe_id`."""
+        if not isinstance(spec, Mapping):
+            raise SchemaMismatchError(f"recipe spec must be a dict, got {type(spec).__name__}.")
+        text = canonical_json(dict(spec), what="recipe spec")
+        rid = recipe_id(spec)
+        if name is not None:
+            if not isinstance(name, str) or not name.strip() or name != name.strip():
+                raise SchemaMismatchError(f"recipe name must be a non-empty string without edge spaces, got {name!r}.")
+            t = self.read("recipes")
+            ids = set(t.filter(pc.equal(t["name"], name))["recipe_id"].to_pylist()) - {rid}
+            if ids:
+                raise SchemaMismatchError(
+                    f"recipe name {name!r} already names recipe {sorted(ids)[0]}; pick another name."
+                )
+        row = pa.Table.from_pylist(
+            [{"recipe_id": rid, "name": name, "spec_json": text, "created_at": now()}], schema=RECIPES
+        )
+        self.put("recipes", row, part=_recipe_part(rid, name))
+        return rid
+
+    def recipe_rows(self, rid: str) -> pa.Table:
+        t = self.read("recipes")
+        return t.filter(pc.equal(t["recipe_id"], rid))
+
+    def register_again(self, rows: pa.Table) -> None:
+        """Re-create the parts of recipe rows read earlier (no-op for parts still present)."""
+        for row in rows.to_pylist():
+            self.put("recipes", pa.Table.from_pylist([row], schema=RECIPES),
+                     part=_recipe_part(row["recipe_id"], row["name"]))
+
+    def recipe_parts(self, rid: str) -> list[str]:
+        return [f for f in self.files("recipes") if f.split("/", 1)[1].startswith(rid)]
+
+    def resolve_recipe(self, recipe: str, *, must_exist: bool = True) -> str:
+        """Recipe id for an id or a registered name (KeyNotFoundError if neither)."""
+        t = self.read("recipes")
+        ids = t["recipe_id"].to_pylist()
+        if recipe in ids:
+            return recipe
+        named = {i for i, n in zip(ids, t["name"].to_pylist()) if n == recipe}
+        if len(named) == 1:
+            return named.pop()
+        if not must_exist:
+            return recipe
+        raise KeyNotFoundError(
+            f"recipe {recipe!r} is neither a recipe id nor a name in store {self.backend.url}; "
+            f"list them with `l2s sql \"SELECT recipe_id, name FROM recipes\"`."
+        )
+
+    def recipe_spec(self, recipe: str) -> dict[str, Any]:
+        rid = self.resolve_recipe(recipe)
+        t = self.read("recipes")
+        return json.loads(t.filter(pc.equal(t["recipe_id"], rid))["spec_json"][0].as_py())

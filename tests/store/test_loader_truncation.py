@@ -1,0 +1,134 @@
+"""Chunk files that change underneath a running loader: an error naming the chunk, never a
+crash and never wrong rows."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from l2s_data.errors import CorruptChunkError
+from l2s_data.store import Key, Store
+
+from .conftest import sample_ids, write_shard
+
+K = Key("r", "p2s", "completion_last", 2)
+
+# Run in its own interpreter, so that a signal (SIGBUS from a mapped file cut short) shows as a
+# non-zero exit rather than killing the test session. It streams a store, truncates every chunk
+# file to half its size after the first batch, and reports what it saw as JSON.
+_STREAM_AND_TRUNCATE = textwrap.dedent(
+    """
+    import json, os, sys
+    import numpy as np
+    from l2s_data.errors import CorruptChunkError
+    from l2s_data.store import Key, Store
+
+    root, in_memory, prefetch = sys.argv[1], sys.argv[2] == "1", sys.argv[3] == "1"
+    want = np.load(os.path.join(root, "..", "rows.npy"))
+    store = Store.open(root)
+    ds = store.columns([Key("r", "p2s", "completion_last", 2)], batch_size=16, seed=7, with_ids=True,
+                       dtype="stored", in_memory=in_memory, prefetch=prefetch, buffer_rows=64)
+    seen, wrong, error = 0, 0, None
+    try:
+        for i, (x, ids) in enumerate(ds):
+            rows = [int(s[1:]) for s in ids]
+            wrong += int((x.numpy() != want[rows]).any(axis=1).sum())
+            seen += len(ids)
+            if i == 0:
+                for d, _, files in os.walk(os.path.join(root, "shards")):
+                    for f in files:
+                        p = os.path.join(d, f)
+                        if os.sep + "c" + os.sep in p:
+                            os.truncate(p, os.path.getsize(p) // 2)
+    except CorruptChunkError as exc:
+        error = str(exc)
+    print(json.dumps({"seen": seen, "wrong": wrong, "error": error}))
+    """
+)
+
+
+@pytest.fixture
+def big_chunks(tmp_path):
+    """600 rows of 256 float32 in 64-row chunks (64 KiB files: several pages each)."""
+    store = Store.open(tmp_path / "store", create=True)
+    rid = store.put_recipe({"t": 1}, name="r")
+    d = write_shard(store, "t", rid, sample_ids(600), d=256, chunk_bytes=64 * 256 * 4)
+    np.save(tmp_path / "rows.npy", d[("p2s", "completion_last", 2)])
+    return tmp_path / "store", rid
+
+
+@pytest.mark.parametrize("in_memory,prefetch", [(False, False), (False, True), (True, False)])
+def test_truncating_chunks_while_a_loader_streams_raises_naming_the_chunk(big_chunks, in_memory, prefetch):
+    root, rid = big_chunks
+    script = root.parent / "stream.py"
+    script.write_text(_STREAM_AND_TRUNCATE)
+    proc = subprocess.run([sys.executable, str(script), str(root), str(int(in_memory)), str(int(prefetch))],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"the loader process died (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["wrong"] == 0
+    assert 16 <= got["seen"] < 600  # the rounds read before the cut were served, then it stopped
+    assert got["error"] is not None
+    assert f"(shard t, recipe {rid}) has 32770 bytes, expected 65540" in got["error"]
+    assert "chunk " in got["error"] and "p2s.completion_last.L2" in got["error"]
+
+
+def _small_store(tmp_path):
+    """30 rows of 8 float32, 3 rows per chunk (96 bytes + crc): ten small chunk files."""
+    store = Store.open(tmp_path / "s", create=True)
+    rid = store.put_recipe({"small": 1}, name="r")
+    d = write_shard(store, "v", rid, sample_ids(30), chunk_bytes=3 * 8 * 4)
+    attempt = store.snapshot().shards["v"]
+    folder = tmp_path / "s" / "shards" / "v" / attempt / "p2s.completion_last.L2" / "c"
+    return store, d[("p2s", "completion_last", 2)], lambda i: folder / str(i) / "0"
+
+
+def _check_rows(batches, want) -> int:
+    n = 0
+    for x, ids in batches:
+        np.testing.assert_array_equal(x.numpy(), want[[int(s[1:]) for s in ids]])
+        n += len(ids)
+    return n
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+@pytest.mark.parametrize("cut", ["half", "zeros"])
+def test_a_half_truncated_or_zeroed_small_chunk_never_yields_wrong_rows(tmp_path, in_memory, cut):
+    store, want, chunk = _small_store(tmp_path)
+    p = chunk(4)
+    size = p.stat().st_size
+    if cut == "half":
+        p.write_bytes(p.read_bytes()[: size // 2])
+    else:  # same size, rows zeroed, crc kept: what a file cut and re-extended looks like
+        p.write_bytes(b"\0" * (size - 4) + p.read_bytes()[-4:])
+    ds = store.columns([K], batch_size=4, buffer_rows=6, with_ids=True, in_memory=in_memory, seed=2)
+    batches = []
+    with pytest.raises(CorruptChunkError, match="chunk 4 of ") as err:
+        for b in ds:
+            batches.append(b)
+    assert ("has 50 bytes, expected 100" if cut == "half" else "crc32c") in str(err.value)
+    assert _check_rows(batches, want) < 30
+
+
+def test_a_chunk_cut_after_its_epoch_stops_the_next_streamed_epoch_and_not_a_kept_copy(tmp_path):
+    """Streaming reads again every epoch, so the cut chunk stops it; an in-memory copy was
+    checked when it was read and keeps serving exactly those rows."""
+    store, want, chunk = _small_store(tmp_path)
+    streaming = store.columns([K], batch_size=4, with_ids=True, in_memory=False)
+    kept = store.columns([K], batch_size=4, with_ids=True, in_memory=True)
+    assert _check_rows(list(streaming), want) == 30 and _check_rows(list(kept), want) == 30
+    p = chunk(7)
+    p.write_bytes(p.read_bytes()[:50])
+    streaming.set_epoch(1)
+    kept.set_epoch(1)
+    with pytest.raises(CorruptChunkError, match="chunk 7 of .*has 50 bytes"):
+        list(streaming)
+    assert _check_rows(list(kept), want) == 30
+    kept.release()  # the copy is dropped, so the next epoch reads the files again
+    with pytest.raises(CorruptChunkError, match="chunk 7 of "):
+        list(kept)
