@@ -86,39 +86,40 @@ def sample_labels(store, where: str | None) -> dict[str, tuple[str, str | None]]
     return dict(zip(t["sample_id"].to_pylist(), zip(t["category"].to_pylist(), t["label"].to_pylist())))
 
 
-def open_columns(store, keys: Sequence[Key], where: str | None, *, label: str = "where", **kwargs):
-    """``store.columns(keys, where=..., **kwargs)``; a key without rows raises check_key's message,
-    and a selection without rows names ``label`` (the config key that holds ``where``)."""
+def _empty(store, keys: Sequence[Key], where: str | None, what: str, detail: str = "") -> EmptySelectionError:
+    return EmptySelectionError(
+        f"the {what} where = {where!r} selects no sample that has all of the keys "
+        f"{[str(k) for k in keys]} in store {store.url}. Check it with `l2s sql \"SELECT split, "
+        f"category, count(*) FROM memberships WHERE {where or 'true'} GROUP BY ALL\"`." + detail
+    )
+
+
+def open_columns(store, keys: Sequence[Key], where: str | None, *, what: str = "selection", **kwargs):
+    """``store.columns(keys, where=..., **kwargs)``, with errors that name the key or the selection."""
     try:
-        return store.columns(tuple(keys), where=where, **kwargs)
+        ds = store.columns(tuple(keys), where=where, **kwargs)
     except KeyNotFoundError:
         for k in keys:
             check_key(store, k)
         raise
     except EmptySelectionError as exc:
-        raise EmptySelectionError(
-            f"{label} = {where!r} selects no sample that has all of the keys {[str(k) for k in keys]} "
-            f"in store {store.url}. Check it with `l2s sql \"SELECT split, category, count(*) FROM "
-            f"memberships WHERE {where or 'true'} GROUP BY ALL\"`."
-        ) from exc
+        raise _empty(store, keys, where, what, f" ({exc})") from None
+    if ds.num_rows == 0:
+        raise _empty(store, keys, where, what)
+    return ds
 
 
 def read_selection(store, keys: Sequence[Key], where: str | None, *, what: str = "selection",
                    batch_size: int = 4096) -> Selection:
     """Read every selected row of ``keys`` once into float32 arrays (see the module doc)."""
-    ds = open_columns(store, keys, where, label=f"the {what} where", batch_size=batch_size, shuffle=False,
-                      with_ids=True)
+    ds = open_columns(store, keys, where, what=what, batch_size=batch_size, shuffle=False, with_ids=True)
     return read_dataset(store, ds, keys, where, what=what)
 
 
 def read_dataset(store, ds, keys: Sequence[Key], where: str | None, *, what: str = "selection") -> Selection:
     """Every row of an opened ``store.columns(..., with_ids=True)`` dataset, as a :class:`Selection`."""
     if ds.num_rows == 0:
-        raise EmptySelectionError(
-            f"the {what} where = {where!r} selects no sample that has all of the keys "
-            f"{[str(k) for k in keys]} in store {store.url}. Check it with `l2s sql \"SELECT split, "
-            f"category, count(*) FROM memberships WHERE {where or 'true'} GROUP BY ALL\"`."
-        )
+        raise _empty(store, keys, where, what)
     parts: list[list[np.ndarray]] = [[] for _ in keys]
     ids: list[str] = []
     for batch in ds:

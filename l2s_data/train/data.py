@@ -106,23 +106,18 @@ def load_data(cfg: TrainConfig, store) -> TrainData:
     x, y = cfg.input.key(), cfg.target.key()
     sp = cfg.split
     # One loader opens the training selection: read whole from it when it fits, else stream.
-    probe = open_columns(store, [x, y], sp.train_where, label="split.train_where", batch_size=4096,
-                         shuffle=False, with_ids=True)
-    if probe.num_rows == 0:
-        raise EmptySelectionError(
-            f"split.train_where = {sp.train_where!r} selects no sample that has both keys {x} and "
-            f"{y} in store {store.url}; check it with `l2s sql \"SELECT split, count(*) FROM "
-            f"memberships GROUP BY ALL\"`."
-        )
+    what = "training selection (split.train_where)"
+    probe = open_columns(store, [x, y], sp.train_where, what=what, batch_size=4096, shuffle=False, with_ids=True)
     streamed = cfg.in_memory is False or (cfg.in_memory == "auto" and probe.nbytes > cfg.memory_budget)
     if not streamed:
         for _ in range(3):  # both selections must come from one snapshot
-            train = read_dataset(store, probe, [x, y], sp.train_where, what="training selection (split.train_where)")
+            train = read_dataset(store, probe, [x, y], sp.train_where, what=what)
             if sp.val_where.strip():
                 val = read_selection(store, [x, y], sp.val_where, what="validation selection (split.val_where)")
                 if val.snapshot_id == train.snapshot_id:
                     break
-                probe = open_columns(store, [x, y], sp.train_where, batch_size=4096, shuffle=False, with_ids=True)
+                probe = open_columns(store, [x, y], sp.train_where, what=what, batch_size=4096, shuffle=False,
+                                     with_ids=True)
             else:
                 train, val = _split_fraction(train, sp.val_fraction, cfg.seed)
                 break

@@ -217,7 +217,7 @@ def test_more_workers_than_the_cluster_can_place_is_refused_before_any_actor_sta
                     adapter=tiny_adapter("llava"))
     with pytest.raises(ConfigError, match=r"--workers 9 needs 9 CPU\(s\).*cluster has 4; pass --workers 4"):
         run_extraction(ex, workers=9, address=ray_address)
-    assert Store.open(tmp_path / "store").committed_shards() == set()
+    assert set(Store.open(tmp_path / "store").snapshot().shards) == set()
 
 
 def _toml(d: dict) -> str:

@@ -1,5 +1,5 @@
-"""Fixtures of the training tests: a planted-map store, a store extracted from the tiny LLaVA,
-and one local Ray head for the session (``ray_address``)."""
+"""Fixtures of the training tests: a planted-map store and a store extracted from the tiny LLaVA.
+(The session's Ray head, ``ray_address``, comes from tests/conftest.py.)"""
 
 from __future__ import annotations
 

@@ -111,3 +111,29 @@ def test_the_shipped_sweep_config_draws_eight_trials_over_the_demo_store():
     trials = draw_trials(cfg)
     assert len(trials) == 8 and len({json.dumps(t, sort_keys=True) for t in trials}) == 8
     assert cfg.base["store"] == "demo-out/store" and cfg.base["input"]["recipe"] == "demo-input"
+
+
+def test_l2s_submit_sweep_runs_the_sweep_as_a_ray_job(planted, planted_mod, tmp_path, ray_address):
+    import os
+
+    from typer.testing import CliRunner
+
+    from l2s_data.cli import app
+
+    base = planted_mod.train_config(planted.url, tmp_path / "runs", trainer={"epochs": 2, "hidden_size": 8})
+    cfg = tmp_path / "sweep.toml"
+    lines = ['name = "job-sweep"', "[base]", f'store = "{base["store"]}"', f'out_dir = "{base["out_dir"]}"']
+    for table in ("input", "target", "split", "trainer"):
+        lines.append(f"[base.{table}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in base[table].items()]
+    lines += ["[sweep]", "max_concurrent = 2", "[sweep.params]", '"seed" = [0, 1]']
+    cfg.write_text("\n".join(lines) + "\n")
+    res = CliRunner().invoke(app, ["submit", "sweep", str(cfg), "--address", os.environ["L2S_TEST_RAY_DASHBOARD"],
+                                   "--wait"])
+    assert res.exit_code == 0, res.output
+    assert "SUCCEEDED" in res.output
+    import re
+
+    sweep_id = re.search(r'"sweep_id": "([^"]+)"', res.output).group(1)  # jobs/train.py's result line
+    rows = Store.open(planted.url).sql(f"SELECT run_id, status FROM runs WHERE sweep_id = '{sweep_id}'")
+    assert rows.num_rows == 2 and set(rows["status"].to_pylist()) == {"completed"}

@@ -187,7 +187,7 @@ def test_an_unknown_config_key_is_named(planted, planted_mod, tmp_path):
 
 
 def test_a_where_that_selects_nothing_is_named(cfg_of):
-    with pytest.raises(EmptySelectionError, match=r"split.train_where = \"split = 'nope'\" selects no sample"):
+    with pytest.raises(EmptySelectionError, match=r"training selection \(split.train_where\) where = \"split = 'nope'\" selects no sample"):
         train(cfg_of(split={"train_where": "split = 'nope'"}))
     with pytest.raises(EmptySelectionError, match=r"validation selection \(split.val_where\) where = \"category = .none.\" selects no"):
         train(cfg_of(split={"val_where": "category = 'none'"}))
