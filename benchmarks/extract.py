@@ -410,7 +410,7 @@ def worker_scaling(args: argparse.Namespace) -> None:
     counts = [int(c) for c in args.workers.split(",")]
     if not counts or min(counts) < 1:
         raise SystemExit(f"--workers {args.workers!r}: expected counts >= 1, e.g. 1,2")
-    n = args.samples or 64
+    n = args.samples or 128  # long compute phases: bursts of other load on a shared host average out
     bs = args.batch_size or 4
     shard = args.shard_size or bs  # many small shards, so that every actor count divides the work evenly
     work = args.work or Path(tempfile.gettempdir()) / "l2s-bench-extract"

@@ -117,6 +117,16 @@ def _processes_under(marker: str) -> list[int]:
     return out
 
 
+def _refresh_ray_auth() -> None:
+    """Make this process see the RAY_AUTH_* variables just set, even if an earlier test imported
+    ray (its C++ config and token loader cache what they read first), as Ray itself does when
+    it turns token auth on for a new local cluster."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 @pytest.fixture(scope="session")
 def ray_address():
     """``ray start --head`` on loopback, once per session, with token authentication on.
@@ -140,6 +150,7 @@ def ray_address():
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS",
                                             "RAY_USAGE_STATS_ENABLED", "L2S_TEST_RAY_DASHBOARD")}
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0")
+    _refresh_ray_auth()
     # This interpreter (not the `ray` script, whose shebang may name another environment), and
     # its bin folder first on PATH: a submitted job's `python` is the cluster's, i.e. this one.
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -182,6 +193,7 @@ def ray_address():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        _refresh_ray_auth()
 
 
 @pytest.fixture(scope="session")

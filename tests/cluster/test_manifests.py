@@ -18,9 +18,11 @@ CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 
 
 def _ray_schema() -> dict:
-    import ray.autoscaler
+    """The launcher's JSON schema, shipped inside ray (found without importing ray)."""
+    import importlib.util
 
-    return json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    root = Path(importlib.util.find_spec("ray").submodule_search_locations[0])
+    return json.loads((root / "autoscaler" / "ray-schema.json").read_text())
 
 
 def test_the_launcher_yaml_is_valid_for_ray_up_and_has_gpu_workers():

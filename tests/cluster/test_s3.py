@@ -10,7 +10,6 @@ import multiprocessing as mp
 import uuid
 
 import numpy as np
-import pytest
 
 from l2s_data.extract import Extraction, parse_config
 from l2s_data.extract.distributed import run_extraction

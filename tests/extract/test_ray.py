@@ -139,7 +139,6 @@ def test_an_actor_killed_mid_run_is_restarted_and_nothing_is_lost_or_duplicated(
 def test_a_killed_driver_leaves_committed_shards_and_the_rerun_computes_only_the_rest(ray_address, tiny_checkpoint,
                                                                                       tiny_adapter, data_dir, tmp_path):
     import psutil
-    import tomllib  # noqa: F401 - the config below is written as TOML
 
     store = tmp_path / "store"
     raw = _raw(tiny_checkpoint("llava"), data_dir, store, shard_size=1, layers=[0])

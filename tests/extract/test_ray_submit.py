@@ -67,3 +67,22 @@ def test_jobs_status_of_an_unknown_job_names_it(ray_address):
     res = CliRunner().invoke(app, ["jobs", "status", "raysubmit_doesnotexist",
                                    "--address", os.environ["L2S_TEST_RAY_DASHBOARD"]])
     assert res.exit_code == 2
+
+
+def test_a_stopped_job_ends_stopped(ray_address, tiny_checkpoint, data_dir, tmp_path):
+    from l2s_data.submit import JobClient
+
+    dashboard = os.environ["L2S_TEST_RAY_DASHBOARD"]
+    cfg = tmp_path / "extract.toml"
+    cfg.write_text(f'[model]\npath = "{tiny_checkpoint("llava")}"\n[data]\npath = "{data_dir}"\n'
+                   f'[behavior]\nbehavior = "safety-llava"\n[run]\nstore = "{tmp_path / "store"}"\n')
+    runner = CliRunner()
+    res = runner.invoke(app, ["submit", "extract", str(cfg), "--address", dashboard])
+    assert res.exit_code == 0, res.output
+    job_id = res.output.split("submitted extract job ")[1].split()[0]
+    # stopped right away: a job takes seconds to start its driver, so it cannot have ended yet
+    stop = runner.invoke(app, ["jobs", "stop", job_id, "--address", dashboard])
+    assert stop.exit_code == 0 and f"{job_id}: stop requested" in stop.output
+    assert JobClient(dashboard).wait(job_id, timeout_s=300).status == "STOPPED"
+    status = runner.invoke(app, ["jobs", "status", job_id, "--address", dashboard])
+    assert f"{job_id}: STOPPED" in status.output
