@@ -35,7 +35,7 @@ QUERIES = {
 }
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 kind, url, arg = sys.argv[1], sys.argv[2], sys.argv[3]
 import duckdb, pyarrow, torch  # imports are not what is measured: a CLI pays them once either way
 from l2s_data.store import Key, Store
@@ -56,7 +56,9 @@ elif kind == "pairs":
     for epoch in range(2):
         ds.set_epoch(epoch)
         out += sum(x.shape[0] for x, _ in ds)
-print(json.dumps({"s": time.perf_counter() - t0, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "out": out}))
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child would report its parent's peak.
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"s": time.perf_counter() - t0, "rss_mb": hwm / 1024, "out": out}))
 """
 
 
