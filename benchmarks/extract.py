@@ -6,6 +6,7 @@
                                             # bf16 weights (built once under --work, ~14 GB)
     make bench-extract                      # the CPU run
     python benchmarks/extract.py --shard-write   # ShardWriter alone: direct vs zarr-python writer
+    python benchmarks/extract.py --workers 1,2   # Ray: throughput of 2 CPU actors against 1
 
 Every number is samples/s measured in this run; the printed ratios are what to compare:
 
@@ -27,6 +28,13 @@ Every number is samples/s measured in this run; the printed ratios are what to c
 
 Targets (issue 5): end-to-end >= 0.8x bare forward; extract (writes) >= 0.95x extract
 (no writes). Batch composition depends on the plan alone, so every variant sees the same rows.
+
+``--workers 1,2`` runs the Ray runner (one CPU and one torch thread per actor) on the same plan
+with each number of actors, interleaved ``--repeats`` times, each into a fresh store, and prints
+samples/s of the compute phase (first shard handed out to last shard committed; actor start-up
+and model loading excluded) and each count's ratio to the first. Target (issue 12): 2 actors
+>= 1.7x one actor on 2 cores. It starts a local Ray with as many CPUs as the largest count, or
+joins ``--address``.
 
 ``--shard-write`` times only ``ShardWriter`` (one shard of ``--keys`` arrays, written from 4
 threads as the worker does) with the direct writer and with zarr-python's, interleaved, for a
@@ -201,7 +209,12 @@ def main(argv: list[str] | None = None) -> None:
                     help="time ShardWriter alone (direct vs zarr-python writer), no model")
     ap.add_argument("--keys", type=int, default=128, help="--shard-write: arrays a shard (128: 7B, 4 views x 32 layers)")
     ap.add_argument("--rows", default="64,8", help="--shard-write: rows a shard, comma-separated")
+    ap.add_argument("--workers", default=None,
+                    help="Ray actor counts to compare, comma-separated (e.g. 1,2); CPU only")
+    ap.add_argument("--address", default=None, help="--workers: join this Ray cluster instead of a local one")
     args = ap.parse_args(argv)
+    if args.workers:
+        return worker_scaling(args)
 
     if args.shard_write:
         work = args.work or Path(tempfile.gettempdir()) / "l2s-bench-shard-write"
@@ -386,6 +399,73 @@ def main(argv: list[str] | None = None) -> None:
         print("ratios of CPU time (the work, whatever the machine's load):")
         for k in ("extract end-to-end", "extract (writes)", "extract (no writes)", "prefix-shared"):
             print(f"  {k + ' / bare forward':<39}{rc[k] / rc['bare forward']:.3f}")
+
+
+def worker_scaling(args: argparse.Namespace) -> None:
+    """``--workers 1,2``: the Ray runner with each number of CPU actors, on the same plan."""
+    import ray
+
+    from l2s_data.extract.distributed import RayOptions, run_on_ray
+
+    counts = [int(c) for c in args.workers.split(",")]
+    if not counts or min(counts) < 1:
+        raise SystemExit(f"--workers {args.workers!r}: expected counts >= 1, e.g. 1,2")
+    n = args.samples or 64
+    bs = args.batch_size or 4
+    shard = args.shard_size or bs  # many small shards, so that every actor count divides the work evenly
+    work = args.work or Path(tempfile.gettempdir()) / "l2s-bench-extract"
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = build_model(work / f"llava-{args.hidden}x{args.layers}", gpu=False, layers=args.layers, hidden=args.hidden)
+    data = work / f"data-{n}"
+    if not (data / "samples.parquet").is_file():
+        make_synthetic("synthetic-safety", data, n=n)
+    behavior = str(work / "bench-behavior.toml")
+    Path(behavior).write_text(BENCH_BEHAVIOR)
+
+    def config(store: Path):
+        return parse_config({
+            "model": {"path": str(ckpt), "dtype": "float32", "device": "cpu", "attn_implementation": "sdpa"},
+            "data": {"path": str(data)}, "behavior": {"behavior": behavior},
+            "recipe": {"layers": args.store_layers, "store_dtype": "float16"},
+            "run": {"store": str(store), "batch_size": bs, "shard_size": shard},
+        }, source="(benchmark)")
+
+    if args.address:
+        ray.init(address=args.address, logging_level="WARNING")
+    else:
+        ray.init(num_cpus=max(counts), logging_level="WARNING", include_dashboard=False)
+    print(f"Ray: {ray.cluster_resources().get('CPU', 0):.0f} CPUs; host cores {os.cpu_count()}; {n} samples, "
+          f"batch {bs}, shard {shard} ({-(-n // shard)} shards); one torch thread per actor")
+    rates_by: dict[int, list[float]] = {c: [] for c in counts}
+    runs = 0
+    try:
+        for rep in range(args.repeats):
+            for c in counts:
+                store = work / f"store-workers-{runs}"
+                runs += 1
+                shutil.rmtree(store, ignore_errors=True)
+                last = []
+                run = run_on_ray(Extraction(config(store)), RayOptions(c), on_progress=last.append)
+                if run.report.computed_samples != n or run.failed:
+                    raise SystemExit(f"{c} actor(s) computed {run.report.computed_samples} of {n} samples; "
+                                     f"failed shards {dict(run.failed)}")
+                rates_by[c].append(last[-1].samples_per_s)
+                print(f"  repeat {rep + 1}: {c} actor(s) {last[-1].samples_per_s:7.2f} samples/s "
+                      f"({last[-1].seconds:.1f} s of compute)", flush=True)
+                shutil.rmtree(store, ignore_errors=True)
+    finally:
+        ray.shutdown()
+    base = statistics.median(rates_by[counts[0]])
+    print(f"\n{'actors':<8}{'samples/s (median)':>20}{'runs (min..max)':>20}{'ratio':>8}")
+    for c in counts:
+        rs = rates_by[c]
+        print(f"{c:<8}{statistics.median(rs):>20.2f}{f'{min(rs):.2f}..{max(rs):.2f}':>20}"
+              f"{statistics.median(rs) / base:>7.2f}x")
+    if len(counts) > 1:
+        pairs = [b / a for a, b in zip(rates_by[counts[0]], rates_by[counts[-1]])]
+        print(f"\n{counts[-1]} actors / {counts[0]}: median {statistics.median(pairs):.2f}x over {len(pairs)} "
+              f"interleaved pair(s), range {min(pairs):.2f}..{max(pairs):.2f}x   target >= 1.70x "
+              f"(2 actors on 2 cores)")
 
 
 if __name__ == "__main__":

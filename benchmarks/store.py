@@ -23,8 +23,8 @@ loader and of the shuffled memmap deliver the same batches; the paths are timed 
 (``--repeats`` rounds) so a noisy neighbour hits every path alike; each path reports its best
 and its median round. Printed numbers are bytes of activations delivered per second of wall
 time, and per second of this process's CPU time (user + system: on a shared machine it leaves
-out the time other jobs hold the cores), and ratios of both. The loader checks the crc32c of every chunk it reads (the in-memory path's later
-epochs read none).
+out the time other jobs hold the cores), and ratios of both. The loader checks the crc32c of
+every chunk it reads (the in-memory path's later epochs read none).
 """
 
 from __future__ import annotations

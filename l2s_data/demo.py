@@ -2,7 +2,8 @@
 
 1. build (once, cached under ``OUT/tiny-llava``) a tiny random LLaVA checkpoint;
 2. generate (once) a small synthetic-safety data set under ``OUT/data``;
-3. extract its input / pos / neg / p2s views, every layer, into the store ``OUT/store``;
+3. extract its input / pos / neg / p2s views, every layer, into the store ``OUT/store``, on two
+   Ray actors (a local Ray, or the cluster ``RAY_ADDRESS`` names; ``workers=0``: in-process);
 4. print a few samples' views (norms), the cosines between categories' mean P2S vectors, and
    an example ``l2s sql`` query;
 5. extract again: the store already has every key, so nothing is computed.
@@ -12,6 +13,7 @@ Running ``l2s demo`` a second time reuses the checkpoint, the data set and the s
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from l2s_data.extract import Extraction, RunReport, parse_config
+from l2s_data.extract.distributed import run_extraction
 
 __all__ = ["DEMO_SQL", "DemoResult", "demo_config", "run_demo"]
 
@@ -39,7 +42,7 @@ def demo_sql(layer: int) -> str:
 DEMO_SQL = demo_sql(2)
 
 
-@dataclass(frozen=True)
+@dataclass
 class DemoResult:
     out_dir: Path
     first: RunReport
@@ -50,6 +53,7 @@ class DemoResult:
     cosines: np.ndarray                  # [C, C] cosine of categories' mean P2S vectors
     sql: str
     sql_result: Any                      # pa.Table
+    steering: dict[str, Any] | None = None   # training run, evaluation run, report path and table
 
 
 def demo_config(out_dir: Path, *, batch_size: int = 8, shard_size: int = 16) -> Any:
@@ -71,18 +75,18 @@ def _prepare(out_dir: Path, n: int, console: Console) -> None:
 
     ckpt = out_dir / "tiny-llava"
     if (ckpt / "config.json").is_file() and checkpoint_is_current(ckpt):
-        console.print(f"[1/4] tiny LLaVA checkpoint: cached at {ckpt}")
+        console.print(f"[1/7] tiny LLaVA checkpoint: cached at {ckpt}")
     else:
         with console.status("building a tiny random LLaVA checkpoint..."):
             make_tiny("llava", ckpt)
-        console.print(f"[1/4] tiny LLaVA checkpoint: built at {ckpt}")
+        console.print(f"[1/7] tiny LLaVA checkpoint: built at {ckpt}")
     data = out_dir / "data"
     if (data / "samples.parquet").is_file():
-        console.print(f"[2/4] synthetic-safety data set: cached at {data}")
+        console.print(f"[2/7] synthetic-safety data set: cached at {data}")
     else:
         with console.status("generating the synthetic-safety data set..."):
             make_synthetic("synthetic-safety", data, n=n)
-        console.print(f"[2/4] synthetic-safety data set: {n} samples over 13 scenarios at {data}")
+        console.print(f"[2/7] synthetic-safety data set: {n} samples over 13 scenarios at {data}")
 
 
 def checkpoint_is_current(ckpt: Path) -> bool:
@@ -94,7 +98,8 @@ def checkpoint_is_current(ckpt: Path) -> bool:
     return template.is_file() and template.read_text().strip() == TEMPLATES["llava"].strip()
 
 
-def run_demo(out_dir: str | Path = "demo-out", *, n: int = 26, console: Console | None = None) -> DemoResult:
+def run_demo(out_dir: str | Path = "demo-out", *, n: int = 26, console: Console | None = None,
+             workers: int = 2, steer: bool = True) -> DemoResult:
     """Run the demo into ``out_dir`` and print as it goes; returns what it printed, as data."""
     console = console or Console()
     out = Path(out_dir)
@@ -103,18 +108,20 @@ def run_demo(out_dir: str | Path = "demo-out", *, n: int = 26, console: Console 
     cfg = demo_config(out)
 
     ex = Extraction(cfg)
-    with console.status("extracting (input, pos, neg, p2s at every layer)..."):
-        first = ex.run()
+    where = f"on {workers} Ray worker(s)" if workers else "in this process"
+    with console.status(f"extracting (input, pos, neg, p2s at every layer) {where}..."):
+        first = run_extraction(ex, workers=workers)
     pl = first.plan
-    console.print(f"[3/4] extraction into {first.store}: {pl.total_samples} samples, {pl.total_keys:,} keys; "
+    console.print(f"[3/7] extraction into {first.store}: {pl.total_samples} samples, {pl.total_keys:,} keys; "
                   f"computed {first.computed_samples} sample(s) / {first.written_keys:,} keys in "
-                  f"{first.seconds:.1f} s" + (" (the store already had them)" if not first.computed_samples else ""))
+                  f"{first.seconds:.1f} s {where}" + (" (the store already had them)" if not first.computed_samples
+                                                      else ""))
     for kind, rid in first.recipe_ids.items():
         console.print(f"      {kind} recipe {rid}")
 
     # The same config again, same model object: the plan finds every key and computes nothing.
     second = Extraction(cfg, adapter=ex.adapter, dataset=ex.dataset).run()
-    console.print(f"[4/4] second run of the same config: {second.plan.missing_keys} missing keys, computed "
+    console.print(f"[4/7] second run of the same config: {second.plan.missing_keys} missing keys, computed "
                   f"{second.computed_samples} sample(s) in {second.seconds:.1f} s: "
                   + ("nothing to compute, every key is already in the store"
                      if second.computed_samples == 0 else "UNEXPECTED: it recomputed"))
@@ -177,4 +184,69 @@ def run_demo(out_dir: str | Path = "demo-out", *, n: int = 26, console: Console 
     for r in res.to_pylist():
         st.add_row(*(str(r[k]) for k in res.column_names))
     console.print(st)
-    return DemoResult(out, first, second, layer, norms, cats, cos, sql, res)
+    result = DemoResult(out, first, second, layer, norms, cats, cos, sql, res)
+    if steer:
+        result.steering = _steer(out, cfg, ex, console)
+    return result
+
+
+# The layers the demo trains on and steers at: h_X and the P2S target both at layer 2 (L' = L*).
+_STEER_LAYER = 2
+#: The demo's training run: a rerun of the demo finds it and trains nothing.
+_TRAIN_RUN = "demo-train"
+
+
+def _steer(out: Path, cfg: Any, ex: Extraction, console: Console) -> dict[str, Any]:
+    """Stages 5-7: behaviour-agnostic pairs, a training, the evaluation of every method, a report."""
+    from l2s_data.evaluate import Evaluation, write_report
+    from l2s_data.evaluate.config import demo_config as eval_config
+    from l2s_data.evaluate.judges import make_tiny_guard
+    from l2s_data.train import load_train_config, train
+
+    ba_cfg = parse_config({
+        "model": cfg.model.model_dump(), "data": cfg.data.model_dump(),
+        "behavior": {"behavior": "safety-agnostic"},
+        "recipe": {"views": ["pos", "neg", "p2s"], "layers": [_STEER_LAYER], "store_dtype": "float16",
+                   "pair_positions": ["completion_last"]},
+        "run": {"store": cfg.run.store, "batch_size": cfg.run.batch_size, "shard_size": cfg.run.shard_size,
+                "name": "demo-ba"},
+    }, source="(demo, behaviour-agnostic)")
+    with console.status("extracting the behaviour-agnostic pair (Mean-S(BA))..."):
+        ba = Extraction(ba_cfg, adapter=ex.adapter, dataset=ex.dataset).run()
+    console.print(f"[5/7] behaviour-agnostic pair \"Harmful\" / \"Safe\": computed {ba.computed_samples} "
+                  f"sample(s) in {ba.seconds:.1f} s (recipe demo-ba-pair)")
+
+    tcfg = load_train_config(Path(__file__).parent / "train" / "configs" / "tiny-llava.toml")
+    tcfg = tcfg.model_copy(update={"store": cfg.run.store, "out_dir": str(out / "train-runs")})
+    store = ex.open_store(create=False)
+    done = store.sql(f"SELECT artifact, metrics_json FROM runs WHERE run_id = '{_TRAIN_RUN}'").to_pylist()
+    if done and done[0]["artifact"] and Path(done[0]["artifact"]).is_file():
+        artifact, m = Path(done[0]["artifact"]), json.loads(done[0]["metrics_json"] or "{}")
+        console.print(f"[6/7] training {_TRAIN_RUN}: already in the store; predictor {artifact}")
+    else:
+        with console.status("training an L2S predictor from the cache (no base model)..."):
+            run = train(tcfg, run_id=_TRAIN_RUN)
+        artifact, m = run.artifact, run.metrics
+        console.print(f"[6/7] training {run.run_id}: {len(run.history)} epochs in {run.seconds:.1f} s; held-out "
+                      f"cosine(prediction, P2S) {m.get('val_cosine', float('nan')):.3f} "
+                      f"(Mean-S {m.get('mean_s_cosine', float('nan')):.3f}); predictor {artifact}")
+
+    guard = out / "tiny-guard"
+    if not (guard / "config.json").is_file():
+        make_tiny_guard(guard)
+    ecfg = eval_config(out, layer=_STEER_LAYER, input_layer=_STEER_LAYER, predictor=artifact,
+                       ba_recipe="demo-ba-pair", guard=guard)
+    evaluation = Evaluation(ecfg, adapter=ex.adapter)
+    with console.status("generating with every method and alpha on the test split..."):
+        rep = evaluation.run()
+    console.print(f"[7/7] evaluation {rep.run_id}: {rep.computed_rows} new response(s) in {rep.seconds:.1f} s "
+                  f"({', '.join(ecfg.steering.methods)})")
+    files = write_report(evaluation.store, rep.run_id, out / "report")
+    t = Table(title=f"evaluation {rep.run_id} (alpha chosen per method on the validation split)")
+    for h in files.header:
+        t.add_column(h)
+    for r in files.rows:
+        t.add_row(*r)
+    console.print(t)
+    console.print(f"report: {files.markdown} (and {files.html.name}, {len(files.plots)} plots)")
+    return {"train_run": _TRAIN_RUN, "eval_run": rep.run_id, "report": files.markdown, "rows": files.rows}

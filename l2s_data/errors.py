@@ -36,6 +36,10 @@ __all__ = [
     "ExtractionError",
     "ShardFailedError",
     "JobSubmissionError",
+    "PredictorMismatchError",
+    "RunNotFoundError",
+    "TrainingError",
+    "JudgeError",
 ]
 
 
@@ -127,7 +131,7 @@ class KeyNotFoundError(StoreError, KeyError):
 
 
 class EmptySelectionError(StoreError, ValueError):
-    """A loader's ``where`` (or ``missing="skip"``) leaves no sample to read."""
+    """A ``where`` selection (loader, training, validation, evaluation) selects no stored rows."""
 
 
 class SQLRefusedError(StoreError, PermissionError):
@@ -167,3 +171,28 @@ class ShardFailedError(ExtractionError):
 
 class JobSubmissionError(L2SError, RuntimeError):
     """A Ray job could not be submitted, found, or controlled through the Jobs API."""
+
+
+# --- steering and training --------------------------------------------------------------
+
+
+class PredictorMismatchError(L2SError, ValueError):
+    """A saved predictor does not fit what it is used with (dims, recipe, layers, file)."""
+
+
+class RunNotFoundError(L2SError, KeyError):
+    """A run id or sweep id names no row of the store's ``runs`` table."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class TrainingError(L2SError, RuntimeError):
+    """Training could not proceed (a non-finite loss, a failed sweep trial)."""
+
+
+# --- evaluation -------------------------------------------------------------------------
+
+
+class JudgeError(L2SError, RuntimeError):
+    """A judge (guard or quality model, local or an HTTP endpoint) failed or answered out of form."""

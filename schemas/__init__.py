@@ -98,6 +98,11 @@ RUNS = pa.schema(
         pa.field("config_json", pa.string(), nullable=False),
         pa.field("metrics_json", pa.string(), nullable=True),
         pa.field("artifact", pa.string(), nullable=True),
+        # The sweep a trial belongs to (null for a lone training).
+        pa.field("sweep_id", pa.string(), nullable=True),
+        # Headline offline metrics on the validation rows, so SQL can rank runs.
+        pa.field("val_cosine", pa.float64(), nullable=True),
+        pa.field("val_mse", pa.float64(), nullable=True),
     ],
     metadata=_meta("runs"),
 )

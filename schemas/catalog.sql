@@ -13,8 +13,9 @@ CREATE VIEW recipes AS
     SELECT DISTINCT ON (recipe_id, name) * FROM _recipes ORDER BY recipe_id, name, created_at;
 CREATE VIEW manifests AS
     SELECT * FROM _manifests WHERE attempt NOT IN (SELECT attempt FROM _excluded);
+-- A run may be committed more than once (a status that changes): its latest row counts.
 CREATE VIEW runs AS
-    SELECT DISTINCT ON (run_id) * FROM _runs ORDER BY run_id, created_at;
+    SELECT DISTINCT ON (run_id) * FROM _runs ORDER BY run_id, created_at DESC;
 CREATE VIEW evaluations AS
     SELECT DISTINCT * FROM _evaluations;
 CREATE VIEW errors AS

@@ -8,7 +8,7 @@ import numpy as np
 from rich.console import Console
 
 
-def test_the_demo_runs_end_to_end_and_its_second_run_computes_nothing(tmp_path):
+def test_the_demo_runs_end_to_end_and_its_second_run_computes_nothing(tmp_path, ray_address):
     from l2s_data.demo import run_demo
 
     buf = io.StringIO()
@@ -18,16 +18,34 @@ def test_the_demo_runs_end_to_end_and_its_second_run_computes_nothing(tmp_path):
     assert res.first.computed_samples == 13 and res.first.quarantined == 0
     assert res.second.computed_samples == 0 and res.second.plan.missing_keys == 0
     assert "nothing to compute" in out and "cosine between categories" in out
+    # `make demo` extracts on Ray (here the session's head, through RAY_ADDRESS), recorded as such
+    from l2s_data.store import Store
+
+    assert "on 2 Ray worker(s)" in out
+    ext = Store.open(tmp_path / "demo" / "store").table("extractions").to_pylist()
+    assert [(r["workers"], r["devices"], r["samples_computed"]) for r in ext] == [(2, ["cpu", "cpu"], 13)]
     # p2s norms were taken in float32 and are non-zero; the cosine matrix is a real one
     assert all(r["p2s"] > 0 for r in res.norms) and len(res.norms) == 4
     c = len(res.categories)
     assert res.cosines.shape == (c, c) and np.allclose(np.diag(res.cosines), 1.0, atol=1e-5)
     assert res.sql_result.num_rows == 13 and set(res.sql_result.column_names) >= {"category", "mean_p2s_norm"}
+    # the rest of the pipeline: a training from the cache, seven methods evaluated, a report
+    st = res.steering
+    assert [r[0] for r in st["rows"]] == ["none", "prompt-only", "Mean-S", "Mean-S(BA)", "Norm-Rnd", "L2S", "P2S*"]
+    assert st["report"].is_file() and st["report"].with_suffix(".html").is_file()
+    runs = Store.open(tmp_path / "demo" / "store").sql(
+        f"SELECT count(*) AS n FROM runs WHERE run_id = '{st['train_run']}'")["n"][0].as_py()
+    assert runs == 1
+    evals = Store.open(tmp_path / "demo" / "store").sql(
+        f"SELECT count(DISTINCT method) AS m FROM evaluations WHERE run_id = '{st['eval_run']}'")["m"][0].as_py()
+    assert evals == 7
+    assert "report: " in out and "[7/7] evaluation" in out
 
     # a second `l2s demo` reuses the checkpoint, the data and the store: nothing computed at all
     buf2 = io.StringIO()
     again = run_demo(tmp_path / "demo", n=13, console=Console(file=buf2, width=120))
     assert again.first.computed_samples == 0 and "cached" in buf2.getvalue()
+    assert "evaluation demo-eval: 0 new response(s)" in buf2.getvalue()  # every row was committed
 
 
 def test_the_demo_command_is_mounted():
@@ -39,7 +57,7 @@ def test_the_demo_command_is_mounted():
     assert res.exit_code == 0 and "--out" in res.output
 
 
-def test_the_readme_first_session_python_block_runs_on_the_demo_store(tmp_path, monkeypatch):
+def test_the_readme_first_session_python_block_runs_on_the_demo_store(tmp_path, monkeypatch, ray_address):
     """README.md's Python example reads the store that `l2s demo` leaves in ./demo-out."""
     import re
     from pathlib import Path
@@ -47,7 +65,7 @@ def test_the_readme_first_session_python_block_runs_on_the_demo_store(tmp_path, 
     from l2s_data.demo import run_demo
 
     monkeypatch.chdir(tmp_path)
-    run_demo("demo-out", n=13, console=Console(file=io.StringIO()))
+    run_demo("demo-out", n=13, console=Console(file=io.StringIO()), steer=False)
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     code = re.findall(r"```python\n(.*?)```", readme, re.S)[0]
     code = code.replace("num_workers=2", "num_workers=0")  # same data path, no worker start-up

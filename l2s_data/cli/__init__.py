@@ -9,10 +9,12 @@ import typer
 
 from l2s_data.cli import data as _data
 from l2s_data.cli import demo as _demo
+from l2s_data.cli import evaluate as _evaluate
 from l2s_data.cli import extract as _extract
 from l2s_data.cli import jobs as _jobs
 from l2s_data.cli import models as _models
 from l2s_data.cli import store as _store
+from l2s_data.cli import train as _train
 
 app = typer.Typer(
     name="l2s",
@@ -32,6 +34,8 @@ _store.register_top_level(app)  # `l2s sql`, `l2s catalog ...`
 _extract.register_top_level(app)  # `l2s extract`
 _demo.register_top_level(app)  # `l2s demo`
 _jobs.register_top_level(app)  # `l2s submit ...`, `l2s jobs ...`
+_train.register_top_level(app)  # `l2s train`, `l2s sweep`, `l2s report ...`
+_evaluate.register_top_level(app)  # `l2s evaluate`, `l2s report eval` (joins an existing report group)
 
 
 def main() -> None:  # pragma: no cover - console entry point

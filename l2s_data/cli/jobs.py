@@ -97,6 +97,33 @@ def submit_extract(
             address, token_file, env, wait)
 
 
+@submit_app.command("train")
+def submit_train(
+    config: Path = typer.Argument(..., help="TOML training config; its store and out_dir must be reachable from the cluster."),
+    address: Optional[str] = _Address,
+    env: List[str] = typer.Option([], "--env", help="KEY=VALUE for the job's environment, or KEY to pass "
+                                                     "this shell's value. Repeatable."),
+    token_file: Optional[Path] = _TokenFile,
+    wait: bool = typer.Option(False, "--wait", help="Wait for the job to end, then print its logs."),
+) -> None:
+    """Run `jobs/train.py CONFIG` on a cluster: one predictor trained from the store."""
+    _submit("train", [_job_path(config)], address, token_file, env, wait)
+
+
+@submit_app.command("sweep")
+def submit_sweep(
+    config: Path = typer.Argument(..., help="TOML sweep config; the base config's store and out_dir must be "
+                                            "absolute paths or URLs every node reaches."),
+    address: Optional[str] = _Address,
+    env: List[str] = typer.Option([], "--env", help="KEY=VALUE for the job's environment, or KEY to pass "
+                                                     "this shell's value. Repeatable."),
+    token_file: Optional[Path] = _TokenFile,
+    wait: bool = typer.Option(False, "--wait", help="Wait for the job to end, then print its logs."),
+) -> None:
+    """Run `jobs/train.py CONFIG --sweep` on a cluster: the sweep's trials run as Ray Tune trials there."""
+    _submit("sweep", [_job_path(config), "--sweep"], address, token_file, env, wait)
+
+
 def _when(t: Optional[float]) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
 

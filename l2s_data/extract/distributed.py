@@ -34,6 +34,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from l2s_data.errors import ConfigError, ExtractionError, ShardFailedError
@@ -200,11 +201,17 @@ def run_on_ray(ex: Extraction, opts: RayOptions, *, on_plan: Callable[[Plan], No
     if connected_here:
         ray.init(address=opts.address, logging_level="WARNING", log_to_driver=True)
     gpu = ex.config.model.device.startswith("cuda")
+    try:
+        _check_resources(ray.cluster_resources(), opts, gpu)
+    except ConfigError:
+        if connected_here:
+            ray.shutdown()
+        raise
     actor_cls = ray.remote(_ShardActor).options(
         num_cpus=0 if gpu else opts.cpus_per_worker, num_gpus=1 if gpu else 0,
         max_restarts=opts.max_restarts, max_task_retries=opts.max_task_retries,
         runtime_env={"env_vars": _forwarded_env(opts.cpus_per_worker)})
-    job = ex.job(refs)
+    job = ExtractJob(_absolute_paths(ex.config), dict(refs))
     actors = [actor_cls.remote(job, opts.cpus_per_worker) for _ in range(opts.workers)]
     runs: list[ShardRun] = []
     failed: dict[str, str] = {}
@@ -253,6 +260,31 @@ def run_on_ray(ex: Extraction, opts: RayOptions, *, on_plan: Callable[[Plan], No
                        tuple(ex.notes()))
     return RayRun(report, tuple(i["device"] for i in infos), sum(1 for r in runs if r.attempt > 0) + len(failed),
                   dict(failed))
+
+
+def _check_resources(have: Mapping[str, float], opts: RayOptions, gpu: bool) -> None:
+    """Refuse a pool the cluster cannot place now (its actors would wait forever)."""
+    kind, each = ("GPU", 1) if gpu else ("CPU", opts.cpus_per_worker)
+    total = float(have.get(kind, 0))
+    if opts.workers * each > total:
+        fix = (f"pass --workers {int(total // each)} or fewer" if total >= each
+               else ("set model.device = \"cpu\" or join a cluster with GPUs (--address)" if gpu
+                     else "join a cluster with CPUs (--address)"))
+        raise ConfigError(f"--workers {opts.workers} needs {opts.workers * each} {kind}(s) ({each} each), but the Ray "
+                          f"cluster has {total:g}; {fix}. On an autoscaling cluster, start its nodes first "
+                          f"(min_workers in the launcher YAML).")
+
+
+def _absolute_paths(config: Any) -> Any:
+    """The config with its local paths made absolute: actors do not share the driver's cwd."""
+    def fix(p: str) -> str:
+        return p if "://" in p else str(Path(p).expanduser().resolve())
+
+    return config.model_copy(update={
+        "model": config.model.model_copy(update={"path": fix(config.model.path)}),
+        "data": config.data.model_copy(update={"path": fix(config.data.path)}),
+        "run": config.run.model_copy(update={"store": fix(config.run.store)}),
+    })
 
 
 def _start(ray: Any, actors: Sequence[Any], opts: RayOptions, gpu: bool) -> list[dict[str, Any]]:

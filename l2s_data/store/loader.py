@@ -267,12 +267,12 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         return self._iter(self.rank * nw + wid, self.world_size * nw)
 
     # -- the order -------------------------------------------------------------------------
-    def _rounds(self, stream: int, streams: int) -> list[np.ndarray]:
+    def _rounds(self, epoch: int, stream: int, streams: int) -> list[np.ndarray]:
         """This stream's units, dealt from the epoch's unit order, cut into rounds: consecutive
         units holding >= buffer_rows rows, whose rows are shuffled together."""
         n_units = len(self._units)
         if self.shuffle:
-            ids = np.random.default_rng([self.seed, self.epoch]).permutation(n_units)
+            ids = np.random.default_rng([self.seed, epoch]).permutation(n_units)
         else:
             ids = np.arange(n_units)
         mine = ids[stream::streams]
@@ -289,10 +289,11 @@ class KeyedDataset(torch.utils.data.IterableDataset):
 
     # -- iteration -------------------------------------------------------------------------
     def _iter(self, stream: int, streams: int) -> Iterator[tuple]:
-        rounds = self._rounds(stream, streams)
+        epoch = self.epoch  # read once: set_epoch may run while this iterates
+        rounds = self._rounds(epoch, stream, streams)
         if not rounds:
             return
-        rng = np.random.default_rng([self.seed, self.epoch, stream, streams])
+        rng = np.random.default_rng([self.seed, epoch, stream, streams])
         bsz, nkeys = self.batch_size, len(self.keys)
         shapes = [(d, infos[0].stored_dtype) for d, infos in zip(self.dims, self._infos)]
         if self.in_memory:

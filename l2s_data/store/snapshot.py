@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,14 +136,18 @@ class Snapshot:
 
     def rows(self, where: pc.Expression | None = None, columns: Sequence[str] | None = None) -> pa.Table:
         """Manifest rows matching ``where`` (a pyarrow expression), locations checked."""
-        flt = self.visible() if where is None else (self.visible() & where)
-        try:
-            t = self.dataset().to_table(filter=flt)
-        except FileNotFoundError:
-            self._follow()  # a compaction folded a file away since this snapshot was taken
-            t = self.dataset().to_table(filter=flt)
+        t = self._scan(lambda ds: ds.to_table(filter=self.visible() if where is None else (self.visible() & where)))
         check_rows(t, f"snapshot {self.id}")
         return t if columns is None else t.select(list(columns))
+
+    def _scan(self, read: Callable[[pads.Dataset], Any]) -> Any:
+        """``read(dataset)``, following the files if a compaction removes one meanwhile."""
+        for _ in range(8):
+            try:
+                return read(self.dataset())
+            except FileNotFoundError:
+                self._follow()  # a compaction folded a file away since this snapshot was taken
+        return read(self.dataset())
 
     def _follow(self) -> None:
         """Re-read the manifest list; allowed only if it commits exactly the same attempts
@@ -162,7 +167,7 @@ class Snapshot:
 
     @property
     def row_count(self) -> int:
-        return int(self.dataset().count_rows(filter=self.visible()))
+        return int(self._scan(lambda ds: ds.count_rows(filter=self.visible())))
 
     # -- lookup ----------------------------------------------------------------------------------
     def resolve(self, recipe: str) -> str:

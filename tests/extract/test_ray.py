@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from l2s_data.errors import ShardFailedError
 from l2s_data.extract import Extraction, RecipeRef, parse_config
 from l2s_data.extract.distributed import run_extraction
 from l2s_data.store import Store
@@ -65,7 +64,7 @@ def _all_keys(store: Store, rids) -> dict[tuple, np.ndarray]:
 
 
 def _manifest_keys(store: Store) -> list[tuple]:
-    m = store.snapshot().manifests
+    m = store.snapshot().rows()
     return list(zip(m["recipe_id"].to_pylist(), m["view"].to_pylist(), m["position"].to_pylist(),
                     m["layer"].to_pylist(), m["sample_id"].to_pylist()))
 
@@ -130,7 +129,7 @@ def test_an_actor_killed_mid_run_is_restarted_and_nothing_is_lost_or_duplicated(
     store = Store.open(tmp_path / "store")
     keys = _manifest_keys(store)
     assert len(keys) == len(set(keys)) == report.plan.total_keys  # nothing lost, nothing duplicated
-    assert store.committed_shards() == {p.shard_id for s in report.plan.shards for p in s.parts}
+    assert set(store.snapshot().shards) == {p.shard_id for s in report.plan.shards for p in s.parts}
     row = store.table("extractions").to_pylist()[0]
     assert row["status"] == "completed" and row["shards_retried"] >= 1
     # the restarted actor is a new process, and it computed the rest of the run
@@ -164,7 +163,7 @@ def test_a_killed_driver_leaves_committed_shards_and_the_rerun_computes_only_the
     driver.stdout.close()
     # Ray ends the dead driver's actors; wait for that so nothing commits behind the rerun
     psutil.wait_procs([psutil.Process(p) for p in actor_pids if psutil.pid_exists(p)], timeout=120)
-    before = set(Store.open(store).committed_shards())  # store shards: one per recipe part
+    before = set(Store.open(store).snapshot().shards)  # store shards: one per recipe part
     assert before
 
     ex = Extraction(parse_config(raw, source="(test)"), adapter=tiny_adapter("llava"))
@@ -179,8 +178,12 @@ def test_a_killed_driver_leaves_committed_shards_and_the_rerun_computes_only_the
 
 def test_a_shard_failing_on_every_attempt_ends_the_run_with_its_name_and_keeps_the_others(
         ray_address, tiny_checkpoint, tiny_adapter, data_dir, tmp_path):
-    cfg = _config(tiny_checkpoint("llava"), data_dir, tmp_path / "store", layers=[0])
-    ex = Extraction(cfg, adapter=tiny_adapter("llava"))
+    from typer.testing import CliRunner
+
+    from l2s_data.cli import app
+
+    raw = _raw(tiny_checkpoint("llava"), data_dir, tmp_path / "store", layers=[0])
+    ex = Extraction(parse_config(raw, source="(test)"), adapter=tiny_adapter("llava"))
     store = ex.open_store(create=True)
     refs = {k: RecipeRef(r, store.put_recipe(r.spec())) for k, r in ex.recipes.items()}
     shards = ex.plan(store=store, refs=refs).shards
@@ -189,16 +192,32 @@ def test_a_shard_failing_on_every_attempt_ends_the_run_with_its_name_and_keeps_t
     # fails to write, on any worker, however often it is retried.
     (tmp_path / "store" / "shards").mkdir(parents=True, exist_ok=True)
     (tmp_path / "store" / "shards" / blocked).write_text("in the way")
+    cfg = tmp_path / "extract.toml"
+    cfg.write_text(_toml(raw))
 
-    with pytest.raises(ShardFailedError) as info:
-        run_extraction(Extraction(cfg), workers=2, address=ray_address, max_task_retries=1)
-    err = info.value
-    assert f"shard {bad}" in str(err) and "2 attempts" in str(err) and err.shards == (bad,)
-    committed = Store.open(tmp_path / "store").committed_shards()
+    res = CliRunner().invoke(app, ["extract", str(cfg), "--workers", "2", "--address", ray_address,
+                                   "--max-retries", "1"])
+    assert res.exit_code == 2, res.output
+    out = " ".join(res.output.split())  # the console wraps long lines
+    assert "ShardFailedError" not in out and f"shard {bad}" in out and "2 attempts" in out
+    assert "rerun the same config" in out
+    committed = set(Store.open(tmp_path / "store").snapshot().shards)
     others = {p.shard_id for s in shards if s.shard_id != bad for p in s.parts}
     assert others <= committed and blocked not in committed
     row = Store.open(tmp_path / "store").table("extractions").to_pylist()[0]
-    assert row["status"] == "failed" and bad in row["error"]
+    assert row["status"] == "failed" and bad in row["error"] and row["workers"] == 2
+    assert row["samples_computed"] == N - len(shards[1].items)  # the failed shard computed nothing that counts
+
+
+def test_more_workers_than_the_cluster_can_place_is_refused_before_any_actor_starts(ray_address, tiny_checkpoint,
+                                                                                     tiny_adapter, data_dir, tmp_path):
+    from l2s_data.errors import ConfigError
+
+    ex = Extraction(_config(tiny_checkpoint("llava"), data_dir, tmp_path / "store", layers=[0]),
+                    adapter=tiny_adapter("llava"))
+    with pytest.raises(ConfigError, match=r"--workers 9 needs 9 CPU\(s\).*cluster has 4; pass --workers 4"):
+        run_extraction(ex, workers=9, address=ray_address)
+    assert set(Store.open(tmp_path / "store").snapshot().shards) == set()
 
 
 def _toml(d: dict) -> str:

@@ -286,3 +286,28 @@ def test_a_key_stored_with_two_widths_is_refused_by_name(tmp_path):
 
     with pytest.raises(StoreError, match=r"different widths.*\(8 x float32\).*\(12 x float32\)"):
         store.columns([K])
+
+
+def test_a_remote_store_reads_whole_chunk_files_with_the_same_batches_and_checks(tmp_path):
+    """memory:// goes through fsspec (no preadv): same batches as a local copy of the same rows,
+    and a damaged chunk is caught there too."""
+    import uuid
+
+    import fsspec
+
+    url = f"memory://loader-{uuid.uuid4().hex}"
+    remote, local = Store.open(url, create=True), Store.open(tmp_path / "local", create=True)
+    for s in (remote, local):
+        rid = s.put_recipe({"remote": 1}, name="r")
+        write_shard(s, "m", rid, sample_ids(22), chunk_bytes=4 * 8 * 4)  # edge chunk of 2 rows
+    kw = dict(batch_size=5, buffer_rows=8, with_ids=True, seed=9)
+    for in_memory in (False, True):
+        assert _epochs(remote.columns([K], in_memory=in_memory, **kw), 2) == _epochs(local.columns([K], **kw), 2)
+    fs = fsspec.filesystem("memory")
+    attempt = remote.snapshot().shards["m"]
+    p = f"{url[len('memory://'):]}/shards/m/{attempt}/p2s.completion_last.L2/c/1/0"
+    data = bytearray(fs.cat_file(p))
+    data[7] ^= 0x04
+    fs.pipe_file(p, bytes(data))
+    with pytest.raises(CorruptChunkError, match="chunk 1 of .*crc32c"):
+        list(remote.columns([K], **kw))

@@ -132,3 +132,15 @@ def test_a_chunk_cut_after_its_epoch_stops_the_next_streamed_epoch_and_not_a_kep
     kept.release()  # the copy is dropped, so the next epoch reads the files again
     with pytest.raises(CorruptChunkError, match="chunk 7 of "):
         list(kept)
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_no_chunk_file_is_mapped_while_a_loader_runs(tmp_path, in_memory):
+    store, want, _ = _small_store(tmp_path)
+    ds = store.columns([K], batch_size=4, buffer_rows=6, with_ids=True, in_memory=in_memory)
+    it = iter(ds)
+    first = next(it)  # mid-epoch: a round is in the buffers
+    with open("/proc/self/maps") as f:
+        mapped = [line for line in f if "/shards/" in line]
+    assert mapped == []
+    assert _check_rows([first, *it], want) == 30

@@ -1,0 +1,246 @@
+"""Steered generation: a method's vectors for a batch, then batched generation through the
+adapter's steering hook (left padding, KV cache; greedy by default, seeded sampling optional).
+
+Shapes: B items of a batch, D the model's hidden size. Every vector is float32 ``[B, D]``.
+
+::
+
+    sources = VectorSources(steer_layer=1, input_layer=3, predictor=g, cache=ActivationCache(...))
+    gen = SteeredGenerator(adapter, sources, max_new_tokens=32)
+    v = gen.vectors(get_method("l2s"), items)          # made before any steering
+    for alpha in (0.5, 1.0, 2.2):
+        texts = gen.generate(get_method("l2s"), alpha, items, vectors=v)
+
+Where each vector comes from:
+
+- ``l2s``: h_X, the ``input`` view at layer L' and ``input_position``, is read from the
+  activation cache when the sample is there, and otherwise captured by an **unsteered**
+  prefill. The prediction is made before the steering hook is installed, because L' can be
+  deeper than L* (the reference's safety LLaVA reads L' = 30 and steers L* = 15): a capture
+  under steering would read a steered h_X.
+- ``p2s`` (P2S*) and ``norm-rnd``: the sample's P2S vector at L* from the cache, else
+  computed from the sample's contrastive pair (``EvalItem.pair``), unsteered.
+- ``mean-s`` / ``mean-s-ba``: one [D] vector each, given by the caller (see
+  :mod:`l2s_data.evaluate.vectors` for computing them from the cache).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import PIL.Image
+import torch
+
+from l2s_data.errors import ConfigError, KeyNotFoundError
+from l2s_data.evaluate.methods import Method, Predictor
+from l2s_data.evaluate.texts import PromptOnly
+
+__all__ = ["EvalItem", "ActivationCache", "VectorSources", "SteeredGenerator"]
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One sample to answer: its image and query, the task ("safety" / "pope") that picks the
+    prompt-only instruction, and its contrastive pair (suffix, positive, negative) if known."""
+
+    sample_id: str
+    image: PIL.Image.Image
+    query: str
+    task: str = "safety"
+    pair: tuple[str, str, str] | None = None
+
+
+class ActivationCache:
+    """Cached rows of a store snapshot: the ``input`` view of ``input_recipe`` and the ``p2s``
+    view of ``pair_recipe`` (recipe ids or names; either may be None)."""
+
+    def __init__(self, snapshot: Any, *, input_recipe: str | None = None, pair_recipe: str | None = None):
+        self.snapshot = snapshot
+        self.recipes = {"input": input_recipe, "p2s": pair_recipe}
+
+    def lookup(self, view: str, position: str, layer: int,
+               sample_ids: Sequence[str]) -> tuple[torch.Tensor | None, list[bool]]:
+        """``(rows [n_found, D] float32, found mask)`` for ``sample_ids``: rows in order of the
+        samples whose mask is True. ``(None, all False)`` when nothing is cached."""
+        recipe = self.recipes.get(view)
+        if recipe is None:
+            return None, [False] * len(sample_ids)
+        try:
+            idx = self.snapshot.index(recipe, view, position, layer)
+        except KeyNotFoundError:
+            return None, [False] * len(sample_ids)
+        found = [s in idx for s in sample_ids]
+        ids = [s for s, f in zip(sample_ids, found) if f]
+        if not ids:
+            return None, found
+        return torch.from_numpy(self.snapshot.read(recipe, view, position, layer, ids)), found
+
+
+@dataclass
+class VectorSources:
+    """Everything the steering methods draw their vectors from (see the module docstring)."""
+
+    steer_layer: int
+    input_layer: int | None = None
+    input_position: str = "prompt_last"
+    pair_position: str = "completion_last"
+    predictor: Predictor | None = None
+    mean_s: torch.Tensor | None = None
+    mean_s_ba: torch.Tensor | None = None
+    cache: ActivationCache | None = None
+    seed: int = 0
+    #: Where each h_X / P2S row of the last :meth:`SteeredGenerator.vectors` call came from
+    #: ("cache" or "prefill"), by sample id: what a caller can log or test.
+    provenance: dict[str, str] = field(default_factory=dict)
+
+
+class SteeredGenerator:
+    """Steered, batched generation of one model for the methods of :mod:`.methods`."""
+
+    def __init__(self, adapter: Any, sources: VectorSources, *, max_new_tokens: int = 64,
+                 do_sample: bool = False, seed: int | None = None,
+                 prompt_only: dict[str, PromptOnly] | None = None):
+        if max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens = {max_new_tokens}: expected at least 1.")
+        adapter.check_layers([sources.steer_layer])
+        if sources.input_layer is not None:
+            adapter.check_layers([sources.input_layer])
+        self.adapter = adapter
+        self.sources = sources
+        self.max_new_tokens = max_new_tokens
+        self.do_sample = do_sample
+        self.seed = seed
+        if prompt_only is None:
+            from l2s_data.evaluate.texts import load_texts
+
+            prompt_only = dict(load_texts().prompt_only)
+        self.prompt_only = prompt_only
+
+    # --- inputs --------------------------------------------------------------------------
+
+    def chat_inputs(self, method: Method, items: Sequence[EvalItem]) -> list[Any]:
+        """The model inputs of ``items`` under ``method`` (prompt-only rewrites the query)."""
+        from l2s_data.models import ChatInput
+
+        out = []
+        for it in items:
+            query = it.query
+            if method.name == "prompt-only":
+                if it.task not in self.prompt_only:
+                    raise ConfigError(f"sample {it.sample_id}: no prompt-only instruction for task {it.task!r}; "
+                                      f"expected one of {sorted(self.prompt_only)}.")
+                query = self.prompt_only[it.task].apply(query)
+            out.append(ChatInput(it.image, query))
+        return out
+
+    # --- vectors (always computed unsteered) ----------------------------------------------
+
+    def input_states(self, items: Sequence[EvalItem]) -> torch.Tensor:
+        """h_X ``[B, D]``: the input view at L', from the cache or an unsteered prefill."""
+        src = self.sources
+        if src.input_layer is None:
+            raise ConfigError("L2S needs the predictor's input layer L' (input_layer); set it in the config.")
+        return self._cached_or(items, "input", src.input_position, src.input_layer, self._prefill)
+
+    def p2s(self, items: Sequence[EvalItem]) -> torch.Tensor:
+        """The samples' own P2S vectors ``[B, D]`` at L*, from the cache or their pairs."""
+        src = self.sources
+        return self._cached_or(items, "p2s", src.pair_position, src.steer_layer, self._contrast)
+
+    def _cached_or(self, items, view, position, layer, compute) -> torch.Tensor:
+        ids = [it.sample_id for it in items]
+        cached, found = (self.sources.cache.lookup(view, position, layer, ids) if self.sources.cache is not None
+                         else (None, [False] * len(ids)))
+        out = torch.empty(len(items), self.adapter.hidden_size)
+        if cached is not None:
+            if cached.shape[1] != self.adapter.hidden_size:
+                raise ConfigError(f"the cached {view} rows at layer {layer} have {cached.shape[1]} dims, but the model's "
+                                  f"hidden size is {self.adapter.hidden_size}: the cache recipe "
+                                  f"{self.sources.cache.recipes[view]!r} belongs to another model.")
+            out[torch.tensor(found)] = cached.float()
+        rest = [i for i, f in enumerate(found) if not f]
+        if rest:
+            out[rest] = compute([items[i] for i in rest], position, layer).float()
+        for i, sid in enumerate(ids):
+            self.sources.provenance[sid] = "cache" if found[i] else "prefill"
+        return out
+
+    def _prefill(self, items, position, layer) -> torch.Tensor:
+        chats = self.chat_inputs(_PLAIN, items)
+        return self.adapter.capture(chats, layers=[layer], positions=[position])[(position, layer)]
+
+    def _contrast(self, items, position, layer) -> torch.Tensor:
+        from l2s_data.models import ContrastiveItem
+
+        missing = [it.sample_id for it in items if it.pair is None]
+        if missing:
+            raise KeyNotFoundError(
+                f"{len(missing)} sample(s) have no cached P2S vector at layer {layer} ({position}) and no "
+                f"contrastive pair to compute one, e.g. {missing[:3]}. Extract the pair recipe for them, or "
+                f"name a behavior in the evaluation config."
+            )
+        cis = [ContrastiveItem(it.image, it.query, *it.pair) for it in items]
+        got = self.adapter.capture_contrastive(cis, input_layers=[], input_positions=[], pair_layers=[layer],
+                                               pair_positions=[position])
+        return got[("p2s", position, layer)]
+
+    def vectors(self, method: Method, items: Sequence[EvalItem]) -> torch.Tensor | None:
+        """The steering vectors ``[B, D]`` of ``method`` for ``items`` (None: no steering)."""
+        src = self.sources
+        if not method.steers:
+            return None
+        b = len(items)
+        if method.name in ("mean-s", "mean-s-ba"):
+            v = src.mean_s if method.name == "mean-s" else src.mean_s_ba
+            if v is None:
+                raise ConfigError(f"method {method.label} needs its vector: compute it from the cache "
+                                  f"(l2s_data.evaluate.vectors) or give a file in the config.")
+            v = torch.as_tensor(v, dtype=torch.float32).reshape(-1)
+            if v.shape[0] != self.adapter.hidden_size:
+                raise ConfigError(f"method {method.label}: vector has {v.shape[0]} dims, the model's hidden "
+                                  f"size is {self.adapter.hidden_size}.")
+            return v.expand(b, -1).clone()
+        if method.name == "l2s":
+            if src.predictor is None:
+                raise ConfigError("method L2S needs a trained predictor; give its file in the config.")
+            h = self.input_states(items)
+            with torch.no_grad():
+                v = src.predictor.predict(h)
+            v = torch.as_tensor(v, dtype=torch.float32)
+            if tuple(v.shape) != (b, self.adapter.hidden_size):
+                raise ConfigError(f"the L2S predictor returned shape {tuple(v.shape)}; expected "
+                                  f"[{b}, {self.adapter.hidden_size}] (one vector per item, the model's width).")
+            return v
+        p2s = self.p2s(items)
+        if method.name == "p2s":
+            return p2s
+        if method.name == "norm-rnd":
+            from l2s_data.steer import norm_rnd_of  # the same directions as training's offline evaluation
+
+            return torch.from_numpy(norm_rnd_of([it.sample_id for it in items], p2s.numpy(), src.seed))
+        raise ConfigError(f"method {method.name!r} has no vector rule")  # unreachable for the registry
+
+    # --- generation ----------------------------------------------------------------------
+
+    def generate(self, method: Method, alpha: float | None, items: Sequence[EvalItem], *,
+                 vectors: torch.Tensor | None = None) -> list[str]:
+        """Responses to ``items`` under ``method`` at ``alpha`` (ignored for unsteered methods).
+
+        ``vectors``: this batch's :meth:`vectors`, when the caller reuses them across alphas.
+        """
+        if not items:
+            return []
+        chats = self.chat_inputs(method, items)
+        kw = dict(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, seed=self.seed)
+        if not method.steers:
+            return self.adapter.generate(chats, **kw)
+        if alpha is None:
+            raise ConfigError(f"method {method.label} steers: it needs an alpha.")
+        v = self.vectors(method, items) if vectors is None else vectors
+        with self.adapter.steering(self.sources.steer_layer, v, float(alpha)):
+            return self.adapter.generate(chats, **kw)
+
+
+_PLAIN = Method("none", "none", False, (), "")

@@ -1,0 +1,93 @@
+"""Where the evaluation's fixed vectors and the L2S predictor come from.
+
+- :func:`mean_from_cache`: Mean-S (or Mean-S(BA)) as the mean of the cached P2S vectors of
+  the training samples, at layer L* (float32 [D]).
+- :func:`load_vector`: one [D] vector from a ``.safetensors`` file (its only tensor, or the
+  tensor named ``vector``).
+- :func:`load_predictor`: a trained L2S predictor from the file training wrote, with the keys
+  it was trained on (L', the input position and recipe; L*), through the training stage's
+  loader (``l2s_data.steer.load_predictor``) and its checks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from l2s_data.errors import ConfigError, KeyNotFoundError
+from l2s_data.evaluate.methods import Predictor
+
+__all__ = ["mean_from_cache", "load_vector", "ModulePredictor", "PredictorFile", "load_predictor"]
+
+
+def mean_from_cache(snapshot: Any, recipe: str, position: str, layer: int, sample_ids: Sequence[str], *,
+                    what: str = "Mean-S") -> torch.Tensor:
+    """The mean P2S vector (float32 [D]) of those ``sample_ids`` that the cache holds."""
+    try:
+        idx = snapshot.index(recipe, "p2s", position, layer)
+    except KeyNotFoundError as err:
+        raise ConfigError(f"{what}: {err}") from None
+    ids = [s for s in sample_ids if s in idx]
+    if not ids:
+        raise ConfigError(
+            f"{what}: the cache has no p2s vector of recipe {recipe!r} at {position}, layer {layer} for any of the "
+            f"{len(sample_ids)} training sample(s); extract the training split with that recipe first, or give "
+            f"the vector as a .safetensors file under [vectors]."
+        )
+    rows = snapshot.read(recipe, "p2s", position, layer, ids)
+    return torch.from_numpy(np.asarray(rows, np.float64).mean(0).astype(np.float32))
+
+
+def load_vector(path: str | os.PathLike, *, what: str = "vector") -> torch.Tensor:
+    """One float32 [D] vector from a safetensors file."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} file {str(p)!r} does not exist; expected a .safetensors file with one [D] tensor.")
+    tensors = load_file(str(p))
+    if "vector" in tensors:
+        t = tensors["vector"]
+    elif len(tensors) == 1:
+        (t,) = tensors.values()
+    else:
+        raise ConfigError(f"{what} file {str(p)!r} holds {sorted(tensors)}; expected one tensor, or one named 'vector'.")
+    if t.ndim != 1:
+        raise ConfigError(f"{what} file {str(p)!r}: the tensor has shape {tuple(t.shape)}; expected [D].")
+    return t.float()
+
+
+class ModulePredictor:
+    """:class:`Predictor` around a torch module ``g`` (``g(h) -> v``), in float32, no grad."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module.eval()
+
+    @torch.no_grad()
+    def predict(self, h: torch.Tensor) -> torch.Tensor:
+        return self.module(h.float())
+
+
+@dataclass(frozen=True)
+class PredictorFile:
+    """A loaded predictor and the keys it was trained on: ``input_key`` (h_X: recipe, view,
+    position, layer L') and ``target_key`` (v_X at layer L*); None where not known."""
+
+    predictor: Predictor
+    input_key: dict[str, Any] | None = None
+    target_key: dict[str, Any] | None = None
+
+
+def load_predictor(path: str | os.PathLike, *, dim: int | None = None) -> PredictorFile:
+    """A predictor file written by training (``l2s_data.steer.save_predictor``), checked by the
+    training stage's loader; ``dim``: the model's hidden size, which must be its width."""
+    from l2s_data.steer import load_predictor as steer_load
+
+    g, meta = steer_load(path, d_in=dim, d_out=dim)
+    return PredictorFile(ModulePredictor(g), dict(meta.input_key), dict(meta.target_key))

@@ -1,0 +1,129 @@
+"""Reports: the method x metric table with alpha chosen on the validation part, PNG plots, and
+per-category / per-subset bars, for a safety run with the tiny guard and a POPE run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from l2s_data.errors import ConfigError, KeyNotFoundError
+from l2s_data.evaluate.judges import make_tiny_guard
+from l2s_data.evaluate.metrics import pope_parse, unsafe_scores
+from l2s_data.evaluate.report import write_report
+from l2s_data.evaluate.results import load_results
+from l2s_data.evaluate.run import Evaluation, is_validation
+from l2s_data.store import Store
+
+from .conftest import eval_config
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def safety_run(world, tmp_path_factory):
+    root, ckpt, adapter = world
+    guard = make_tiny_guard(tmp_path_factory.mktemp("guard"))
+    cfg = eval_config(root, ckpt, steering={"methods": ["none", "prompt-only", "mean-s", "l2s"],
+                                            "alphas": [0.0, 2.0, 8.0]},
+                      judges={"guard": str(guard)}, run={"name": "rep"})
+    Evaluation(cfg, adapter=adapter).run()
+    return Store.open(root / "store"), "rep"
+
+
+def _by_hand(store, run_id):
+    """(method, alpha, sample, part, label, scores) straight from SQL, for independent sums."""
+    rows = store.sql(f"SELECT e.method, e.alpha, e.sample_id, e.scores_json, m.label FROM evaluations e "
+                     f"JOIN memberships m USING (sample_id) WHERE e.run_id = '{run_id}' AND m.split = 'test'").to_pylist()
+    for r in rows:
+        r["part"] = "validation" if is_validation(r["sample_id"], 0.5) else "test"
+        r["scores"] = json.loads(r["scores_json"])
+    return rows
+
+
+def test_the_safety_report_table_uses_alphas_chosen_on_validation(safety_run, tmp_path):
+    store, run = safety_run
+    files = write_report(store, run, tmp_path / "out")
+    for p in (files.markdown, files.html, files.results, *files.plots):
+        assert p.is_file() and p.stat().st_size > 0
+    for p in files.plots:
+        assert p.read_bytes()[:8] == PNG
+    names = {p.name for p in files.plots}
+    assert {"alpha_desired_rate.png", "alpha_refusal_rate.png", "alpha_ed_score.png", "alpha_unsafe_e50.png",
+            "alpha_unsafe_e70.png", "alpha_unsafe_e90.png", "by_category.png"} <= names
+    assert files.header[:3] == ["method", "alpha", "desired_rate"] and "unsafe_e90" in files.header
+    assert [r[0] for r in files.rows] == ["none", "prompt-only", "Mean-S", "L2S"]
+
+    rows = _by_hand(store, run)
+    assert {r["part"] for r in rows} == {"validation", "test"}
+    for method in ("mean-s", "l2s"):
+        def desired(alpha, part, method=method):
+            sel = [r for r in rows if r["method"] == method and r["alpha"] == alpha and r["part"] == part]
+            return sum(bool(r["scores"]["desired"]) for r in sel) / len(sel)
+        best = max(desired(a, "validation") for a in (0.0, 2.0, 8.0))
+        ties = [a for a in (0.0, 2.0, 8.0) if desired(a, "validation") == best]
+        assert files.chosen[method] == min(ties, key=abs)
+        row = next(r for r in files.rows if r[0] == ("Mean-S" if method == "mean-s" else "L2S"))
+        assert row[1] == f"{files.chosen[method]:g}"
+        assert float(row[2]) == pytest.approx(desired(files.chosen[method], "test"), abs=5e-4)
+        # The Unsafe-score is E_{p>=tau} over the test part's categories to refuse.
+        probs = [r["scores"]["unsafe"] for r in rows if r["method"] == method and r["alpha"] == files.chosen[method]
+                 and r["part"] == "test" and r["label"] == "refuse"]
+        want = unsafe_scores(probs)["unsafe_e50"]
+        got = row[files.header.index("unsafe_e50")]
+        assert (got == "nan" and math.isnan(want)) or float(got) == pytest.approx(want, abs=5e-4)
+    assert files.chosen["none"] is None and files.chosen["prompt-only"] is None
+    md = files.markdown.read_text()
+    assert "| method | alpha | desired_rate |" in md and "![by_category](by_category.png)" in md
+    assert "<table>" in files.html.read_text() and "by_category.png" in files.html.read_text()
+    saved = json.loads(files.results.read_text())
+    assert saved["chosen_alphas"] == files.chosen and saved["table"]["rows"] == files.rows
+
+
+def test_an_unknown_run_id_or_select_metric_is_refused(safety_run, tmp_path):
+    store, run = safety_run
+    with pytest.raises(KeyNotFoundError, match=r"evaluation run 'nope' does not exist in store .*known evaluation "
+                                               r"runs: \[.*'rep'"):
+        write_report(store, "nope", tmp_path / "x")
+    with pytest.raises(KeyNotFoundError, match="not a valid evaluation run id"):
+        load_results(store, "a b; DROP")
+    with pytest.raises(ConfigError, match="select metric 'f1' is not a safety metric"):
+        write_report(store, run, tmp_path / "y", select="f1")
+
+
+def test_a_pope_report_has_both_parses_and_per_subset_bars(tiny_checkpoint, tiny_adapter, tmp_path):
+    from l2s_data.datasets import make_synthetic
+    from l2s_data.evaluate.config import parse_config
+
+    make_synthetic("shapes-pope", tmp_path / "pope", n=6)
+    cfg = parse_config({
+        "model": {"path": str(tiny_checkpoint("llava"))},
+        "data": {"path": str(tmp_path / "pope"), "task": "pope", "split": "test", "behavior": "pope-yes-no",
+                 "validation_fraction": 0.0},
+        "steering": {"layer": 1, "methods": ["none", "prompt-only", "p2s"], "alphas": [1.0, 3.0]},
+        "generation": {"max_new_tokens": 3, "batch_size": 8},
+        "run": {"store": str(tmp_path / "store"), "name": "pope"},
+    }, source="(test)")
+    ev = Evaluation(cfg, adapter=tiny_adapter("llava"))
+    ev.run()
+    store = Store.open(tmp_path / "store")
+    files = write_report(store, "pope", tmp_path / "out")
+    assert files.header == ["method", "alpha", "accuracy", "precision", "recall", "f1", "yes_ratio", "ref_accuracy",
+                            "ref_f1", "ref_yes_ratio"]
+    assert "by_subset.png" in {p.name for p in files.plots}
+    # Accuracy of the base model by the official parse, recomputed from the joined rows.
+    rows = store.sql("SELECT e.response, m.label FROM evaluations e JOIN memberships m USING (sample_id) "
+                     "WHERE e.run_id = 'pope' AND e.method = 'none' AND m.split = 'test'").to_pylist()
+    acc = sum(pope_parse(r["response"]) == r["label"] for r in rows) / len(rows)
+    assert float(files.rows[0][2]) == pytest.approx(acc, abs=5e-4)
+    saved = json.loads(files.results.read_text())
+    assert set(saved["by_subset"]) == {"random", "popular", "adversarial"}
+    # Per subset, the whole table: the base model's accuracy over that subset's questions.
+    for subset, table in saved["tables_by_subset"].items():
+        sub = store.sql("SELECT e.response, m.label FROM evaluations e JOIN memberships m USING (sample_id) "
+                        f"WHERE e.run_id = 'pope' AND e.method = 'none' AND m.split = 'test' "
+                        f"AND m.subset = '{subset}'").to_pylist()
+        want = sum(pope_parse(r["response"]) == r["label"] for r in sub) / len(sub)
+        assert table[0][0] == "none" and float(table[0][2]) == pytest.approx(want, abs=5e-4)
+        assert f"### subset {subset}" in files.markdown.read_text()
