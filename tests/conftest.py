@@ -16,6 +16,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the test suite may re
 # makes CPU sums reproducible across processes (DESIGN.md 5); subprocesses inherit it.
 # Export OMP_NUM_THREADS to override.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Ray reads RAY_AUTH_MODE once per process, when it is first imported (setting it afterwards
+# changes nothing, measured): a test that imports ray before the session's head starts (the
+# cluster tests read ray.autoscaler's schema) would leave every later driver here without token
+# auth, refused by the head. So the mode is set before any test runs; ``ray_address`` sets the token.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 import numpy as np
 import pytest
