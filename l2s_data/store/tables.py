@@ -20,7 +20,7 @@ from l2s_data.errors import KeyNotFoundError, SchemaMismatchError
 from l2s_data.schemas import RECIPES, TABLES
 from l2s_data.store._backend import Backend
 from l2s_data.store.contract import (
-    PART_TABLES, canonical_json, check_exact, conform, content_hash, now, parquet_bytes, recipe_id,
+    PART_TABLES, canonical_json, conform, content_hash, now, parquet_bytes, recipe_id,
     sha256_hex,
 )
 
@@ -74,7 +74,9 @@ class Tables:
                 t = pq.read_table(pa.BufferReader(self.backend.read_bytes(f)))
             except FileNotFoundError:
                 continue  # removed meanwhile (a recipe deleted)
-            parts.append(check_exact(t, TABLES[name], what=f"{name} part {f}"))
+            # conform, not check_exact: a part written before a nullable column was added reads
+            # with that column null (format-1 stores' runs, after `l2s store migrate`).
+            parts.append(conform(t.replace_schema_metadata(None), TABLES[name], what=f"{name} part {f}"))
         return pa.concat_tables(parts) if parts else TABLES[name].empty_table()
 
     # -- recipes ---------------------------------------------------------------------------------

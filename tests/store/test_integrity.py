@@ -263,12 +263,22 @@ def test_migrate_upgrades_a_format_1_store_and_keeps_every_row(tmp_path):
     store = Store.open(tmp_path / "old", create=True)
     data = _filled(store, 3)
     before = store.snapshot()
+    rid = before.rows()["recipe_id"][0].as_py()
     root = Path(store.url)
     for f in (root / "manifests").iterdir():  # rewrite as format 1 wrote them: plain Parquet
         rows = before.rows(pc.field("shard") == f.stem)
         f.unlink()
         pq.write_table(rows, f)
     (root / "l2s-store.json").write_text(json.dumps({"format": "l2s-data store", "format_version": 1}))
+    # a runs part as format 1 wrote it: without the columns added since (sweep_id, val_cosine, val_mse)
+    import datetime as dt
+
+    old_run = pa.table({"run_id": ["r1"], "kind": ["train"], "created_at": pa.array([dt.datetime.now(dt.timezone.utc)],
+                        pa.timestamp("us", tz="UTC")), "recipe_ids": [[rid]],
+                        "snapshot_id": [before.id], "status": ["completed"], "config_json": ["{}"],
+                        "metrics_json": [None], "artifact": [None]})
+    (root / "runs").mkdir(exist_ok=True)
+    pq.write_table(old_run, root / "runs" / "old.parquet")
     with pytest.raises(StoreError, match="l2s store migrate"):
         Store.open(root)
     assert Store.migrate(root) == 3
@@ -278,3 +288,7 @@ def test_migrate_upgrades_a_format_1_store_and_keeps_every_row(tmp_path):
     ids, arrays = data["m2"]
     np.testing.assert_array_equal(after.read("r", "p2s", "completion_last", 2, ids), arrays[("p2s", "completion_last", 2)])
     assert Store.open(root).verify() == []
+    runs = Store.open(root).table("runs").to_pylist()
+    assert [(r["run_id"], r["sweep_id"]) for r in runs] == [("r1", None)]
+    with pytest.raises(StoreError, match="referenced by 1 run"):
+        Store.open(root).delete_recipe("r")  # the old run still protects its recipe
