@@ -11,7 +11,8 @@
     report = run_extraction(ex, workers=0)                  # in this process, no Ray
 
 The driver plans against the store exactly as the in-process run does, then hands the shards
-to a ``ray.util.ActorPool``. Each actor builds one :class:`ExtractionWorker` from the picklable
+to the actor pool of :mod:`l2s_data.actors` (a ``ray.util.ActorPool``; evaluation uses the same
+one). Each actor builds one :class:`ExtractionWorker` from the picklable
 :class:`ExtractJob` (so it loads the model once) and calls ``run_shard(shard)``, the same unit
 as ``--workers 0``: compute, write an immutable attempt, commit create-if-absent.
 
