@@ -36,7 +36,7 @@ from l2s_data.evaluate.config import EvalConfig
 from l2s_data.evaluate.run import EvalPlan, EvalReport, Evaluation, committed_rows
 from l2s_data.evaluate.worker import EvalUnit, EvalWorker, UnitOutcome
 
-__all__ = ["run_evaluation", "actor_config"]
+__all__ = ["actor_config", "remaining", "run_evaluation"]
 
 
 def actor_config(ev: Evaluation) -> EvalConfig:
@@ -76,7 +76,7 @@ class _UnitJob:
     def run(self, worker: EvalWorker, task: tuple[int, EvalUnit]) -> list[UnitOutcome]:
         # A retried unit (its actor died, or it raised) skips the rows its last attempt committed.
         done = committed_rows(worker.store, worker.run_id)
-        return [o for part in _missing(task[1], done) for o in worker.run_unit(part)]
+        return [o for part in remaining(task[1], done) for o in worker.run_unit(part)]
 
     def task_id(self, task: tuple[int, EvalUnit]) -> str:
         return f"unit-{task[0]}"
@@ -86,7 +86,7 @@ class _UnitJob:
         return f"unit {i} ({u.method}, alphas {list(u.alphas)}, {len(u.sample_ids)} samples)"
 
 
-def _missing(unit: EvalUnit, done: set[tuple[str, float | None, str]]) -> list[EvalUnit]:
+def remaining(unit: EvalUnit, done: set[tuple[str, float | None, str]]) -> list[EvalUnit]:
     """``unit`` without its committed (method, alpha, sample) rows: the whole unit when none is
     committed (a first attempt), else its samples grouped by the alphas they lack."""
     by: dict[tuple, list[str]] = {}

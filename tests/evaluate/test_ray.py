@@ -74,3 +74,14 @@ def _toml(root, ckpt, name: str) -> str:
             f'[cache]\npair_recipe = "t-pair"\n'
             f'[generation]\nmax_new_tokens = 4\nbatch_size = 4\n'
             f'[run]\nstore = "{root / "store"}"\nname = "{name}"\nunit_size = 4\n')
+
+
+def test_a_retried_unit_computes_only_the_rows_its_first_attempt_did_not_commit():
+    from l2s_data.evaluate.distributed import remaining
+    from l2s_data.evaluate.worker import EvalUnit
+
+    unit = EvalUnit("l2s", (1.0, 2.0), ("a", "b", "c"))
+    assert remaining(unit, set()) == [unit]  # a first attempt runs the unit as planned
+    done = {("l2s", 1.0, "a"), ("l2s", 2.0, "a"), ("l2s", 1.0, "b"), ("mean-s", 2.0, "c")}
+    assert remaining(unit, done) == [EvalUnit("l2s", (2.0,), ("b",)), EvalUnit("l2s", (1.0, 2.0), ("c",))]
+    assert remaining(unit, done | {("l2s", 2.0, "b"), ("l2s", 1.0, "c"), ("l2s", 2.0, "c")}) == []
