@@ -34,9 +34,7 @@ def evaluate(
 ) -> None:
     """Steer, generate and score every configured method and alpha; commit the rows.
 
-    One row per (method, alpha, sample) lands in the store's `evaluations` table. A rerun of the same config skips the rows already committed. With --workers N the units of work are spread over Ray actors (each loads the model once); a killed actor is restarted and its unit retried. Query the rows with
-    `l2s sql "SELECT method, alpha, response FROM evaluations WHERE run_id = '...'"`, and write
-    the report with `l2s report eval RUN_ID --store STORE --out DIR`.
+    One row per (method, alpha, sample) lands in the store's `evaluations` table; a rerun of the same config skips the rows already committed. With --workers N the units of work are spread over Ray actors (each loads the model once); a killed actor is restarted and its unit retried. Query the rows with `l2s sql "SELECT method, alpha, response FROM evaluations WHERE run_id = '...'"`, and write the report with `l2s report eval RUN_ID --store STORE --out DIR`.
     """
     from l2s_data.evaluate import Evaluation
     from l2s_data.evaluate.distributed import run_evaluation
