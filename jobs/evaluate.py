@@ -1,13 +1,16 @@
 """Evaluation job: steer, generate and score every (method, alpha, sample) row a config asks for.
 
     python jobs/evaluate.py l2s_data/evaluate/configs/tiny-llava.toml --dry-run
-    python jobs/evaluate.py l2s_data/evaluate/configs/tiny-llava.toml
+    python jobs/evaluate.py l2s_data/evaluate/configs/tiny-llava.toml                # in-process
+    python jobs/evaluate.py l2s_data/evaluate/configs/tiny-llava.toml --workers 2    # local Ray
+    python jobs/evaluate.py CONFIG --workers 8 --address auto                       # on a cluster
     python jobs/evaluate.py l2s_data/evaluate/configs/tiny-llava.toml --report demo-out/report-eval
 
-The same as ``l2s evaluate CONFIG`` (then ``l2s report eval RUN``): a thin entry point that Ray
-job submission can run as is (``ray job submit -- python jobs/evaluate.py CONFIG``). It parses
-the arguments, calls :class:`l2s_data.evaluate.Evaluation`, prints the resolved config and a
-summary. Rows already in the store are skipped, so a resubmitted job resumes.
+The same as ``l2s evaluate CONFIG [--workers N] [--address ADDR]`` (then ``l2s report eval
+RUN``), and the entry point that ``l2s submit evaluate`` runs on a cluster through the Ray Jobs
+API. It parses the arguments, calls :func:`l2s_data.evaluate.distributed.run_evaluation`, and
+prints the resolved config, one line per worker and per committed batch, and a summary. Rows
+already in the store are skipped, so a resubmitted job resumes.
 """
 
 from __future__ import annotations
@@ -19,20 +22,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from l2s_data.errors import ConfigError, L2SError  # noqa: E402
+from l2s_data.errors import L2SError  # noqa: E402
 from l2s_data.evaluate import Evaluation, write_report  # noqa: E402
+from l2s_data.evaluate.distributed import run_evaluation  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Steered generation and evaluation into an l2s-data store.")
     ap.add_argument("config", type=Path, help="TOML evaluation config")
     ap.add_argument("--dry-run", action="store_true", help="plan only: the run id and the missing rows")
-    ap.add_argument("--workers", type=int, default=0, help="0 = in-process (the only mode in this release)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="0 = in this process; N = N Ray actors (one GPU each on CUDA, else --cpus-per-worker)")
+    ap.add_argument("--address", default=None,
+                    help="Ray cluster to join (host:port or 'auto'); default: RAY_ADDRESS, else a local Ray")
+    ap.add_argument("--cpus-per-worker", type=int, default=1, help="CPU actors: CPUs (torch threads) each")
+    ap.add_argument("--max-retries", type=int, default=3, help="Ray retries of a unit and restarts of an actor")
     ap.add_argument("--report", type=Path, default=None, help="write the report into this folder afterwards")
     args = ap.parse_args(argv)
     try:
-        if args.workers != 0:
-            raise ConfigError(f"--workers {args.workers}: only --workers 0 (in-process) is available in this release")
         ev = Evaluation.from_file(args.config)
         print("resolved config:", json.dumps(ev.config.to_dict(), sort_keys=True))
         print(f"run id: {ev.run_id}")
@@ -40,8 +47,14 @@ def main(argv: list[str] | None = None) -> int:
             p = ev.plan()
             print(f"rows {p.total_rows}, missing {p.missing_rows} in {len(p.units)} units")
             return 0
-        r = ev.run(on_done=lambda o: print(f"{o.method} alpha={o.alpha}: {o.samples} rows in {o.seconds:.2f} s",
-                                           flush=True))
+        def on_start(infos: list[dict]) -> None:
+            for i in infos:
+                print(f"worker pid {i['pid']} on {i['device']} (node {i['node'][:12]})", flush=True)
+
+        r = run_evaluation(ev, workers=args.workers, address=args.address, cpus_per_worker=args.cpus_per_worker,
+                           max_restarts=args.max_retries, max_task_retries=args.max_retries, on_start=on_start,
+                           on_done=lambda o: print(f"{o.method} alpha={o.alpha}: {o.samples} rows in "
+                                                   f"{o.seconds:.2f} s", flush=True))
         print(f"computed {r.computed_rows} of {r.plan.total_rows} rows in {r.seconds:.1f} s")
         if args.report is not None:
             files = write_report(ev.store, ev.run_id, args.report)

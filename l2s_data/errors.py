@@ -40,6 +40,7 @@ __all__ = [
     "RunNotFoundError",
     "TrainingError",
     "JudgeError",
+    "EvaluationError",
 ]
 
 
@@ -196,3 +197,12 @@ class TrainingError(L2SError, RuntimeError):
 
 class JudgeError(L2SError, RuntimeError):
     """A judge (guard or quality model, local or an HTTP endpoint) failed or answered out of form."""
+
+
+class EvaluationError(L2SError, RuntimeError):
+    """A distributed evaluation could not start its workers, or ended with units that failed on
+    every attempt (``units`` names them; the committed rows stay)."""
+
+    def __init__(self, message: str, *, units: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.units = units

@@ -21,21 +21,25 @@ console = Console()
 def evaluate(
     config: Path = typer.Argument(..., help="TOML evaluation config (see l2s_data/evaluate/configs/)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the run id and the rows still missing; generate nothing."),
-    workers: int = typer.Option(0, "--workers", help="0 = run in this process (Ray workers: a later release)."),
+    workers: int = typer.Option(0, "--workers", min=0,
+                                help="0 = run in this process. N = N Ray actors over the plan's units: one GPU each "
+                                     "when the config's device is CUDA, else N CPU actors of --cpus-per-worker CPUs "
+                                     "(torch threads)."),
+    address: Optional[str] = typer.Option(None, "--address",
+                                          help="Ray cluster to join (HOST:6379 or 'auto'); default: $RAY_ADDRESS, "
+                                               "else a local Ray started for this run. Needs --workers N."),
+    cpus_per_worker: int = typer.Option(1, "--cpus-per-worker", min=1, help="CPU actors: CPUs (torch threads) each."),
+    max_retries: int = typer.Option(3, "--max-retries", min=0,
+                                    help="Ray retries of a failed unit, and restarts of a dead actor."),
 ) -> None:
     """Steer, generate and score every configured method and alpha; commit the rows.
 
-    One row per (method, alpha, sample) lands in the store's `evaluations` table. A rerun of the same config skips the rows already committed. Query the rows with
-    `l2s sql "SELECT method, alpha, response FROM evaluations WHERE run_id = '...'"`, and write
-    the report with `l2s report eval RUN_ID --store STORE --out DIR`.
+    One row per (method, alpha, sample) lands in the store's `evaluations` table; a rerun of the same config skips the rows already committed. With --workers N the units of work are spread over Ray actors (each loads the model once); a killed actor is restarted and its unit retried. Query the rows with `l2s sql "SELECT method, alpha, response FROM evaluations WHERE run_id = '...'"`, and write the report with `l2s report eval RUN_ID --store STORE --out DIR`.
     """
-    from l2s_data.errors import ConfigError
     from l2s_data.evaluate import Evaluation
+    from l2s_data.evaluate.distributed import run_evaluation
 
     try:
-        if workers != 0:
-            raise ConfigError(f"--workers {workers}: only --workers 0 (in-process) is available in this release; "
-                              f"Ray workers come with the Ray runner")
         ev = Evaluation.from_file(config)
         console.print(f"run {ev.run_id} -> {ev.config.run.store}")
         if dry_run:
@@ -45,8 +49,15 @@ def evaluate(
         with Progress(TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
                       TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
             task = bar.add_task("evaluate", total=None)
-            report = ev.run(on_plan=lambda p: bar.update(task, total=p.missing_rows),
-                            on_done=lambda o: bar.advance(task, o.samples))
+
+            def on_start(infos) -> None:
+                devices = sorted({i["device"] for i in infos})
+                bar.console.print(f"{len(infos)} Ray worker(s) up on {', '.join(devices)}")
+
+            report = run_evaluation(ev, workers=workers, address=address, cpus_per_worker=cpus_per_worker,
+                                    max_restarts=max_retries, max_task_retries=max_retries,
+                                    on_plan=lambda p: bar.update(task, total=p.missing_rows),
+                                    on_done=lambda o: bar.advance(task, o.samples), on_start=on_start)
         if report.computed_rows == 0:
             console.print("nothing to compute: every row of this config is already in the store")
         else:

@@ -1,4 +1,4 @@
-"""`l2s submit extract CONFIG`, `l2s jobs list|status|logs|stop`: thin wrappers over l2s_data.submit.
+"""`l2s submit extract|train|sweep|evaluate CONFIG`, `l2s jobs list|status|logs|stop`: thin wrappers over l2s_data.submit.
 
 ``l2s submit`` is a group with one command per job kind; a new kind (``sweep``, ``evaluate``)
 is one more function here that calls :func:`_submit` with its script's arguments.
@@ -122,6 +122,23 @@ def submit_sweep(
 ) -> None:
     """Run `jobs/train.py CONFIG --sweep` on a cluster: the sweep's trials run as Ray Tune trials there."""
     _submit("sweep", [_job_path(config), "--sweep"], address, token_file, env, wait)
+
+
+@submit_app.command("evaluate")
+def submit_evaluate(
+    config: Path = typer.Argument(..., help="TOML evaluation config; its store, model, data and predictor must be "
+                                            "reachable from the cluster."),
+    address: Optional[str] = _Address,
+    workers: int = typer.Option(1, "--workers", min=1, help="Ray actors: one GPU each on CUDA, else CPU actors."),
+    cpus_per_worker: int = typer.Option(1, "--cpus-per-worker", min=1, help="CPU actors: CPUs (torch threads) each."),
+    env: List[str] = typer.Option([], "--env", help="KEY=VALUE for the job's environment, or KEY to pass "
+                                                     "this shell's value (store credentials, endpoints). Repeatable."),
+    token_file: Optional[Path] = _TokenFile,
+    wait: bool = typer.Option(False, "--wait", help="Wait for the job to end, then print its logs."),
+) -> None:
+    """Run `jobs/evaluate.py CONFIG --workers N` on a cluster: steered generation over Ray actors."""
+    _submit("evaluate", [_job_path(config), "--workers", str(workers), "--cpus-per-worker", str(cpus_per_worker)],
+            address, token_file, env, wait)
 
 
 def _when(t: Optional[float]) -> str:

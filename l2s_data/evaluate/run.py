@@ -359,7 +359,7 @@ class Evaluation:
                 units.extend(EvalUnit(m, lack, tuple(sids[i:i + size])) for i in range(0, len(sids), size))
         return EvalPlan(self.run_id, tuple(units), total, missing)
 
-    def _record(self) -> None:
+    def record(self) -> None:
         """Commit the run's config and its samples' tables (idempotent)."""
         samples, mem = self.selection
         self.store.put_samples(samples, mem)
@@ -383,7 +383,7 @@ class Evaluation:
         if not plan.units:
             return EvalReport(self.run_id, self.store.url, plan, (), time.perf_counter() - t0)
         worker = self.worker()  # loads the model, vectors and judges: a bad path fails before any commit
-        self._record()
+        self.record()
         outcomes: list[UnitOutcome] = []
         for unit in plan.units:
             outcomes.extend(worker.run_unit(unit, on_done))

@@ -122,4 +122,7 @@ def test_the_job_script_runs_the_same_evaluation(world, tmp_path, capsys):
     assert job.main([str(cfg), "--report", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out
     assert "resolved config:" in out and "run id: job" in out and (tmp_path / "rep" / "report.md").is_file()
-    assert job.main([str(cfg), "--workers", "2"]) == 2
+    # every row is committed: --workers 2 plans nothing and starts no Ray actor
+    assert job.main([str(cfg), "--workers", "2"]) == 0 and "computed 0 of" in capsys.readouterr().out
+    assert job.main([str(cfg), "--address", "127.0.0.1:1"]) == 2  # an address needs --workers N
+    assert "--workers N" in capsys.readouterr().err
