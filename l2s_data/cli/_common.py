@@ -21,6 +21,22 @@ def fail(exc: BaseException | str, *, code: int = 1) -> NoReturn:
     raise typer.Exit(code=code)
 
 
+def interrupted(what: str) -> NoReturn:
+    """Ctrl-C: print ``what`` and leave at once with code 130.
+
+    ``os._exit``, not a normal exit: a DuckDB statement that has not yet honoured its interrupt
+    would keep the interpreter's shutdown waiting in the library's teardown, and the user asked
+    to stop now. Nothing is left half-written: the store is only read.
+    """
+    import os
+    import sys
+
+    err_console.print(Text.assemble(("error:", "bold red"), " ", what), highlight=False, soft_wrap=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
+
+
 def say(text: str | Text, *, stderr: bool = False) -> None:
     """Print one line verbatim (no markup, emoji codes or highlighting; never wrapped)."""
     (err_console if stderr else console).print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)

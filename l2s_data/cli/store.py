@@ -16,7 +16,7 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from l2s_data.cli._common import fail, say
+from l2s_data.cli._common import fail, interrupted, say
 from l2s_data.errors import L2SError
 
 app = typer.Typer(
@@ -267,7 +267,7 @@ def sql_cmd(
     except L2SError as exc:
         fail(exc)
     except KeyboardInterrupt:
-        fail("interrupted (Ctrl-C): the query was stopped and nothing more was printed.", code=130)
+        interrupted("interrupted (Ctrl-C): the query was stopped and nothing more was printed.")
     except BrokenPipeError:  # the reader of stdout (`| head`) stopped reading: nothing to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(1) from None
@@ -292,7 +292,7 @@ def export_cmd(
     except L2SError as exc:
         _fail(exc)
     except KeyboardInterrupt:
-        fail("interrupted (Ctrl-C): the export was stopped.", code=130)
+        interrupted("interrupted (Ctrl-C): the export was stopped.")
     say(f"wrote {file}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
