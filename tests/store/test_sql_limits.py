@@ -69,7 +69,10 @@ def test_the_cli_timeout_stops_a_runaway_query_with_a_clear_message(store):
 def test_ctrl_c_stops_a_running_query_in_a_real_l2s_process(store):
     cmd = [sys.executable, "-c", "from l2s_data.cli import main; main()",
            "sql", RUNAWAY, "--store", store.url, "--timeout", "600"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The child gets SIGINT's default disposition, as a shell gives it: an ignored SIGINT is
+    # inherited across exec, and a library of this test process (Ray) may have ignored it.
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: queue.Queue[str] = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(x) for x in p.stderr], daemon=True)
     reader.start()
