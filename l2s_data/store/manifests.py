@@ -214,14 +214,24 @@ def read_info(backend: Backend, name: str) -> ManifestInfo:
     return info
 
 
-def read_infos(backend: Backend, names: Sequence[str]) -> list[ManifestInfo]:
-    """Headers of several manifests; object stores read them in parallel to hide latency."""
-    if len(names) <= 4 or backend.is_local:
-        return [read_info(backend, n) for n in names]
-    from concurrent.futures import ThreadPoolExecutor
+def read_infos(backend: Backend, names: Sequence[str]) -> tuple[list[ManifestInfo], list[str]]:
+    """Headers of several manifests, and the names that vanished meanwhile (a compaction or a
+    delete removed them). Object stores read them in parallel to hide latency."""
 
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        return list(pool.map(lambda n: read_info(backend, n), names))
+    def one(name: str) -> ManifestInfo | str:
+        try:
+            return read_info(backend, name)
+        except FileNotFoundError:
+            return name
+
+    if len(names) <= 4 or backend.is_local:
+        got = [one(n) for n in names]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            got = list(pool.map(one, names))
+    return [g for g in got if isinstance(g, ManifestInfo)], [g for g in got if isinstance(g, str)]
 
 
 def read_rows(backend: Backend, info: ManifestInfo) -> pa.Table:

@@ -49,13 +49,18 @@ class Key:
 
 
 def take_snapshot(backend: Backend, resolve: Callable[[str], str]) -> Snapshot:
-    """The committed manifests now. Lists again if a compaction removes a file mid-read."""
-    for _ in range(8):
-        names = list_names(backend)
-        try:
-            return Snapshot(backend, read_infos(backend, names), resolve)
-        except FileNotFoundError:
-            continue
+    """The committed manifests now.
+
+    A file listed but gone when read is fine if a file that was read supersedes it (a
+    compaction committed its replacement first); otherwise the listing is taken again.
+    """
+    import time
+
+    for attempt in range(200):
+        infos, gone = read_infos(backend, list_names(backend))
+        if not gone or set(gone) <= {n for i in infos for n in i.supersedes}:
+            return Snapshot(backend, infos, resolve)
+        time.sleep(min(0.05, 0.001 * (attempt + 1)))  # a compaction or delete is mid-way: list again
     from l2s_data.errors import StoreError
 
     raise StoreError(f"store {backend.url}: manifests kept changing while being read; retry.")
