@@ -67,12 +67,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from l2s_data.configfile import read_toml, validation_message
 from l2s_data.errors import ConfigError
 from l2s_data.evaluate.methods import get_method, parse_alphas
 
@@ -226,41 +226,20 @@ def config_identity(config: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def _message(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "<top>"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"unknown key {where!r}: remove it or check its spelling")
-        elif e["type"] == "missing":
-            lines.append(f"missing key {where!r}: it is required")
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{where}: {msg}" + ("" if "got" in msg or "=" in msg else f" (got {e.get('input')!r})"))
-    return f"invalid evaluation config {source}:\n  " + "\n  ".join(lines)
-
-
 def parse_config(data: dict[str, Any], *, source: str = "<dict>") -> EvalConfig:
     """Validate a config dict; :class:`ConfigError` names every bad or unknown key."""
     try:
         return EvalConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_message(err, source)) from None
+        raise ConfigError(validation_message(err, f"evaluation config {source}")) from None
     except ConfigError as err:  # a method or alpha refused inside a validator
         raise ConfigError(f"invalid evaluation config {source}: {err}") from None
 
 
 def load_config(path: str | Path) -> EvalConfig:
     """Read and validate a TOML evaluation config."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"evaluation config {str(p)!r} does not exist; pass a TOML file "
-                          f"(example: l2s_data/evaluate/configs/tiny-llava.toml)")
-    try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"evaluation config {str(p)!r} is not valid TOML: {err}") from None
-    return parse_config(data, source=repr(str(p)))
+    data = read_toml(path, "evaluation config", example="l2s_data/evaluate/configs/tiny-llava.toml")
+    return parse_config(data, source=repr(str(path)))
 
 
 def demo_config(out_dir: str | Path, *, layer: int = 2, input_layer: int | None = None,

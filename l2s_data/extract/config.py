@@ -42,12 +42,12 @@ Relative paths are relative to the working directory (as for every ``l2s`` comma
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from l2s_data.configfile import read_toml, validation_message
 from l2s_data.errors import ConfigError
 
 __all__ = [
@@ -228,37 +228,17 @@ def parse_layers(spec: str | list[int], *, num_layers: int | None) -> tuple[int,
     return layers
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "<top>"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"unknown key {where!r}: remove it or check its spelling")
-        elif e["type"] == "missing":
-            lines.append(f"missing key {where!r}: it is required")
-        else:
-            lines.append(f"{where}: {e['msg']} (got {e.get('input')!r})")
-    return f"invalid extraction config {source}:\n  " + "\n  ".join(lines)
-
-
 def parse_config(data: dict[str, Any], *, source: str = "<dict>") -> ExtractConfig:
     """Validate a config dict; :class:`ConfigError` names every bad or unknown key."""
     try:
         return ExtractConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
+        raise ConfigError(validation_message(err, f"extraction config {source}")) from None
     except ConfigError as err:  # raised by parse_layers inside a validator
         raise ConfigError(f"invalid extraction config {source}: {err}") from None
 
 
 def load_config(path: str | Path) -> ExtractConfig:
     """Read and validate a TOML extraction config."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"extraction config {str(p)!r} does not exist; pass a TOML file "
-                          f"(examples: l2s_data/extract/configs/*.toml)")
-    try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"extraction config {str(p)!r} is not valid TOML: {err}") from None
-    return parse_config(data, source=repr(str(p)))
+    data = read_toml(path, "extraction config", example="l2s_data/extract/configs/*.toml")
+    return parse_config(data, source=repr(str(path)))

@@ -36,18 +36,17 @@ input / pair positions, the trainer and the target scaling; a key written in thi
 from __future__ import annotations
 
 import copy
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from l2s_data.behaviors import TargetScaling, TrainerSettings
+from l2s_data.configfile import read_toml, validation_message
 from l2s_data.errors import BehaviorError, ConfigError
 from l2s_data.store import Key
 
-__all__ = ["KeySpec", "SplitSpec", "TrainConfig", "parse_train_config", "load_train_config",
-           "format_validation_error", "read_toml"]
+__all__ = ["KeySpec", "SplitSpec", "TrainConfig", "parse_train_config", "load_train_config"]
 
 
 class _Strict(BaseModel):
@@ -115,19 +114,6 @@ class TrainConfig(_Strict):
         return self.model_dump(mode="json")
 
 
-def format_validation_error(err: ValidationError, what: str) -> str:
-    lines = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "<top>"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"unknown key {where!r}: remove it or check its spelling")
-        elif e["type"] == "missing":
-            lines.append(f"missing key {where!r}: it is required")
-        else:
-            lines.append(f"{where}: {e['msg']} (got {e.get('input')!r})")
-    return f"invalid {what}:\n  " + "\n  ".join(lines)
-
-
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for k, v in over.items():
@@ -161,20 +147,10 @@ def parse_train_config(data: dict[str, Any], *, source: str = "<dict>") -> Train
     try:
         return TrainConfig.model_validate(_merge(base, data))
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, f"training config {source}")) from None
-
-
-def read_toml(path: str | Path, what: str) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{what} {str(p)!r} does not exist; pass a TOML file "
-                          f"(examples: l2s_data/train/configs/*.toml)")
-    try:
-        return tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{what} {str(p)!r} is not valid TOML: {err}") from None
+        raise ConfigError(validation_message(err, f"training config {source}")) from None
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
     """Read and validate a TOML training config."""
-    return parse_train_config(read_toml(path, "training config"), source=repr(str(path)))
+    return parse_train_config(read_toml(path, "training config", example="l2s_data/train/configs/*.toml"),
+                              source=repr(str(path)))

@@ -47,7 +47,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from l2s_data.errors import ConfigError, TrainingError
 from l2s_data.steer.selection import sql_literal
-from l2s_data.train.config import TrainConfig, format_validation_error, parse_train_config, read_toml
+from l2s_data.configfile import read_toml, validation_message
+from l2s_data.train.config import TrainConfig, parse_train_config
 
 __all__ = ["SweepSettings", "SweepConfig", "SweepResult", "load_sweep_config", "parse_sweep_config",
            "draw_trials", "run_sweep", "data_signature"]
@@ -119,11 +120,11 @@ def parse_sweep_config(data: dict[str, Any], *, source: str = "<dict>", base_dir
     base = data.get("base")
     if isinstance(base, str):
         path = Path(base) if Path(base).is_absolute() or base_dir is None else base_dir / base
-        data["base"] = read_toml(path, "base training config")
+        data["base"] = read_toml(path, "base training config", example="l2s_data/train/configs/*.toml")
     try:
         cfg = SweepConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, f"sweep config {source}")) from None
+        raise ConfigError(validation_message(err, f"sweep config {source}")) from None
     parse_train_config(cfg.base, source=f"{source} (base)")
     for t in draw_trials(cfg):  # a bad param name fails here, naming the key, not in a trial
         parse_train_config(apply_overrides(cfg.base, t), source=f"{source} (trial {t})")
@@ -132,7 +133,7 @@ def parse_sweep_config(data: dict[str, Any], *, source: str = "<dict>", base_dir
 
 def load_sweep_config(path: str | Path) -> SweepConfig:
     p = Path(path)
-    return parse_sweep_config(read_toml(p, "sweep config"), source=repr(str(p)), base_dir=p.parent)
+    return parse_sweep_config(read_toml(p, "sweep config", example="l2s_data/train/configs/tiny-llava-sweep.toml"), source=repr(str(p)), base_dir=p.parent)
 
 
 def draw_trials(cfg: SweepConfig) -> list[dict[str, Any]]:
