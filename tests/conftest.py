@@ -57,6 +57,28 @@ def tiny_adapter(tiny_checkpoint):
     return get
 
 
+@pytest.fixture(scope="session")
+def planted_mod():
+    """tests/steer/planted.py as a module (test folders are not packages here)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    name = "l2s_tests_planted"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "steer" / "planted.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def planted(tmp_path_factory, planted_mod):
+    """A store with a planted map from x to y, built once for the steering and training tests."""
+    return planted_mod.build(tmp_path_factory.mktemp("planted") / "store")
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     random.seed(0)

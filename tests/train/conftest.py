@@ -1,33 +1,9 @@
-"""Fixtures of the training tests: a planted-map store and a store extracted from the tiny LLaVA.
-(The session's Ray head, ``ray_address``, comes from tests/conftest.py.)"""
+"""Fixtures of the training tests: a store extracted from the tiny LLaVA. (The planted-map
+store, ``planted``, and the session's Ray head, ``ray_address``, come from tests/conftest.py.)"""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-
-def _load_planted():
-    name = "l2s_tests_planted"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "steer" / "planted.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-@pytest.fixture(scope="session")
-def planted_mod():
-    return _load_planted()
-
-
-@pytest.fixture(scope="session")
-def planted(tmp_path_factory, planted_mod):
-    return planted_mod.build(tmp_path_factory.mktemp("planted") / "store")
 
 
 @pytest.fixture(scope="session")
