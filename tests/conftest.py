@@ -212,6 +212,12 @@ def ray_address():
 
         if ray.is_initialized():
             ray.shutdown()
+        # A Jobs API submission can leave Ray's module-level GCS client set in this process after
+        # ray.shutdown(); Tune's exit hook then calls the stopped head through it and the
+        # interpreter dies at exit (a 60 s reconnect, then exit 1, after every test passed).
+        from ray.experimental import internal_kv
+
+        internal_kv._internal_kv_reset()  # noqa: SLF001 - the only handle Ray gives on that client
         _stop_processes([head.pid] + _processes_under(temp))
         _stop_processes(_processes_under(temp))  # workers whose parent had already exited
         shutil.rmtree(temp, ignore_errors=True)
