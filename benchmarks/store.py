@@ -9,7 +9,8 @@ The same activations are written four ways into a temporary folder (removed at t
 - the store (Zarr shards), read with ``store.columns(..., dtype="stored")`` (float16 out as
   stored, like the memmap): the streaming path (``in_memory=False``); the in-memory path's
   first epoch (reads the chunks while serving batches) and its later epochs (reads nothing);
-  the streaming path with half the default shuffle buffer (4 chunks); and the streaming path
+  the streaming path with half the default shuffle buffer (4 chunks), and without a thread
+  reading the next round (``prefetch=False``; the default on two cores or more); and the streaming path
   with ``where="split = 'train'"`` (4 rows of every 5);
 - a raw ``.npy`` read with a numpy memmap: in batch-sized slices (sequential), and in the very
   batches the loader yields, same rows in the same order (``np.take`` per batch);
@@ -180,7 +181,9 @@ def main() -> None:
         mm_shuf, mm_seq = "numpy memmap, the loader's batches", "numpy memmap, sequential"
         ds_small = store.columns([key], batch_size=bs, in_memory=False, dtype="stored", seed=1,
                                  buffer_rows=ds.buffer_rows // 2)
+        ds_pre = store.columns([key], batch_size=bs, in_memory=False, dtype="stored", seed=1, prefetch=False)
         paths = [(stream, lambda: read_with(ds)),
+                 ("store loader, streaming, no prefetch thread", lambda: read_with(ds_pre)),
                  ("store loader, streaming, half the buffer", lambda: read_with(ds_small)),
                  (first, lambda: read_with(ds_mem, fresh=True)),
                  (later, lambda: read_with(ds_mem)),

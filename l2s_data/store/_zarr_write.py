@@ -30,10 +30,10 @@ import posixpath
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import google_crc32c
 import numpy as np
 
 from l2s_data.store._backend import Backend
+from l2s_data.store.contract import crc32c
 
 __all__ = ["array_metadata", "group_metadata", "chunk_files", "write_group", "write_array"]
 
@@ -92,13 +92,12 @@ def chunk_files(stored: np.ndarray, chunk_rows: int) -> Iterator[tuple[str, list
     for i, r0 in enumerate(range(0, n, chunk_rows)):
         rows = stored[r0:r0 + chunk_rows]
         body = rows.reshape(-1).view(np.uint8)
-        body.flags.writeable = False  # google_crc32c takes read-only buffers only (a view: no copy)
-        crc = google_crc32c.value(body)
+        crc = crc32c(body)
         parts: list[Any] = [body]
         pad = (chunk_rows - rows.shape[0]) * row_bytes
         if pad:
             zeros = bytes(pad)  # the fill value 0 is all-zero bytes in every stored dtype
-            crc = google_crc32c.extend(crc, zeros)
+            crc = crc32c(zeros, crc)
             parts.append(zeros)
         parts.append(crc.to_bytes(4, "little"))  # Zarr's crc32c codec: little-endian trailer
         yield f"c/{i}/0", parts

@@ -29,6 +29,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import crc32c as _crc32c
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -140,6 +141,16 @@ def sha256_hex(data: bytes | str, n: int = 32) -> str:
     if isinstance(data, str):
         data = data.encode("utf-8")
     return hashlib.sha256(data).hexdigest()[:n]
+
+
+def crc32c(data: Any, value: int = 0) -> int:
+    """The CRC-32C (Castagnoli) of ``data`` (any contiguous buffer), continued from ``value``.
+
+    Chunk files end in this checksum (Zarr's ``crc32c`` codec), and every read checks it. The
+    library computes it in hardware and lets go of the GIL while it does, so a reader thread
+    checks one chunk while the training loop gathers rows from another.
+    """
+    return _crc32c.crc32c(data, value)
 
 
 def recipe_id(spec: Mapping[str, Any]) -> str:

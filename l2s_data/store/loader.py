@@ -38,6 +38,7 @@ yield the same batches.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -93,7 +94,8 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         verify: "always" (default) or "once": either way every chunk read is checked against
             its crc32c (the reader copies what it checked, so the check cannot be skipped).
         prefetch: read the next round's chunks in a background thread while batches go out
-            (helps with free cores and remote stores; on a busy 2-core host it costs more).
+            (the reads and their crc checks let go of the GIL). None (default) = when this
+            process may run on two cores or more.
         rank, world_size: split units across data-parallel ranks as well.
     """
 
@@ -102,7 +104,7 @@ class KeyedDataset(torch.utils.data.IterableDataset):
                  buffer_rows: int | None = None, in_memory: bool | None = None,
                  memory_budget: int = 2 << 30, dtype: str = "float32", with_ids: bool = False,
                  missing: str = "error", rank: int = 0, world_size: int = 1, epoch: int = 0,
-                 cache_chunks: int = 64, prefetch: bool = False, verify: str = "always"):
+                 cache_chunks: int = 64, prefetch: bool | None = None, verify: str = "always"):
         super().__init__()
         keys = tuple(keys)
         if not keys or not all(isinstance(k, Key) for k in keys):
@@ -127,7 +129,7 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         self.rank, self.world_size = rank, world_size
         self._epoch = _SharedEpoch(int(epoch))
         self.cache_chunks = cache_chunks
-        self.prefetch = prefetch
+        self.prefetch = _spare_core() if prefetch is None else bool(prefetch)
         self.verify = verify
         self._backend = store.backend
         snap = store.snapshot()
@@ -523,6 +525,14 @@ class _BatchBuffers:
             if len(self._pool) < self.KEEP:
                 self._pool.append(cols)
         return cols if rows == self.batch_size else [c[:rows] for c in cols]
+
+
+def _spare_core() -> bool:
+    """Whether this process may run on two cores or more (its CPU affinity, where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) >= 2
+    except AttributeError:  # not on Linux
+        return (os.cpu_count() or 1) >= 2
 
 
 def _select(store: Store, snap, where: str) -> set[str]:

@@ -22,7 +22,6 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import google_crc32c
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -30,7 +29,7 @@ from l2s_data.errors import CorruptChunkError, CorruptManifestError, ReferencedR
 from l2s_data.schemas import ZARR_ATTRIBUTES_KEY
 from l2s_data.store._backend import Backend
 from l2s_data.store._chunks import load_array_info, read_chunk
-from l2s_data.store.contract import PART_TABLES, attempt_dir, now, sha256_hex
+from l2s_data.store.contract import PART_TABLES, attempt_dir, crc32c, now, sha256_hex
 from l2s_data.store.leases import Lease
 from l2s_data.store.manifests import (
     concat_rows, drop_attempts, encode_manifest, list_names, manifest_name, read_info, read_rows,
@@ -157,7 +156,7 @@ def _verify_array(backend: Backend, path: str, rows: pa.Table) -> list[Problem]:
         base = c * info_.chunk_rows
         for i in range(block.shape[0]):
             expect = sums.get(base + i)
-            if expect is not None and f"{google_crc32c.value(block[i].tobytes()):08x}" != expect:
+            if expect is not None and f"{crc32c(block[i]):08x}" != expect:
                 out.append(Problem(shard, rid, f"{path}/c/{c}/0", (
                     f"row {base + i} of shard {shard} (recipe {rid}) does not match its manifest "
                     f"checksum; re-extract the shard."

@@ -33,7 +33,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import google_crc32c
 import numpy as np
 import pyarrow as pa
 
@@ -42,7 +41,7 @@ from l2s_data.schemas import FORMAT_VERSION, MANIFESTS, ZARR_ATTRIBUTES_KEY
 from l2s_data.store._backend import Backend
 from l2s_data.store._zarr_write import write_array, write_group
 from l2s_data.store.contract import (
-    DTYPES, array_name, attempt_dir, check_exact, check_part, check_shard, now, to_float32, to_stored,
+    DTYPES, array_name, attempt_dir, check_exact, check_part, check_shard, crc32c, now, to_float32, to_stored,
 )
 from l2s_data.store.manifests import encode_manifest, manifest_name
 
@@ -201,9 +200,7 @@ class ShardWriter:
             nbytes = -(-n // chunk_rows) * (chunk_rows * dim * stored.dtype.itemsize + 4)
         logical = to_float32(stored, dtype)
         norms = np.linalg.norm(logical, axis=1).astype(np.float32)
-        rows = stored.view()
-        rows.flags.writeable = False  # google_crc32c hashes read-only buffers in place (no copy)
-        checksums = [f"{google_crc32c.value(r):08x}" for r in rows]
+        checksums = [f"{crc32c(r):08x}" for r in stored]
         with self._lock:
             self.bytes += nbytes
             self._written[key] = _Written(view, position, layer, dtype, dim, chunk_rows,
