@@ -20,6 +20,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from l2s_data.cli._common import fail
@@ -67,18 +68,18 @@ def print_summary(tables, out: Path | None = None, *, max_errors: int = 10) -> N
     for col in ("dataset", "subset", "split", "label", "memberships"):
         t.add_column(col, justify="right" if col == "memberships" else "left")
     for (d, s, sp, lab), n in sorted(counts.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
-        t.add_row(d, s, sp, str(lab), str(n))
+        t.add_row(*(Text(str(v)) for v in (d, s, sp, lab, n)))
     console.print(t)
     cats = Counter(m.column("category").to_pylist())
     if len(cats) > 1:
         console.print("categories: " + ", ".join(f"{c} ({n})" for c, n in sorted(cats.items())), highlight=False)
     n_err = 0 if tables.errors is None else tables.errors.num_rows
     if n_err:
-        e = Table(title=f"[yellow]{n_err} item(s) quarantined[/] (errors.parquet)", title_justify="left")
+        e = Table(title=Text.assemble((f"{n_err} item(s) quarantined", "yellow"), " (errors.parquet)"), title_justify="left")
         for col in ("source", "item", "reason"):
             e.add_column(col, overflow="fold")
         for row in tables.errors.slice(0, max_errors).to_pylist():
-            e.add_row(Path(row["source"]).name, row["item"], row["reason"])
+            e.add_row(*(Text(str(v)) for v in (Path(row["source"]).name, row["item"], row["reason"])))
         console.print(e)
         if n_err > max_errors:
             console.print(f"... and {n_err - max_errors} more", highlight=False)
@@ -187,7 +188,7 @@ def behaviors_cmd(
             t.add_column("description", overflow="fold")
             for n in list_behaviors():
                 b = load_behavior(n)
-                t.add_row(n, str(len(b.categories)), b.description)
+                t.add_row(*(Text(str(v)) for v in (n, len(b.categories), b.description)))
             console.print(t)
             return
         b = load_behavior(name)
@@ -196,23 +197,23 @@ def behaviors_cmd(
     if as_json:
         console.print_json(b.spec_json())
         return
-    t = Table(title=f"{b.name}: {b.description}", title_justify="left", show_lines=True)
+    t = Table(title=Text(f"{b.name}: {b.description}"), title_justify="left", show_lines=True)
     for col in ("category", "label", "suffix S_c", "positive P_c", "negative N_c"):
         t.add_column(col, overflow="fold")
     groups: dict[tuple, list[str]] = {}  # one row per distinct (label, pair), categories joined
     for r in b.rules:
         groups.setdefault((r.label, r.pair), []).append(r.category)
     for (label, pair), cats in groups.items():
-        t.add_row("\n".join(cats), label or "", repr(pair.suffix), pair.positive, pair.negative)
+        t.add_row(*(Text(v) for v in ("\n".join(cats), label or "", repr(pair.suffix), pair.positive, pair.negative)))
     console.print(t)
 
 
 def _tree(node: Tree, data: dict) -> None:
     for k, v in data.items():
         if isinstance(v, dict) and v:
-            _tree(node.add(f"[bold]{k}[/]"), v)
+            _tree(node.add(Text(str(k), style="bold")), v)
         else:
-            node.add(f"{k} = {json.dumps(v)}")
+            node.add(Text(f"{k} = {json.dumps(v)}"))
 
 
 @app.command("presets")
@@ -230,7 +231,7 @@ def presets_cmd(
                 t.add_column(col, overflow="fold")
             for n in list_presets():
                 p = load_preset(n)
-                t.add_row(n, p.family, "yes" if p.reference else "no", p.description)
+                t.add_row(*(Text(v) for v in (n, p.family, "yes" if p.reference else "no", p.description)))
             console.print(t)
             return
         p = load_preset(name)
@@ -239,6 +240,6 @@ def presets_cmd(
     if as_json:
         console.print_json(json.dumps(p.spec()))
         return
-    root = Tree(f"[bold]{p.name}[/] ({p.family}): {p.description}")
+    root = Tree(Text.assemble((p.name, "bold"), f" ({p.family}): {p.description}"))
     _tree(root, {k: v for k, v in p.spec().items() if k not in ("name", "description")})
     console.print(root)

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from l2s_data.cli._common import fail
 from l2s_data.errors import L2SError
 
 
@@ -27,8 +28,7 @@ def demo(
     try:
         run_demo(out, n=n, console=console)
     except L2SError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
+        fail(err, code=2)
 
 
 def register_top_level(root: typer.Typer) -> None:

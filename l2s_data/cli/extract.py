@@ -6,13 +6,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
+from l2s_data.cli._common import console, fail
 from l2s_data.errors import L2SError
-
-console = Console()
 
 
 def _size(n: float) -> str:
@@ -35,7 +34,7 @@ def _duration(s: float | None) -> str:
 
 def plan_table(plan, title: str) -> Table:
     """One row per recipe: what the store holds and what a run computes."""
-    t = Table(title=title)
+    t = Table(title=Text(title))
     for col in ("recipe", "id", "views", "positions", "layers", "samples", "missing", "missing keys", "bytes"):
         t.add_column(col, justify="right" if col in ("samples", "missing", "missing keys", "bytes") else "left")
     for kind, ref in plan.recipes.items():
@@ -88,10 +87,11 @@ def extract(
                           f"({p.bytes:,}); estimated time: {_duration(dr.seconds)} ({dr.calibration})")
             for kind, n in p.skipped_quarantined.items():
                 if n:
-                    console.print(f"[yellow]{n} sample(s) quarantined earlier for the {kind} recipe are skipped "
-                                  f"(set [run] retry_errors = true to retry)[/yellow]")
+                    console.print(Text(f"{n} sample(s) quarantined earlier for the {kind} recipe are skipped "
+                                       f"(set [run] retry_errors = true to retry)", style="yellow"),
+                                  highlight=False, soft_wrap=True)
             for note in dr.notes:
-                console.print(f"[yellow]note:[/yellow] {note}")
+                console.print(Text.assemble(("note:", "yellow"), " ", note), highlight=False, soft_wrap=True)
             return
         with Progress(TextColumn("[bold]extract"), BarColumn(), MofNCompleteColumn(), TextColumn("samples"),
                       TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[shards]}"),
@@ -125,10 +125,9 @@ def extract(
         for kind, rid in report.recipe_ids.items():
             console.print(f"{kind} recipe: {rid}")
         for note in report.notes:
-            console.print(f"[yellow]note:[/yellow] {note}")
+            console.print(Text.assemble(("note:", "yellow"), " ", note), highlight=False, soft_wrap=True)
     except L2SError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
+        fail(err, code=2)
 
 
 def register_top_level(root: typer.Typer) -> None:

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.text import Text
 
-from l2s_data.cli._common import console, fail
+from l2s_data.cli._common import console, fail, say
 from l2s_data.errors import ConfigError, L2SError
 
 submit_app = typer.Typer(help="Submit a job to a Ray cluster through its Jobs API (the dashboard, port 8265).",
@@ -58,8 +59,8 @@ def _job_path(config: Path) -> str:
     try:
         return str(path.relative_to(project_root()))
     except ValueError:
-        console.print(f"[yellow]note:[/yellow] {config} is outside the project folder, so it is not uploaded; "
-                      f"the job reads {path} on the cluster")
+        say(Text.assemble(("note:", "yellow"), f" {config} is outside the project folder, so it is not uploaded; "
+                          f"the job reads {path} on the cluster"))
         return str(path)
 
 
@@ -68,7 +69,7 @@ def _submit(kind: str, args: list[str], address: Optional[str], token_file: Opti
     try:
         client = _client(address, token_file)
         job_id = client.submit(kind, args, env=_env(env))
-        console.print(f"submitted {kind} job [bold]{job_id}[/bold] to {client.address}")
+        say(Text.assemble(f"submitted {kind} job ", (job_id, "bold"), f" to {client.address}"))
         console.print(f"  follow it: l2s jobs logs {job_id} --address {client.address}")
         if wait:
             with console.status(f"waiting for {job_id}..."):

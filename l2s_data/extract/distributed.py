@@ -190,7 +190,8 @@ def run_extraction(ex: Extraction, *, workers: int = 0, address: str | None = No
                    on_start: Callable[[list[dict[str, Any]]], None] | None = None) -> RunReport:
     """Run ``ex`` in this process (``workers=0``) or on Ray, and record it in ``extractions``.
 
-    A failed Ray run is recorded too (status ``failed``, with the error) before it raises.
+    A failed run is recorded too (status ``failed``, with the error) before it raises, once it
+    got as far as its plan (an error before that, in the config or the model, stores nothing).
     """
     started = datetime.now(timezone.utc)
     if workers == 0:
@@ -215,8 +216,17 @@ def run_extraction(ex: Extraction, *, workers: int = 0, address: str | None = No
                                      sum(x.samples + x.quarantined for x in done), 0, 0,
                                      time.perf_counter() - t_compute[0]))
 
-        report = ex.run(on_plan=plan_cb, on_done=done_cb)
         devices = (ex.config.model.device,)
+        try:
+            report = ex.run(on_plan=plan_cb, on_done=done_cb)
+        except Exception as exc:
+            # Recorded like a failed Ray run: the shards committed before the error are kept.
+            if plan_box:
+                p = plan_box[0]
+                partial = RunReport(str(ex.config.run.store), {k: r.recipe_id for k, r in p.recipes.items()},
+                                    p, tuple(done), time.perf_counter() - t_compute[0], ())
+                _record(ex, partial, workers, devices, started, "failed", f"{type(exc).__name__}: {exc}", 0)
+            raise
         _record(ex, report, workers, devices, started, "completed", None, 0)
         return report
     opts = RayOptions(workers, address, cpus_per_worker, max_restarts, max_task_retries)

@@ -136,3 +136,17 @@ def test_an_unknown_behavior_name_lists_the_shipped_ones(tmp_path):
         load_behavior("no-such-behavior")
     with pytest.raises(BehaviorError, match="does not exist"):
         load_behavior(tmp_path / "absent.toml")
+
+
+def test_l2s_data_behaviors_prints_pair_text_verbatim_even_when_it_looks_like_markup(tmp_path):
+    from typer.testing import CliRunner
+
+    from l2s_data.cli import app
+
+    path = tmp_path / "inst.toml"
+    path.write_text('name = "inst"\ndescription = "chat [bold]tags[/bold] kept"\n[[pairs]]\ncategories = ["c"]\n'
+                    'suffix = "[/INST]"\npositive = "[red]Sure[/red]"\nnegative = "[/INST] No"\n')
+    res = CliRunner().invoke(app, ["data", "behaviors", str(path)], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    for text in ("[bold]tags[/bold]", "'[/INST]'", "[red]Sure[/red]", "[/INST] No"):
+        assert text in res.output, (text, res.output)

@@ -208,6 +208,29 @@ def test_a_shard_failing_on_every_attempt_ends_the_run_with_its_name_and_keeps_t
     assert row["samples_computed"] == N - len(shards[1].items)  # the failed shard computed nothing that counts
 
 
+def test_a_failed_run_in_process_is_recorded_in_extractions_with_its_error(tiny_checkpoint, tiny_adapter,
+                                                                            data_dir, tmp_path):
+    raw = _raw(tiny_checkpoint("llava"), data_dir, tmp_path / "store", layers=[0])
+    ex = Extraction(parse_config(raw, source="(test)"), adapter=tiny_adapter("llava"))
+    store = ex.open_store(create=True)
+    refs = {k: RecipeRef(r, store.put_recipe(r.spec())) for k, r in ex.recipes.items()}
+    shards = ex.plan(store=store, refs=refs).shards
+    blocked = shards[1].parts[0].shard_id
+    (tmp_path / "store" / "shards").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "store" / "shards" / blocked).write_text("in the way")  # its attempt folder cannot be made
+
+    from l2s_data.errors import ExtractionError
+
+    with pytest.raises(ExtractionError, match=f"writing shard {shards[1].shard_id}") as err:
+        run_extraction(ex)
+    rows = Store.open(tmp_path / "store").table("extractions").to_pylist()
+    assert len(rows) == 1, rows
+    row = rows[0]
+    assert row["status"] == "failed" and row["workers"] == 0 and type(err.value).__name__ in row["error"]
+    assert row["samples_computed"] == len(shards[0].items)  # the shard committed before the failure
+    assert row["started_at"] <= row["ended_at"]
+
+
 def test_more_workers_than_the_cluster_can_place_is_refused_before_any_actor_starts(ray_address, tiny_checkpoint,
                                                                                      tiny_adapter, data_dir, tmp_path):
     from l2s_data.errors import ConfigError
