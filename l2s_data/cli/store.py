@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import sys
 from collections.abc import Iterable
-from typing import IO, Optional
+from typing import IO, Any, Optional
 
 import pyarrow as pa
 import typer
@@ -167,12 +168,24 @@ def _write_csv(f: IO[str], names: list[str], batches: Iterable[pa.RecordBatch]) 
         w.writerow(["" if v is None else v for v in row])
 
 
+def _json_value(v: Any) -> Any:
+    """NaN and the infinities as null: JSON has no such numbers (json.dumps would write NaN)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, list):
+        return [_json_value(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _json_value(x) for k, x in v.items()}
+    return v
+
+
 def _write_json(f: IO[str], names: list[str], batches: Iterable[pa.RecordBatch]) -> None:
     """A JSON array of objects, one row a line, written as the rows stream."""
     f.write("[")
     sep = "\n"
     for row in _rows(batches):
-        f.write(sep + json.dumps(dict(zip(names, row)), default=str, ensure_ascii=False))
+        obj = {k: _json_value(v) for k, v in zip(names, row)}
+        f.write(sep + json.dumps(obj, default=str, ensure_ascii=False, allow_nan=False))
         sep = ",\n"
     f.write("\n]\n")
 

@@ -549,16 +549,28 @@ def export_catalog(tables: Tables, snapshot: Snapshot, path: str, *, limits: SQL
         raise StoreError(f"{path} exists; the export never overwrites. Remove it or choose another name.")
     with Catalog(tables, snapshot, limits=limits, **overrides) as cat:
         views = {v: cat.query(f"SELECT * FROM {v}") for v in VIEWS}
-    out = duckdb.connect(path)
+    # Written beside the target and renamed at the end: an interrupted export leaves no file
+    # that looks complete.
+    partial = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.partial")
     counts: dict[str, int] = {}
     try:
-        for v, t in views.items():
-            out.register("_t", t)
-            out.execute(f"CREATE TABLE {v} AS SELECT * FROM _t")
-            out.unregister("_t")
-            counts[v] = t.num_rows
-        out.execute("CREATE TABLE l2s_snapshot AS SELECT ? AS snapshot_id, ? AS store_url",
-                    [cat.snapshot.id, tables.backend.url])
+        out = duckdb.connect(partial)
+        try:
+            for v, t in views.items():
+                out.register("_t", t)
+                out.execute(f"CREATE TABLE {v} AS SELECT * FROM _t")
+                out.unregister("_t")
+                counts[v] = t.num_rows
+            out.execute("CREATE TABLE l2s_snapshot AS SELECT ? AS snapshot_id, ? AS store_url",
+                        [cat.snapshot.id, tables.backend.url])
+        finally:
+            out.close()
+        if os.path.exists(path):
+            raise StoreError(f"{path} appeared during the export; the export never overwrites. The export "
+                             f"was discarded.")
+        os.replace(partial, path)
     finally:
-        out.close()
+        for leftover in (partial, partial + ".wal"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
     return counts

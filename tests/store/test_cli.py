@@ -71,8 +71,18 @@ def test_verify_exits_nonzero_on_a_flipped_byte(store):
     assert r.exit_code == 1 and "crc32c" in r.output
 
 
+def test_sql_json_writes_nan_and_infinities_as_null_so_the_output_parses(store):
+    import json
+
+    r = _l2s("sql", "SELECT 'nan'::DOUBLE AS x, 'inf'::DOUBLE AS y, [1.5, 'nan'::DOUBLE] AS z, 2.5::DOUBLE AS w",
+             "--store", store.url, "--format", "json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output) == [{"x": None, "y": None, "z": [1.5, None], "w": 2.5}]
+
+
 def test_catalog_export_and_a_missing_store(store, tmp_path):
     r = _l2s("catalog", "export", str(tmp_path / "c.duckdb"), "--store", store.url)
     assert r.exit_code == 0 and "manifests 0" in r.output
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]  # written whole, then renamed
     r = _l2s("store", "info", "--store", str(tmp_path / "nowhere"))
     assert r.exit_code == 1 and "no l2s-data store" in r.output
