@@ -40,7 +40,6 @@ from l2s_data.actors import FORWARDED_ENV, RayOptions, TaskRun, absolute_path, r
 from l2s_data.errors import ConfigError, ExtractionError, ShardFailedError
 
 from l2s_data.extract.plan import Plan, Shard
-from l2s_data.extract.recipe import RecipeRef
 from l2s_data.extract.run import Extraction, RunReport
 from l2s_data.extract.worker import ExtractionWorker, ExtractJob, ShardOutcome
 
@@ -119,18 +118,6 @@ class _ShardJob:
         return f"shard {shard.shard_id} ({len(shard.items)} samples)"
 
 
-def _prepare(ex: Extraction) -> tuple[Any, dict[str, RecipeRef], Plan]:
-    """Register recipes and samples, plan: what ``Extraction.run`` does before computing."""
-    store = ex.open_store(create=True)
-    name = ex.config.run.name
-    refs = {k: RecipeRef(r, store.put_recipe(r.spec(), name=f"{name}-{k}" if name else None))
-            for k, r in ex.recipes.items()}
-    samples, mem = ex.selection
-    store.put_samples(samples, mem)
-    plan = ex.plan(store=store, refs=refs)
-    return store, refs, plan
-
-
 def run_on_ray(ex: Extraction, opts: RayOptions, *, on_plan: Callable[[Plan], None] | None = None,
                on_progress: Callable[[Progress], None] | None = None,
                on_start: Callable[[list[dict[str, Any]]], None] | None = None) -> RayRun:
@@ -141,7 +128,7 @@ def run_on_ray(ex: Extraction, opts: RayOptions, *, on_plan: Callable[[Plan], No
     on every attempt is in ``RayRun.failed``; :func:`run_extraction` turns that into an error.
     """
     t0 = time.perf_counter()
-    store, refs, plan = _prepare(ex)
+    store, refs, plan = ex.prepare()
     if on_plan:
         on_plan(plan)
     url = str(getattr(store, "url", ex.config.run.store))

@@ -300,10 +300,10 @@ class Extraction:
             how = f"one batch of {n} sample(s) timed on {self.config.model.device}: {1 / per:.2f} samples/s"
         return DryRun(plan, seconds, how, tuple(self.notes()))
 
-    def run(self, *, on_done: Callable[[ShardOutcome], None] | None = None,
-            on_plan: Callable[[Plan], None] | None = None) -> RunReport:
-        """Register recipes and samples, plan, compute the missing keys in-process, commit."""
-        t0 = time.perf_counter()
+    def prepare(self) -> tuple[Any, dict[str, RecipeRef], Plan]:
+        """What every run does before computing, in process or on Ray: register the recipes and
+        the samples, quarantine samples whose memberships give conflicting pairs, and plan.
+        Returns the store, the recipe refs per kind and the plan."""
         store = self.open_store(create=True)
         name = self.config.run.name
         refs = {k: RecipeRef(r, store.put_recipe(r.spec(), name=f"{name}-{k}" if name else None))
@@ -311,11 +311,18 @@ class Extraction:
         samples, mem = self.selection
         store.put_samples(samples, mem)
         plan = self.plan(store=store, refs=refs)
-        if on_plan:
-            on_plan(plan)
         new_conflicts = _new_conflicts(store, refs, self._resolved.conflicts)
         if new_conflicts:
             store.put_errors(new_conflicts)
+        return store, refs, plan
+
+    def run(self, *, on_done: Callable[[ShardOutcome], None] | None = None,
+            on_plan: Callable[[Plan], None] | None = None) -> RunReport:
+        """Prepare (see :meth:`prepare`), compute the missing keys in this process, commit."""
+        t0 = time.perf_counter()
+        store, refs, plan = self.prepare()
+        if on_plan:
+            on_plan(plan)
         outcomes: list[ShardOutcome] = []
         if plan.shards:
             worker = ExtractionWorker(self.job(refs), adapter=self.adapter, store=store, dataset=self.dataset)

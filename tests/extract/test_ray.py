@@ -231,6 +231,34 @@ def test_a_failed_run_in_process_is_recorded_in_extractions_with_its_error(tiny_
     assert row["started_at"] <= row["ended_at"]
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_sample_whose_memberships_conflict_is_quarantined_in_both_modes(workers, ray_address, tiny_checkpoint,
+                                                                         tiny_adapter, data_dir, tmp_path):
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from l2s_data.datasets.tables import MEMBERSHIPS_FILE
+
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    mem = pq.read_table(data / MEMBERSHIPS_FILE)
+    row = mem.slice(0, 1).to_pylist()[0]  # a "refuse" scenario; "10-Legal_Opinion" defers
+    assert row["label"] == "refuse"
+    row.update(question_id="again/0", category="10-Legal_Opinion", label="defer")
+    pq.write_table(pa.concat_tables([mem, pa.Table.from_pylist([row], schema=mem.schema)]), data / MEMBERSHIPS_FILE)
+
+    ex = Extraction(_config(tiny_checkpoint("llava"), data, tmp_path / "store", layers=[0]),
+                    adapter=tiny_adapter("llava") if workers == 0 else None)
+    report = run_extraction(ex, workers=workers, address=ray_address if workers else None)
+    errors = Store.open(tmp_path / "store").table("errors").to_pylist()
+    assert [(e["sample_id"], e["error_type"], e["recipe_id"]) for e in errors] == [
+        (row["sample_id"], "ConflictingPairs", report.recipe_ids["pair"])]
+    assert "2 different contrastive pairs" in errors[0]["message"]
+    assert any("conflicting pairs" in n for n in report.notes)
+
+
 def test_more_workers_than_the_cluster_can_place_is_refused_before_any_actor_starts(ray_address, tiny_checkpoint,
                                                                                      tiny_adapter, data_dir, tmp_path):
     from l2s_data.errors import ConfigError
