@@ -352,11 +352,13 @@ class Catalog:
             timeout_s = SQLLimits(timeout_s=timeout_s).timeout_s
         return _Statement(query, timeout_s, on_wait, time.monotonic(), kind)
 
-    def _call(self, run: _Statement, fn: Callable[[], T]) -> T:
+    def _call(self, run: _Statement, fn: Callable[[], T], *, restartable: bool = True) -> T:
         """Run ``fn`` (DuckDB calls on this connection) on a worker thread, within ``run``'s limits.
 
         The calling thread waits on an event in short slices: Ctrl-C reaches it there, and past
-        the deadline it interrupts the statement. Errors come back classified by their type.
+        the deadline it interrupts the statement. Errors come back classified by their type. A
+        ``restartable`` call that failed because a compaction removed a manifest file under it
+        runs once more over the files that replaced it.
         """
         if self._running is not None and self._running.is_alive():
             raise StoreError(
@@ -397,10 +399,23 @@ class Catalog:
         exc = box["error"]
         if timed_out:
             raise _timed_out(run) from exc
+        if restartable and isinstance(exc, duckdb.Error) and self._follow_compaction():
+            return self._call(run, fn, restartable=False)
         err = _classify(exc, run)
         if err is exc:
             raise exc
         raise err from exc
+
+    def _follow_compaction(self) -> bool:
+        """Whether a manifest file this catalog scans is gone; if so, scan the snapshot's rows
+        from the files that hold them now (the same rows: a compaction keeps them all)."""
+        backend = self.tables.backend
+        if all(backend.exists(f) for f in self.snapshot.files):
+            return False  # the statement failed for another reason
+        self.snapshot.follow()  # StoreError if the snapshot's rows were deleted meanwhile
+        self.con.register("_manifests", self.snapshot.dataset())
+        self.con.register("_excluded", self.snapshot.excluded_table())
+        return True
 
     def _stop(self, done: threading.Event) -> None:
         """Interrupt the running statement and wait a little for it to stop."""
@@ -416,7 +431,11 @@ class RowStream:
         self.schema: pa.Schema = reader.schema
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
-        while (batch := self._catalog._call(self._run, lambda: _next_batch(self._reader))) is not None:
+        def step() -> pa.RecordBatch | None:
+            # Not restartable: batches have come out already.
+            return self._catalog._call(self._run, lambda: _next_batch(self._reader), restartable=False)
+
+        while (batch := step()) is not None:
             yield batch
 
     def close(self) -> None:

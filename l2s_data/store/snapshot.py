@@ -106,7 +106,6 @@ class Snapshot:
         #: committed manifest rows (keys), from the headers
         self.loose_files = sum(1 for i in self.live if i.kind == "shard")
         self._dataset: pads.Dataset | None = None
-        self._only: frozenset[str] | None = None
         self._index: dict[tuple[str, str, str, int], dict[str, tuple[str, int]]] = {}
         self._infos: dict[str, ArrayInfo] = {}
         self._array_recipe: dict[str, str] = {}
@@ -132,8 +131,6 @@ class Snapshot:
         expr = pc.scalar(True)
         if self.excluded:
             expr = ~pc.field("attempt").isin(pa.array(sorted(self.excluded), pa.string()))
-        if self._only is not None:
-            expr = expr & pc.field("attempt").isin(pa.array(sorted(self._only), pa.string()))
         return expr
 
     def excluded_table(self) -> pa.Table:
@@ -151,12 +148,13 @@ class Snapshot:
             try:
                 return read(self.dataset())
             except FileNotFoundError:
-                self._follow()  # a compaction folded a file away since this snapshot was taken
+                self.follow()  # a compaction folded a file away since this snapshot was taken
         return read(self.dataset())
 
-    def _follow(self) -> None:
-        """Re-read the manifest list; allowed only if it commits exactly the same attempts
-        (a compaction keeps the id; a delete or a new commit does not)."""
+    def follow(self) -> None:
+        """Move to the manifest files that hold this snapshot's rows now (a compaction folds
+        files into one and removes them). The rows stay this snapshot's: commits made since are
+        hidden. StoreError if one of its attempts is no longer committed (deleted since)."""
         from l2s_data.errors import StoreError
 
         new = take_snapshot(self.backend, self._resolve)
@@ -165,9 +163,9 @@ class Snapshot:
                 f"snapshot {self.id} of {self.backend.url} can no longer be read: its manifests were "
                 f"deleted or replaced since it was taken. Take a new snapshot."
             )
-        self.infos, self.live, self.files, self.excluded = new.infos, new.live, new.files, new.excluded
-        if new.attempts != self.attempts:  # later commits too: keep reading only ours
-            self._only = frozenset(a for _, a in self.attempts)
+        later = {a for _, a in new.attempts - self.attempts}  # committed since: not this snapshot's
+        self.infos, self.live, self.files = new.infos, new.live, new.files
+        self.excluded = frozenset(new.excluded | later)
         self._dataset = None
 
     @property

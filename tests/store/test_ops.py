@@ -152,3 +152,20 @@ def test_gc_removes_temporaries_left_by_an_interrupted_commit(store):
     assert store.snapshot().row_count == 2  # invisible to readers
     assert store.gc(grace_s=0).removed == ["manifests/.b.parquet.dead.tmp"]
     assert store.backend.stale_temporaries("manifests", 0) == []
+
+
+def test_a_catalog_opened_before_a_compaction_still_answers_after_it(store):
+    rid = store.put_recipe({"r": 1})
+    for j in range(6):
+        write_shard(store, f"m{j}", rid, sample_ids(2, f"s{j}-"))
+    with store.catalog() as cat:
+        before = cat.query("SELECT count(*) AS n FROM manifests")["n"][0].as_py()
+        store.compact()
+        write_shard(store, "late", rid, sample_ids(2, "late-"))
+        store.compact()  # twice: a reader may outlive more than one compaction
+        after = cat.query("SELECT count(*) AS n FROM manifests")["n"][0].as_py()
+        write_shard(store, "later", rid, sample_ids(2, "later-"))
+        store.compact()
+        head = cat.head("SELECT sample_id FROM manifests ORDER BY sample_id", 3)  # a streamed statement
+    assert before == after == head.total_rows == 12  # the catalog's snapshot: the late shards are not in it
+    assert head.table["sample_id"].to_pylist() == ["s0-00000", "s0-00001", "s1-00000"]
