@@ -155,6 +155,9 @@ def _attempt_number() -> int:
 def _forwarded_env(cpus: int) -> dict[str, str]:
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     env["OMP_NUM_THREADS"] = str(cpus)
+    # The driver shows one progress bar for the pool; a bar per actor per model load in the
+    # driver's log stream would only interleave with it.
+    env["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     return env
 
 
