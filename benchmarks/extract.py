@@ -52,7 +52,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+# The benchmark prints its own lines; a model-loading bar per repeat would only bury them.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import torch  # noqa: E402
 
 # Runs from a fresh clone without installing: the repository root on the path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
