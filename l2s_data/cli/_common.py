@@ -40,3 +40,13 @@ def interrupted(what: str) -> NoReturn:
 def say(text: str | Text, *, stderr: bool = False) -> None:
     """Print one line verbatim (no markup, emoji codes or highlighting; never wrapped)."""
     (err_console if stderr else console).print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
+
+
+def note(text: str) -> None:
+    """One ``note:`` line (the label in yellow), the text verbatim."""
+    say(Text.assemble(("note:", "yellow"), " ", text))
+
+
+def cells(*values: object) -> list[Text]:
+    """Table cells that show ``values`` verbatim: a plain string cell would be read as markup."""
+    return [Text("" if v is None else str(v)) for v in values]

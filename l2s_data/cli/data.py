@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from l2s_data.cli._common import fail
+from l2s_data.cli._common import cells, fail
 from l2s_data.errors import L2SError
 
 app = typer.Typer(
@@ -68,7 +68,7 @@ def print_summary(tables, out: Path | None = None, *, max_errors: int = 10) -> N
     for col in ("dataset", "subset", "split", "label", "memberships"):
         t.add_column(col, justify="right" if col == "memberships" else "left")
     for (d, s, sp, lab), n in sorted(counts.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
-        t.add_row(*(Text(str(v)) for v in (d, s, sp, lab, n)))
+        t.add_row(*cells(d, s, sp, str(lab), n))
     console.print(t)
     cats = Counter(m.column("category").to_pylist())
     if len(cats) > 1:
@@ -79,7 +79,7 @@ def print_summary(tables, out: Path | None = None, *, max_errors: int = 10) -> N
         for col in ("source", "item", "reason"):
             e.add_column(col, overflow="fold")
         for row in tables.errors.slice(0, max_errors).to_pylist():
-            e.add_row(*(Text(str(v)) for v in (Path(row["source"]).name, row["item"], row["reason"])))
+            e.add_row(*cells(Path(row["source"]).name, row["item"], row["reason"]))
         console.print(e)
         if n_err > max_errors:
             console.print(f"... and {n_err - max_errors} more", highlight=False)
@@ -188,7 +188,7 @@ def behaviors_cmd(
             t.add_column("description", overflow="fold")
             for n in list_behaviors():
                 b = load_behavior(n)
-                t.add_row(*(Text(str(v)) for v in (n, len(b.categories), b.description)))
+                t.add_row(*cells(n, len(b.categories), b.description))
             console.print(t)
             return
         b = load_behavior(name)
@@ -204,7 +204,7 @@ def behaviors_cmd(
     for r in b.rules:
         groups.setdefault((r.label, r.pair), []).append(r.category)
     for (label, pair), cats in groups.items():
-        t.add_row(*(Text(v) for v in ("\n".join(cats), label or "", repr(pair.suffix), pair.positive, pair.negative)))
+        t.add_row(*cells("\n".join(cats), label, repr(pair.suffix), pair.positive, pair.negative))
     console.print(t)
 
 
@@ -231,7 +231,7 @@ def presets_cmd(
                 t.add_column(col, overflow="fold")
             for n in list_presets():
                 p = load_preset(n)
-                t.add_row(*(Text(v) for v in (n, p.family, "yes" if p.reference else "no", p.description)))
+                t.add_row(*cells(n, p.family, "yes" if p.reference else "no", p.description))
             console.print(t)
             return
         p = load_preset(name)

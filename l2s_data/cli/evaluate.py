@@ -11,9 +11,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
-from rich.text import Text
 
-from l2s_data.cli._common import fail
+from l2s_data.cli._common import cells, fail
 from l2s_data.errors import L2SError
 
 console = Console()
@@ -91,7 +90,7 @@ def report_eval(
     for col in files.header:
         t.add_column(col, justify="left" if col == "method" else "right")
     for row in files.rows:
-        t.add_row(*(Text(str(v)) for v in row))
+        t.add_row(*cells(*row))
     console.print(t)
     console.print(f"report: {files.markdown} and {files.html} ({len(files.plots)} plots)")
     console.print("chosen alphas: " + json.dumps(files.chosen))

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from l2s_data.cli._common import console, fail
+from l2s_data.cli._common import console, fail, note
 from l2s_data.errors import L2SError
 
 
@@ -90,8 +90,8 @@ def extract(
                     console.print(Text(f"{n} sample(s) quarantined earlier for the {kind} recipe are skipped "
                                        f"(set [run] retry_errors = true to retry)", style="yellow"),
                                   highlight=False, soft_wrap=True)
-            for note in dr.notes:
-                console.print(Text.assemble(("note:", "yellow"), " ", note), highlight=False, soft_wrap=True)
+            for line in dr.notes:
+                note(line)
             return
         with Progress(TextColumn("[bold]extract"), BarColumn(), MofNCompleteColumn(), TextColumn("samples"),
                       TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[shards]}"),
@@ -124,8 +124,8 @@ def extract(
             console.print(f"{report.lost_races} shard(s) were committed first by another run (kept theirs)")
         for kind, rid in report.recipe_ids.items():
             console.print(f"{kind} recipe: {rid}")
-        for note in report.notes:
-            console.print(Text.assemble(("note:", "yellow"), " ", note), highlight=False, soft_wrap=True)
+        for line in report.notes:
+            note(line)
     except L2SError as err:
         fail(err, code=2)
 

@@ -14,7 +14,7 @@ from typing import List, Optional
 import typer
 from rich.text import Text
 
-from l2s_data.cli._common import console, fail, say
+from l2s_data.cli._common import console, fail, note, say
 from l2s_data.errors import ConfigError, L2SError
 
 submit_app = typer.Typer(help="Submit a job to a Ray cluster through its Jobs API (the dashboard, port 8265).",
@@ -59,8 +59,7 @@ def _job_path(config: Path) -> str:
     try:
         return str(path.relative_to(project_root()))
     except ValueError:
-        say(Text.assemble(("note:", "yellow"), f" {config} is outside the project folder, so it is not uploaded; "
-                          f"the job reads {path} on the cluster"))
+        note(f"{config} is outside the project folder, so it is not uploaded; the job reads {path} on the cluster")
         return str(path)
 
 

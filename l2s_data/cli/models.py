@@ -15,9 +15,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
-from l2s_data.cli._common import fail
+from l2s_data.cli._common import cells, fail
 from l2s_data.errors import L2SError
 
 app = typer.Typer(
@@ -99,5 +98,5 @@ def info_cmd(
         ("weights digest", f"{spec['weights']['digest'][:16]} ({spec['weights']['method']})"),
         ("fingerprint", fingerprint),
     ]:
-        table.add_row(Text(str(field)), Text(str(value)))
+        table.add_row(*cells(field, value))
     console.print(table)

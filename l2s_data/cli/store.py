@@ -197,8 +197,9 @@ def _write_rows(rows, fmt: str, output: Optional[str]) -> None:
         (_write_csv if fmt == "csv" else _write_json)(sys.stdout, names, rows)
         sys.stdout.flush()
         return
-    partial = os.path.join(os.path.dirname(os.path.abspath(output)), f".{os.path.basename(output)}.{os.getpid()}.partial")
-    try:
+    from l2s_data.store.catalog import written_whole
+
+    with written_whole(output) as partial:
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
@@ -208,11 +209,6 @@ def _write_rows(rows, fmt: str, output: Optional[str]) -> None:
         else:
             with open(partial, "w", newline="", encoding="utf-8") as f:
                 (_write_csv if fmt == "csv" else _write_json)(f, names, rows)
-        os.replace(partial, output)
-    except BaseException:
-        if os.path.exists(partial):
-            os.remove(partial)
-        raise
 
 
 class _Notice:

@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -54,6 +55,7 @@ __all__ = [
     "parse_one",
     "parse_size",
     "export_catalog",
+    "written_whole",
     "VIEWS",
 ]
 
@@ -568,11 +570,8 @@ def export_catalog(tables: Tables, snapshot: Snapshot, path: str, *, limits: SQL
         raise StoreError(f"{path} exists; the export never overwrites. Remove it or choose another name.")
     with Catalog(tables, snapshot, limits=limits, **overrides) as cat:
         views = {v: cat.query(f"SELECT * FROM {v}") for v in VIEWS}
-    # Written beside the target and renamed at the end: an interrupted export leaves no file
-    # that looks complete.
-    partial = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.partial")
     counts: dict[str, int] = {}
-    try:
+    with written_whole(path, extra_suffixes=(".wal",)) as partial:
         out = duckdb.connect(partial)
         try:
             for v, t in views.items():
@@ -587,9 +586,20 @@ def export_catalog(tables: Tables, snapshot: Snapshot, path: str, *, limits: SQL
         if os.path.exists(path):
             raise StoreError(f"{path} appeared during the export; the export never overwrites. The export "
                              f"was discarded.")
+    return counts
+
+
+@contextmanager
+def written_whole(path: str, *, extra_suffixes: tuple[str, ...] = ()) -> Iterator[str]:
+    """Yield a temporary name beside ``path`` to write to. It becomes ``path`` (replacing it) if
+    the block ends normally; what is left of it (and its ``extra_suffixes`` siblings, such as a
+    DuckDB ``.wal``) is removed either way, so an interrupted write leaves no file that looks
+    complete."""
+    partial = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.partial")
+    try:
+        yield partial
         os.replace(partial, path)
     finally:
-        for leftover in (partial, partial + ".wal"):
+        for leftover in (partial, *(partial + x for x in extra_suffixes)):
             if os.path.exists(leftover):
                 os.remove(leftover)
-    return counts
