@@ -196,12 +196,12 @@ class SweepResult:
 
 
 def _trainable(config: dict[str, Any], base: dict[str, Any], refs: dict[str, Any], sweep_id: str,
-               threads: int) -> None:
-    _trial(config["trial"], base=base, refs=refs, sweep_id=sweep_id, threads=threads)
+               threads: int, report_epochs: bool) -> None:
+    _trial(config["trial"], base=base, refs=refs, sweep_id=sweep_id, threads=threads, report_epochs=report_epochs)
 
 
 def _trial(config: dict[str, Any], *, base: dict[str, Any], refs: dict[str, Any], sweep_id: str,
-           threads: int) -> None:
+           threads: int, report_epochs: bool) -> None:
     import ray
     import torch
     from ray import tune
@@ -219,7 +219,10 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], refs: dict[str, Any]
         if row["epoch"] < last:  # the last epoch is reported after the commit, below
             tune.report({**row, "run_id": run_id})
 
-    res = train(cfg, data=data, run_id=run_id, kind="sweep", sweep_id=sweep_id, on_epoch=report,
+    # Each report waits for the driver to take it (10-20 ms here): only a scheduler that stops
+    # trials early needs every epoch; otherwise the last one is enough.
+    res = train(cfg, data=data, run_id=run_id, kind="sweep", sweep_id=sweep_id,
+                on_epoch=report if report_epochs else None,
                 extra_metrics={"sweep_params": config["overrides"]})
     # A scheduler may stop a trial at any report (ASHA does at its last iteration): this one
     # comes after the run is committed, so nothing is lost then.
@@ -272,7 +275,8 @@ def run_sweep(cfg: SweepConfig, *, base_dir: str | Path = ".", sweep_id: str | N
         space = {"trial": tune.grid_search([{"overrides": t, "run_id": r} for t, r in zip(trials, run_ids)])}
         fn = tune.with_parameters(
             _trainable,
-            base=base, refs=datas, sweep_id=sweep_id, threads=s.threads_per_trial)
+            base=base, refs=datas, sweep_id=sweep_id, threads=s.threads_per_trial,
+            report_epochs=s.scheduler != "none")
         fn = tune.with_resources(fn, {"cpu": s.cpus_per_trial})
         mode = "min" if s.metric in _MINIMISE else "max"
         scheduler = None
