@@ -28,7 +28,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -45,7 +45,7 @@ from l2s_data.store.contract import (
 
 __all__ = [
     "KINDS", "ManifestInfo", "encode_manifest", "decode_info", "read_info", "read_infos", "list_names",
-    "read_rows", "check_rows", "manifest_name",
+    "read_rows", "check_rows", "manifest_name", "order_by", "KEY_ORDER",
 ]
 
 KINDS = ("shard", "compacted", "tombstone")
@@ -53,6 +53,12 @@ META_KEY = b"l2s.manifest"
 #: Rows per Parquet row group of a compacted manifest: with rows sorted by key, the row-group
 #: statistics let a key lookup skip every group of other keys.
 COMPACTED_ROW_GROUP = 65536
+#: The order of a compacted manifest's rows.
+KEY_ORDER = ("recipe_id", "view", "position", "layer", "sample_id")
+#: Columns whose values repeat over many rows (an array's path over its rows, a sample id over
+#: its keys). ``read_rows(..., dictionary=True)`` reads them as dictionaries: a whole store's
+#: rows held at once (compact, verify) take about a quarter of the memory of plain strings.
+REPEATED = ("recipe_id", "view", "position", "sample_id", "shard", "attempt", "array", "dtype")
 
 
 @dataclass(frozen=True)
@@ -94,24 +100,39 @@ _SUM_FIELD = b'"file_sha256": "'
 _ZEROS = b"0" * 64
 
 
-def _write(table: pa.Table, header: Mapping[str, object], row_group_size: int | None) -> bytes:
-    table = table.replace_schema_metadata(None)
+def _write(parts: Iterable[pa.Table], header: Mapping[str, object], row_group_size: int | None) -> bytes:
+    schema = MANIFESTS.remove_metadata()
     buf = io.BytesIO()
     # No ARROW:schema blob: the footer's metadata is then exactly our header plus the Parquet
     # schema, and the types come back from the Parquet logical types (check_exact pins them).
-    with pq.ParquetWriter(buf, table.schema, compression="zstd", store_schema=False) as w:
-        w.write_table(table, row_group_size=row_group_size)
+    with pq.ParquetWriter(buf, schema, compression="zstd", store_schema=False) as w:
+        for part in parts:
+            w.write_table(part.cast(schema), row_group_size=row_group_size)
         w.add_key_value_metadata({META_KEY: json.dumps(header).encode()})
     return buf.getvalue()
 
 
+def _parts(table: pa.Table, order: pa.Array | None, size: int) -> Iterator[pa.Table]:
+    """``table``'s rows in ``order``, ``size`` rows at a time: the reordered copy of a whole
+    store's rows never exists at once."""
+    if order is None:
+        yield table
+        return
+    for at in range(0, len(order), size):
+        yield table.take(order[at : at + size])
+
+
 def encode_manifest(table: pa.Table, *, kind: str, shards: Mapping[str, str],
                     bytes_: Mapping[str, int] | None = None, committed_at: Mapping[str, str] | None = None,
-                    supersedes: Sequence[str] = (), deletes: Sequence[str] = ()) -> bytes:
-    """The bytes of a manifest file holding ``table`` (MANIFESTS schema) and its checked header."""
+                    supersedes: Sequence[str] = (), deletes: Sequence[str] = (),
+                    order: pa.Array | None = None) -> bytes:
+    """The bytes of a manifest file holding ``table`` (MANIFESTS schema; its text columns may be
+    dictionaries) and its checked header, the rows written in ``order`` (row indices) if given."""
     if kind not in KINDS:
         raise ValueError(f"manifest kind {kind!r} is not one of {KINDS}")
     table = check_exact(table, MANIFESTS, what=f"{kind} manifest")
+    if order is not None and len(order) != table.num_rows:
+        raise ValueError(f"order has {len(order)} indices for {table.num_rows} rows")
     header: dict[str, object] = {
         "format_version": FORMAT_VERSION, "kind": kind,
         "shards": dict(sorted(shards.items())), "bytes": dict(sorted((bytes_ or {}).items())),
@@ -119,7 +140,8 @@ def encode_manifest(table: pa.Table, *, kind: str, shards: Mapping[str, str],
         "supersedes": sorted(supersedes), "deletes": sorted(deletes), "rows": table.num_rows,
         "file_sha256": _ZEROS.decode(),
     }
-    data = _write(table, header, COMPACTED_ROW_GROUP if kind == "compacted" else None)
+    group = COMPACTED_ROW_GROUP if kind == "compacted" else None
+    data = _write(_parts(table, order, group or max(table.num_rows, 1)), header, group)
     at = data.rindex(_SUM_FIELD + _ZEROS) + len(_SUM_FIELD)
     data = data[:at] + hashlib.sha256(data).hexdigest().encode() + data[at + 64:]
     decode_info("(new manifest)", data)  # the writer checks what every reader will check
@@ -234,14 +256,17 @@ def read_infos(backend: Backend, names: Sequence[str]) -> tuple[list[ManifestInf
     return [g for g in got if isinstance(g, ManifestInfo)], [g for g in got if isinstance(g, str)]
 
 
-def read_rows(backend: Backend, info: ManifestInfo) -> pa.Table:
-    """Every row of one checked manifest, with its paths checked too."""
+def read_rows(backend: Backend, info: ManifestInfo, *, dictionary: bool = False) -> pa.Table:
+    """Every row of one checked manifest, with its paths checked too (``dictionary``: the
+    ``REPEATED`` columns as dictionaries, one per column)."""
     data = backend.read_bytes(info.name)
     again = decode_info(info.name, data)
     if again != info:
         raise _corrupt(info.name, "changed since it was first read")
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        table = pq.read_table(pa.BufferReader(data), read_dictionary=list(REPEATED) if dictionary else None)
+        if dictionary:
+            table = table.unify_dictionaries()
     except (OSError, pa.ArrowException) as exc:
         raise _corrupt(info.name, f"unreadable rows: {exc}") from exc
     try:
@@ -250,6 +275,24 @@ def read_rows(backend: Backend, info: ManifestInfo) -> pa.Table:
         raise _corrupt(info.name, str(exc)) from exc
     check_rows(table, info.name, info.shards)
     return table
+
+
+def order_by(table: pa.Table, columns: Sequence[str]) -> pa.Array:
+    """Row indices that sort ``table`` by ``columns`` ascending; a dictionary column sorts by its
+    values (pyarrow sorts no dictionary column itself: each value is replaced by its rank)."""
+    table = table.select(list(columns)).unify_dictionaries()  # one dictionary per column
+    keys = {}
+    for c in columns:
+        col = table[c]
+        if pa.types.is_dictionary(col.type):
+            if not col.num_chunks:
+                col = col.cast(col.type.value_type)
+            else:
+                values = col.chunk(0).dictionary
+                rank = pc.rank(values, sort_keys="ascending", tiebreaker="dense").cast(pa.int32())
+                col = pa.chunked_array([rank.take(ch.indices) for ch in col.chunks], pa.int32())
+        keys[c] = col
+    return pc.sort_indices(pa.table(keys), sort_keys=[(c, "ascending") for c in columns])
 
 
 def check_rows(table: pa.Table, name: str, shards: Mapping[str, str] | None = None) -> pa.Table:

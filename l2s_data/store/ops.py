@@ -22,6 +22,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -32,7 +33,8 @@ from l2s_data.store._chunks import load_array_info, read_chunk
 from l2s_data.store.contract import PART_TABLES, attempt_dir, crc32c, now, sha256_hex
 from l2s_data.store.leases import Lease
 from l2s_data.store.manifests import (
-    concat_rows, drop_attempts, encode_manifest, list_names, manifest_name, read_info, read_rows,
+    KEY_ORDER, concat_rows, drop_attempts, encode_manifest, list_names, manifest_name, order_by, read_info,
+    read_rows,
 )
 from l2s_data.store.snapshot import Snapshot
 from l2s_data.store.tables import Tables
@@ -104,16 +106,22 @@ def verify(backend: Backend, take: Take, *, progress=None) -> list[Problem]:
     tables = []
     for i in snap.live:
         try:
-            tables.append(drop_attempts(read_rows(backend, i), snap.excluded))
+            tables.append(drop_attempts(read_rows(backend, i, dictionary=True), snap.excluded))
         except CorruptManifestError as exc:
             problems.append(Problem("?", "?", i.name, str(exc)))
     m = concat_rows(tables)
-    arrays = sorted(set(m["array"].to_pylist()))
-    for k, path in enumerate(arrays):
-        rows = m.filter(pc.equal(m["array"], path)).sort_by("row")
-        problems += _verify_array(backend, path, rows)
+    # One sort by (array, row), then each array's rows are a run of it.
+    if not m.num_rows:
+        return problems
+    m = m.unify_dictionaries().take(order_by(m, ("array", "row"))).combine_chunks()  # slices are free
+    paths = m["array"].chunk(0)
+    codes = paths.indices.to_numpy()
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    bounds = np.r_[starts, len(codes)].tolist()
+    for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        problems += _verify_array(backend, paths.dictionary[int(codes[lo])].as_py(), m.slice(lo, hi - lo))
         if progress is not None:
-            progress(k + 1, len(arrays))
+            progress(k + 1, len(starts))
     return problems
 
 
@@ -248,14 +256,15 @@ def _compact(backend: Backend, take: Take, min_files: int) -> tuple[int, str | N
     folded = [i for i in snap.infos if i.name not in {n for j in snap.infos for n in j.supersedes}]
     if len(folded) < min_files:
         return 0, None
-    rows = drop_attempts(concat_rows(read_rows(backend, i) for i in snap.live), snap.excluded)
-    rows = rows.sort_by([(c, "ascending") for c in ("recipe_id", "view", "position", "layer", "sample_id")])
+    # Held as dictionaries and written in key order a row group at a time: a whole store's rows
+    # in memory once, at about 80 bytes a row (3M rows: 0.7 GB peak, against 2.7 GB as strings).
+    rows = drop_attempts(concat_rows(read_rows(backend, i, dictionary=True) for i in snap.live), snap.excluded)
     stamps = {s: t for i in snap.live for s, t in i.committed_at.items() if snap.shards.get(s) == i.shards.get(s)}
     byts = {s: b for i in snap.live for s, b in i.bytes.items() if snap.shards.get(s) == i.shards.get(s)}
     names = sorted(i.name for i in folded)
     name = manifest_name("compacted", sha256_hex("\n".join(names)))
     data = encode_manifest(rows, kind="compacted", shards=snap.shards, bytes_=byts, committed_at=stamps,
-                           supersedes=[n for n in names if n != name])
+                           supersedes=[n for n in names if n != name], order=order_by(rows, KEY_ORDER))
     backend.put_if_absent(name, data)
     # Remove what the new file supersedes, and what an earlier compaction left behind.
     for n in sorted(set(names) | {n for i in snap.infos for n in i.supersedes}):

@@ -89,7 +89,7 @@ def _forge(store: Store, name: str, table: pa.Table, shards: dict[str, str]) -> 
     ignores the name rules would: only the path checks can stop it."""
     header = {"format_version": 2, "kind": "shard", "shards": shards, "bytes": {}, "committed_at": {},
               "supersedes": [], "deletes": [], "rows": table.num_rows, "file_sha256": "0" * 64}
-    data = mf._write(table, header, None)
+    data = mf._write([table], header, None)
     field = b'"file_sha256": "'
     at = data.rindex(field) + len(field)
     data = data[:at] + hashlib.sha256(data).hexdigest().encode() + data[at + 64:]

@@ -5,10 +5,13 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from l2s_data.errors import CorruptChunkError, ReferencedRecipeError
 from l2s_data.store import ops
+from l2s_data.store.manifests import KEY_ORDER, order_by
 
 from .conftest import sample_ids, write_shard
 
@@ -99,6 +102,34 @@ def test_compact_folds_manifests_into_one_and_keeps_every_key_and_the_snapshot_i
     assert w.won is False and store.is_committed("m0")
     write_shard(store, "m9", rid, sample_ids(3, "s9-"))
     assert store.compact()[0] == 2  # the compacted file plus the new one
+
+
+def test_compact_writes_the_rows_a_plain_sort_by_key_gives(store):
+    # Compaction holds rows with dictionary-encoded text and writes them in order a row group at
+    # a time; the file must hold exactly what sorting the plain rows would.
+    r1, r2 = store.put_recipe({"r": 1}), store.put_recipe({"r": 2})
+    keys = (("p2s", "completion_last", 2), ("input", "prompt_last", 10), ("input", "prompt_last", 3))
+    for j in range(8):
+        if j == 5:
+            store.compact()  # later files fold into an earlier compaction's file
+        write_shard(store, f"m{j}", r1 if j % 2 else r2, sample_ids(4, f"z{9 - j}-"), keys=keys, seed=j)
+    store.delete_recipe(r2, force=True)  # a tombstone: its rows must not come back
+    write_shard(store, "m8", r2, sample_ids(3, "a-"), keys=keys)
+    plain = store.snapshot().rows()
+    assert set(plain["recipe_id"].to_pylist()) == {r1, r2} and plain.num_rows == 4 * 4 * 3 + 3 * 3
+    _, name = store.compact()
+    got = pq.read_table(f"{store.url}/{name}")
+    want = plain.sort_by([(c, "ascending") for c in KEY_ORDER])
+    assert got.replace_schema_metadata(None).equals(want.replace_schema_metadata(None))
+
+
+def test_order_by_sorts_dictionary_columns_by_value_across_chunks():
+    # Each chunk has its own dictionary, in order of first appearance (not sorted).
+    s = pa.chunked_array([pa.array(["b", "a", "c"]).dictionary_encode(), pa.array(["a", "d", "b"]).dictionary_encode()])
+    t = pa.table({"s": s, "n": [3, 2, 1, 0, 5, 4]})
+    got = t.take(order_by(t, ("s", "n")))
+    assert got["s"].to_pylist() == ["a", "a", "b", "b", "c", "d"]
+    assert got["n"].to_pylist() == [0, 2, 3, 4, 1, 5]
 
 
 def test_readers_stay_correct_while_compaction_runs(store):
