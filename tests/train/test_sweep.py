@@ -32,6 +32,9 @@ def test_a_sweep_of_four_runs_leaves_four_rows_with_distinct_configs_and_one_sna
     assert len({json.dumps(c, sort_keys=True) for c in configs}) == 4
     assert {(c["input"]["layer"], c["trainer"]["lr"]) for c in configs} == {(0, 1e-3), (0, 3e-3), (1, 1e-3), (1, 3e-3)}
     assert res.best_run_id == t["run_id"][0].as_py()
+    # Tune hears from a trial once (no scheduler), but every epoch's metrics land in runs
+    runs = store.sql(f"SELECT metrics_json FROM runs WHERE sweep_id = '{res.sweep_id}'")["metrics_json"].to_pylist()
+    assert [len(json.loads(m)["history"]) for m in runs] == [6] * 4
     # the planted map lives at input layer 1: those trials rank first
     assert {c["input"]["layer"] for c in configs[:2]} == {1}
 
