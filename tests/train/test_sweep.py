@@ -35,6 +35,12 @@ def test_a_sweep_of_four_runs_leaves_four_rows_with_distinct_configs_and_one_sna
     # Tune hears from a trial once (no scheduler), but every epoch's metrics land in runs
     runs = store.sql(f"SELECT metrics_json FROM runs WHERE sweep_id = '{res.sweep_id}'")["metrics_json"].to_pylist()
     assert [len(json.loads(m)["history"]) for m in runs] == [6] * 4
+    # and Tune ranked the trials by the figures runs holds (its last result per trial)
+    tune_last = {}
+    for f in (tmp_path / "runs" / "tune" / res.sweep_id).glob("*/result.json"):
+        last = json.loads(f.read_text().strip().splitlines()[-1])
+        tune_last[last["run_id"]] = last["val_cosine"]
+    assert tune_last == dict(zip(t["run_id"].to_pylist(), t["val_cosine"].to_pylist()))
     # the planted map lives at input layer 1: those trials rank first
     assert {c["input"]["layer"] for c in configs[:2]} == {1}
 
