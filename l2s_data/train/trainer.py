@@ -211,9 +211,13 @@ def fit(cfg: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | None = N
             n += len(xb)
         model.eval()
         with torch.no_grad():
-            vloss, parts = loss_terms(model(vx), vy, vw, s, epoch)
+            pv = model(vx)
+            vloss, _ = loss_terms(pv, vy, vw, s, epoch)  # weighted as the training loss is
+            # val_mse and val_cosine as the offline evaluation defines them (every row alike)
+            vmse = float((pv - vy).pow(2).mean())
+            vcos = float(F.cosine_similarity(pv, vy, dim=1, eps=1e-8).mean())
         row = {"epoch": epoch, "train_loss": total / max(n, 1), "val_loss": float(vloss),
-               "val_mse": parts["mse"], "val_cosine": parts["cos"], "lr": opt.param_groups[0]["lr"]}
+               "val_mse": vmse, "val_cosine": vcos, "lr": opt.param_groups[0]["lr"]}
         history.append(row)
         if s.select == "best_validation" and (best is None or row["val_loss"] < best[0]):
             best = (row["val_loss"], copy.deepcopy(model.state_dict()))

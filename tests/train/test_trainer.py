@@ -101,6 +101,15 @@ def test_every_run_lands_in_the_runs_table_ranked_by_val_cosine(planted, cfg_of)
     assert t["artifact"][0].as_py().endswith("predictor.safetensors")
 
 
+def test_the_last_epochs_val_metrics_are_the_offline_ones_even_with_weighted_loss(planted, cfg_of):
+    # Balanced labels weight the loss per row; val_mse / val_cosine per epoch still mean what
+    # the run's offline metrics (and its runs row) mean, so a sweep ranks trials by one figure.
+    res = train(cfg_of(trainer={"epochs": 3, "balance_labels": True}), save=False)
+    last = res.history[-1]
+    assert last["val_cosine"] == pytest.approx(res.metrics["val_cosine"], rel=1e-5)
+    assert last["val_mse"] == pytest.approx(res.metrics["val_mse"], rel=1e-5)
+
+
 def test_loss_terms_match_their_definition():
     s = TrainerSettings(mse_weight=1.0, l1_weight=0.5, cos_weight=0.2, cos_ramp_epochs=10)
     pred, y = torch.randn(6, 5), torch.randn(6, 5)
