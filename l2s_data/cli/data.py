@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from l2s_data.cli._common import cells, fail
+from l2s_data.cli._common import cells, fail, say
 from l2s_data.errors import L2SError
 
 app = typer.Typer(
@@ -72,7 +72,7 @@ def print_summary(tables, out: Path | None = None, *, max_errors: int = 10) -> N
     console.print(t)
     cats = Counter(m.column("category").to_pylist())
     if len(cats) > 1:
-        console.print("categories: " + ", ".join(f"{c} ({n})" for c, n in sorted(cats.items())), highlight=False)
+        say("categories: " + ", ".join(f"{c} ({n})" for c, n in sorted(cats.items())))
     n_err = 0 if tables.errors is None else tables.errors.num_rows
     if n_err:
         e = Table(title=Text.assemble((f"{n_err} item(s) quarantined", "yellow"), " (errors.parquet)"), title_justify="left")
@@ -82,7 +82,7 @@ def print_summary(tables, out: Path | None = None, *, max_errors: int = 10) -> N
             e.add_row(*cells(Path(row["source"]).name, row["item"], row["reason"]))
         console.print(e)
         if n_err > max_errors:
-            console.print(f"... and {n_err - max_errors} more", highlight=False)
+            say(f"... and {n_err - max_errors} more")
     else:
         console.print("[green]no errors[/]")
 

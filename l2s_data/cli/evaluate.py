@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from l2s_data.cli._common import cells, fail
+from l2s_data.cli._common import cells, fail, say
 from l2s_data.errors import L2SError
 
 console = Console()
@@ -41,10 +41,10 @@ def evaluate(
 
     try:
         ev = Evaluation.from_file(config)
-        console.print(f"run {ev.run_id} -> {ev.config.run.store}")
+        say(f"run {ev.run_id} -> {ev.config.run.store}")
         if dry_run:
             plan = ev.plan()
-            console.print(f"rows asked for: {plan.total_rows}; missing: {plan.missing_rows} in {len(plan.units)} unit(s)")
+            say(f"rows asked for: {plan.total_rows}; missing: {plan.missing_rows} in {len(plan.units)} unit(s)")
             return
         with Progress(TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
                       TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
@@ -59,11 +59,11 @@ def evaluate(
                                     on_plan=lambda p: bar.update(task, total=p.missing_rows),
                                     on_done=lambda o: bar.advance(task, o.samples), on_start=on_start)
         if report.computed_rows == 0:
-            console.print("nothing to compute: every row of this config is already in the store")
+            say("nothing to compute: every row of this config is already in the store")
         else:
-            console.print(f"computed {report.computed_rows} row(s) of {report.plan.total_rows} in "
-                          f"{report.seconds:.1f} s")
-        console.print(f"report: l2s report eval {report.run_id} --store {ev.config.run.store} --out DIR")
+            say(f"computed {report.computed_rows} row(s) of {report.plan.total_rows} in "
+                f"{report.seconds:.1f} s")
+        say(f"report: l2s report eval {report.run_id} --store {ev.config.run.store} --out DIR")
     except L2SError as err:
         fail(err, code=2)
 
@@ -92,8 +92,8 @@ def report_eval(
     for row in files.rows:
         t.add_row(*cells(*row))
     console.print(t)
-    console.print(f"report: {files.markdown} and {files.html} ({len(files.plots)} plots)")
-    console.print("chosen alphas: " + json.dumps(files.chosen))
+    say(f"report: {files.markdown} and {files.html} ({len(files.plots)} plots)")
+    say("chosen alphas: " + json.dumps(files.chosen))
 
 
 def report_group(root: typer.Typer) -> typer.Typer:

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from l2s_data.cli._common import console, fail, note
+from l2s_data.cli._common import console, fail, note, say
 from l2s_data.errors import L2SError
 
 
@@ -82,9 +82,9 @@ def extract(
                 dr = ex.dry_run(calibrate=calibrate)
             p = dr.plan
             console.print(plan_table(p, f"dry run: {config} -> {ex.config.run.store}"))
-            console.print(f"samples selected: {p.total_samples}; to compute: {p.samples_to_compute} in "
-                          f"{len(p.shards)} shard(s); missing keys: {p.missing_keys:,}; bytes: {_size(p.bytes)} "
-                          f"({p.bytes:,}); estimated time: {_duration(dr.seconds)} ({dr.calibration})")
+            say(f"samples selected: {p.total_samples}; to compute: {p.samples_to_compute} in "
+                f"{len(p.shards)} shard(s); missing keys: {p.missing_keys:,}; bytes: {_size(p.bytes)} "
+                f"({p.bytes:,}); estimated time: {_duration(dr.seconds)} ({dr.calibration})")
             for kind, n in p.skipped_quarantined.items():
                 if n:
                     console.print(Text(f"{n} sample(s) quarantined earlier for the {kind} recipe are skipped "
@@ -114,16 +114,16 @@ def extract(
                                     on_progress=on_progress, on_start=on_start)
         console.print(plan_table(report.plan, f"extract: {config} -> {report.store}"))
         if report.computed_samples == 0 and report.quarantined == 0:
-            console.print("nothing to compute: every key of this config is already in the store")
+            say("nothing to compute: every key of this config is already in the store")
         else:
             rate = report.computed_samples / report.seconds if report.seconds else 0.0
-            console.print(f"computed {report.computed_samples} sample(s), wrote {report.written_keys:,} keys in "
-                          f"{len(report.outcomes)} shard(s), quarantined {report.quarantined} "
-                          f"({_duration(report.seconds)}, {rate:.2f} samples/s)")
+            say(f"computed {report.computed_samples} sample(s), wrote {report.written_keys:,} keys in "
+                f"{len(report.outcomes)} shard(s), quarantined {report.quarantined} "
+                f"({_duration(report.seconds)}, {rate:.2f} samples/s)")
         if report.lost_races:
-            console.print(f"{report.lost_races} shard(s) were committed first by another run (kept theirs)")
+            say(f"{report.lost_races} shard(s) were committed first by another run (kept theirs)")
         for kind, rid in report.recipe_ids.items():
-            console.print(f"{kind} recipe: {rid}")
+            say(f"{kind} recipe: {rid}")
         for line in report.notes:
             note(line)
     except L2SError as err:

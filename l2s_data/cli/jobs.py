@@ -69,12 +69,12 @@ def _submit(kind: str, args: list[str], address: Optional[str], token_file: Opti
         client = _client(address, token_file)
         job_id = client.submit(kind, args, env=_env(env))
         say(Text.assemble(f"submitted {kind} job ", (job_id, "bold"), f" to {client.address}"))
-        console.print(f"  follow it: l2s jobs logs {job_id} --address {client.address}")
+        say(f"  follow it: l2s jobs logs {job_id} --address {client.address}")
         if wait:
             with console.status(f"waiting for {job_id}..."):
                 info = client.wait(job_id)
             console.print(client.logs(job_id), markup=False, highlight=False, end="")
-            console.print(f"job {job_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
+            say(f"job {job_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
             if info.status != "SUCCEEDED":
                 raise typer.Exit(1)
     except L2SError as err:
@@ -153,10 +153,9 @@ def jobs_list(address: Optional[str] = _Address, token_file: Optional[Path] = _T
     except L2SError as err:
         fail(err, code=2)
     # One plain line per job (ids stay whole and greppable, whatever the terminal width).
-    console.print("job id\tstatus\tstarted (UTC)\tended (UTC)\tentrypoint", markup=False, highlight=False)
+    say("job id\tstatus\tstarted (UTC)\tended (UTC)\tentrypoint")
     for j in jobs:
-        console.print("\t".join([j.job_id, j.status, _when(j.start_time), _when(j.end_time), j.entrypoint]),
-                      markup=False, highlight=False, soft_wrap=True)
+        say("\t".join([j.job_id, j.status, _when(j.start_time), _when(j.end_time), j.entrypoint]))
 
 
 @jobs_app.command("status")
@@ -167,7 +166,7 @@ def jobs_status(job_id: str = typer.Argument(...), address: Optional[str] = _Add
         j = _client(address, token_file).info(job_id)
     except L2SError as err:
         fail(err, code=2)
-    console.print(f"{j.job_id}: {j.status}" + (f" ({j.message})" if j.message else ""), markup=False)
+    say(f"{j.job_id}: {j.status}" + (f" ({j.message})" if j.message else ""))
 
 
 @jobs_app.command("logs")
@@ -189,7 +188,7 @@ def jobs_stop(job_id: str = typer.Argument(...), address: Optional[str] = _Addre
         stopped = _client(address, token_file).stop(job_id)
     except L2SError as err:
         fail(err, code=2)
-    console.print(f"{job_id}: " + ("stop requested" if stopped else "was not running"))
+    say(f"{job_id}: " + ("stop requested" if stopped else "was not running"))
 
 
 def register_top_level(root: typer.Typer) -> None:

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from l2s_data.cli._common import cells, fail
+from l2s_data.cli._common import cells, fail, say
 from l2s_data.errors import L2SError
 
 app = typer.Typer(
@@ -58,8 +58,8 @@ def make_tiny_cmd(
         path = make_tiny(family.value, out_dir, seed=seed, hidden_size=hidden_size, layers=layers)
     except L2SError as e:
         _fail(e)
-    console.print(f"wrote tiny {family.value} checkpoint to {path} "
-                  f"(hidden {hidden_size}, {layers} layers, seed {seed})", highlight=False)
+    say(f"wrote tiny {family.value} checkpoint to {path} "
+        f"(hidden {hidden_size}, {layers} layers, seed {seed})")
 
 
 @app.command("info")

@@ -141,7 +141,7 @@ def migrate_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=
         n = Store.migrate(_store_url(store))
     except L2SError as exc:
         _fail(exc)
-    _console.print(f"migrated: folded {n} manifest file(s) into one checked manifest" if n else "already current")
+    say(f"migrated: folded {n} manifest file(s) into one checked manifest" if n else "already current")
 
 
 @app.command("delete")

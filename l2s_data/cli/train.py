@@ -14,7 +14,7 @@ from typing import Any, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from l2s_data.cli._common import console, fail
+from l2s_data.cli._common import console, fail, say
 from l2s_data.errors import ConfigError, L2SError
 
 __all__ = ["report_app", "add_report", "register_top_level"]
@@ -56,7 +56,7 @@ def train_cmd(
         over = {k: v for k, v in (("store", store), ("out_dir", out_dir)) if v is not None}
         if over:
             cfg = cfg.model_copy(update=over)
-        console.print("resolved config: " + json.dumps(cfg.to_dict(), sort_keys=True), highlight=False, soft_wrap=True)
+        say("resolved config: " + json.dumps(cfg.to_dict(), sort_keys=True))
         with Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TextColumn("{task.fields[info]}"), console=console, transient=True) as bar:
             task = bar.add_task("epochs", total=cfg.trainer.epochs, info="")
@@ -65,12 +65,11 @@ def train_cmd(
     except L2SError as exc:
         fail(exc)
     m = result.metrics
-    console.print(f"run {result.run_id}: val_cosine {m['val_cosine']:.4f} (Mean-S {m['mean_s_cosine']:.4f}, "
-                  f"gain {m['gain_cosine']:+.4f}), val_mse {m['val_mse']:.4g}, norm ratio {m['norm_ratio']:.3f}, "
-                  f"{m['val_rows']} validation rows, {result.seconds:.1f} s", highlight=False)
-    console.print(f"predictor: {result.artifact}", highlight=False, soft_wrap=True)
-    console.print(f"report: l2s report train {result.run_id} --out report-{result.run_id} --store {cfg.store}",
-                  highlight=False, soft_wrap=True)
+    say(f"run {result.run_id}: val_cosine {m['val_cosine']:.4f} (Mean-S {m['mean_s_cosine']:.4f}, "
+        f"gain {m['gain_cosine']:+.4f}), val_mse {m['val_mse']:.4g}, norm ratio {m['norm_ratio']:.3f}, "
+        f"{m['val_rows']} validation rows, {result.seconds:.1f} s")
+    say(f"predictor: {result.artifact}")
+    say(f"report: l2s report train {result.run_id} --out report-{result.run_id} --store {cfg.store}")
 
 
 def sweep_cmd(
@@ -87,17 +86,15 @@ def sweep_cmd(
 
     try:
         cfg = load_sweep_config(config)
-        console.print(f"sweep {cfg.name}: {len(draw_trials(cfg))} trials, at most {cfg.sweep.max_concurrent} at once",
-                      highlight=False)
+        say(f"sweep {cfg.name}: {len(draw_trials(cfg))} trials, at most {cfg.sweep.max_concurrent} at once")
         res = run_sweep(cfg, base_dir=".", ray_address=ray_address, progress=True)
     except L2SError as exc:
         fail(exc)
-    console.print(f"sweep {res.sweep_id}: {len(res.run_ids)} runs on snapshot {res.snapshot_id}"
-                  + (f", {len(res.stopped)} stopped early" if res.stopped else ""), highlight=False)
+    say(f"sweep {res.sweep_id}: {len(res.run_ids)} runs on snapshot {res.snapshot_id}"
+        + (f", {len(res.stopped)} stopped early" if res.stopped else ""))
     if res.best_run_id:
-        console.print(f"best: {res.best_run_id} ({cfg.sweep.metric} {res.best_metric:.4f})", highlight=False)
-    console.print(f"report: l2s report sweep {res.sweep_id} --store {cfg.base.get('store')}",
-                  highlight=False, soft_wrap=True)
+        say(f"best: {res.best_run_id} ({cfg.sweep.metric} {res.best_metric:.4f})")
+    say(f"report: l2s report sweep {res.sweep_id} --store {cfg.base.get('store')}")
 
 
 def report_train_cmd(
@@ -112,7 +109,7 @@ def report_train_cmd(
         path = report_train(_store(store), run_id, out)
     except L2SError as exc:
         fail(exc)
-    console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+    say(f"wrote {path}")
 
 
 def report_sweep_cmd(
@@ -130,7 +127,7 @@ def report_sweep_cmd(
         path = report_sweep(_store(store), sweep_id, out or Path(f"report-{sweep_id}"), metric=metric)
     except L2SError as exc:
         fail(exc)
-    console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+    say(f"wrote {path}")
 
 
 add_report("train", report_train_cmd)

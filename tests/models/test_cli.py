@@ -35,3 +35,12 @@ def test_info_on_a_directory_without_a_model_fails_with_a_clear_message(tmp_path
 def test_make_tiny_rejects_an_unknown_family(tmp_path):
     result = runner.invoke(app, ["models", "make-tiny", "gpt2", str(tmp_path / "x")])
     assert result.exit_code != 0
+
+
+def test_a_path_with_brackets_and_past_the_terminal_width_is_printed_whole(tmp_path):
+    # Paths and ids are data: never read as markup, never wrapped (a wrapped path cannot be
+    # copied; "[red]" would vanish as a style).
+    out = tmp_path / "[red]models" / ("deep-" * 20) / "tiny"
+    result = runner.invoke(app, ["models", "make-tiny", "llava", str(out), "--layers", "2", "--hidden-size", "16"])
+    assert result.exit_code == 0, result.output
+    assert f"checkpoint to {out} (hidden 16" in result.stdout
