@@ -226,8 +226,8 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], refs: dict[str, Any]
                 extra_metrics={"sweep_params": config["overrides"]})
     # A scheduler may stop a trial at any report (ASHA does at its last iteration): this one
     # comes after the run is committed, so nothing is lost then. It carries the run's offline
-    # metrics (unweighted, of the kept model), as its `runs` row does, so that Tune ranks the
-    # trials as `runs` does; the epochs' own (loss-weighted) figures stay in the run's history.
+    # metrics (those of the kept model: the best-validation epoch's where that one is kept), as
+    # its `runs` row does, so that Tune ranks the trials as `runs` does.
     tune.report({**res.history[-1], "val_cosine": res.metrics["val_cosine"], "val_mse": res.metrics["val_mse"],
                  "run_id": run_id})
 
