@@ -25,7 +25,7 @@ from rich.table import Table
 from l2s_data.extract import Extraction, RunReport, parse_config
 from l2s_data.extract.distributed import run_extraction
 
-__all__ = ["DEMO_SQL", "DemoResult", "demo_config", "run_demo"]
+__all__ = ["DEMO_SQL", "DemoResult", "demo_config", "plain_console", "run_demo"]
 
 #: Categories whose mean P2S vectors the demo compares (harmful x2, two expert-deferral, gov).
 _SHOWN = ("01-Illegal_Activitiy", "02-HateSpeech", "10-Legal_Opinion", "11-Financial_Advice",
@@ -98,10 +98,16 @@ def checkpoint_is_current(ckpt: Path) -> bool:
     return template.is_file() and template.read_text().strip() == TEMPLATES["llava"].strip()
 
 
+def plain_console() -> Console:
+    """The demo's console: paths, ids, queries and SQL are printed verbatim (never markup) and
+    never wrapped, so a printed command or path can be copied whole."""
+    return Console(markup=False, highlight=False, emoji=False, soft_wrap=True)
+
+
 def run_demo(out_dir: str | Path = "demo-out", *, n: int = 26, console: Console | None = None,
              workers: int = 2, steer: bool = True) -> DemoResult:
     """Run the demo into ``out_dir`` and print as it goes; returns what it printed, as data."""
-    console = console or Console()
+    console = console or plain_console()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _prepare(out, n, console)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from l2s_data.cli._common import fail
 from l2s_data.errors import L2SError
@@ -21,12 +20,11 @@ def demo(
     """
     from transformers.utils import logging as hf_logging
 
-    from l2s_data.demo import run_demo
+    from l2s_data.demo import plain_console, run_demo
 
     hf_logging.disable_progress_bar()  # the demo prints its own steps
-    console = Console()
     try:
-        run_demo(out, n=n, console=console)
+        run_demo(out, n=n, console=plain_console())
     except L2SError as err:
         fail(err, code=2)
 
