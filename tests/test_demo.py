@@ -84,3 +84,13 @@ def test_a_cached_tiny_checkpoint_with_an_older_chat_template_is_not_reused(tmp_
     assert not checkpoint_is_current(tmp_path)
     (tmp_path / "chat_template.jinja").write_text(TEMPLATES["llava"] + "\n")
     assert checkpoint_is_current(tmp_path)
+
+
+def test_the_demo_console_prints_a_long_command_with_brackets_whole():
+    from l2s_data.demo import plain_console
+
+    console, buf = plain_console(), io.StringIO()
+    console.file = buf
+    line = 'l2s sql --store runs/[red]store "SELECT ' + "a, " * 40 + 'b FROM manifests"'
+    console.print(line)
+    assert buf.getvalue() == line + "\n"
