@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from l2s_data.cli._common import cells, fail, say
+from l2s_data.cli._common import cells, console, fail, say
 from l2s_data.errors import L2SError
 
 app = typer.Typer(
@@ -36,8 +35,6 @@ import_app = typer.Typer(
 )
 app.add_typer(import_app, name="import")
 
-console = Console()
-err_console = Console(stderr=True)
 
 
 class SyntheticName(str, Enum):

@@ -8,14 +8,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from l2s_data.cli._common import cells, fail, say
+from l2s_data.cli._common import cells, console, fail, say
 from l2s_data.errors import L2SError
 
-console = Console()
 
 
 def evaluate(

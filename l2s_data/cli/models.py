@@ -13,18 +13,15 @@ from enum import Enum
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from l2s_data.cli._common import cells, fail, say
+from l2s_data.cli._common import cells, console, fail, say
 from l2s_data.errors import L2SError
 
 app = typer.Typer(
     help="Model checkpoints: tiny offline ones for demos and tests, and what a directory holds.",
     no_args_is_help=True,
 )
-console = Console()
-err_console = Console(stderr=True)
 
 
 class Family(str, Enum):

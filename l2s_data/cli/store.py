@@ -12,12 +12,11 @@ from typing import IO, Any, Optional
 
 import pyarrow as pa
 import typer
-from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from l2s_data.cli._common import fail, interrupted, say
+from l2s_data.cli._common import console, fail, interrupted, say
 from l2s_data.errors import L2SError
 
 app = typer.Typer(
@@ -26,7 +25,6 @@ app = typer.Typer(
 )
 catalog_app = typer.Typer(help="The SQL catalog of a store.", no_args_is_help=True)
 
-_console = Console()
 _STORE_HELP = "Store URL: a local path or an fsspec URL (s3://bucket/store). Default: $L2S_STORE or ./store."
 
 
@@ -80,7 +78,7 @@ def info_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=_ST
     say(f"bytes      {_human(i.bytes)} under shards/")
     say(f"orphans    {len(i.orphans)} attempts, {_human(i.orphan_bytes)} (`l2s store gc` removes them)")
     if i.recipes.num_rows:
-        _console.print(_rich_table(i.recipes, title="recipes"))
+        console.print(_rich_table(i.recipes, title="recipes"))
 
 
 @app.command("verify")
@@ -88,7 +86,7 @@ def verify_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=_
     """Re-read every committed chunk and check its crc32c and each row's manifest checksum."""
     try:
         s = _open(store)
-        with Progress(console=_console, transient=True) as bar:
+        with Progress(console=console, transient=True) as bar:
             task = bar.add_task("verifying arrays", total=None)
             problems = s.verify(progress=lambda done, total: bar.update(task, completed=done, total=total))
     except L2SError as exc:
@@ -101,7 +99,7 @@ def verify_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=_
         t.add_column(c, overflow="fold")
     for p in problems:
         t.add_row(*(Text(str(v)) for v in (p.shard, p.recipe_id, p.what, p.message)))
-    _console.print(t)
+    console.print(t)
     raise typer.Exit(1)
 
 
@@ -282,7 +280,7 @@ def sql_cmd(
         raise typer.Exit(1) from None
     except OSError as exc:
         fail(f"cannot write {output}: {exc}. Check that its folder exists and is writable.")
-    _console.print(_rich_table(head.table))
+    console.print(_rich_table(head.table))
     if head.left_out:
         say(f"... {head.left_out} more row(s) not shown ({head.total_rows} in all): raise --max-rows, "
             "or use --format csv|json|parquet for every row.")
