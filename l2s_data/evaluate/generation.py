@@ -91,6 +91,9 @@ class VectorSources:
     mean_s_ba: torch.Tensor | None = None
     cache: ActivationCache | None = None
     seed: int = 0
+    #: sample id -> the factor its P2S is multiplied by (the predictor's target scaling of its
+    #: category), so P2S* and Norm-Rnd are on the scale L2S and Mean-S are; empty: unscaled.
+    pair_scales: dict[str, float] = field(default_factory=dict)
     #: Where each h_X / P2S row of the last :meth:`SteeredGenerator.vectors` call came from
     #: ("cache" or "prefill"), by sample id: what a caller can log or test.
     provenance: dict[str, str] = field(default_factory=dict)
@@ -101,7 +104,7 @@ class SteeredGenerator:
 
     def __init__(self, adapter: Any, sources: VectorSources, *, max_new_tokens: int = 64,
                  do_sample: bool = False, seed: int | None = None,
-                 prompt_only: dict[str, PromptOnly] | None = None):
+                 prompt_only: dict[str, PromptOnly] | None = None, max_new_tokens_unsteered: int | None = None):
         if max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens = {max_new_tokens}: expected at least 1.")
         adapter.check_layers([sources.steer_layer])
@@ -110,6 +113,8 @@ class SteeredGenerator:
         self.adapter = adapter
         self.sources = sources
         self.max_new_tokens = max_new_tokens
+        # none and prompt-only: their own budget (the reference's POPE: 100 against 128 steered)
+        self.max_new_tokens_unsteered = max_new_tokens_unsteered or max_new_tokens
         self.do_sample = do_sample
         self.seed = seed
         if prompt_only is None:
@@ -214,6 +219,9 @@ class SteeredGenerator:
                                   f"[{b}, {self.adapter.hidden_size}] (one vector per item, the model's width).")
             return v
         p2s = self.p2s(items)
+        if src.pair_scales:
+            p2s = p2s * torch.tensor([src.pair_scales.get(it.sample_id, 1.0) for it in items],
+                                     dtype=torch.float32)[:, None]
         if method.name == "p2s":
             return p2s
         if method.name == "norm-rnd":
@@ -235,7 +243,7 @@ class SteeredGenerator:
         chats = self.chat_inputs(method, items)
         kw = dict(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, seed=self.seed)
         if not method.steers:
-            return self.adapter.generate(chats, **kw)
+            return self.adapter.generate(chats, **{**kw, "max_new_tokens": self.max_new_tokens_unsteered})
         if alpha is None:
             raise ConfigError(f"method {method.label} steers: it needs an alpha.")
         v = self.vectors(method, items) if vectors is None else vectors

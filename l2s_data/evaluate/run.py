@@ -213,6 +213,8 @@ class Evaluation:
         self._agree("[steering] layer", s.layer, target_key.get("layer"), "L*")
         input_position = self._agree("[cache] input_position", cache_cfg.input_position or None,
                                      input_key.get("position"), "the input position") or "prompt_last"
+        pair_position = self._agree("[cache] pair_position", cache_cfg.pair_position or None,
+                                    target_key.get("position"), "the target (pair) position") or "completion_last"
         input_recipe = cache_cfg.input_recipe or None
         if input_recipe is None and input_key.get("recipe") and self._recipe_id(input_key["recipe"]):
             input_recipe = input_key["recipe"]  # the predictor's own training recipe, when this store has it
@@ -230,10 +232,18 @@ class Evaluation:
                 rids[key] = rid
         cache = ActivationCache(snap, input_recipe=rids.get("input_recipe", input_recipe),
                                 pair_recipe=rids.get("pair_recipe"))
+        # One scale per method: with target scaling, every vector is on the predictor's targets' scale.
+        scales = dict(pf.target_scales or {}) if pf is not None else {}
+        train_mem = self._filtered("train")
+        cat_of = dict(zip(train_mem["sample_id"].to_pylist(), train_mem["category"].to_pylist()))
+        cat_of.update({sid: info.category for sid, info in self.infos.items()})
+        scale_of = {sid: scales.get(c, 1.0) for sid, c in cat_of.items()} if scales else {}
         src = VectorSources(steer_layer=s.layer, input_layer=input_layer, input_position=input_position,
-                            pair_position=cache_cfg.pair_position, cache=cache, seed=s.seed,
-                            predictor=pf.predictor if pf is not None else None)
-        train = sorted(set(self._filtered("train")["sample_id"].to_pylist()))
+                            pair_position=pair_position, cache=cache, seed=s.seed,
+                            predictor=pf.predictor if pf is not None else None,
+                            pair_scales={sid: scale_of.get(sid, 1.0) for sid in self.infos} if scales else {})
+        self.live_p2s = self._live_p2s(snap, rids.get("pair_recipe"), pair_position, s.layer, methods)
+        train = sorted(set(train_mem["sample_id"].to_pylist()))
         for name, recipe, spec in (("mean-s", cache_cfg.pair_recipe, c.vectors.mean_s),
                                    ("mean-s-ba", cache_cfg.ba_recipe, c.vectors.mean_s_ba)):
             if name not in methods:
@@ -245,7 +255,8 @@ class Evaluation:
                     raise ConfigError(f"method {label} reads its vector from the cache: set [cache] {key} to the "
                                       f"recipe of its pairs, or give a .safetensors file in [vectors].")
                 rid = rids["pair_recipe" if name == "mean-s" else "ba_recipe"]
-                v = mean_from_cache(snap, rid, cache_cfg.pair_position, s.layer, train, what=label)
+                v = mean_from_cache(snap, rid, pair_position, s.layer, train, what=label,
+                                    scale_of=scale_of if name == "mean-s" else None)
             else:
                 v = load_vector(spec, what=label)
             setattr(src, "mean_s" if name == "mean-s" else "mean_s_ba", v)
@@ -253,6 +264,31 @@ class Evaluation:
             raise ConfigError("methods P2S* and Norm-Rnd need each sample's P2S vector: set [cache] pair_recipe, "
                               "or [data] behavior to compute it from the pairs.")
         return src
+
+    #: Samples whose P2S (P2S*, Norm-Rnd) the cache lacks, computed live from their pairs.
+    live_p2s: int = 0
+
+    def _live_p2s(self, snap: Any, recipe: str | None, position: str, layer: int, methods: list[str]) -> int:
+        """How many evaluated samples need a live P2S; refused under ``[cache] strict``."""
+        if not {"p2s", "norm-rnd"} & set(methods):
+            return 0
+        ids = sorted(self.infos)
+        have: Any = ()
+        if recipe is not None:
+            from l2s_data.errors import KeyNotFoundError
+
+            try:
+                have = snap.index(recipe, "p2s", position, layer)
+            except KeyNotFoundError:
+                have = ()
+        missing = [s for s in ids if s not in have]
+        if missing and self.config.cache.strict:
+            raise ConfigError(
+                f"{len(missing)} of {len(ids)} evaluated sample(s) have no cached P2S at {position}, layer {layer} "
+                f"(e.g. {missing[:3]}), and [cache] strict = true refuses to compute them live: extract the pair "
+                f"recipe for them, or set strict = false (the run then records how many were live)."
+            )
+        return len(missing)
 
     def _predictor(self) -> Any:
         from l2s_data.evaluate.vectors import PredictorFile, load_predictor
@@ -313,7 +349,8 @@ class Evaluation:
     def worker(self) -> EvalWorker:
         g = self.config.generation
         gen = SteeredGenerator(self.adapter, self.sources(), max_new_tokens=g.max_new_tokens,
-                               do_sample=g.do_sample, seed=g.seed if g.do_sample else None)
+                               do_sample=g.do_sample, seed=g.seed if g.do_sample else None,
+                               max_new_tokens_unsteered=g.max_new_tokens_unsteered or None)
         guard, quality = self._judges()
         return EvalWorker(run_id=self.run_id, task=self.config.data.task, generator=gen, store=self.store,
                           load_item=self.load_item, infos=self.infos, texts=load_texts(), batch_size=g.batch_size,
@@ -363,6 +400,9 @@ class Evaluation:
         """Commit the run's config and its samples' tables (idempotent)."""
         samples, mem = self.selection
         self.store.put_samples(samples, mem)
+        pair = self._recipe_id(self.config.cache.pair_recipe) if self.config.cache.pair_recipe else None
+        self.live_p2s = self._live_p2s(self.store.snapshot(), pair, self._pair_position(), self.config.steering.layer,
+                                       self._methods())
         rids = []
         for r in (self.config.cache.input_recipe, self.config.cache.pair_recipe, self.config.cache.ba_recipe):
             if r:
@@ -370,8 +410,33 @@ class Evaluation:
         self.store.put_runs([{
             "run_id": self.run_id, "kind": "evaluate", "recipe_ids": sorted(set(rids)),
             "snapshot_id": self.store.snapshot().id, "status": "started",
-            "config_json": json.dumps(self.config.to_dict(), sort_keys=True), "metrics_json": None, "artifact": None,
+            "config_json": json.dumps(self.config.to_dict(), sort_keys=True),
+            "metrics_json": json.dumps({"model": self.identity(), "live_p2s": self.live_p2s}, sort_keys=True),
+            "artifact": None,
         }])
+
+    def identity(self) -> dict[str, Any]:
+        """The evaluated model's identity (:mod:`.identity`), with its weights' fingerprint when
+        this process has loaded the model (a Ray driver does not load it)."""
+        from l2s_data.evaluate.identity import identity_from_path
+
+        loaded = self._given["adapter"] is not None or "adapter" in self.__dict__
+        return identity_from_path(self.config.model.path, fingerprint=self.adapter.fingerprint() if loaded else None)
+
+    def _pair_position(self) -> str:
+        """[cache] pair_position, else the L2S predictor's target position (read from its file's
+        metadata, without the model), else completion_last."""
+        if self.config.cache.pair_position:
+            return self.config.cache.pair_position
+        given = self._given["predictor"]
+        if given is not None and getattr(given, "target_key", None):
+            return given.target_key.get("position") or "completion_last"
+        if "l2s" in self._methods() and self.config.l2s.predictor:
+            from l2s_data.steer import load_predictor as steer_load
+
+            _, meta = steer_load(self.config.l2s.predictor)
+            return meta.target_key.get("position") or "completion_last"
+        return "completion_last"
 
     def run(self, *, on_plan: Callable[[EvalPlan], None] | None = None,
             on_done: Callable[[UnitOutcome], None] | None = None) -> EvalReport:
@@ -387,4 +452,13 @@ class Evaluation:
         outcomes: list[UnitOutcome] = []
         for unit in plan.units:
             outcomes.extend(worker.run_unit(unit, on_done))
-        return EvalReport(self.run_id, self.store.url, plan, tuple(outcomes), time.perf_counter() - t0)
+        return EvalReport(self.run_id, self.store.url, plan, tuple(outcomes), time.perf_counter() - t0,
+                          self.notes())
+
+    def notes(self) -> tuple[str, ...]:
+        """What a user must hear about this run (a live P2S, so far)."""
+        if not self.live_p2s:
+            return ()
+        where = self._pair_position()
+        return (f"{self.live_p2s} sample(s) had no cached P2S at {where}: P2S* / Norm-Rnd computed it live "
+                f"from their pairs (recorded in the run row; [cache] strict = true refuses this)",)

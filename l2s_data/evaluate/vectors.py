@@ -27,8 +27,10 @@ __all__ = ["mean_from_cache", "load_vector", "ModulePredictor", "PredictorFile",
 
 
 def mean_from_cache(snapshot: Any, recipe: str, position: str, layer: int, sample_ids: Sequence[str], *,
-                    what: str = "Mean-S") -> torch.Tensor:
-    """The mean P2S vector (float32 [D]) of those ``sample_ids`` that the cache holds."""
+                    what: str = "Mean-S", scale_of: dict[str, float] | None = None) -> torch.Tensor:
+    """The mean P2S vector (float32 [D]) of those ``sample_ids`` that the cache holds, each row
+    first multiplied by ``scale_of[sample_id]`` when given (the predictor's target scaling, so
+    Mean-S is on the scale L2S was trained on)."""
     try:
         idx = snapshot.index(recipe, "p2s", position, layer)
     except KeyNotFoundError as err:
@@ -40,8 +42,10 @@ def mean_from_cache(snapshot: Any, recipe: str, position: str, layer: int, sampl
             f"{len(sample_ids)} training sample(s); extract the training split with that recipe first, or give "
             f"the vector as a .safetensors file under [vectors]."
         )
-    rows = snapshot.read(recipe, "p2s", position, layer, ids)
-    return torch.from_numpy(np.asarray(rows, np.float64).mean(0).astype(np.float32))
+    rows = np.asarray(snapshot.read(recipe, "p2s", position, layer, ids), np.float64)
+    if scale_of:
+        rows = rows * np.array([scale_of.get(s, 1.0) for s in ids])[:, None]
+    return torch.from_numpy(rows.mean(0).astype(np.float32))
 
 
 def load_vector(path: str | os.PathLike, *, what: str = "vector") -> torch.Tensor:
@@ -82,6 +86,8 @@ class PredictorFile:
     predictor: Predictor
     input_key: dict[str, Any] | None = None
     target_key: dict[str, Any] | None = None
+    #: category -> factor its training targets were multiplied by (empty: no target scaling)
+    target_scales: dict[str, float] | None = None
 
 
 def load_predictor(path: str | os.PathLike, *, dim: int | None = None) -> PredictorFile:
@@ -90,4 +96,4 @@ def load_predictor(path: str | os.PathLike, *, dim: int | None = None) -> Predic
     from l2s_data.steer import load_predictor as steer_load
 
     g, meta = steer_load(path, d_in=dim, d_out=dim)
-    return PredictorFile(ModulePredictor(g), dict(meta.input_key), dict(meta.target_key))
+    return PredictorFile(ModulePredictor(g), dict(meta.input_key), dict(meta.target_key), dict(meta.target_scales))
