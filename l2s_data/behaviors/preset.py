@@ -4,7 +4,7 @@ A preset names, per task: the behavior (and the behaviour-agnostic one for Mean-
 input position and pair positions (with per-category overrides), the layers L' (input) and
 L* (steering), the completion settings (sampled continuation), the target scaling, the
 trainer settings, alpha and the split protocol. Shipped presets: ``reference-llava`` and
-``reference-qwen`` (the paper's code, DESIGN's reference protocol), ``default-llava`` and
+``reference-qwen`` (the paper's code: the reference protocol of DESIGN.md section 1), ``default-llava`` and
 ``default-qwen`` (the clean defaults). Every field is required in a preset file, so a preset
 says everything it decides; the defaults below document the clean protocol.
 """
@@ -41,7 +41,7 @@ __all__ = [
 
 _DATA = "data/presets"
 
-#: The named token positions of the model adapters (DESIGN 1).
+#: The named token positions of the model adapters (DESIGN.md section 1).
 PRESET_POSITIONS = (
     "prompt_last", "user_last", "completion_last", "completion_mean", "sequence_last", "sequence_last-1",
 )
@@ -111,7 +111,7 @@ class TargetScaling(_Strict):
 
 
 class TrainerSettings(_Strict):
-    """The L2S predictor g and its training (see DESIGN 1).
+    """The L2S predictor g and its training (see DESIGN.md section 1).
 
     Loss per sample: mse_weight * MSE + l1_weight * L1 - w_e * cos, with
     w_e = cos_weight * min(1, epoch / cos_ramp_epochs) when cos_ramp_epochs > 0, else cos_weight.
