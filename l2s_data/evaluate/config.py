@@ -35,6 +35,7 @@ names the bad key. Defaults live here::
     ba_recipe = ""                  # recipe of the behaviour-agnostic pair: Mean-S(BA)
     input_position = ""             # L2S's h_X position: "" = the predictor's, else prompt_last
     pair_position = ""              # P2S position: "" = the predictor's target position, else completion_last
+    pair_position_overrides = {}    # category -> position; {} = the predictor's (reference-qwen: 10-13)
     strict = false                  # true: refuse to compute a P2S live (a sample missing from the cache)
 
     [vectors]                       # "cache": the mean of the training split's cached P2S
@@ -152,6 +153,7 @@ class CacheSection(_Section):
     ba_recipe: str = ""
     input_position: str = ""
     pair_position: str = ""
+    pair_position_overrides: dict[str, str] = Field(default_factory=dict)
     strict: bool = False
 
 

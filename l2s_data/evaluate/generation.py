@@ -94,6 +94,9 @@ class VectorSources:
     #: sample id -> the factor its P2S is multiplied by (the predictor's target scaling of its
     #: category), so P2S* and Norm-Rnd are on the scale L2S and Mean-S are; empty: unscaled.
     pair_scales: dict[str, float] = field(default_factory=dict)
+    #: sample id -> the position its P2S is read at, where not ``pair_position`` (per-category
+    #: positions: the reference's Qwen2-VL safety reads 10-13 at sequence_last-1)
+    pair_position_of: dict[str, str] = field(default_factory=dict)
     #: Where each h_X / P2S row of the last :meth:`SteeredGenerator.vectors` call came from
     #: ("cache" or "prefill"), by sample id: what a caller can log or test.
     provenance: dict[str, str] = field(default_factory=dict)
@@ -152,7 +155,15 @@ class SteeredGenerator:
     def p2s(self, items: Sequence[EvalItem]) -> torch.Tensor:
         """The samples' own P2S vectors ``[B, D]`` at L*, from the cache or their pairs."""
         src = self.sources
-        return self._cached_or(items, "p2s", src.pair_position, src.steer_layer, self._contrast)
+        by: dict[str, list[int]] = {}
+        for i, it in enumerate(items):
+            by.setdefault(src.pair_position_of.get(it.sample_id, src.pair_position), []).append(i)
+        if len(by) == 1:
+            return self._cached_or(items, "p2s", next(iter(by)), src.steer_layer, self._contrast)
+        out = torch.empty(len(items), self.adapter.hidden_size)
+        for pos, idx in by.items():
+            out[idx] = self._cached_or([items[i] for i in idx], "p2s", pos, src.steer_layer, self._contrast)
+        return out
 
     def _cached_or(self, items, view, position, layer, compute) -> torch.Tensor:
         ids = [it.sample_id for it in items]

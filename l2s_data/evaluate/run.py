@@ -213,8 +213,7 @@ class Evaluation:
         self._agree("[steering] layer", s.layer, target_key.get("layer"), "L*")
         input_position = self._agree("[cache] input_position", cache_cfg.input_position or None,
                                      input_key.get("position"), "the input position") or "prompt_last"
-        pair_position = self._agree("[cache] pair_position", cache_cfg.pair_position or None,
-                                    target_key.get("position"), "the target (pair) position") or "completion_last"
+        positions = self._pair_positions(pf)
         input_recipe = cache_cfg.input_recipe or None
         if input_recipe is None and input_key.get("recipe") and self._recipe_id(input_key["recipe"]):
             input_recipe = input_key["recipe"]  # the predictor's own training recipe, when this store has it
@@ -238,11 +237,13 @@ class Evaluation:
         cat_of = dict(zip(train_mem["sample_id"].to_pylist(), train_mem["category"].to_pylist()))
         cat_of.update({sid: info.category for sid, info in self.infos.items()})
         scale_of = {sid: scales.get(c, 1.0) for sid, c in cat_of.items()} if scales else {}
+        position_of = {sid: positions.of(c) for sid, c in cat_of.items() if positions.of(c) != positions.default}
         src = VectorSources(steer_layer=s.layer, input_layer=input_layer, input_position=input_position,
-                            pair_position=pair_position, cache=cache, seed=s.seed,
+                            pair_position=positions.default, cache=cache, seed=s.seed,
                             predictor=pf.predictor if pf is not None else None,
-                            pair_scales={sid: scale_of.get(sid, 1.0) for sid in self.infos} if scales else {})
-        self.live_p2s = self._live_p2s(snap, rids.get("pair_recipe"), pair_position, s.layer, methods)
+                            pair_scales={sid: scale_of.get(sid, 1.0) for sid in self.infos} if scales else {},
+                            pair_position_of={sid: p for sid, p in position_of.items() if sid in self.infos})
+        self.live_p2s = self._live_p2s(snap, rids.get("pair_recipe"), positions)
         train = sorted(set(train_mem["sample_id"].to_pylist()))
         for name, recipe, spec in (("mean-s", cache_cfg.pair_recipe, c.vectors.mean_s),
                                    ("mean-s-ba", cache_cfg.ba_recipe, c.vectors.mean_s_ba)):
@@ -255,8 +256,9 @@ class Evaluation:
                     raise ConfigError(f"method {label} reads its vector from the cache: set [cache] {key} to the "
                                       f"recipe of its pairs, or give a .safetensors file in [vectors].")
                 rid = rids["pair_recipe" if name == "mean-s" else "ba_recipe"]
-                v = mean_from_cache(snap, rid, pair_position, s.layer, train, what=label,
-                                    scale_of=scale_of if name == "mean-s" else None)
+                v = mean_from_cache(snap, rid, positions.default, s.layer, train, what=label,
+                                    scale_of=scale_of if name == "mean-s" else None,
+                                    position_of=position_of if name == "mean-s" else None)
             else:
                 v = load_vector(spec, what=label)
             setattr(src, "mean_s" if name == "mean-s" else "mean_s_ba", v)
@@ -268,25 +270,30 @@ class Evaluation:
     #: Samples whose P2S (P2S*, Norm-Rnd) the cache lacks, computed live from their pairs.
     live_p2s: int = 0
 
-    def _live_p2s(self, snap: Any, recipe: str | None, position: str, layer: int, methods: list[str]) -> int:
-        """How many evaluated samples need a live P2S; refused under ``[cache] strict``."""
-        if not {"p2s", "norm-rnd"} & set(methods):
-            return 0
-        ids = sorted(self.infos)
-        have: Any = ()
-        if recipe is not None:
-            from l2s_data.errors import KeyNotFoundError
+    def _pair_positions(self, pf: Any = None) -> Any:
+        """Where each sample's P2S is read (:mod:`.pairs`): [cache], else the predictor's."""
+        from l2s_data.evaluate.pairs import resolve_pair_positions, trained_pair_positions
 
-            try:
-                have = snap.index(recipe, "p2s", position, layer)
-            except KeyNotFoundError:
-                have = ()
-        missing = [s for s in ids if s not in have]
+        if pf is None and "l2s" in self._methods():
+            pf = self._given["predictor"] or self.config.l2s.predictor or None
+        trained, overrides = trained_pair_positions(pf)
+        c = self.config.cache
+        return resolve_pair_positions(c.pair_position, c.pair_position_overrides, trained, overrides)
+
+    def _live_p2s(self, snap: Any, recipe: str | None, positions: Any) -> int:
+        """How many evaluated samples need a live P2S; refused under ``[cache] strict``."""
+        from l2s_data.evaluate.pairs import missing_p2s
+
+        if not {"p2s", "norm-rnd"} & set(self._methods()):
+            return 0
+        cats = {sid: info.category for sid, info in self.infos.items()}
+        missing = missing_p2s(snap, recipe, self.config.steering.layer, positions, cats, self.infos)
         if missing and self.config.cache.strict:
             raise ConfigError(
-                f"{len(missing)} of {len(ids)} evaluated sample(s) have no cached P2S at {position}, layer {layer} "
-                f"(e.g. {missing[:3]}), and [cache] strict = true refuses to compute them live: extract the pair "
-                f"recipe for them, or set strict = false (the run then records how many were live)."
+                f"{len(missing)} of {len(self.infos)} evaluated sample(s) have no cached P2S at "
+                f"{positions.describe()}, layer {self.config.steering.layer} (e.g. {missing[:3]}), and [cache] "
+                f"strict = true refuses to compute them live: extract the pair recipe for them, or set strict = "
+                f"false (the run then records how many were live)."
             )
         return len(missing)
 
@@ -401,8 +408,7 @@ class Evaluation:
         samples, mem = self.selection
         self.store.put_samples(samples, mem)
         pair = self._recipe_id(self.config.cache.pair_recipe) if self.config.cache.pair_recipe else None
-        self.live_p2s = self._live_p2s(self.store.snapshot(), pair, self._pair_position(), self.config.steering.layer,
-                                       self._methods())
+        self.live_p2s = self._live_p2s(self.store.snapshot(), pair, self._pair_positions())
         rids = []
         for r in (self.config.cache.input_recipe, self.config.cache.pair_recipe, self.config.cache.ba_recipe):
             if r:
@@ -422,21 +428,6 @@ class Evaluation:
 
         loaded = self._given["adapter"] is not None or "adapter" in self.__dict__
         return identity_from_path(self.config.model.path, fingerprint=self.adapter.fingerprint() if loaded else None)
-
-    def _pair_position(self) -> str:
-        """[cache] pair_position, else the L2S predictor's target position (read from its file's
-        metadata, without the model), else completion_last."""
-        if self.config.cache.pair_position:
-            return self.config.cache.pair_position
-        given = self._given["predictor"]
-        if given is not None and getattr(given, "target_key", None):
-            return given.target_key.get("position") or "completion_last"
-        if "l2s" in self._methods() and self.config.l2s.predictor:
-            from l2s_data.steer import load_predictor as steer_load
-
-            _, meta = steer_load(self.config.l2s.predictor)
-            return meta.target_key.get("position") or "completion_last"
-        return "completion_last"
 
     def run(self, *, on_plan: Callable[[EvalPlan], None] | None = None,
             on_done: Callable[[UnitOutcome], None] | None = None) -> EvalReport:
@@ -459,6 +450,6 @@ class Evaluation:
         """What a user must hear about this run (a live P2S, so far)."""
         if not self.live_p2s:
             return ()
-        where = self._pair_position()
+        where = self._pair_positions().describe()
         return (f"{self.live_p2s} sample(s) had no cached P2S at {where}: P2S* / Norm-Rnd computed it live "
                 f"from their pairs (recorded in the run row; [cache] strict = true refuses this)",)

@@ -139,3 +139,46 @@ def test_one_scale_per_method_offline_and_at_generation(world, tmp_path):
     rows = np.asarray(snap.read(rid("t-pair"), "p2s", "completion_last", L_STAR,
                                 [s for s in train_ids if s in snap.index(rid("t-pair"), "p2s", "completion_last", L_STAR)]))
     np.testing.assert_allclose(b.mean_s.numpy(), (3.0 * rows).mean(0), rtol=1e-5)
+
+
+def test_per_category_pair_positions_of_the_predictor_are_honoured_at_evaluation(world, tmp_path):
+    """A predictor trained with one category read at sequence_last: that category's P2S* is
+    read (here: computed live, announced) at sequence_last, the others from the cache."""
+    from l2s_data.evaluate.pairs import PairPositions
+    from l2s_data.models import ContrastiveItem
+    from l2s_data.steer import Predictor, PredictorMeta, save_predictor
+
+    root, ckpt, adapter = world
+    store = Store.open(root / "store")
+
+    def rid(name):
+        return store.sql(f"SELECT recipe_id FROM recipes WHERE name = '{name}'")["recipe_id"][0].as_py()
+
+    d = adapter.hidden_size
+    cats = sorted({i.category for i in Evaluation(eval_config(root, ckpt), adapter=adapter).infos.values()})
+    assert len(cats) >= 2
+    meta = PredictorMeta({"recipe": rid("t-input"), "view": "input", "position": "prompt_last", "layer": L_PRIME},
+                         {"recipe": rid("t-pair"), "view": "p2s", "position": "completion_last", "layer": L_STAR},
+                         d, d, 8, store.snapshot().id,
+                         config={"target": {"position_overrides": {cats[0]: "sequence_last"}}})
+    path = tmp_path / "overrides.safetensors"
+    save_predictor(path, Predictor(d, d, 8), meta)
+    ev = Evaluation(eval_config(root, ckpt, steering={"methods": ["l2s", "p2s"]}, l2s={"predictor": str(path)},
+                                run={"name": "overrides"}), adapter=adapter)
+    src = ev.sources()
+    legal = sorted(s for s, i in ev.infos.items() if i.category == cats[0])
+    other = sorted(s for s, i in ev.infos.items() if i.category == cats[1])
+    assert legal and other
+    assert ev.live_p2s == len(legal)                 # those are not cached at sequence_last
+    assert all(src.pair_position_of[s] == "sequence_last" for s in legal)
+    items = [ev.load_item(legal[0]), ev.load_item(other[0])]
+    gen = ev.worker().generator
+    v = gen.vectors(get_method("p2s"), items)
+    want = adapter.capture_contrastive([ContrastiveItem(items[0].image, items[0].query, *items[0].pair)],
+                                       input_layers=[], input_positions=[], pair_layers=[L_STAR],
+                                       pair_positions=["sequence_last"])[("p2s", "sequence_last", L_STAR)]
+    torch.testing.assert_close(v[0], want[0].float())
+    snap = store.snapshot()
+    cached = snap.read(rid("t-pair"), "p2s", "completion_last", L_STAR, [other[0]])
+    torch.testing.assert_close(v[1], torch.from_numpy(np.asarray(cached[0], np.float32)))
+    assert PairPositions("a", {"c": "b"}).of("c") == "b" and PairPositions("a", {"c": "b"}).of(None) == "a"
