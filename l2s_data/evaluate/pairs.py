@@ -20,7 +20,7 @@ from typing import Any
 
 from l2s_data.errors import ConfigError, KeyNotFoundError
 
-__all__ = ["PairPositions", "resolve_pair_positions", "trained_pair_positions", "missing_p2s"]
+__all__ = ["PairPositions", "resolve_pair_positions", "trained_pair_positions", "missing_p2s", "live_p2s_count"]
 
 DEFAULT_PAIR_POSITION = "completion_last"
 
@@ -90,3 +90,16 @@ def missing_p2s(snapshot: Any, recipe: str | None, layer: int, positions: PairPo
                 have = ()
         missing.extend(s for s in ids if s not in have)
     return sorted(missing)
+
+
+def live_p2s_count(snapshot: Any, recipe: str | None, layer: int, positions: PairPositions,
+                   categories: Mapping[str, str | None], *, strict: bool) -> int:
+    """How many of the samples in ``categories`` need a live P2S; with ``strict``, any is refused."""
+    missing = missing_p2s(snapshot, recipe, layer, positions, categories, categories)
+    if missing and strict:
+        raise ConfigError(
+            f"{len(missing)} of {len(categories)} evaluated sample(s) have no cached P2S at {positions.describe()}, "
+            f"layer {layer} (e.g. {missing[:3]}), and [cache] strict = true refuses to compute them live: extract "
+            f"the pair recipe for them, or set strict = false (the run then records how many were live)."
+        )
+    return len(missing)

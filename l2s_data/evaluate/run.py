@@ -281,21 +281,13 @@ class Evaluation:
         return resolve_pair_positions(c.pair_position, c.pair_position_overrides, trained, overrides)
 
     def _live_p2s(self, snap: Any, recipe: str | None, positions: Any) -> int:
-        """How many evaluated samples need a live P2S; refused under ``[cache] strict``."""
-        from l2s_data.evaluate.pairs import missing_p2s
+        """How many evaluated samples need a live P2S (:mod:`.pairs`); refused under strict."""
+        from l2s_data.evaluate.pairs import live_p2s_count
 
         if not {"p2s", "norm-rnd"} & set(self._methods()):
             return 0
-        cats = {sid: info.category for sid, info in self.infos.items()}
-        missing = missing_p2s(snap, recipe, self.config.steering.layer, positions, cats, self.infos)
-        if missing and self.config.cache.strict:
-            raise ConfigError(
-                f"{len(missing)} of {len(self.infos)} evaluated sample(s) have no cached P2S at "
-                f"{positions.describe()}, layer {self.config.steering.layer} (e.g. {missing[:3]}), and [cache] "
-                f"strict = true refuses to compute them live: extract the pair recipe for them, or set strict = "
-                f"false (the run then records how many were live)."
-            )
-        return len(missing)
+        return live_p2s_count(snap, recipe, self.config.steering.layer, positions,
+                              {sid: info.category for sid, info in self.infos.items()}, strict=self.config.cache.strict)
 
     def _predictor(self) -> Any:
         from l2s_data.evaluate.vectors import PredictorFile, load_predictor
@@ -338,27 +330,14 @@ class Evaluation:
                 f"activations do not belong to this model. Name a recipe of this model, or evaluate that one."
             )
 
-    def _judges(self) -> tuple[Any, Any]:
-        j = self.config.judges
-        guard, quality = self._given["guard"], self._given["quality"]
-        if guard is None and j.guard:
-            from l2s_data.evaluate.judges import GuardJudge
-
-            guard = GuardJudge.from_path(j.guard, device=j.guard_device, dtype=j.guard_dtype)
-        if quality is None and (j.quality_url or j.quality_path):
-            from l2s_data.evaluate.judges import load_quality_judge
-
-            quality = load_quality_judge(path=j.quality_path or None, url=j.quality_url or None,
-                                         model=j.quality_model, api_key_env=j.quality_api_key_env or None,
-                                         device=j.guard_device, dtype=j.guard_dtype)
-        return guard, quality
-
     def worker(self) -> EvalWorker:
         g = self.config.generation
         gen = SteeredGenerator(self.adapter, self.sources(), max_new_tokens=g.max_new_tokens,
                                do_sample=g.do_sample, seed=g.seed if g.do_sample else None,
                                max_new_tokens_unsteered=g.max_new_tokens_unsteered or None)
-        guard, quality = self._judges()
+        from l2s_data.evaluate.judges import load_judges
+
+        guard, quality = load_judges(self.config.judges, guard=self._given["guard"], quality=self._given["quality"])
         return EvalWorker(run_id=self.run_id, task=self.config.data.task, generator=gen, store=self.store,
                           load_item=self.load_item, infos=self.infos, texts=load_texts(), batch_size=g.batch_size,
                           guard=guard, quality=quality)
