@@ -192,8 +192,11 @@ def report_sweep(store, sweep_id: str, out_dir: str | Path, *, metric: str = "va
     plt = _plt()
     knobs = _knob_values(rows)
     vals = np.array([np.nan if r[metric] is None else r[metric] for r in rows], float)
+    ranked_on = sorted({_validation_line(r.get("config") or {}, r["metrics"].get("final", {})).split("; kept epoch")[0]
+                        for r in rows})
     lines = [f"# Sweep {sweep_id}", "", f"{len(rows)} runs; snapshot(s): "
              f"{', '.join(sorted({str(r['snapshot_id']) for r in rows}))}", "",
+             *(f"- ranked on {v}" for v in ranked_on), "",
              "| run | status | " + " | ".join(knobs) + f" | {metric} |",
              "|---|---|" + "---|" * len(knobs) + "---:|"]
     order = np.argsort(-np.nan_to_num(vals, nan=-np.inf) if metric == "val_cosine" else np.nan_to_num(vals, nan=np.inf))

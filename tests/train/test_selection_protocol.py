@@ -78,7 +78,7 @@ def test_the_shipped_training_configs_validate_on_training_rows():
     assert cfg.split.val_where == "" and "test" in cfg.split.test_where and not cfg.split.validate_on_test
 
 
-def test_a_validation_selection_on_test_rows_is_refused_unless_the_config_says_so(planted, cfg_of):
+def test_a_validation_selection_on_test_rows_is_refused_unless_the_config_says_so(planted, cfg_of, tmp_path):
     with pytest.raises(ConfigError, match=r"validation sample\(s\) are test rows .*validate_on_test = true"):
         load_data(cfg_of(split={"val_where": "split = 'test'"}), Store.open(planted.url))
     res = train(cfg_of(split={"val_where": "split = 'test'", "validate_on_test": True}, trainer={"epochs": 2}))
@@ -86,6 +86,10 @@ def test_a_validation_selection_on_test_rows_is_refused_unless_the_config_says_s
     row = Store.open(planted.url).sql(f"SELECT metrics_json, config_json FROM runs WHERE run_id = '{res.run_id}'")
     assert json.loads(row["metrics_json"][0].as_py())["final"]["validation_overlaps_test"] > 0
     assert json.loads(row["config_json"][0].as_py())["split"]["validate_on_test"] is True
+    from l2s_data.train.report import report_train
+
+    text = report_train(Store.open(planted.url), res.run_id, tmp_path / "report").read_text()
+    assert f"{len(planted.rows('test'))} of them are test rows" in text
 
 
 def test_the_selection_criterion_is_constant_across_epochs_for_identical_predictions(planted, cfg_of):
