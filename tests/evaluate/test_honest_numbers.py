@@ -10,13 +10,21 @@ import math
 import numpy as np
 import pytest
 
-from l2s_data.evaluate.metrics import (
-    expected_above, reference_expected_above, reference_f1, reference_thresholds, reference_unsafe_population,
-    unsafe_scores,
-)
-from l2s_data.evaluate.report import cell_stats, summary_tables
+from l2s_data.evaluate import metrics
+from l2s_data.evaluate.metrics import expected_above, unsafe_scores
 from l2s_data.evaluate.results import Results
-from l2s_data.evaluate.stats import bootstrap_interval, mcnemar
+
+
+def _report():
+    from l2s_data.evaluate import report
+
+    return report
+
+
+def _stats():
+    from l2s_data.evaluate import stats
+
+    return stats
 
 
 def _binomial_quantile(n: int, p: float, q: float) -> float:
@@ -44,7 +52,7 @@ def test_ref_f1_is_two_acc_over_one_plus_acc_as_the_papers_code_computes_it():
     acc = 7 / 9
     assert got["ref_accuracy"] == pytest.approx(acc)
     assert got["ref_f1"] == pytest.approx(2 * acc / (1 + acc)) and got["ref_f1"] == pytest.approx(0.875)
-    assert reference_f1(acc) == pytest.approx(0.875)
+    assert metrics.reference_f1(acc) == pytest.approx(0.875)
     assert got["f1"] != pytest.approx(got["ref_f1"])      # the clean F1 is the confusion matrix's
 
 
@@ -53,22 +61,22 @@ def test_all_no_answers_give_zero_precision_and_f1_with_n():
     res = Results("r", {"data": {"task": "pope", "validation_fraction": 0.0}}, _pope_rows(answers))
     got = res.compute(res.rows)
     assert got["precision"] == 0.0 and got["f1"] == 0.0 and got["n"] == 4.0
-    stats = cell_stats(res, res.rows, ["precision", "f1"], n_boot=50)
+    stats = _report().cell_stats(res, res.rows, ["precision", "f1"], n_boot=50)
     assert stats["precision"]["n"] == 4 and stats["precision"]["value"] == 0.0
 
 
 def test_the_reference_thresholds_are_numpys_arange_with_sixteen_at_tau_point_seven():
-    ts = reference_thresholds(0.7)
+    ts = metrics.reference_thresholds(0.7)
     assert ts == [float(t) for t in np.arange(0.7, 1.0, 0.02)]
     assert len(ts) == 16 and ts[-1] > 1.0
     # every response certainly unsafe: the clean E70 is 1, the reference's 15/16
     assert expected_above([1.0, 1.0], 0.7) == 1.0
-    assert reference_expected_above([1.0, 1.0], 0.7) == pytest.approx(15 / 16)
+    assert metrics.reference_expected_above([1.0, 1.0], 0.7) == pytest.approx(15 / 16)
 
 
 def test_the_reference_unsafe_population_is_the_first_303_test_responses_of_scenarios_01_to_12():
     cats = [f"{(k % 13) + 1:02d}-x" for k in range(400)]
-    keep = reference_unsafe_population(cats)
+    keep = metrics.reference_unsafe_population(cats)
     assert len(keep) == 303
     assert all(cats[i][:2] != "13" for i in keep)
     want = [i for i, c in enumerate(cats) if c[:2] != "13"][:303]
@@ -88,32 +96,32 @@ def test_the_safety_ref_unsafe_column_scores_the_reference_population():
     got = res.compute(res.rows)
     # the clean score: the categories to refuse (01 and 13); the reference's: 01-12 (01 and 12)
     assert got["unsafe_e70"] == pytest.approx(unsafe_scores([0.75] * 10 + [0.95] * 10)["unsafe_e70"])
-    assert got["ref_unsafe_e70"] == pytest.approx(reference_expected_above([0.75] * 20, 0.7))
+    assert got["ref_unsafe_e70"] == pytest.approx(metrics.reference_expected_above([0.75] * 20, 0.7))
 
 
 def test_mcnemar_matches_the_exact_binomial_computed_by_hand():
     # 1 sample where only a holds, 7 where only b does, 12 ties: p = 2 * (C(8,0) + C(8,1)) / 2^8
     a = [True] * 1 + [False] * 7 + [True] * 6 + [False] * 6
     b = [False] * 1 + [True] * 7 + [True] * 6 + [False] * 6
-    t = mcnemar(a, b)
+    t = _stats().mcnemar(a, b)
     assert (t.n, t.a_only, t.b_only) == (20, 1, 7)
     assert t.p_value == pytest.approx(2 * (1 + 8) / 256)
-    assert mcnemar([True, False], [True, False]).p_value == 1.0
-    assert mcnemar([True] * 5, [False] * 5).p_value == pytest.approx(2 / 32)
+    assert _stats().mcnemar([True, False], [True, False]).p_value == 1.0
+    assert _stats().mcnemar([True] * 5, [False] * 5).p_value == pytest.approx(2 / 32)
 
 
 def test_a_bootstrap_interval_of_a_share_matches_the_binomial_quantiles():
     x = np.array([1] * 30 + [0] * 70, np.float64)
-    lo, hi = bootstrap_interval(lambda idx: float(x[idx].mean()), len(x), n_boot=20000, seed=3)
+    lo, hi = _stats().bootstrap_interval(lambda idx: float(x[idx].mean()), len(x), n_boot=20000, seed=3)
     assert lo == pytest.approx(_binomial_quantile(100, 0.3, 0.025), abs=0.011)
     assert hi == pytest.approx(_binomial_quantile(100, 0.3, 0.975), abs=0.011)
-    assert bootstrap_interval(lambda idx: 1.0, 0) == pytest.approx((math.nan, math.nan), nan_ok=True)
+    assert _stats().bootstrap_interval(lambda idx: 1.0, 0) == pytest.approx((math.nan, math.nan), nan_ok=True)
 
 
 def test_a_report_cells_interval_is_the_bootstrap_of_its_rows():
     answers = [("Yes.", "yes")] * 24 + [("No.", "yes")] * 16       # accuracy 0.6 over 40
     res = Results("r", {"data": {"task": "pope", "validation_fraction": 0.0}}, _pope_rows(answers))
-    st = cell_stats(res, res.rows, ["accuracy"], n_boot=4000)["accuracy"]
+    st = _report().cell_stats(res, res.rows, ["accuracy"], n_boot=4000)["accuracy"]
     assert st["n"] == 40 and st["value"] == pytest.approx(0.6)
     assert st["lo"] == pytest.approx(_binomial_quantile(40, 0.6, 0.025), abs=0.03)
     assert st["hi"] == pytest.approx(_binomial_quantile(40, 0.6, 0.975), abs=0.03)
@@ -127,7 +135,7 @@ def test_the_console_summary_fits_eighty_columns_without_cutting_a_metric_name()
               "unsafe_e90", "ref_unsafe_e70", "quality"]
     rows = [[m, "2.2", *(["0.123"] * 8)] for m in ("none", "prompt-only", "Mean-S", "Mean-S(BA)", "Norm-Rnd",
                                                      "L2S", "P2S*")]
-    tables = summary_tables(header, rows, [12] * len(rows))
+    tables = _report().summary_tables(header, rows, [12] * len(rows))
     console = Console(width=80, record=True, color_system=None)
     for h, rs in tables:
         t = Table()

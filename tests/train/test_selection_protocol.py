@@ -17,7 +17,7 @@ from l2s_data.schemas import MEMBERSHIPS, SAMPLES
 from l2s_data.store import Store
 from l2s_data.train import fit, load_data, load_train_config, parse_train_config, train
 from l2s_data.train.config import SplitSpec
-from l2s_data.train.trainer import batch_weights, criterion, init_decoder
+from l2s_data.train.trainer import init_decoder
 
 SHIPPED = Path(__file__).resolve().parents[2] / "l2s_data" / "train" / "configs"
 
@@ -98,6 +98,8 @@ def test_the_selection_criterion_is_constant_across_epochs_for_identical_predict
     cfg = cfg_of(trainer={"epochs": 10, "lr": 1e-30, "schedule": "constant", "warmup_epochs": 0,
                           "cos_weight": 0.1, "cos_ramp_epochs": 100, "l1_weight": 1.0,
                           "criterion_cos_weight": 0.05, "select": "best_validation"})
+    from l2s_data.train.trainer import criterion
+
     data = load_data(cfg, Store.open(planted.url))
     _, hist = fit(cfg, data)
     assert len({h["val_loss"] for h in hist}) == 1
@@ -117,6 +119,8 @@ def test_the_reference_presets_select_by_mse_plus_l1_minus_a_twentieth_cosine():
 
 
 def test_a_balanced_batch_loss_is_the_mean_of_its_per_label_means():
+    from l2s_data.train.trainer import batch_weights
+
     codes = torch.tensor([0, 0, 0, 1])
     per = torch.tensor([1.0, 2.0, 3.0, 10.0])
     w = batch_weights(codes)
