@@ -258,9 +258,12 @@ def write_report(store: Any, run_id: str, out_dir: str | os.PathLike, *, select:
                                   indent=1, sort_keys=True) + "\n")
 
     alpha_plots = [p for p in plots if p is not bars]
+    warnings = [w for w in (identity.get("warning"), None if parts["validation"] or all(
+        len(res.alphas(m)) < 2 for m in res.methods) else
+        "No evaluated sample is in the validation part ([data] validation_fraction): alpha was chosen on the test "
+        "rows this report shows, so the steered methods' numbers are optimistic.") if w]
     md = [f"# Evaluation report: {run_id}", ""]
-    if identity.get("warning"):
-        md += [f"**{identity['warning']}**", ""]
+    md += [f"**{w}**\n" for w in warnings]
     md += [f"- {k}: {v}" for k, v in facts]
     md += ["", "## Methods (test part, alpha chosen per method on validation)", ""]
     md += ["Each cell: value [95% bootstrap interval] n = the responses it is computed from.", ""]
@@ -289,8 +292,7 @@ def write_report(store: Any, run_id: str, out_dir: str | os.PathLike, *, select:
          "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
          "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}</style>",
          "</head><body>", f"<h1>Evaluation report: {e(run_id)}</h1>"]
-    if identity.get("warning"):
-        h += [f"<p><strong>{e(identity['warning'])}</strong></p>"]
+    h += [f"<p><strong>{e(w)}</strong></p>" for w in warnings]
     h += ["<ul>"] + [f"<li>{e(str(k))}: {e(str(v))}</li>" for k, v in facts]
     h += ["</ul>", "<h2>Methods (test part, alpha chosen per method on validation)</h2>",
           "<p>Each cell: value [95% bootstrap interval] n = the responses it is computed from.</p>",

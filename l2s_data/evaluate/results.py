@@ -93,7 +93,7 @@ class Results:
         names = [m.name for m in METRICS if m.task == self.task]
         if self.task == "safety":
             have = set().union(*(r["scores"].keys() for r in self.rows)) if self.rows else set()
-            names = [n for n in names if not n.startswith("unsafe") or "unsafe" in have]
+            names = [n for n in names if "unsafe" not in n or "unsafe" in have]
             names = [n for n in names if n != "quality" or "quality" in have]
         return names
 

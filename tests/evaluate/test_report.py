@@ -114,6 +114,8 @@ def test_a_pope_report_has_both_parses_and_per_subset_bars(tiny_checkpoint, tiny
     assert files.header == ["method", "alpha", "accuracy", "precision", "recall", "f1", "yes_ratio", "ref_accuracy",
                             "ref_f1", "ref_yes_ratio"]
     assert "by_subset.png" in {p.name for p in files.plots}
+    # validation_fraction 0 and two alphas for P2S*: alpha was chosen on the rows shown, and it says so
+    assert "alpha was chosen on the test rows" in files.markdown.read_text()
     # Accuracy of the base model by the official parse, recomputed from the joined rows.
     rows = store.sql("SELECT e.response, m.label FROM evaluations e JOIN memberships m USING (sample_id) "
                      "WHERE e.run_id = 'pope' AND e.method = 'none' AND m.split = 'test'").to_pylist()
@@ -172,6 +174,8 @@ def test_no_plot_is_written_for_a_metric_without_a_response(world, tmp_path):
     Evaluation(cfg, adapter=adapter).run()
     files = write_report(Store.open(root / "store"), "refuse-only", tmp_path / "out", n_boot=50)
     names = {p.name for p in files.plots}
+    assert "ref_unsafe_e70" not in files.header       # no guard: no Unsafe column of either kind
+    assert "alpha was chosen on the test rows" not in files.markdown.read_text()   # one alpha: nothing chosen
     assert "alpha_ed_score.png" not in names          # no sample to defer: nothing to plot
     assert "alpha_refusal_rate.png" in names
     row = files.rows[0]
