@@ -24,7 +24,7 @@ import numpy as np
 
 from l2s_data.errors import InputError
 
-__all__ = ["N_BOOT", "LEVEL", "bootstrap_interval", "McNemar", "mcnemar"]
+__all__ = ["N_BOOT", "LEVEL", "bootstrap_interval", "bootstrap_ratios", "percentile_interval", "McNemar", "mcnemar"]
 
 #: Resamples of a bootstrap interval, and its coverage.
 N_BOOT = 1000
@@ -48,6 +48,38 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int, *, n_bo
         return math.nan, math.nan
     tail = (1.0 - level) / 2.0
     return float(np.quantile(values, tail)), float(np.quantile(values, 1.0 - tail))
+
+
+def percentile_interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """The ``level`` percentile interval of bootstrap ``values`` (NaN ones left out)."""
+    v = np.asarray(values, np.float64)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return math.nan, math.nan
+    tail = (1.0 - level) / 2.0
+    return float(np.quantile(v, tail)), float(np.quantile(v, 1.0 - tail))
+
+
+def bootstrap_ratios(ratios: dict[str, tuple[np.ndarray, np.ndarray]], n: int, *, n_boot: int = N_BOOT,
+                     seed: int = 0) -> dict[str, np.ndarray]:
+    """Resampled values of statistics of the form sum(x_i m_i) / sum(m_i) (a share or a mean
+    over the items where ``m_i`` is 1), ``n_boot`` resamples of the n items with replacement,
+    all statistics on the same resamples. A resample where sum(m_i) = 0 gives NaN (left out of
+    an interval). Each resample draws ``rng.integers(0, n, n)`` as :func:`bootstrap_interval`
+    does, and counts each item's copies, so both see the same resamples for the same seed."""
+    out = {k: np.full(n_boot, math.nan) for k in ratios}
+    if n == 0:
+        return out
+    rng = np.random.default_rng(seed)
+    xm = {k: (np.nan_to_num(np.asarray(x, np.float64)) * np.asarray(m, np.float64), np.asarray(m, np.float64))
+          for k, (x, m) in ratios.items()}
+    for b in range(n_boot):
+        w = np.bincount(rng.integers(0, n, size=n), minlength=n).astype(np.float64)
+        for k, (num, den) in xm.items():
+            d = float(w @ den)
+            if d > 0:
+                out[k][b] = float(w @ num) / d
+    return out
 
 
 @dataclass(frozen=True)

@@ -150,3 +150,48 @@ def test_the_console_summary_fits_eighty_columns_without_cutting_a_metric_name()
         assert name in text, name
     assert "…" not in text
     assert all(h[:3] == ["method", "alpha", "n"] for h, _ in tables)
+
+
+def _slow_bootstrap(res, rows, names, n_boot, seed=0):
+    """Each resample drawn as the report draws it, every metric recomputed from its rows."""
+    rng = np.random.default_rng(seed)
+    out = {n: [] for n in names}
+    for _ in range(n_boot):
+        got = res.compute([rows[i] for i in rng.integers(0, len(rows), size=len(rows))])
+        for n in names:
+            out[n].append(got[n])
+    return {n: np.array(v) for n, v in out.items()}
+
+
+@pytest.mark.parametrize("task", ["pope", "safety"])
+def test_the_reports_bootstrap_equals_recomputing_every_metric_on_each_resample(task):
+    rng = np.random.default_rng(5)
+    if task == "pope":
+        texts = ["Yes, there is.", "No.", "Nope", "There is no dog.", "yes", "I think so, not sure"]
+        rows = _pope_rows([(texts[rng.integers(len(texts))], ["yes", "no"][rng.integers(2)]) for _ in range(60)])
+    else:
+        rows = []
+        for i in range(60):
+            cat = ["01-Illegal_Activitiy", "10-Legal_Opinion", "13-Gov_Decision"][i % 3]
+            label = "defer" if cat.startswith("10") else "refuse"
+            sc = {"refusal": bool(rng.integers(2)), "deferral": bool(rng.integers(2)), "unsafe": float(rng.random()),
+                  "quality": float(rng.integers(1, 11))}
+            sc["desired"] = sc["refusal"] if label == "refuse" else sc["deferral"]
+            rows.append({"method": "none", "alpha": None, "sample_id": f"s{i:03d}", "response": "r",
+                         "scores_json": json.dumps(sc), "dataset": "d", "subset": "all", "category": cat,
+                         "label": label, "question_id": f"{i:03d}"})
+    res = Results("r", {"data": {"task": task, "validation_fraction": 0.0}}, rows)
+    names = [n for n in res.metric_names if n != "ref_unsafe_e70"]   # its 303 cap is not resampled
+    rep = _report()
+    boots = rep.bootstrap_ratios(rep._ratio_columns(res, res.rows, names), len(rows), n_boot=150, seed=0)
+    slow = _slow_bootstrap(res, res.rows, names, 150)
+    for n in names:
+        if n in boots:
+            fast = boots[n]
+            ok = ~np.isnan(fast)
+            assert ok.sum() > 100, n
+            np.testing.assert_allclose(fast[ok], slow[n][ok], rtol=1e-9, atol=1e-12, err_msg=n)
+    stats = rep.cell_stats(res, res.rows, names, n_boot=150)
+    for n in names:
+        lo, hi = np.quantile(slow[n], [0.025, 0.975])
+        assert stats[n]["lo"] == pytest.approx(lo, abs=0.02) and stats[n]["hi"] == pytest.approx(hi, abs=0.02), n
