@@ -35,7 +35,9 @@ class TrainData:
     val: Selection
     snapshot_id: str
     scales: dict[str, float]                 # category -> target factor (empty: no scaling)
-    weights: dict[str | None, float]         # label -> loss weight (empty: unweighted)
+    # label -> its weight if the whole split were balanced at once (empty: balance_labels off);
+    # for the record: the loss balances every batch (l2s_data.train.trainer.batch_weights)
+    weights: dict[str | None, float]
     stream: Any = None                       # the store.pairs dataset when streaming
     stream_info: dict[str, Any] = field(default_factory=dict)  # sample_id -> (category, label)
     val_overlaps_test: int = 0               # validation samples that are test rows (only if allowed)
