@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                            max_restarts=args.max_retries, max_task_retries=args.max_retries, on_start=on_start,
                            on_done=lambda o: print(f"{o.method} alpha={o.alpha}: {o.samples} rows in "
                                                    f"{o.seconds:.2f} s", flush=True))
+        for note in r.notes:
+            print(note)
         print(f"computed {r.computed_rows} of {r.plan.total_rows} rows in {r.seconds:.1f} s")
         if args.report is not None:
             files = write_report(ev.store, ev.run_id, args.report)

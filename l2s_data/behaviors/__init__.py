@@ -13,6 +13,7 @@ from l2s_data.behaviors.behavior import (
 )
 from l2s_data.behaviors.preset import (
     CompletionSettings,
+    GenerationSettings,
     Preset,
     SplitSettings,
     TargetScaling,
@@ -31,6 +32,7 @@ __all__ = [
     "Preset",
     "TaskPreset",
     "CompletionSettings",
+    "GenerationSettings",
     "TargetScaling",
     "TrainerSettings",
     "SplitSettings",

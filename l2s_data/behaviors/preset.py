@@ -4,7 +4,7 @@ A preset names, per task: the behavior (and the behaviour-agnostic one for Mean-
 input position and pair positions (with per-category overrides), the layers L' (input) and
 L* (steering), the completion settings (sampled continuation), the target scaling, the
 trainer settings, alpha and the split protocol. Shipped presets: ``reference-llava`` and
-``reference-qwen`` (the paper's code, DESIGN's reference protocol), ``default-llava`` and
+``reference-qwen`` (the paper's code: the reference protocol of DESIGN.md section 1), ``default-llava`` and
 ``default-qwen`` (the clean defaults). Every field is required in a preset file, so a preset
 says everything it decides; the defaults below document the clean protocol.
 """
@@ -29,6 +29,7 @@ from l2s_data.errors import BehaviorError
 __all__ = [
     "PRESET_POSITIONS",
     "CompletionSettings",
+    "GenerationSettings",
     "TargetScaling",
     "TrainerSettings",
     "SplitSettings",
@@ -40,7 +41,7 @@ __all__ = [
 
 _DATA = "data/presets"
 
-#: The named token positions of the model adapters (DESIGN 1).
+#: The named token positions of the model adapters (DESIGN.md section 1).
 PRESET_POSITIONS = (
     "prompt_last", "user_last", "completion_last", "completion_mean", "sequence_last", "sequence_last-1",
 )
@@ -110,10 +111,18 @@ class TargetScaling(_Strict):
 
 
 class TrainerSettings(_Strict):
-    """The L2S predictor g and its training (see DESIGN 1).
+    """The L2S predictor g and its training (see DESIGN.md section 1).
 
     Loss per sample: mse_weight * MSE + l1_weight * L1 - w_e * cos, with
     w_e = cos_weight * min(1, epoch / cos_ramp_epochs) when cos_ramp_epochs > 0, else cos_weight.
+
+    Best-epoch selection (``select = "best_validation"``) ranks epochs by a fixed criterion,
+    the same at every epoch and over every validation row alike: mse_weight * MSE + l1_weight
+    * L1 - criterion_cos_weight * cos (the reference: MSE + L1 - 0.05 cos). A loss whose cosine
+    weight ramps would favour late epochs for identical predictions.
+
+    ``balance_labels``: every batch's loss is the mean of its per-label mean losses, so yes and
+    no samples count equally in each step (the reference's POPE training).
     """
 
     hidden_size: int = Field(100, ge=1)  # H
@@ -129,6 +138,7 @@ class TrainerSettings(_Strict):
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(64, ge=1)
     select: Literal["last_epoch", "best_validation"] = "last_epoch"
+    criterion_cos_weight: float = 0.0  # the fixed selection criterion's cosine weight
     balance_labels: bool = False  # weight the loss so yes and no samples count equally (POPE)
 
 
@@ -140,11 +150,34 @@ class SplitSettings(_Strict):
     on MM-SafetyBench). ``separate_train_set``: training data comes from another set (the
     reference's POPE training set, not public); where none is given, ``by_image`` with these
     ``test_fraction`` / ``seed`` is the fallback.
+
+    Validation rows always come from the training data, never from test:
+    ``validation = "hash_share"`` takes the training samples whose id hashes below
+    ``validation_fraction`` (the clean defaults); ``"last_share"`` takes the last
+    ``validation_fraction`` of the training samples in question order (the reference: the last
+    1/12 of POPE's training set).
     """
 
     method: Literal["by_image", "shuffle", "separate_train_set"] = "by_image"
     test_fraction: float = Field(0.2, ge=0.0, le=1.0)
     seed: int = 0
+    validation: Literal["hash_share", "last_share"] = "hash_share"
+    validation_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+
+
+class GenerationSettings(_Strict):
+    """How an evaluation generates the answers it scores.
+
+    ``do_sample``: sample with the checkpoint's generation config (the HF defaults where it has
+    none), else greedy. ``max_new_tokens`` for steered methods, ``max_new_tokens_unsteered``
+    for ``none`` and ``prompt-only`` (the reference's POPE: 128 and 100). ``dtype``: the
+    model's compute dtype.
+    """
+
+    do_sample: bool = False
+    max_new_tokens: int = Field(128, ge=1)
+    max_new_tokens_unsteered: int = Field(128, ge=1)
+    dtype: Literal["float32", "float16", "bfloat16"] = "float16"
 
 
 class TaskPreset(_Strict):
@@ -160,6 +193,7 @@ class TaskPreset(_Strict):
     steer_layer: int = Field(ge=0)  # L*
     alpha: float
     completion: CompletionSettings = CompletionSettings()
+    generation: GenerationSettings = GenerationSettings()
     target_scaling: TargetScaling = TargetScaling()
     trainer: TrainerSettings = TrainerSettings()
     split: SplitSettings = SplitSettings()

@@ -56,6 +56,8 @@ def evaluate(
                                     max_restarts=max_retries, max_task_retries=max_retries,
                                     on_plan=lambda p: bar.update(task, total=p.missing_rows),
                                     on_done=lambda o: bar.advance(task, o.samples), on_start=on_start)
+        for note in report.notes:
+            say(note)
         if report.computed_rows == 0:
             say("nothing to compute: every row of this config is already in the store")
         else:
@@ -84,13 +86,20 @@ def report_eval(
         files = write_report(Store.open(store or os.environ.get("L2S_STORE", "store")), run_id, out, select=select)
     except L2SError as err:
         fail(err, code=2)
-    t = Table(title=f"evaluation {run_id} (test part)")
-    for col in files.header:
-        t.add_column(col, justify="left" if col == "method" else "right")
-    for row in files.rows:
-        t.add_row(*cells(*row))
-    console.print(t)
-    say(f"report: {files.markdown} and {files.html} ({len(files.plots)} plots)")
+    from l2s_data.evaluate.identity import describe_identity
+    from l2s_data.evaluate.report import summary_tables
+
+    if files.identity.get("warning"):
+        say(files.identity["warning"])
+    say("model: " + describe_identity(files.identity))
+    for k, (header, rows) in enumerate(summary_tables(files.header, files.rows, files.ns)):
+        t = Table(title=f"evaluation {run_id} (test part)" if k == 0 else None)
+        for col in header:
+            t.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
+        for row in rows:
+            t.add_row(*cells(*row))
+        console.print(t)
+    say(f"intervals, n per cell and paired tests: {files.markdown} and {files.html} ({len(files.plots)} plots)")
     say("chosen alphas: " + json.dumps(files.chosen))
 
 

@@ -68,6 +68,9 @@ def train_cmd(
     say(f"run {result.run_id}: val_cosine {m['val_cosine']:.4f} (Mean-S {m['mean_s_cosine']:.4f}, "
         f"gain {m['gain_cosine']:+.4f}), val_mse {m['val_mse']:.4g}, norm ratio {m['norm_ratio']:.3f}, "
         f"{m['val_rows']} validation rows, {result.seconds:.1f} s")
+    if m.get("validation_overlaps_test"):
+        say(f"warning: {m['validation_overlaps_test']} validation row(s) are test rows (split.validate_on_test = "
+            f"true): the kept epoch saw rows that evaluation reports as test")
     say(f"predictor: {result.artifact}")
     say(f"report: l2s report train {result.run_id} --out report-{result.run_id} --store {cfg.store}")
 

@@ -2,6 +2,9 @@
 where the vectors come from, the judges and the store. Every section rejects unknown keys and
 names the bad key. Defaults live here::
 
+    preset = ""                     # e.g. "reference-llava": its [data] task's generation settings,
+                                    # alpha and L* fill what this file leaves out (the file wins)
+
     [model]
     path = "demo-out/tiny-llava"
     dtype = "float32"
@@ -31,7 +34,9 @@ names the bad key. Defaults live here::
     pair_recipe = ""                # recipe of the p2s view: P2S*, Norm-Rnd, Mean-S
     ba_recipe = ""                  # recipe of the behaviour-agnostic pair: Mean-S(BA)
     input_position = ""             # L2S's h_X position: "" = the predictor's, else prompt_last
-    pair_position = "completion_last"
+    pair_position = ""              # P2S position: "" = the predictor's target position, else completion_last
+    pair_position_overrides = {}    # category -> position; {} = the predictor's (reference-qwen: 10-13)
+    strict = false                  # true: refuse to compute a P2S live (a sample missing from the cache)
 
     [vectors]                       # "cache": the mean of the training split's cached P2S
     mean_s = "cache"                # ... or a .safetensors file holding one [D] tensor
@@ -42,7 +47,8 @@ names the bad key. Defaults live here::
     input_layer = 14                # L' (may be deeper than L*); default: what the file records
 
     [generation]
-    max_new_tokens = 64
+    max_new_tokens = 64             # for the steered methods
+    max_new_tokens_unsteered = 0    # for none and prompt-only; 0 = max_new_tokens
     do_sample = false               # greedy by default
     seed = 0
     batch_size = 8
@@ -146,7 +152,9 @@ class CacheSection(_Section):
     pair_recipe: str = ""
     ba_recipe: str = ""
     input_position: str = ""
-    pair_position: str = "completion_last"
+    pair_position: str = ""
+    pair_position_overrides: dict[str, str] = Field(default_factory=dict)
+    strict: bool = False
 
 
 class VectorsSection(_Section):
@@ -161,6 +169,7 @@ class L2SSection(_Section):
 
 class GenerationSection(_Section):
     max_new_tokens: int = Field(default=64, ge=1)
+    max_new_tokens_unsteered: int = Field(default=0, ge=0)
     do_sample: bool = False
     seed: int = 0
     batch_size: int = Field(default=8, ge=1)
@@ -192,6 +201,7 @@ class RunSection(_Section):
 class EvalConfig(_Section):
     """The whole evaluation config (see the module docstring for every key and default)."""
 
+    preset: str = ""
     model: ModelSection
     data: DataSection
     steering: SteeringSection
@@ -226,8 +236,35 @@ def config_identity(config: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def preset_defaults(name: str, task: str) -> dict[str, Any]:
+    """What preset ``name`` decides of an evaluation of ``task``: the generation settings
+    (sampling, new tokens steered and unsteered, dtype), alpha and L*."""
+    from l2s_data.behaviors import load_preset
+    from l2s_data.errors import BehaviorError
+
+    try:
+        t = load_preset(name).task(task)
+    except BehaviorError as exc:
+        raise ConfigError(f"preset = {name!r}, task = {task!r}: {exc}") from None
+    g = t.generation
+    return {"model": {"dtype": g.dtype}, "steering": {"layer": t.steer_layer, "alphas": [t.alpha]},
+            "generation": {"do_sample": g.do_sample, "max_new_tokens": g.max_new_tokens,
+                           "max_new_tokens_unsteered": g.max_new_tokens_unsteered}}
+
+
 def parse_config(data: dict[str, Any], *, source: str = "<dict>") -> EvalConfig:
-    """Validate a config dict; :class:`ConfigError` names every bad or unknown key."""
+    """Validate a config dict (a preset fills what it leaves out); :class:`ConfigError` names
+    every bad or unknown key."""
+    if isinstance(data, dict) and data.get("preset"):
+        task = (data.get("data") or {}).get("task", "safety") if isinstance(data.get("data"), dict) else "safety"
+        data = _merge(preset_defaults(str(data["preset"]), str(task)), data)
     try:
         return EvalConfig.model_validate(data)
     except ValidationError as err:

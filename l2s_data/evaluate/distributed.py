@@ -141,4 +141,4 @@ def run_evaluation(ev: Evaluation, *, workers: int = 0, address: str | None = No
             f"{opts.max_task_retries + 1} attempts: {lines}. The rows of the {len(pool.runs)} finished unit(s) are "
             f"committed; fix the cause and rerun the same config to compute only the missing rows.",
             units=tuple(sorted(pool.failed)))
-    return EvalReport(ev.run_id, ev.store.url, plan, outcomes, time.perf_counter() - t0)
+    return EvalReport(ev.run_id, ev.store.url, plan, outcomes, time.perf_counter() - t0, ev.notes())

@@ -91,6 +91,12 @@ class VectorSources:
     mean_s_ba: torch.Tensor | None = None
     cache: ActivationCache | None = None
     seed: int = 0
+    #: sample id -> the factor its P2S is multiplied by (the predictor's target scaling of its
+    #: category), so P2S* and Norm-Rnd are on the scale L2S and Mean-S are; empty: unscaled.
+    pair_scales: dict[str, float] = field(default_factory=dict)
+    #: sample id -> the position its P2S is read at, where not ``pair_position`` (per-category
+    #: positions: the reference's Qwen2-VL safety reads 10-13 at sequence_last-1)
+    pair_position_of: dict[str, str] = field(default_factory=dict)
     #: Where each h_X / P2S row of the last :meth:`SteeredGenerator.vectors` call came from
     #: ("cache" or "prefill"), by sample id: what a caller can log or test.
     provenance: dict[str, str] = field(default_factory=dict)
@@ -101,7 +107,7 @@ class SteeredGenerator:
 
     def __init__(self, adapter: Any, sources: VectorSources, *, max_new_tokens: int = 64,
                  do_sample: bool = False, seed: int | None = None,
-                 prompt_only: dict[str, PromptOnly] | None = None):
+                 prompt_only: dict[str, PromptOnly] | None = None, max_new_tokens_unsteered: int | None = None):
         if max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens = {max_new_tokens}: expected at least 1.")
         adapter.check_layers([sources.steer_layer])
@@ -110,6 +116,8 @@ class SteeredGenerator:
         self.adapter = adapter
         self.sources = sources
         self.max_new_tokens = max_new_tokens
+        # none and prompt-only: their own budget (the reference's POPE: 100 against 128 steered)
+        self.max_new_tokens_unsteered = max_new_tokens_unsteered or max_new_tokens
         self.do_sample = do_sample
         self.seed = seed
         if prompt_only is None:
@@ -147,7 +155,15 @@ class SteeredGenerator:
     def p2s(self, items: Sequence[EvalItem]) -> torch.Tensor:
         """The samples' own P2S vectors ``[B, D]`` at L*, from the cache or their pairs."""
         src = self.sources
-        return self._cached_or(items, "p2s", src.pair_position, src.steer_layer, self._contrast)
+        by: dict[str, list[int]] = {}
+        for i, it in enumerate(items):
+            by.setdefault(src.pair_position_of.get(it.sample_id, src.pair_position), []).append(i)
+        if len(by) == 1:
+            return self._cached_or(items, "p2s", next(iter(by)), src.steer_layer, self._contrast)
+        out = torch.empty(len(items), self.adapter.hidden_size)
+        for pos, idx in by.items():
+            out[idx] = self._cached_or([items[i] for i in idx], "p2s", pos, src.steer_layer, self._contrast)
+        return out
 
     def _cached_or(self, items, view, position, layer, compute) -> torch.Tensor:
         ids = [it.sample_id for it in items]
@@ -214,6 +230,9 @@ class SteeredGenerator:
                                   f"[{b}, {self.adapter.hidden_size}] (one vector per item, the model's width).")
             return v
         p2s = self.p2s(items)
+        if src.pair_scales:
+            p2s = p2s * torch.tensor([src.pair_scales.get(it.sample_id, 1.0) for it in items],
+                                     dtype=torch.float32)[:, None]
         if method.name == "p2s":
             return p2s
         if method.name == "norm-rnd":
@@ -235,7 +254,7 @@ class SteeredGenerator:
         chats = self.chat_inputs(method, items)
         kw = dict(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, seed=self.seed)
         if not method.steers:
-            return self.adapter.generate(chats, **kw)
+            return self.adapter.generate(chats, **{**kw, "max_new_tokens": self.max_new_tokens_unsteered})
         if alpha is None:
             raise ConfigError(f"method {method.label} steers: it needs an alpha.")
         v = self.vectors(method, items) if vectors is None else vectors

@@ -37,6 +37,7 @@ from l2s_data.errors import ConfigError, JudgeError, ModelLoadError
 from l2s_data.evaluate.texts import GuardPrompt, load_texts
 
 __all__ = [
+    "load_judges",
     "GuardJudge",
     "QualityPrompt",
     "QualityJudge",
@@ -289,6 +290,18 @@ _GUARD_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
+
+
+def load_judges(j: Any, *, guard: Any = None, quality: Any = None) -> tuple[Any, Any]:
+    """The (guard, quality) judges an evaluation's ``[judges]`` section ``j`` names; a judge
+    given already is kept, and one the section does not name is None."""
+    if guard is None and j.guard:
+        guard = GuardJudge.from_path(j.guard, device=j.guard_device, dtype=j.guard_dtype)
+    if quality is None and (j.quality_url or j.quality_path):
+        quality = load_quality_judge(path=j.quality_path or None, url=j.quality_url or None, model=j.quality_model,
+                                     api_key_env=j.quality_api_key_env or None, device=j.guard_device,
+                                     dtype=j.guard_dtype)
+    return guard, quality
 
 
 def make_tiny_guard(out_dir: str | os.PathLike, *, seed: int = 0, hidden_size: int = 64, layers: int = 2) -> Path:

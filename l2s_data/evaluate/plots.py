@@ -8,7 +8,7 @@ from pathlib import Path
 from l2s_data.evaluate.methods import get_method
 from l2s_data.evaluate.results import Results
 
-__all__ = ["plot_metric_vs_alpha", "plot_group_bars"]
+__all__ = ["has_data", "plot_metric_vs_alpha", "plot_group_bars"]
 
 
 def _pyplot():
@@ -18,6 +18,13 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def has_data(res: Results, metric: str, count, *, part: str = "test") -> bool:
+    """Whether ``metric`` is computed from at least one response (``count(rows, metric)``) for
+    some method and alpha: a plot of nothing is not written."""
+    return any(count(res.select_rows(method=m, alpha=a, part=part), metric) > 0
+               for m in res.methods for a in res.alphas(m))
 
 
 def plot_metric_vs_alpha(res: Results, metric: str, path: Path, *, part: str = "test") -> Path:

@@ -213,6 +213,7 @@ class Evaluation:
         self._agree("[steering] layer", s.layer, target_key.get("layer"), "L*")
         input_position = self._agree("[cache] input_position", cache_cfg.input_position or None,
                                      input_key.get("position"), "the input position") or "prompt_last"
+        positions = self._pair_positions(pf)
         input_recipe = cache_cfg.input_recipe or None
         if input_recipe is None and input_key.get("recipe") and self._recipe_id(input_key["recipe"]):
             input_recipe = input_key["recipe"]  # the predictor's own training recipe, when this store has it
@@ -230,10 +231,20 @@ class Evaluation:
                 rids[key] = rid
         cache = ActivationCache(snap, input_recipe=rids.get("input_recipe", input_recipe),
                                 pair_recipe=rids.get("pair_recipe"))
+        # One scale per method: with target scaling, every vector is on the predictor's targets' scale.
+        scales = dict(pf.target_scales or {}) if pf is not None else {}
+        train_mem = self._filtered("train")
+        cat_of = dict(zip(train_mem["sample_id"].to_pylist(), train_mem["category"].to_pylist()))
+        cat_of.update({sid: info.category for sid, info in self.infos.items()})
+        scale_of = {sid: scales.get(c, 1.0) for sid, c in cat_of.items()} if scales else {}
+        position_of = {sid: positions.of(c) for sid, c in cat_of.items() if positions.of(c) != positions.default}
         src = VectorSources(steer_layer=s.layer, input_layer=input_layer, input_position=input_position,
-                            pair_position=cache_cfg.pair_position, cache=cache, seed=s.seed,
-                            predictor=pf.predictor if pf is not None else None)
-        train = sorted(set(self._filtered("train")["sample_id"].to_pylist()))
+                            pair_position=positions.default, cache=cache, seed=s.seed,
+                            predictor=pf.predictor if pf is not None else None,
+                            pair_scales={sid: scale_of.get(sid, 1.0) for sid in self.infos} if scales else {},
+                            pair_position_of={sid: p for sid, p in position_of.items() if sid in self.infos})
+        self.live_p2s = self._live_p2s(snap, rids.get("pair_recipe"), positions)
+        train = sorted(set(train_mem["sample_id"].to_pylist()))
         for name, recipe, spec in (("mean-s", cache_cfg.pair_recipe, c.vectors.mean_s),
                                    ("mean-s-ba", cache_cfg.ba_recipe, c.vectors.mean_s_ba)):
             if name not in methods:
@@ -245,7 +256,9 @@ class Evaluation:
                     raise ConfigError(f"method {label} reads its vector from the cache: set [cache] {key} to the "
                                       f"recipe of its pairs, or give a .safetensors file in [vectors].")
                 rid = rids["pair_recipe" if name == "mean-s" else "ba_recipe"]
-                v = mean_from_cache(snap, rid, cache_cfg.pair_position, s.layer, train, what=label)
+                v = mean_from_cache(snap, rid, positions.default, s.layer, train, what=label,
+                                    scale_of=scale_of if name == "mean-s" else None,
+                                    position_of=position_of if name == "mean-s" else None)
             else:
                 v = load_vector(spec, what=label)
             setattr(src, "mean_s" if name == "mean-s" else "mean_s_ba", v)
@@ -253,6 +266,28 @@ class Evaluation:
             raise ConfigError("methods P2S* and Norm-Rnd need each sample's P2S vector: set [cache] pair_recipe, "
                               "or [data] behavior to compute it from the pairs.")
         return src
+
+    #: Samples whose P2S (P2S*, Norm-Rnd) the cache lacks, computed live from their pairs.
+    live_p2s: int = 0
+
+    def _pair_positions(self, pf: Any = None) -> Any:
+        """Where each sample's P2S is read (:mod:`.pairs`): [cache], else the predictor's."""
+        from l2s_data.evaluate.pairs import resolve_pair_positions, trained_pair_positions
+
+        if pf is None and "l2s" in self._methods():
+            pf = self._given["predictor"] or self.config.l2s.predictor or None
+        trained, overrides = trained_pair_positions(pf)
+        c = self.config.cache
+        return resolve_pair_positions(c.pair_position, c.pair_position_overrides, trained, overrides)
+
+    def _live_p2s(self, snap: Any, recipe: str | None, positions: Any) -> int:
+        """How many evaluated samples need a live P2S (:mod:`.pairs`); refused under strict."""
+        from l2s_data.evaluate.pairs import live_p2s_count
+
+        if not {"p2s", "norm-rnd"} & set(self._methods()):
+            return 0
+        return live_p2s_count(snap, recipe, self.config.steering.layer, positions,
+                              {sid: info.category for sid, info in self.infos.items()}, strict=self.config.cache.strict)
 
     def _predictor(self) -> Any:
         from l2s_data.evaluate.vectors import PredictorFile, load_predictor
@@ -295,26 +330,14 @@ class Evaluation:
                 f"activations do not belong to this model. Name a recipe of this model, or evaluate that one."
             )
 
-    def _judges(self) -> tuple[Any, Any]:
-        j = self.config.judges
-        guard, quality = self._given["guard"], self._given["quality"]
-        if guard is None and j.guard:
-            from l2s_data.evaluate.judges import GuardJudge
-
-            guard = GuardJudge.from_path(j.guard, device=j.guard_device, dtype=j.guard_dtype)
-        if quality is None and (j.quality_url or j.quality_path):
-            from l2s_data.evaluate.judges import load_quality_judge
-
-            quality = load_quality_judge(path=j.quality_path or None, url=j.quality_url or None,
-                                         model=j.quality_model, api_key_env=j.quality_api_key_env or None,
-                                         device=j.guard_device, dtype=j.guard_dtype)
-        return guard, quality
-
     def worker(self) -> EvalWorker:
         g = self.config.generation
         gen = SteeredGenerator(self.adapter, self.sources(), max_new_tokens=g.max_new_tokens,
-                               do_sample=g.do_sample, seed=g.seed if g.do_sample else None)
-        guard, quality = self._judges()
+                               do_sample=g.do_sample, seed=g.seed if g.do_sample else None,
+                               max_new_tokens_unsteered=g.max_new_tokens_unsteered or None)
+        from l2s_data.evaluate.judges import load_judges
+
+        guard, quality = load_judges(self.config.judges, guard=self._given["guard"], quality=self._given["quality"])
         return EvalWorker(run_id=self.run_id, task=self.config.data.task, generator=gen, store=self.store,
                           load_item=self.load_item, infos=self.infos, texts=load_texts(), batch_size=g.batch_size,
                           guard=guard, quality=quality)
@@ -363,6 +386,8 @@ class Evaluation:
         """Commit the run's config and its samples' tables (idempotent)."""
         samples, mem = self.selection
         self.store.put_samples(samples, mem)
+        pair = self._recipe_id(self.config.cache.pair_recipe) if self.config.cache.pair_recipe else None
+        self.live_p2s = self._live_p2s(self.store.snapshot(), pair, self._pair_positions())
         rids = []
         for r in (self.config.cache.input_recipe, self.config.cache.pair_recipe, self.config.cache.ba_recipe):
             if r:
@@ -370,8 +395,18 @@ class Evaluation:
         self.store.put_runs([{
             "run_id": self.run_id, "kind": "evaluate", "recipe_ids": sorted(set(rids)),
             "snapshot_id": self.store.snapshot().id, "status": "started",
-            "config_json": json.dumps(self.config.to_dict(), sort_keys=True), "metrics_json": None, "artifact": None,
+            "config_json": json.dumps(self.config.to_dict(), sort_keys=True),
+            "metrics_json": json.dumps({"model": self.identity(), "live_p2s": self.live_p2s}, sort_keys=True),
+            "artifact": None,
         }])
+
+    def identity(self) -> dict[str, Any]:
+        """The evaluated model's identity (:mod:`.identity`), with its weights' fingerprint when
+        this process has loaded the model (a Ray driver does not load it)."""
+        from l2s_data.evaluate.identity import identity_from_path
+
+        loaded = self._given["adapter"] is not None or "adapter" in self.__dict__
+        return identity_from_path(self.config.model.path, fingerprint=self.adapter.fingerprint() if loaded else None)
 
     def run(self, *, on_plan: Callable[[EvalPlan], None] | None = None,
             on_done: Callable[[UnitOutcome], None] | None = None) -> EvalReport:
@@ -387,4 +422,13 @@ class Evaluation:
         outcomes: list[UnitOutcome] = []
         for unit in plan.units:
             outcomes.extend(worker.run_unit(unit, on_done))
-        return EvalReport(self.run_id, self.store.url, plan, tuple(outcomes), time.perf_counter() - t0)
+        return EvalReport(self.run_id, self.store.url, plan, tuple(outcomes), time.perf_counter() - t0,
+                          self.notes())
+
+    def notes(self) -> tuple[str, ...]:
+        """What a user must hear about this run (a live P2S, so far)."""
+        if not self.live_p2s:
+            return ()
+        where = self._pair_positions().describe()
+        return (f"{self.live_p2s} sample(s) had no cached P2S at {where}: P2S* / Norm-Rnd computed it live "
+                f"from their pairs (recorded in the run row; [cache] strict = true refuses this)",)

@@ -27,21 +27,35 @@ __all__ = ["mean_from_cache", "load_vector", "ModulePredictor", "PredictorFile",
 
 
 def mean_from_cache(snapshot: Any, recipe: str, position: str, layer: int, sample_ids: Sequence[str], *,
-                    what: str = "Mean-S") -> torch.Tensor:
-    """The mean P2S vector (float32 [D]) of those ``sample_ids`` that the cache holds."""
-    try:
-        idx = snapshot.index(recipe, "p2s", position, layer)
-    except KeyNotFoundError as err:
-        raise ConfigError(f"{what}: {err}") from None
-    ids = [s for s in sample_ids if s in idx]
+                    what: str = "Mean-S", scale_of: dict[str, float] | None = None,
+                    position_of: dict[str, str] | None = None) -> torch.Tensor:
+    """The mean P2S vector (float32 [D]) of those ``sample_ids`` that the cache holds, each row
+    read at ``position_of[sample_id]`` when given (per-category positions, else ``position``)
+    and multiplied by ``scale_of[sample_id]`` when given (the predictor's target scaling, so
+    Mean-S is on the scale L2S was trained on)."""
+    by: dict[str, list[str]] = {}
+    for s in sample_ids:
+        by.setdefault((position_of or {}).get(s, position), []).append(s)
+    parts, ids = [], []
+    for pos, group in by.items():
+        try:
+            idx = snapshot.index(recipe, "p2s", pos, layer)
+        except KeyNotFoundError as err:
+            raise ConfigError(f"{what}: {err}") from None
+        have = [s for s in group if s in idx]
+        if have:
+            parts.append(np.asarray(snapshot.read(recipe, "p2s", pos, layer, have), np.float64))
+            ids.extend(have)
     if not ids:
         raise ConfigError(
             f"{what}: the cache has no p2s vector of recipe {recipe!r} at {position}, layer {layer} for any of the "
             f"{len(sample_ids)} training sample(s); extract the training split with that recipe first, or give "
             f"the vector as a .safetensors file under [vectors]."
         )
-    rows = snapshot.read(recipe, "p2s", position, layer, ids)
-    return torch.from_numpy(np.asarray(rows, np.float64).mean(0).astype(np.float32))
+    rows = np.concatenate(parts)
+    if scale_of:
+        rows = rows * np.array([scale_of.get(s, 1.0) for s in ids])[:, None]
+    return torch.from_numpy(rows.mean(0).astype(np.float32))
 
 
 def load_vector(path: str | os.PathLike, *, what: str = "vector") -> torch.Tensor:
@@ -82,6 +96,10 @@ class PredictorFile:
     predictor: Predictor
     input_key: dict[str, Any] | None = None
     target_key: dict[str, Any] | None = None
+    #: category -> factor its training targets were multiplied by (empty: no target scaling)
+    target_scales: dict[str, float] | None = None
+    #: category -> the position its targets were read at, where not ``target_key["position"]``
+    position_overrides: dict[str, str] | None = None
 
 
 def load_predictor(path: str | os.PathLike, *, dim: int | None = None) -> PredictorFile:
@@ -90,4 +108,6 @@ def load_predictor(path: str | os.PathLike, *, dim: int | None = None) -> Predic
     from l2s_data.steer import load_predictor as steer_load
 
     g, meta = steer_load(path, d_in=dim, d_out=dim)
-    return PredictorFile(ModulePredictor(g), dict(meta.input_key), dict(meta.target_key))
+    overrides = meta.config.get("target", {}).get("position_overrides", {}) if isinstance(meta.config, dict) else {}
+    return PredictorFile(ModulePredictor(g), dict(meta.input_key), dict(meta.target_key), dict(meta.target_scales),
+                         dict(overrides or {}))

@@ -203,7 +203,8 @@ class Extraction:
             pair_pos = r.pair_positions
         elif t is not None:
             # Per-category overrides (Qwen reference: sequence_last-1 on 10-13) are all stored
-            # for every sample; training picks each category's position from the cache.
+            # for every sample; a training config's target.position_overrides (filled from the
+            # preset) then reads each category's target at its own position.
             pair_pos = [t.pair_position, *t.pair_position_overrides.values()]
         else:
             pair_pos = ["completion_last"]

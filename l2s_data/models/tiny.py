@@ -13,6 +13,7 @@ The output is deterministic for a given (family, seed, sizes) and transformers v
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -248,4 +249,7 @@ def make_tiny(family: str, out_dir: str | Path, *, seed: int = 0, hidden_size: i
     model.eval()
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    # Says what these weights are, so a report of this model can say it too.
+    (out / "l2s_model.json").write_text(json.dumps({"tiny": True, "weights": "random", "family": family,
+                                                    "seed": seed}, sort_keys=True) + "\n")
     return out

@@ -1,4 +1,4 @@
-"""Baseline steering vectors from the cache (DESIGN 1): Mean-S, Mean-S(BA), Norm-Rnd, P2S*.
+"""Baseline steering vectors from the cache (DESIGN.md section 1): Mean-S, Mean-S(BA), Norm-Rnd, P2S*.
 
 ::
 

@@ -6,7 +6,7 @@
     save_predictor("run/predictor.safetensors", g, meta)
     g, meta = load_predictor("run/predictor.safetensors", input_recipe=rid_in, d_out=4096)
 
-``g`` maps h_X (view ``input`` at layer L') to v_X (view ``p2s`` at layer L*), DESIGN 1. The file's
+``g`` maps h_X (view ``input`` at layer L') to v_X (view ``p2s`` at layer L*), DESIGN.md section 1. The file's
 metadata (a JSON string under ``l2s.predictor``) names the recipes and keys it read, L' and L*,
 the dims, the resolved training config and the store snapshot id: loading checks the tensors
 against it, and the caller's expectations against both.

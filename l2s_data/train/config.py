@@ -17,10 +17,15 @@
     recipe = "demo-pair"
     position = "completion_last"
     layer = 2
+    position_overrides = {}               # category -> position (reference-qwen: 10-13 at sequence_last-1)
 
     [split]
     train_where = "split = 'train'"
-    val_where = "split = 'test'"          # "" = hold out val_fraction of the training rows
+    val_where = ""                        # "" = a share of the training rows validates (val_rule)
+    val_rule = "hash_share"               # hash_share | last_share (the last val_fraction by question id)
+    val_fraction = 0.2
+    test_where = "split = 'test'"         # the rows evaluation reports as test: never validation
+    validate_on_test = false              # true: allow the overlap (every run row and report says so)
 
     [trainer]                             # every field of l2s_data.behaviors.TrainerSettings
     hidden_size = 100
@@ -30,7 +35,12 @@
     method = "none"
 
 Every table rejects unknown keys by name. With ``preset``, the preset's task gives L', L*, the
-input / pair positions, the trainer and the target scaling; a key written in this file wins.
+input / pair positions (with its per-category overrides), the trainer, the target scaling and
+the validation rule; a key written in this file wins.
+
+No selection sees a test row: a validation selection that shares a sample with ``test_where``
+is refused (:class:`~l2s_data.errors.ConfigError`) unless ``validate_on_test = true``,
+and then the run's metrics carry ``validation_overlaps_test``.
 """
 
 from __future__ import annotations
@@ -61,17 +71,36 @@ class KeySpec(_Strict):
     position: str
     layer: int = Field(ge=0)
 
+    # category -> position read for that category's rows (target only; the preset's overrides)
+    position_overrides: dict[str, str] = Field(default_factory=dict)
+
     def key(self) -> Key:
         return Key(self.recipe, self.view, self.position, self.layer)
 
+    def keys_by_position(self) -> dict[str, list[str] | None]:
+        """position -> the categories read there (None: every category without an override)."""
+        out: dict[str, list[str] | None] = {self.position: None}
+        for cat, pos in sorted(self.position_overrides.items()):
+            if pos != self.position:
+                out.setdefault(pos, []).append(cat)  # type: ignore[union-attr]
+        return out
+
 
 class SplitSpec(_Strict):
-    """Which rows train and which validate (SQL over samples joined with memberships)."""
+    """Which rows train and which validate (SQL over samples joined with memberships).
+
+    With ``val_where = ""`` (the default) validation comes from the training rows:
+    ``val_rule = "hash_share"`` takes the samples whose id hashes below ``val_fraction``;
+    ``"last_share"`` takes the last ``val_fraction`` of them in question-id order (the
+    reference's POPE rule, 1/12). The rest trains.
+    """
 
     train_where: str = "split = 'train'"
-    val_where: str = "split = 'test'"
-    # Used when val_where is "": this share of the training samples, chosen by seed, validates.
+    val_where: str = ""
+    val_rule: Literal["hash_share", "last_share"] = "hash_share"
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    test_where: str = "split = 'test'"
+    validate_on_test: bool = False
 
     @field_validator("train_where")
     @classmethod
@@ -117,7 +146,8 @@ class TrainConfig(_Strict):
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        # an empty table written in the file clears the preset's (e.g. position_overrides = {})
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and v and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -130,7 +160,9 @@ def _preset_defaults(name: str, task: str) -> dict[str, Any]:
         raise ConfigError(f"preset = {name!r}, task = {task!r}: {exc}") from None
     return {
         "input": {"view": "input", "position": t.input_position, "layer": t.input_layer},
-        "target": {"view": "p2s", "position": t.pair_position, "layer": t.steer_layer},
+        "target": {"view": "p2s", "position": t.pair_position, "layer": t.steer_layer,
+                   "position_overrides": dict(t.pair_position_overrides)},
+        "split": {"val_rule": t.split.validation, "val_fraction": t.split.validation_fraction},
         "trainer": t.trainer.model_dump(mode="json"),
         "target_scaling": t.target_scaling.model_dump(mode="json"),
     }

@@ -60,8 +60,7 @@ def _train_mean(data: TrainData) -> np.ndarray:
     if data.train is not None:
         return mean_of(_scaled(data.train.columns[1], data.train.categories, data.scales))
     total, n = None, 0
-    ds = data.stream
-    for _, yb, ids in ds:
+    for _, yb, ids in data.stream_batches():
         y = yb.numpy().astype(np.float64)
         if data.scales:
             y = y * np.array([data.scales.get(data.stream_info.get(s, (None,))[0], 1.0) for s in ids])[:, None]

@@ -104,6 +104,21 @@ def _projection(store, run: dict[str, Any], path: Path) -> str:
     return f"![projection]({path.name})\n\nCircles: stored P2S vectors; crosses: predictions.{note}"
 
 
+def _validation_line(config: dict, final: dict) -> str:
+    """Where the validation rows (which chose the epoch, and rank sweeps) came from."""
+    sp = config.get("split", {})
+    overlap = final.get("validation_overlaps_test") or 0
+    if sp.get("val_where", "").strip():
+        where = f"validation rows: `{sp['val_where']}`"
+    else:
+        where = (f"validation rows: training rows, {sp.get('val_rule', 'hash_share')} "
+                 f"{sp.get('val_fraction')} of `{sp.get('train_where')}`")
+    if overlap:
+        where += (f"; **{overlap} of them are test rows (`{sp.get('test_where')}`), allowed by "
+                  f"validate_on_test: the epoch chosen and any sweep ranking saw test rows**")
+    return where + f"; kept epoch: {final.get('kept_epoch')}"
+
+
 def report_train(store, run_id: str, out_dir: str | Path) -> Path:
     """Write ``out_dir/report.md`` and its PNGs for one run; returns the report's path."""
     run = get_run(store, run_id)
@@ -132,7 +147,8 @@ def report_train(store, run_id: str, out_dir: str | Path) -> Path:
              f"- kind: {run['kind']}, status: {run['status']}" + (f", sweep: {run['sweep_id']}" if run["sweep_id"] else ""),
              f"- snapshot: `{run['snapshot_id']}`; recipes: {', '.join(run['recipe_ids'])}",
              f"- input: {run['config']['input']}", f"- target: {run['config']['target']}",
-             f"- predictor: `{run['artifact']}`", "", "## Offline evaluation (validation rows)", "",
+             f"- predictor: `{run['artifact']}`", f"- {_validation_line(run['config'], final)}", "",
+             "## Offline evaluation (validation rows)", "",
              "| metric | value |", "|---|---:|"]
     for k, v in final.items():
         if isinstance(v, (int, float)):
@@ -176,8 +192,11 @@ def report_sweep(store, sweep_id: str, out_dir: str | Path, *, metric: str = "va
     plt = _plt()
     knobs = _knob_values(rows)
     vals = np.array([np.nan if r[metric] is None else r[metric] for r in rows], float)
+    ranked_on = sorted({_validation_line(r.get("config") or {}, r["metrics"].get("final", {})).split("; kept epoch")[0]
+                        for r in rows})
     lines = [f"# Sweep {sweep_id}", "", f"{len(rows)} runs; snapshot(s): "
              f"{', '.join(sorted({str(r['snapshot_id']) for r in rows}))}", "",
+             *(f"- ranked on {v}" for v in ranked_on), "",
              "| run | status | " + " | ".join(knobs) + f" | {metric} |",
              "|---|---|" + "---|" * len(knobs) + "---:|"]
     order = np.argsort(-np.nan_to_num(vals, nan=-np.inf) if metric == "val_cosine" else np.nan_to_num(vals, nan=np.inf))

@@ -169,8 +169,7 @@ def data_signature(cfg: TrainConfig) -> str:
     """What :func:`l2s_data.train.data.load_data` reads depends on these fields only."""
     sig = {"store": cfg.store, "input": cfg.input.model_dump(), "target": cfg.target.model_dump(),
            "split": cfg.split.model_dump(), "scaling": cfg.target_scaling.model_dump(),
-           "balance": cfg.trainer.balance_labels, "in_memory": cfg.in_memory,
-           "seed": cfg.seed if not cfg.split.val_where.strip() else None}
+           "balance": cfg.trainer.balance_labels, "in_memory": cfg.in_memory}
     return json.dumps(sig, sort_keys=True)
 
 

@@ -7,9 +7,11 @@
 
 One training: read the rows (:mod:`l2s_data.train.data`), build ``Predictor(D', D*, H)`` under a
 seeded RNG, optionally initialise its decoder from the training targets (truncated SVD or a
-small dictionary learning), run Adam with an optional warm-up + cosine schedule on
-``mse_weight * MSE + l1_weight * L1 - w_e * cos`` (``w_e`` ramps over ``cos_ramp_epochs``),
-validate every epoch, keep the last or the best-validation weights, evaluate offline against the
+small dictionary learning, unit-norm columns as the reference's), run Adam with an optional
+warm-up + cosine schedule on ``mse_weight * MSE + l1_weight * L1 - w_e * cos`` (``w_e`` ramps
+over ``cos_ramp_epochs``; with ``balance_labels`` each batch's loss is the mean of its per-label
+means), validate every epoch by a fixed criterion (:func:`criterion`: the same weights at every
+epoch, every row alike), keep the last or the best-validation weights, evaluate offline against the
 baselines, save ``predictor.safetensors`` + ``config.json`` + ``metrics.json`` under
 ``<out_dir>/<run_id>/`` and commit one row to the store's ``runs`` table.
 
@@ -40,7 +42,8 @@ from l2s_data.steer.predictor import Predictor, PredictorMeta, save_predictor
 from l2s_data.train.config import TrainConfig
 from l2s_data.train.data import TrainData, load_data, resolve_recipe_ids
 
-__all__ = ["TrainResult", "train", "fit", "commit_run", "loss_terms", "lr_factor", "init_decoder", "new_run_id"]
+__all__ = ["TrainResult", "train", "fit", "commit_run", "loss_terms", "criterion", "batch_weights", "lr_factor",
+           "init_decoder", "new_run_id"]
 
 #: Called after every epoch with the epoch's row of the history.
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -78,6 +81,23 @@ def loss_terms(pred: torch.Tensor, y: torch.Tensor, w: torch.Tensor, s: TrainerS
     return loss, parts
 
 
+def criterion(pred: torch.Tensor, y: torch.Tensor, s: TrainerSettings) -> float:
+    """The best-epoch criterion: mse_weight * MSE + l1_weight * L1 - criterion_cos_weight * cos,
+    averaged over every row alike. It has no epoch: equal predictions score equally at any epoch
+    (the training loss's ramped cosine weight would favour late epochs)."""
+    diff = pred - y
+    per = (s.mse_weight * diff.pow(2).mean(dim=1) + s.l1_weight * diff.abs().mean(dim=1)
+           - s.criterion_cos_weight * F.cosine_similarity(pred, y, dim=1, eps=1e-8))
+    return float(per.mean())
+
+
+def batch_weights(codes: torch.Tensor) -> torch.Tensor:
+    """Per-row weights (summing to 1) that make a batch's loss the mean of its per-label mean
+    losses: every label present counts equally in the step, whatever its share of the batch."""
+    _, inverse, counts = torch.unique(codes, return_inverse=True, return_counts=True)
+    return 1.0 / (len(counts) * counts[inverse].to(torch.float32))
+
+
 def lr_factor(step: int, steps_per_epoch: int, s: TrainerSettings) -> float:
     """Multiplier of ``lr`` at an optimizer step: linear warm-up, then constant or cosine to 0."""
     warm = s.warmup_epochs * steps_per_epoch
@@ -92,10 +112,11 @@ def lr_factor(step: int, steps_per_epoch: int, s: TrainerSettings) -> float:
 def init_decoder(model: Predictor, targets: np.ndarray, method: str, seed: int) -> None:
     """Set the decoder's columns to directions of the training targets.
 
-    ``truncated_svd``: the top right-singular vectors of the centred targets, each scaled by
-    its singular value / sqrt(N) (the targets' spread along it). ``dictionary_learning``:
-    ``hidden`` unit atoms fitted by a few rounds of sparse coding (soft-thresholded least
-    squares) and least-squares atom updates, starting from random training targets.
+    ``truncated_svd``: the top right-singular vectors of the centred targets (TruncatedSVD's
+    components). ``dictionary_learning``: ``hidden`` atoms fitted by a few rounds of
+    non-negative sparse coding (soft-thresholded least squares, codes clipped at 0, as
+    ``DictionaryLearning(positive_code=True)``) and least-squares atom updates, starting from
+    random training targets. Either way every column has unit norm, as the reference's.
     """
     if method == "default":
         return
@@ -105,7 +126,7 @@ def init_decoder(model: Predictor, targets: np.ndarray, method: str, seed: int) 
         yc = y - y.mean(axis=0)
         _, s, vt = np.linalg.svd(yc, full_matrices=False)
         k = min(h, len(s))
-        cols = (vt[:k] * (s[:k, None] / math.sqrt(len(y)))).T           # [D, k]
+        cols = vt[:k].T                                                 # [D, k], unit columns
     elif method == "dictionary_learning":
         rng = np.random.default_rng(seed)
         atoms = y[rng.choice(len(y), size=h, replace=len(y) < h)] + 1e-3 * rng.standard_normal((h, y.shape[1]))
@@ -113,13 +134,13 @@ def init_decoder(model: Predictor, targets: np.ndarray, method: str, seed: int) 
         for _ in range(10):
             codes = y @ atoms.T @ np.linalg.pinv(atoms @ atoms.T)         # [N, h]
             lam = 0.1 * np.abs(codes).mean()
-            codes = np.sign(codes) * np.maximum(np.abs(codes) - lam, 0.0)
+            codes = np.maximum(codes - lam, 0.0)                            # positive codes
             atoms = np.linalg.pinv(codes) @ y                               # [h, D]
             norms = np.linalg.norm(atoms, axis=1, keepdims=True)
             dead = norms[:, 0] < 1e-12
             atoms[dead] = y[rng.choice(len(y), size=int(dead.sum()))]
             atoms /= np.linalg.norm(atoms, axis=1, keepdims=True) + 1e-12
-        cols, k = (atoms * np.linalg.norm(y, axis=1).mean()).T, h
+        cols, k = atoms.T, h
     else:
         raise TrainingError(f"decoder_init = {method!r}: expected default, truncated_svd or dictionary_learning.")
     with torch.no_grad():
@@ -133,10 +154,10 @@ def _scaled(y: np.ndarray, cats: np.ndarray, scales: dict[str, float]) -> np.nda
     return y * f[:, None]
 
 
-def _weights(labels: np.ndarray, weights: dict) -> np.ndarray:
-    if not weights:
-        return np.ones(len(labels), np.float32)
-    return np.array([weights[str(x)] for x in labels], np.float32)
+def _codes(labels) -> torch.Tensor:
+    names = {str(x) for x in labels}
+    index = {n: i for i, n in enumerate(sorted(names))}
+    return torch.tensor([index[str(x)] for x in labels], dtype=torch.int64)
 
 
 def _memory_batches(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, bs: int,
@@ -148,16 +169,12 @@ def _memory_batches(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, bs: int,
 
 
 def _stream_batches(data: TrainData, epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
-    ds = data.stream
-    ds.set_epoch(epoch)
-    for xb, yb, ids in ds:
+    for xb, yb, ids in data.stream_batches(epoch):
         info = [data.stream_info.get(s, (None, None)) for s in ids]
         if data.scales:
             f = torch.tensor([data.scales.get(c, 1.0) for c, _ in info], dtype=torch.float32)
             yb = yb * f[:, None]
-        w = (torch.tensor([data.weights[str(lab)] for _, lab in info], dtype=torch.float32)
-             if data.weights else torch.ones(len(ids)))
-        yield xb, yb, w
+        yield xb, yb, _codes([lab for _, lab in info])
 
 
 def fit(cfg: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | None = None) -> tuple[Predictor, list[dict]]:
@@ -166,7 +183,6 @@ def fit(cfg: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | None = N
     val = data.val
     vx = torch.from_numpy(val.columns[0])
     vy = torch.from_numpy(_scaled(val.columns[1], val.categories, data.scales))
-    vw = torch.from_numpy(_weights(val.labels, data.weights))
     d_in, d_out = vx.shape[1], vy.shape[1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -175,7 +191,7 @@ def fit(cfg: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | None = N
         tx = torch.from_numpy(data.train.columns[0])
         ty_np = _scaled(data.train.columns[1], data.train.categories, data.scales)
         ty = torch.from_numpy(ty_np)
-        tw = torch.from_numpy(_weights(data.train.labels, data.weights))
+        tw = _codes(data.train.labels)
         steps = math.ceil(len(tx) / s.batch_size)
         init_targets = ty_np
     else:
@@ -196,7 +212,8 @@ def fit(cfg: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | None = N
         total, n = 0.0, 0
         batches = (_memory_batches(tx, ty, tw, s.batch_size, gen) if data.train is not None
                    else _stream_batches(data, epoch))
-        for xb, yb, wb in batches:
+        for xb, yb, cb in batches:
+            wb = batch_weights(cb) if s.balance_labels else torch.ones(len(xb))
             loss, _ = loss_terms(model(xb), yb, wb, s, epoch)
             if not torch.isfinite(loss):
                 raise TrainingError(
@@ -212,7 +229,7 @@ def fit(cfg: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | None = N
         model.eval()
         with torch.no_grad():
             pv = model(vx)
-            vloss, _ = loss_terms(pv, vy, vw, s, epoch)  # weighted as the training loss is
+            vloss = criterion(pv, vy, s)  # fixed: the same weights at every epoch, every row alike
             # val_mse and val_cosine as the offline evaluation defines them (every row alike)
             vmse = float((pv - vy).pow(2).mean())
             vcos = float(F.cosine_similarity(pv, vy, dim=1, eps=1e-8).mean())
@@ -220,11 +237,13 @@ def fit(cfg: TrainConfig, data: TrainData, *, on_epoch: EpochCallback | None = N
                "val_mse": vmse, "val_cosine": vcos, "lr": opt.param_groups[0]["lr"]}
         history.append(row)
         if s.select == "best_validation" and (best is None or row["val_loss"] < best[0]):
-            best = (row["val_loss"], copy.deepcopy(model.state_dict()))
+            best = (row["val_loss"], copy.deepcopy(model.state_dict()), epoch)
         if on_epoch is not None:
             on_epoch(row)
     if best is not None:
         model.load_state_dict(best[1])
+    for row in history:
+        row["kept"] = (row["epoch"] == best[2]) if best is not None else (row["epoch"] == s.epochs - 1)
     model.eval()
     return model, history
 
@@ -252,7 +271,9 @@ def train(cfg: TrainConfig, *, store=None, data: TrainData | None = None, run_id
         d_in=model.d_in, d_out=model.d_out, hidden=model.hidden, snapshot_id=data.snapshot_id,
         run_id=run_id, config=cfg.to_dict(), target_scales=dict(data.scales),
     )
-    metrics = {**evaluate_offline(model, data, cfg, store=store), **(extra_metrics or {})}
+    metrics = {**evaluate_offline(model, data, cfg, store=store), **(extra_metrics or {}),
+               "kept_epoch": next((h["epoch"] for h in history if h.get("kept")), None),
+               "validation_overlaps_test": data.val_overlaps_test}
     seconds = time.perf_counter() - t0
     artifact = None
     if save:

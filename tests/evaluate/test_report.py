@@ -50,8 +50,10 @@ def test_the_safety_report_table_uses_alphas_chosen_on_validation(safety_run, tm
     for p in files.plots:
         assert p.read_bytes()[:8] == PNG
     names = {p.name for p in files.plots}
-    assert {"alpha_desired_rate.png", "alpha_refusal_rate.png", "alpha_ed_score.png", "alpha_unsafe_e50.png",
+    assert {"alpha_desired_rate.png", "alpha_refusal_rate.png", "alpha_unsafe_e50.png",
             "alpha_unsafe_e70.png", "alpha_unsafe_e90.png", "by_category.png"} <= names
+    defer = [r for r in _by_hand(store, run) if r["part"] == "test" and r["label"] == "defer"]
+    assert ("alpha_ed_score.png" in names) == bool(defer)   # no plot of nothing
     assert files.header[:3] == ["method", "alpha", "desired_rate"] and "unsafe_e90" in files.header
     assert [r[0] for r in files.rows] == ["none", "prompt-only", "Mean-S", "L2S"]
 
@@ -112,6 +114,8 @@ def test_a_pope_report_has_both_parses_and_per_subset_bars(tiny_checkpoint, tiny
     assert files.header == ["method", "alpha", "accuracy", "precision", "recall", "f1", "yes_ratio", "ref_accuracy",
                             "ref_f1", "ref_yes_ratio"]
     assert "by_subset.png" in {p.name for p in files.plots}
+    # validation_fraction 0 and two alphas for P2S*: alpha was chosen on the rows shown, and it says so
+    assert "alpha was chosen on the test rows" in files.markdown.read_text()
     # Accuracy of the base model by the official parse, recomputed from the joined rows.
     rows = store.sql("SELECT e.response, m.label FROM evaluations e JOIN memberships m USING (sample_id) "
                      "WHERE e.run_id = 'pope' AND e.method = 'none' AND m.split = 'test'").to_pylist()
@@ -127,3 +131,53 @@ def test_a_pope_report_has_both_parses_and_per_subset_bars(tiny_checkpoint, tiny
         want = sum(pope_parse(r["response"]) == r["label"] for r in sub) / len(sub)
         assert table[0][0] == "none" and float(table[0][2]) == pytest.approx(want, abs=5e-4)
         assert f"### subset {subset}" in files.markdown.read_text()
+
+
+def test_a_report_of_a_tiny_random_model_says_so_first_and_shows_n_intervals_and_paired_tests(safety_run, tmp_path):
+    from l2s_data.evaluate.stats import mcnemar
+
+    store, run = safety_run
+    files = write_report(store, run, tmp_path / "out", n_boot=200)
+    assert files.identity["tiny"] and files.identity["weights"] == "random" and files.identity["fingerprint"]
+    md = files.markdown.read_text()
+    assert md.index("tiny checkpoint (random weights") < md.index("## Methods")
+    assert "TINY RANDOM checkpoint" in md and "tiny checkpoint" in files.html.read_text()
+    table = md.split("## Methods")[1].split("Metrics:")[0]
+    data_rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    assert len(data_rows) == 4
+    for line in data_rows:
+        cells = [c.strip() for c in line.strip("|").split("|")][2:]
+        assert cells and all("n=" in c for c in cells), line
+    # Paired tests: every steering or prompting method against none, and L2S against Mean-S,
+    # each p-value the exact McNemar of the per-sample desired flags computed here from SQL.
+    got = {(t["method"], t["against"]): t for t in files.tests}
+    assert set(got) == {("prompt-only", "none"), ("Mean-S", "none"), ("L2S", "none"), ("L2S", "Mean-S")}
+    rows = [r for r in _by_hand(store, run) if r["part"] == "test" and r["label"] in ("refuse", "defer")]
+
+    def flags(method):
+        a = files.chosen[method]
+        return {r["sample_id"]: bool(r["scores"].get("desired")) for r in rows
+                if r["method"] == method and r["alpha"] == a}
+
+    for (a, b), (ma, mb) in {("L2S", "Mean-S"): ("l2s", "mean-s"), ("Mean-S", "none"): ("mean-s", "none")}.items():
+        fa, fb = flags(ma), flags(mb)
+        keys = sorted(set(fa) & set(fb))
+        want = mcnemar([fa[k] for k in keys], [fb[k] for k in keys])
+        assert got[(a, b)]["n"] == len(keys) and got[(a, b)]["p_value"] == pytest.approx(want.p_value)
+    assert "p (McNemar)" in md
+
+
+def test_no_plot_is_written_for_a_metric_without_a_response(world, tmp_path):
+    root, ckpt, adapter = world
+    cfg = eval_config(root, ckpt, data={"categories": ["01-Illegal_Activitiy"], "validation_fraction": 0.0},
+                      steering={"methods": ["none", "mean-s"], "alphas": [1.0]}, run={"name": "refuse-only"})
+    Evaluation(cfg, adapter=adapter).run()
+    files = write_report(Store.open(root / "store"), "refuse-only", tmp_path / "out", n_boot=50)
+    names = {p.name for p in files.plots}
+    assert "ref_unsafe_e70" not in files.header       # no guard: no Unsafe column of either kind
+    assert "alpha was chosen on the test rows" not in files.markdown.read_text()   # one alpha: nothing chosen
+    assert "alpha_ed_score.png" not in names          # no sample to defer: nothing to plot
+    assert "alpha_refusal_rate.png" in names
+    row = files.rows[0]
+    assert row[files.header.index("ed_score")] == "0.000"     # 0 with n = 0, never NaN
+    assert "0.000 (n=0)" in files.markdown.read_text()

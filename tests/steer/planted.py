@@ -80,7 +80,7 @@ def train_config(url, out_dir, **over) -> dict:
         "store": str(url), "out_dir": str(out_dir), "name": "planted", "seed": 0,
         "input": {"recipe": "plant-input", "position": "prompt_last", "layer": 1},
         "target": {"recipe": "plant-pair", "position": "completion_last", "layer": 1},
-        "split": {"train_where": "split = 'train'", "val_where": "split = 'test'"},
+        "split": {"train_where": "split = 'train'", "val_where": ""},
         "trainer": {"hidden_size": 64, "lr": 3e-3, "epochs": 60, "batch_size": 32, "schedule": "cosine",
                     "warmup_epochs": 2, "select": "best_validation"},
     }

@@ -36,7 +36,7 @@ def _config(store: Path, out: Path, **trainer) -> str:
         layer = 3
         [split]
         train_where = "split = 'train'"
-        val_where = "split = 'test'"
+        val_where = ""
         [trainer]
         """) + lines + "\n"
 
@@ -89,9 +89,13 @@ def test_l2s_train_then_report_train_write_a_report_with_plots(tiny_store, tmp_p
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"({png})" in text
     assert "val_cosine" in text and "Mean-S" in text
-    # every category of the test split has a row in the per-category table
-    cats = store.sql("SELECT DISTINCT category FROM memberships WHERE split = 'test'")["category"].to_pylist()
-    assert all(f"| {c} |" in text for c in cats)
+    # every category of the validation rows (a hash share of the training split) has a row
+    from l2s_data.train.data import hash_share
+
+    train = store.sql("SELECT sample_id, category FROM memberships WHERE split = 'train'").to_pylist()
+    cats = {r["category"] for r in train if hash_share(r["sample_id"], 0.2)}
+    assert cats and all(f"| {c} |" in text for c in cats)
+    assert "validation rows: training rows" in text
 
 
 def test_a_run_id_that_does_not_exist_is_named(tiny_store, tmp_path):
