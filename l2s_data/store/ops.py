@@ -12,6 +12,13 @@ running writers and readers:
   running extraction keep their recipe (the writer registers it again after its commit);
 - **gc** removes an attempt folder only after creating its ``claim`` file, which a writer
   creates too before it commits: exactly one of them wins (see ``writer``).
+
+What maintenance removes is only what the store wrote (:func:`scan_shards`): a shard folder
+and an attempt folder are real folders (never links) with names the writer makes, holding only
+the files the writer makes (``attempt.json`` naming that very shard and attempt, ``claim``,
+``zarr.json``, arrays ``<view>.<position>.L<layer>/`` with ``zarr.json`` and ``c/<i>/0``).
+Anything else is reported and kept, and the folders are emptied file by file, never by a
+recursive delete that could follow a link.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,19 +36,22 @@ import pyarrow.compute as pc
 
 from l2s_data.errors import CorruptChunkError, CorruptManifestError, ReferencedRecipeError, StoreError
 from l2s_data.schemas import ZARR_ATTRIBUTES_KEY
-from l2s_data.store._backend import Backend
+from l2s_data.errors import WriteMismatchError
+from l2s_data.store._backend import DIR, LINK, Backend
 from l2s_data.store._chunks import load_array_info, read_chunk
-from l2s_data.store.contract import PART_TABLES, attempt_dir, crc32c, now, sha256_hex
+from l2s_data.store.contract import (
+    PART_TABLES, attempt_dir, check_attempt, check_shard, crc32c, now, sha256_hex,
+)
 from l2s_data.store.leases import Lease
 from l2s_data.store.manifests import (
     KEY_ORDER, concat_rows, drop_attempts, encode_manifest, list_names, manifest_name, order_by, read_info,
-    read_rows,
+    read_rows, superseded,
 )
-from l2s_data.store.snapshot import Snapshot
+from l2s_data.store.snapshot import Snapshot, commit_of
 from l2s_data.store.tables import Tables
 
 __all__ = ["StoreInfo", "Problem", "GcResult", "DeleteResult", "info", "verify", "gc", "compact",
-           "maybe_compact", "delete_recipe", "list_attempts", "AUTO_COMPACT_FILES"]
+           "maybe_compact", "delete_recipe", "list_attempts", "scan_shards", "AUTO_COMPACT_FILES"]
 
 #: Loose (one-shard) manifest files after which a commit folds them into one file.
 AUTO_COMPACT_FILES = 256
@@ -59,6 +70,7 @@ class StoreInfo:
     manifest_files: int
     orphans: list[str]         # attempt folders that no manifest commits
     orphan_bytes: int
+    unrecognised: list[str] = field(default_factory=list)  # "path: why", never touched
 
 
 @dataclass(frozen=True)
@@ -69,13 +81,89 @@ class Problem:
     message: str
 
 
+def _valid(check: Callable[[object], object], name: str) -> bool:
+    try:
+        check(name)
+    except WriteMismatchError:
+        return False
+    return True
+
+
+def scan_shards(backend: Backend) -> tuple[list[tuple[str, str]], list[str]]:
+    """The (shard, attempt) folders under ``shards/`` that the writer could have made, and every
+    other entry there as ``"path: why"`` (links, stray files, other names). Links are never
+    followed: a symbolic link is reported, whatever it points to."""
+    attempts: list[tuple[str, str]] = []
+    odd: list[str] = []
+
+    def other(path: str, kind: str, what: str) -> None:
+        why = ("a symbolic link; the store never follows or removes links (see the store guide)"
+               if kind == LINK else f"not {what} the writer makes ({'a ' + kind if kind != DIR else 'its name'})")
+        odd.append(f"{path}: {why}")
+
+    for s, kind in backend.entries("shards"):
+        if kind != DIR or not _valid(check_shard, s):
+            other(f"shards/{s}", kind, "a shard folder")
+            continue
+        for a, akind in backend.entries(f"shards/{s}"):
+            if akind != DIR or not _valid(check_attempt, a):
+                other(f"shards/{s}/{a}", akind, "an attempt folder")
+            else:
+                attempts.append((s, a))
+    return attempts, odd
+
+
 def list_attempts(backend: Backend) -> list[tuple[str, str]]:
-    """Every (shard, attempt) folder under shards/."""
-    return [(s, a) for s in backend.listdir("shards") for a in backend.listdir(f"shards/{s}")]
+    """Every (shard, attempt) folder under shards/ that the writer could have made."""
+    return scan_shards(backend)[0]
+
+
+_ARRAY = r"[A-Za-z0-9_-]{1,64}\.[A-Za-z0-9_-]{1,64}\.L[0-9]+"
+_ATTEMPT_FILE = re.compile(rf"^(attempt\.json|claim|zarr\.json|{_ARRAY}/zarr\.json|{_ARRAY}/c/[0-9]+/0)$")
+_ATTEMPT_DIR = re.compile(rf"^({_ARRAY}|{_ARRAY}/c|{_ARRAY}/c/[0-9]+)$")
+
+
+def _attempt_files(backend: Backend, shard: str, attempt: str) -> tuple[list[str], list[str], str | None]:
+    """(files, folders deepest first, None) of an attempt folder holding only what the writer
+    makes, with an ``attempt.json`` naming this shard and attempt; else ([], [], why not)."""
+    d = attempt_dir(shard, attempt)
+    files, dirs, odd = backend.tree(d)
+    if odd:
+        return [], [], f"{odd[0]} is a symbolic link or special file; the attempt is kept"
+    strays = [f for f in files if not _ATTEMPT_FILE.match(f[len(d) + 1:])]
+    strays += [x for x in dirs if x != d and not _ATTEMPT_DIR.match(x[len(d) + 1:])]
+    if strays:
+        return [], [], f"{strays[0]} is not a file the writer makes; the attempt is kept"
+    if files or dirs != [d]:
+        try:
+            meta = json.loads(backend.read_bytes(f"{d}/attempt.json"))
+            ok = meta.get("shard") == shard and meta.get("attempt") == attempt
+        except (FileNotFoundError, ValueError, AttributeError, StoreError):
+            ok = False
+        if not ok:
+            return [], [], f"{d}/attempt.json is missing, unreadable or names another attempt; the attempt is kept"
+    return files, dirs, None
+
+
+def _remove_attempt(backend: Backend, files: list[str], dirs: list[str]) -> None:
+    backend.remove_files([f for f in files if not f.endswith("/claim")])
+    backend.remove_files([f for f in files if f.endswith("/claim")])  # last: it guards the folder
+    for x in dirs:
+        backend.remove_dir(x)
+
+
+def _bytes(backend: Backend, files: list[str]) -> int:
+    total = 0
+    for f in files:
+        try:
+            total += backend.size(f)
+        except FileNotFoundError:
+            continue
+    return total
 
 
 def info(backend: Backend, take: Take, recipes_sql: Callable[[Snapshot], pa.Table]) -> StoreInfo:
-    attempts = list_attempts(backend)  # before the snapshot: a commit in between is not an orphan
+    attempts, odd = scan_shards(backend)  # before the snapshot: a commit in between is not an orphan
     snap = take()
     orphans = [attempt_dir(s, a) for s, a in attempts if (s, a) not in snap.attempts]
     recipes = recipes_sql(snap)
@@ -83,7 +171,7 @@ def info(backend: Backend, take: Take, recipes_sql: Callable[[Snapshot], pa.Tabl
         url=backend.url, snapshot_id=snap.id, recipes=recipes,
         rows=int(pc.sum(recipes["rows"]).as_py() or 0) if recipes.num_rows else 0,
         bytes=snap.bytes, committed_shards=len(snap.shards), manifest_files=len(snap.files),
-        orphans=orphans, orphan_bytes=sum(backend.du(o) for o in orphans),
+        orphans=orphans, orphan_bytes=sum(backend.du(o) for o in orphans), unrecognised=odd,
     )
 
 
@@ -158,7 +246,7 @@ def _verify_array(backend: Backend, path: str, rows: pa.Table) -> list[Problem]:
     for c in range(info_.n_chunks):
         try:
             block = read_chunk(backend, info_, c)
-        except CorruptChunkError as exc:
+        except StoreError as exc:  # CorruptChunkError, OutsideStoreError
             out.append(Problem(shard, rid, f"{path}/c/{c}/0", str(exc)))
             continue
         base = c * info_.chunk_rows
@@ -177,70 +265,87 @@ class GcResult:
     removed: list[str] = field(default_factory=list)
     bytes: int = 0
     kept_recent: list[str] = field(default_factory=list)
+    #: "path: why" of every entry gc does not recognise as the store's; never removed
+    kept_unknown: list[str] = field(default_factory=list)
 
 
-def _age_s(backend: Backend, rel: str, key: str) -> float:
+def _age_s(backend: Backend, rel: str, key: str) -> float | None:
+    """Seconds since the time ``key`` that the store recorded in the JSON file ``rel``; None
+    when there is no readable record (never "infinitely old")."""
     try:
         meta = json.loads(backend.read_bytes(rel))
         return (now() - _dt.datetime.fromisoformat(meta[key])).total_seconds()
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
-        return float("inf")  # no readable marker: not a live writer's folder
+    except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError, StoreError):
+        return None
 
 
 def gc(backend: Backend, take: Take, *, grace_s: float = 3600.0, dry_run: bool = False) -> GcResult:
     """Remove attempts that no valid manifest commits, and stale temporaries.
 
-    Stops on a corrupt manifest (its attempts cannot be told from orphans). An attempt at a
-    shard another attempt committed lost its race and goes at once; an attempt at a shard
-    nobody committed may be a writer at work, so it goes only once ``grace_s`` old. Before
-    removing a folder gc claims it (see the module docstring), so a writer finishing at that
-    moment either commits first (and gc keeps it) or finds its attempt gone and commits nothing.
+    Stops on a corrupt manifest (its attempts cannot be told from orphans). Only what the writer
+    makes is removed (see the module docstring); anything else is reported in ``kept_unknown``.
+    An attempt at a shard another attempt committed lost its race and goes at once; an attempt
+    at a shard nobody committed may be a writer at work, so it goes only once its recorded start
+    (``attempt.json``) is ``grace_s`` old, and one without that record is kept. Before removing
+    a folder gc claims it (see the module docstring), so a writer finishing at that moment
+    either commits first (and gc keeps it) or finds its attempt gone and commits nothing.
     """
     with Lease(backend, op="gc"):
-        attempts = list_attempts(backend)  # list first: an attempt that commits meanwhile is kept
+        attempts, odd = scan_shards(backend)  # list first: an attempt that commits meanwhile is kept
         snap = take()  # CorruptManifestError stops gc here
-        out = GcResult()
+        out = GcResult(kept_unknown=list(odd))
         for s, a in attempts:
             if (s, a) in snap.attempts:
                 continue
             d = attempt_dir(s, a)
-            if s not in snap.shards and _age_s(backend, f"{d}/attempt.json", "started_at") < grace_s:
+            files, dirs, why = _attempt_files(backend, s, a)
+            if why is not None:
+                out.kept_unknown.append(f"{d}: {why}")
+                continue
+            if not files:  # an empty folder: a writer that has not written its record yet
                 out.kept_recent.append(d)
                 continue
-            # A shard another attempt committed: this one lost, or will lose, its commit.
+            if s not in snap.shards:
+                age = _age_s(backend, f"{d}/attempt.json", "started_at")
+                if age is None or age < grace_s:
+                    out.kept_recent.append(d)
+                    continue
+            # A shard another attempt committed: this one lost, or will lose, its commit (gc
+            # holds the lease, so no delete can uncommit the shard meanwhile). At a shard nobody
+            # committed, claim the folder first: a writer finishing now either claimed it already
+            # (and is committing) or will find the claim taken and commit nothing.
             if not dry_run and s not in snap.shards:
                 mine = json.dumps({"by": "gc", "at": now().isoformat()}).encode()
                 if not backend.put_if_absent(f"{d}/claim", mine):
                     claim = f"{d}/claim"
                     try:
                         by_gc = json.loads(backend.read_bytes(claim)).get("by") == "gc"
-                    except (FileNotFoundError, ValueError, AttributeError):
+                    except (FileNotFoundError, ValueError, AttributeError, StoreError):
                         by_gc = False
                     # A writer claimed it: it is committing now, unless it died after claiming.
-                    if not by_gc and (_committed_now(backend, s, a) or _age_s(backend, claim, "at") < grace_s):
-                        out.kept_recent.append(d)
-                        continue
-            out.bytes += backend.du(d)
+                    if not by_gc:
+                        age = _age_s(backend, claim, "at")
+                        if commit_of(backend, s) == a or age is None or age < grace_s:
+                            out.kept_recent.append(d)
+                            continue
+                files, dirs, why = _attempt_files(backend, s, a)  # the claim is in it now
+                if why is not None:
+                    out.kept_unknown.append(f"{d}: {why}")
+                    continue
+            out.bytes += _bytes(backend, files)
             out.removed.append(d)
             if not dry_run:
-                backend.remove(d, recursive=True)
+                _remove_attempt(backend, files, dirs)
         for folder in ("manifests", "leases", *PART_TABLES):
             for tmp in backend.stale_temporaries(folder, grace_s):
                 out.removed.append(tmp)
                 if not dry_run:
                     backend.remove(tmp)
         if not dry_run:
-            for s in {s for s, _ in attempts}:
-                if not backend.listdir(f"shards/{s}"):
-                    backend.remove(f"shards/{s}", recursive=True)
+            for s in sorted({s for s, _ in attempts}):
+                if not backend.entries(f"shards/{s}"):
+                    backend.remove_dir(f"shards/{s}")
         return out
-
-
-def _committed_now(backend: Backend, shard: str, attempt: str) -> bool:
-    try:
-        return read_info(backend, manifest_name("shard", shard)).shards.get(shard) == attempt
-    except FileNotFoundError:
-        return False
 
 
 def compact(backend: Backend, take: Take, *, min_files: int = 2) -> tuple[int, str | None]:
@@ -253,7 +358,8 @@ def compact(backend: Backend, take: Take, *, min_files: int = 2) -> tuple[int, s
 
 def _compact(backend: Backend, take: Take, min_files: int) -> tuple[int, str | None]:
     snap = take()
-    folded = [i for i in snap.infos if i.name not in {n for j in snap.infos for n in j.supersedes}]
+    gone = superseded(snap.infos)
+    folded = [i for i in snap.infos if not gone(i)]
     if len(folded) < min_files:
         return 0, None
     # Held as dictionaries and written in key order a row group at a time: a whole store's rows
@@ -261,15 +367,20 @@ def _compact(backend: Backend, take: Take, min_files: int) -> tuple[int, str | N
     rows = drop_attempts(concat_rows(read_rows(backend, i, dictionary=True) for i in snap.live), snap.excluded)
     stamps = {s: t for i in snap.live for s, t in i.committed_at.items() if snap.shards.get(s) == i.shards.get(s)}
     byts = {s: b for i in snap.live for s, b in i.bytes.items() if snap.shards.get(s) == i.shards.get(s)}
-    names = sorted(i.name for i in folded)
-    name = manifest_name("compacted", sha256_hex("\n".join(names)))
+    replaces = {i.name: i.sha256 for i in folded}
+    name = manifest_name("compacted", sha256_hex("\n".join(f"{n} {h}" for n, h in sorted(replaces.items()))))
+    replaces.pop(name, None)
     data = encode_manifest(rows, kind="compacted", shards=snap.shards, bytes_=byts, committed_at=stamps,
-                           supersedes=[n for n in names if n != name], order=order_by(rows, KEY_ORDER))
-    backend.put_if_absent(name, data)
-    # Remove what the new file supersedes, and what an earlier compaction left behind.
-    for n in sorted(set(names) | {n for i in snap.infos for n in i.supersedes}):
-        if n != name:
-            backend.remove(n)
+                           supersedes=sorted(replaces), replaces=replaces, order=order_by(rows, KEY_ORDER))
+    if not backend.put_if_absent(name, data) and read_info(backend, name).replaces != replaces:
+        raise StoreError(f"store {backend.url}: {name} exists and folds other files; nothing was removed. "
+                         f"Run `l2s store verify`.")
+    # Remove every file this compaction read except the new one: the folded files (their rows
+    # are in the new file) and those an earlier compaction replaced. Each was read above, by
+    # name and content, under the lease: only a lease holder removes a manifest, so the name
+    # still holds that content (a writer only creates absent names).
+    for n in sorted({i.name for i in snap.infos} - {name}):
+        backend.remove(n)
     return len(folded), name
 
 
@@ -296,6 +407,8 @@ class DeleteResult:
     rows: int = 0
     shards: list[str] = field(default_factory=list)
     bytes: int = 0
+    #: "path: why" of attempt folders left in place (they hold something the writer does not make)
+    kept_unknown: list[str] = field(default_factory=list)
 
 
 def delete_recipe(backend: Backend, tables: Tables, take: Take, recipe: str, *, force: bool = False) -> DeleteResult:
@@ -326,9 +439,16 @@ def delete_recipe(backend: Backend, tables: Tables, take: Take, recipe: str, *, 
         for s, a in pairs:
             d = attempt_dir(s, a)
             out.bytes += snap.bytes_of(s)
-            backend.remove(d, recursive=True)
-            if not backend.listdir(f"shards/{s}"):
-                backend.remove(f"shards/{s}", recursive=True)
+            try:
+                files, dirs, why = _attempt_files(backend, s, a)
+            except StoreError as exc:  # the shard folder is a link: never followed
+                files, dirs, why = [], [], str(exc)
+            if why is not None:
+                out.kept_unknown.append(f"{d}: {why}")
+                continue
+            _remove_attempt(backend, files, dirs)
+            if not backend.entries(f"shards/{s}"):
+                backend.remove_dir(f"shards/{s}")
         if take().rows(pc.field("recipe_id") == rid, ["shard"]).num_rows == 0:
             for part in tables.recipe_parts(rid):
                 backend.remove(part)
