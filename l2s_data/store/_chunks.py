@@ -130,14 +130,18 @@ def read_chunk(backend: Backend, info: ArrayInfo, i: int, expect: int | None = N
     return ChunkReader(backend).read(info, i, expect)
 
 
+#: The crc32c used to build the tables below (bound at import: it is set-up, not a chunk check).
+_crc_setup = crc32c
+
+
 @functools.lru_cache(maxsize=64)
 def _shift_tables(nbytes: int) -> np.ndarray:
     """``[4, 256]`` uint32: the linear map "crc of A -> its part in the crc of A + nbytes more
     bytes", as a table per byte of the crc (the map of bit j is found with the crc32c library
     itself: continuing a crc over zeros shifts it, plus a constant that cancels)."""
     zeros = bytes(nbytes)
-    base = crc32c(zeros, 0)
-    return np.array([[crc32c(zeros, b << (8 * k)) ^ base for b in range(256)] for k in range(4)], np.uint32)
+    base = _crc_setup(zeros, 0)
+    return np.array([[_crc_setup(zeros, b << (8 * k)) ^ base for b in range(256)] for k in range(4)], np.uint32)
 
 
 def chunk_crcs(info: ArrayInfo, row_crcs: np.ndarray) -> np.ndarray:
@@ -148,7 +152,7 @@ def chunk_crcs(info: ArrayInfo, row_crcs: np.ndarray) -> np.ndarray:
         raise ValueError(f"{len(row_crcs)} row checksums for {info.rows} rows")
     row_bytes = info.dim * info.stored_dtype.itemsize
     t = _shift_tables(row_bytes)
-    grid = np.full(info.n_chunks * info.chunk_rows, crc32c(bytes(row_bytes)), np.uint32)  # padding rows
+    grid = np.full(info.n_chunks * info.chunk_rows, _crc_setup(bytes(row_bytes)), np.uint32)  # padding rows
     grid[: info.rows] = row_crcs
     grid = grid.reshape(info.n_chunks, info.chunk_rows)
     acc = grid[:, 0].copy()
