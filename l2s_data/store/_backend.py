@@ -186,6 +186,10 @@ class Backend:
             return False
         return True
 
+    def age_s(self, rel: str) -> float | None:
+        """Seconds since ``rel`` last changed, where the filesystem says (None elsewhere)."""
+        return None
+
     def remove(self, rel: str) -> None:
         """Remove one file (gone already is fine); see :meth:`remove_files`."""
         self.remove_files([rel])
@@ -321,6 +325,14 @@ class LocalBackend(Backend):
 
     def size(self, rel: str) -> int:
         return os.lstat(self.path(rel)).st_size
+
+    def age_s(self, rel: str) -> float | None:
+        import time
+
+        try:
+            return time.time() - os.lstat(self.path(rel)).st_mtime
+        except FileNotFoundError:
+            return None
 
     def stale_temporaries(self, rel: str, older_than_s: float) -> list[str]:
         import time

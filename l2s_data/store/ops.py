@@ -125,7 +125,9 @@ _ATTEMPT_DIR = re.compile(rf"^({_ARRAY}|{_ARRAY}/c|{_ARRAY}/c/[0-9]+)$")
 
 def _attempt_files(backend: Backend, shard: str, attempt: str) -> tuple[list[str], list[str], str | None]:
     """(files, folders deepest first, None) of an attempt folder holding only what the writer
-    makes, with an ``attempt.json`` naming this shard and attempt; else ([], [], why not)."""
+    makes, with an ``attempt.json`` naming this shard and attempt, or what a removal that
+    stopped half-way left of one (only its ``claim``, or empty folders); else
+    ([], [], why it is kept)."""
     d = attempt_dir(shard, attempt)
     files, dirs, odd = backend.tree(d)
     if odd:
@@ -134,22 +136,29 @@ def _attempt_files(backend: Backend, shard: str, attempt: str) -> tuple[list[str
     strays += [x for x in dirs if x != d and not _ATTEMPT_DIR.match(x[len(d) + 1:])]
     if strays:
         return [], [], f"{strays[0]} is not a file the writer makes; the attempt is kept"
-    if files or dirs != [d]:
+    record = f"{d}/attempt.json"
+    if record in files:
         try:
-            meta = json.loads(backend.read_bytes(f"{d}/attempt.json"))
+            meta = json.loads(backend.read_bytes(record))
             ok = meta.get("shard") == shard and meta.get("attempt") == attempt
         except (FileNotFoundError, ValueError, AttributeError, StoreError):
             ok = False
-        if not ok:
-            return [], [], f"{d}/attempt.json is missing, unreadable or names another attempt; the attempt is kept"
+    else:  # a removal that stopped half-way removes the record last but for the claim
+        ok = files == [] or (files == [f"{d}/claim"] and _age_s(backend, f"{d}/claim", "at") is not None)
+    if not ok:
+        return [], [], f"{record} is missing, unreadable or names another attempt; the attempt is kept"
     return files, dirs, None
 
 
 def _remove_attempt(backend: Backend, files: list[str], dirs: list[str]) -> None:
-    backend.remove_files([f for f in files if not f.endswith("/claim")])
-    backend.remove_files([f for f in files if f.endswith("/claim")])  # last: it guards the folder
-    for x in dirs:
+    """Remove an attempt folder file by file, its record (``attempt.json``) and then its
+    ``claim`` last: a removal that stops half-way leaves a folder that is still recognised."""
+    last = [f for f in files if f.count("/") == 3 and f.rsplit("/", 1)[1] in ("attempt.json", "claim")]
+    backend.remove_files([f for f in files if f not in last])
+    for x in dirs[:-1]:
         backend.remove_dir(x)
+    backend.remove_files(sorted(last))  # attempt.json, then claim
+    backend.remove_dir(dirs[-1])
 
 
 def _bytes(backend: Backend, files: list[str]) -> int:
@@ -302,10 +311,15 @@ def gc(backend: Backend, take: Take, *, grace_s: float = 3600.0, dry_run: bool =
             if why is not None:
                 out.kept_unknown.append(f"{d}: {why}")
                 continue
-            if not files:  # an empty folder: a writer that has not written its record yet
-                out.kept_recent.append(d)
-                continue
-            if s not in snap.shards:
+            remnant = f"{d}/attempt.json" not in files  # what a stopped removal left
+            if remnant and dirs == [d] and not files:
+                # An empty folder: a writer that has not written its record yet, or a removal
+                # that stopped just before its last step; the folder's own time tells them apart.
+                age = backend.age_s(d)
+                if age is None or age < grace_s:
+                    out.kept_recent.append(d)
+                    continue
+            elif s not in snap.shards and not remnant:
                 age = _age_s(backend, f"{d}/attempt.json", "started_at")
                 if age is None or age < grace_s:
                     out.kept_recent.append(d)
@@ -314,7 +328,7 @@ def gc(backend: Backend, take: Take, *, grace_s: float = 3600.0, dry_run: bool =
             # holds the lease, so no delete can uncommit the shard meanwhile). At a shard nobody
             # committed, claim the folder first: a writer finishing now either claimed it already
             # (and is committing) or will find the claim taken and commit nothing.
-            if not dry_run and s not in snap.shards:
+            if not dry_run and s not in snap.shards and not remnant:
                 mine = json.dumps({"by": "gc", "at": now().isoformat()}).encode()
                 if not backend.put_if_absent(f"{d}/claim", mine):
                     claim = f"{d}/claim"
