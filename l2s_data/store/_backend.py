@@ -252,6 +252,8 @@ class LocalBackend(Backend):
             real = os.path.realpath(path)
         if real != path:
             os.close(fd)
+            if real == f"{path} (deleted)":  # removed between the open and this check
+                raise FileNotFoundError(errno.ENOENT, "removed while being opened", path)
             raise _outside(path, f"lies under a symbolic link (it resolves to {real})")
         return fd
 

@@ -13,20 +13,14 @@ running writers and readers:
 - **gc** removes an attempt folder only after creating its ``claim`` file, which a writer
   creates too before it commits: exactly one of them wins (see ``writer``).
 
-What maintenance removes is only what the store wrote (:func:`scan_shards`): a shard folder
-and an attempt folder are real folders (never links) with names the writer makes, holding only
-the files the writer makes (``attempt.json`` naming that very shard and attempt, ``claim``,
-``zarr.json``, arrays ``<view>.<position>.L<layer>/`` with ``zarr.json`` and ``c/<i>/0``).
-Anything else is reported and kept, and the folders are emptied file by file, never by a
-recursive delete that could follow a link.
+What maintenance removes is only what the store wrote: see ``attempts``. Anything else is
+reported and kept.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -34,14 +28,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from l2s_data.errors import CorruptChunkError, CorruptManifestError, ReferencedRecipeError, StoreError
+from l2s_data.errors import CorruptManifestError, ReferencedRecipeError, StoreError
 from l2s_data.schemas import ZARR_ATTRIBUTES_KEY
-from l2s_data.errors import WriteMismatchError
-from l2s_data.store._backend import DIR, LINK, Backend
+from l2s_data.store._backend import Backend
 from l2s_data.store._chunks import load_array_info, read_chunk
-from l2s_data.store.contract import (
-    PART_TABLES, attempt_dir, check_attempt, check_shard, crc32c, now, sha256_hex,
+from l2s_data.store.attempts import (
+    attempt_files, files_bytes, list_attempts, recorded_age_s, remove_attempt, scan_shards,
 )
+from l2s_data.store.contract import PART_TABLES, attempt_dir, crc32c, now, sha256_hex
 from l2s_data.store.leases import Lease
 from l2s_data.store.manifests import (
     KEY_ORDER, concat_rows, drop_attempts, encode_manifest, list_names, manifest_name, order_by, read_info,
@@ -79,96 +73,6 @@ class Problem:
     recipe_id: str
     what: str                  # file or array concerned
     message: str
-
-
-def _valid(check: Callable[[object], object], name: str) -> bool:
-    try:
-        check(name)
-    except WriteMismatchError:
-        return False
-    return True
-
-
-def scan_shards(backend: Backend) -> tuple[list[tuple[str, str]], list[str]]:
-    """The (shard, attempt) folders under ``shards/`` that the writer could have made, and every
-    other entry there as ``"path: why"`` (links, stray files, other names). Links are never
-    followed: a symbolic link is reported, whatever it points to."""
-    attempts: list[tuple[str, str]] = []
-    odd: list[str] = []
-
-    def other(path: str, kind: str, what: str) -> None:
-        why = ("a symbolic link; the store never follows or removes links (see the store guide)"
-               if kind == LINK else f"not {what} the writer makes ({'a ' + kind if kind != DIR else 'its name'})")
-        odd.append(f"{path}: {why}")
-
-    for s, kind in backend.entries("shards"):
-        if kind != DIR or not _valid(check_shard, s):
-            other(f"shards/{s}", kind, "a shard folder")
-            continue
-        for a, akind in backend.entries(f"shards/{s}"):
-            if akind != DIR or not _valid(check_attempt, a):
-                other(f"shards/{s}/{a}", akind, "an attempt folder")
-            else:
-                attempts.append((s, a))
-    return attempts, odd
-
-
-def list_attempts(backend: Backend) -> list[tuple[str, str]]:
-    """Every (shard, attempt) folder under shards/ that the writer could have made."""
-    return scan_shards(backend)[0]
-
-
-_ARRAY = r"[A-Za-z0-9_-]{1,64}\.[A-Za-z0-9_-]{1,64}\.L[0-9]+"
-_ATTEMPT_FILE = re.compile(rf"^(attempt\.json|claim|zarr\.json|{_ARRAY}/zarr\.json|{_ARRAY}/c/[0-9]+/0)$")
-_ATTEMPT_DIR = re.compile(rf"^({_ARRAY}|{_ARRAY}/c|{_ARRAY}/c/[0-9]+)$")
-
-
-def _attempt_files(backend: Backend, shard: str, attempt: str) -> tuple[list[str], list[str], str | None]:
-    """(files, folders deepest first, None) of an attempt folder holding only what the writer
-    makes, with an ``attempt.json`` naming this shard and attempt, or what a removal that
-    stopped half-way left of one (only its ``claim``, or empty folders); else
-    ([], [], why it is kept)."""
-    d = attempt_dir(shard, attempt)
-    files, dirs, odd = backend.tree(d)
-    if odd:
-        return [], [], f"{odd[0]} is a symbolic link or special file; the attempt is kept"
-    strays = [f for f in files if not _ATTEMPT_FILE.match(f[len(d) + 1:])]
-    strays += [x for x in dirs if x != d and not _ATTEMPT_DIR.match(x[len(d) + 1:])]
-    if strays:
-        return [], [], f"{strays[0]} is not a file the writer makes; the attempt is kept"
-    record = f"{d}/attempt.json"
-    if record in files:
-        try:
-            meta = json.loads(backend.read_bytes(record))
-            ok = meta.get("shard") == shard and meta.get("attempt") == attempt
-        except (FileNotFoundError, ValueError, AttributeError, StoreError):
-            ok = False
-    else:  # a removal that stopped half-way removes the record last but for the claim
-        ok = files == [] or (files == [f"{d}/claim"] and _age_s(backend, f"{d}/claim", "at") is not None)
-    if not ok:
-        return [], [], f"{record} is missing, unreadable or names another attempt; the attempt is kept"
-    return files, dirs, None
-
-
-def _remove_attempt(backend: Backend, files: list[str], dirs: list[str]) -> None:
-    """Remove an attempt folder file by file, its record (``attempt.json``) and then its
-    ``claim`` last: a removal that stops half-way leaves a folder that is still recognised."""
-    last = [f for f in files if f.count("/") == 3 and f.rsplit("/", 1)[1] in ("attempt.json", "claim")]
-    backend.remove_files([f for f in files if f not in last])
-    for x in dirs[:-1]:
-        backend.remove_dir(x)
-    backend.remove_files(sorted(last))  # attempt.json, then claim
-    backend.remove_dir(dirs[-1])
-
-
-def _bytes(backend: Backend, files: list[str]) -> int:
-    total = 0
-    for f in files:
-        try:
-            total += backend.size(f)
-        except FileNotFoundError:
-            continue
-    return total
 
 
 def info(backend: Backend, take: Take, recipes_sql: Callable[[Snapshot], pa.Table]) -> StoreInfo:
@@ -278,16 +182,6 @@ class GcResult:
     kept_unknown: list[str] = field(default_factory=list)
 
 
-def _age_s(backend: Backend, rel: str, key: str) -> float | None:
-    """Seconds since the time ``key`` that the store recorded in the JSON file ``rel``; None
-    when there is no readable record (never "infinitely old")."""
-    try:
-        meta = json.loads(backend.read_bytes(rel))
-        return (now() - _dt.datetime.fromisoformat(meta[key])).total_seconds()
-    except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError, StoreError):
-        return None
-
-
 def gc(backend: Backend, take: Take, *, grace_s: float = 3600.0, dry_run: bool = False) -> GcResult:
     """Remove attempts that no valid manifest commits, and stale temporaries.
 
@@ -307,7 +201,7 @@ def gc(backend: Backend, take: Take, *, grace_s: float = 3600.0, dry_run: bool =
             if (s, a) in snap.attempts:
                 continue
             d = attempt_dir(s, a)
-            files, dirs, why = _attempt_files(backend, s, a)
+            files, dirs, why = attempt_files(backend, s, a)
             if why is not None:
                 out.kept_unknown.append(f"{d}: {why}")
                 continue
@@ -320,7 +214,7 @@ def gc(backend: Backend, take: Take, *, grace_s: float = 3600.0, dry_run: bool =
                     out.kept_recent.append(d)
                     continue
             elif s not in snap.shards and not remnant:
-                age = _age_s(backend, f"{d}/attempt.json", "started_at")
+                age = recorded_age_s(backend, f"{d}/attempt.json", "started_at")
                 if age is None or age < grace_s:
                     out.kept_recent.append(d)
                     continue
@@ -338,18 +232,18 @@ def gc(backend: Backend, take: Take, *, grace_s: float = 3600.0, dry_run: bool =
                         by_gc = False
                     # A writer claimed it: it is committing now, unless it died after claiming.
                     if not by_gc:
-                        age = _age_s(backend, claim, "at")
+                        age = recorded_age_s(backend, claim, "at")
                         if commit_of(backend, s) == a or age is None or age < grace_s:
                             out.kept_recent.append(d)
                             continue
-                files, dirs, why = _attempt_files(backend, s, a)  # the claim is in it now
+                files, dirs, why = attempt_files(backend, s, a)  # the claim is in it now
                 if why is not None:
                     out.kept_unknown.append(f"{d}: {why}")
                     continue
-            out.bytes += _bytes(backend, files)
+            out.bytes += files_bytes(backend, files)
             out.removed.append(d)
             if not dry_run:
-                _remove_attempt(backend, files, dirs)
+                remove_attempt(backend, files, dirs)
         for folder in ("manifests", "leases", *PART_TABLES):
             for tmp in backend.stale_temporaries(folder, grace_s):
                 out.removed.append(tmp)
@@ -454,13 +348,13 @@ def delete_recipe(backend: Backend, tables: Tables, take: Take, recipe: str, *, 
             d = attempt_dir(s, a)
             out.bytes += snap.bytes_of(s)
             try:
-                files, dirs, why = _attempt_files(backend, s, a)
+                files, dirs, why = attempt_files(backend, s, a)
             except StoreError as exc:  # the shard folder is a link: never followed
                 files, dirs, why = [], [], str(exc)
             if why is not None:
                 out.kept_unknown.append(f"{d}: {why}")
                 continue
-            _remove_attempt(backend, files, dirs)
+            remove_attempt(backend, files, dirs)
             if not backend.entries(f"shards/{s}"):
                 backend.remove_dir(f"shards/{s}")
         if take().rows(pc.field("recipe_id") == rid, ["shard"]).num_rows == 0:
