@@ -108,12 +108,15 @@ class JobClient:
         """``message``, unless the server refused the request's authentication (HTTP 401): then
         whether a token was sent and refused, or none was found to send."""
         text = str(err)
-        if not ("401" in text or "Unauthorized" in text or "authentication token" in text.lower()):
+        low = text.lower()
+        if not ("401" in text or "unauthorized" in low or "authentication" in low):
             return JobSubmissionError(message)
         if self._token_sent:
+            # Not the server's words: some Ray versions answer a wrong token with "no
+            # authentication token was found", which sends users looking for a file they have.
             return JobSubmissionError(
-                f"the Ray Jobs API at {self.address} refused the auth token that was sent (HTTP 401 "
-                f"Unauthorized): it is not this cluster's token. Get the cluster's token on its head node "
+                f"the Ray Jobs API at {self.address} refused the auth token that was sent: it is not "
+                f"this cluster's token. Get the cluster's token on its head node "
                 f"(`ray get-auth-token`) and pass it with --token-file, RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH "
                 f"or ~/.ray/auth_token."
             )
