@@ -33,8 +33,7 @@ from l2s_data.errors import CorruptChunkError, KeyNotFoundError
 from l2s_data.schemas import MANIFESTS
 from l2s_data.store._backend import Backend
 from l2s_data.store._chunks import ArrayInfo, load_array_info, read_chunk
-from l2s_data.store.contract import to_float32
-from l2s_data.store.contract import COMPACTED_PREFIX, TOMBSTONE_PREFIX, crc32c, manifest_path
+from l2s_data.store.contract import COMPACTED_PREFIX, TOMBSTONE_PREFIX, crc32c, manifest_path, to_float32
 from l2s_data.store.manifests import ManifestInfo, check_rows, list_names, read_infos, superseded
 
 __all__ = ["Key", "Snapshot", "take_snapshot", "commit_of"]
