@@ -80,6 +80,12 @@ class Store:
             )
         if not backend.exists(MARKER):
             if not create:
+                bucket = backend.root.split("/", 1)[0]
+                if not backend.is_local and not backend.fs.exists(bucket):
+                    raise StoreNotFoundError(
+                        f"no l2s-data store at {backend.url}: the bucket {bucket!r} does not exist, or "
+                        f"these credentials cannot see it. Check the URL and the credentials."
+                    )
                 raise StoreNotFoundError(
                     f"no l2s-data store at {backend.url} (no {MARKER} there). Create one with "
                     f"Store.open(url, create=True), or check the URL."
