@@ -151,6 +151,15 @@ class ReferencedRecipeError(StoreError):
     """A recipe cannot be deleted while runs still reference it."""
 
 
+class OutsideStoreError(StoreError):
+    """A path the store would act on is a symbolic link, or lies under one: the store reads
+    and deletes only real files and folders inside its root."""
+
+
+class StoreAccessError(StoreError, PermissionError):
+    """The store's filesystem refused access (credentials, permissions, a missing bucket)."""
+
+
 # --- extraction -------------------------------------------------------------------------
 
 

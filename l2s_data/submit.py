@@ -95,13 +95,36 @@ class JobClient:
 
         tok = find_token(token)
         headers = {"Authorization": f"Bearer {tok}"} if tok else None
+        self.address = address
+        self._token_sent = bool(tok)
         try:
             self._client = JobSubmissionClient(address, headers=headers)
         except Exception as err:  # noqa: BLE001 - connection, auth and version errors all land here
-            raise JobSubmissionError(f"cannot reach the Ray Jobs API at {address!r}: {err}. Check the address "
-                                     f"(the dashboard port, 8265 by default) and the auth token "
-                                     f"(RAY_AUTH_TOKEN or ~/.ray/auth_token)") from err
-        self.address = address
+            raise self._error(f"cannot reach the Ray Jobs API at {address!r}: {err}. Check the address "
+                              f"(the dashboard port, 8265 by default) and the auth token "
+                              f"(RAY_AUTH_TOKEN or ~/.ray/auth_token)", err) from err
+
+    def _error(self, message: str, err: BaseException) -> JobSubmissionError:
+        """``message``, unless the server refused the request's authentication (HTTP 401): then
+        whether a token was sent and refused, or none was found to send."""
+        text = str(err)
+        low = text.lower()
+        if not ("401" in text or "unauthorized" in low or "authentication" in low):
+            return JobSubmissionError(message)
+        if self._token_sent:
+            # Not the server's words: some Ray versions answer a wrong token with "no
+            # authentication token was found", which sends users looking for a file they have.
+            return JobSubmissionError(
+                f"the Ray Jobs API at {self.address} refused the auth token that was sent: it is not "
+                f"this cluster's token. Get the cluster's token on its head node "
+                f"(`ray get-auth-token`) and pass it with --token-file, RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH "
+                f"or ~/.ray/auth_token."
+            )
+        return JobSubmissionError(
+            f"the Ray Jobs API at {self.address} requires an auth token and none was found: pass it with "
+            f"--token-file, RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (`ray get-auth-token` "
+            f"on the head node prints it)."
+        )
 
     def submit(self, kind: str, args: Sequence[str], *, env: Mapping[str, str] | None = None,
                working_dir: Path | None = None, submission_id: str | None = None) -> str:
@@ -118,21 +141,21 @@ class JobClient:
         try:
             return self._client.submit_job(entrypoint=entry, runtime_env=runtime_env, submission_id=submission_id)
         except Exception as err:  # noqa: BLE001
-            raise JobSubmissionError(f"submitting {entry!r} to {self.address} failed: {err}") from err
+            raise self._error(f"submitting {entry!r} to {self.address} failed: {err}", err) from err
 
     def info(self, job_id: str) -> JobInfo:
         try:
             d = self._client.get_job_info(job_id)
         except Exception as err:  # noqa: BLE001
-            raise JobSubmissionError(f"no job {job_id!r} at {self.address}: {err}. List them with "
-                                     f"`l2s jobs list --address {self.address}`") from err
+            raise self._error(f"no job {job_id!r} at {self.address}: {err}. List them with "
+                              f"`l2s jobs list --address {self.address}`", err) from err
         return _info(d)
 
     def list(self) -> list[JobInfo]:
         try:
             jobs = self._client.list_jobs()
         except Exception as err:  # noqa: BLE001
-            raise JobSubmissionError(f"listing the jobs of {self.address} failed: {err}") from err
+            raise self._error(f"listing the jobs of {self.address} failed: {err}", err) from err
         return sorted((_info(d) for d in jobs), key=lambda j: j.start_time or 0.0)
 
     def logs(self, job_id: str) -> str:

@@ -16,8 +16,12 @@ CREATE VIEW manifests AS
 -- A run may be committed more than once (a status that changes): its latest row counts.
 CREATE VIEW runs AS
     SELECT DISTINCT ON (run_id) * FROM _runs ORDER BY run_id, created_at DESC;
+-- One row per (run, method, alpha, sample), however many processes evaluated the same config:
+-- as with a shard committed twice, the first commit counts (the earliest created_at; equal
+-- times fall to the smaller response, then scores, so every reader picks the same row).
 CREATE VIEW evaluations AS
-    SELECT DISTINCT * FROM _evaluations;
+    SELECT DISTINCT ON (run_id, method, alpha, sample_id) * FROM _evaluations
+    ORDER BY run_id, method, alpha, sample_id, created_at, response, scores_json;
 CREATE VIEW errors AS
     SELECT DISTINCT * FROM _errors;
 CREATE VIEW extractions AS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import NoReturn
 
 import typer
@@ -12,12 +13,23 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+#: Control characters other than newline and tab: C0, DEL and C1 (ESC starts terminal commands).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: object) -> str:
+    r"""``text`` with every control character but newline and tab written as an escape
+    (``\x1b``): data never sends terminal commands (colours, cursor moves, titles)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
 def fail(exc: BaseException | str, *, code: int = 1) -> NoReturn:
     """Print ``exc`` as one error line on stderr (paths stay greppable) and exit with ``code``.
 
-    The message is printed verbatim: text such as ``[/INST]`` in it is data, not markup.
+    The message is printed verbatim: text such as ``[/INST]`` in it is data, not markup;
+    control characters are escaped (:func:`printable`).
     """
-    err_console.print(Text.assemble(("error:", "bold red"), " ", str(exc)), highlight=False, soft_wrap=True)
+    err_console.print(Text.assemble(("error:", "bold red"), " ", printable(exc)), highlight=False, soft_wrap=True)
     raise typer.Exit(code=code)
 
 
@@ -38,7 +50,13 @@ def interrupted(what: str) -> NoReturn:
 
 
 def say(text: str | Text, *, stderr: bool = False) -> None:
-    """Print one line verbatim (no markup, emoji codes or highlighting; never wrapped)."""
+    """Print one line verbatim (no markup, emoji codes or highlighting; never wrapped; control
+    characters escaped)."""
+    if isinstance(text, Text):
+        text = text.copy()
+        text.plain = printable(text.plain) if _CONTROL.search(text.plain) else text.plain
+    else:
+        text = printable(text)
     (err_console if stderr else console).print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
 
 
@@ -49,4 +67,4 @@ def note(text: str) -> None:
 
 def cells(*values: object) -> list[Text]:
     """Table cells that show ``values`` verbatim: a plain string cell would be read as markup."""
-    return [Text("" if v is None else str(v)) for v in values]
+    return [Text("" if v is None else printable(v)) for v in values]

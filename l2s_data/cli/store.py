@@ -16,7 +16,7 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from l2s_data.cli._common import console, fail, interrupted, say
+from l2s_data.cli._common import cells, console, fail, interrupted, printable, say
 from l2s_data.errors import L2SError
 
 app = typer.Typer(
@@ -38,7 +38,14 @@ def _open(url: Optional[str]):
     return Store.open(_store_url(url))
 
 
-_fail = fail
+def _fail(exc: BaseException | str, url: Optional[str] = None):
+    """Fail with ``exc``; an OSError from the store's filesystem (a server that refuses the
+    credentials, a folder without permission) is said as one line, without a traceback."""
+    if isinstance(exc, OSError) and not isinstance(exc, L2SError):
+        fail(f"cannot access the store at {_store_url(url)}: {exc or type(exc).__name__}. Check the "
+             f"credentials (for s3: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE), that they "
+             f"may read and write that bucket and prefix, and the URL.")
+    fail(exc)
 
 
 def _rich_table(t: pa.Table, title: str | None = None) -> Table:
@@ -47,7 +54,7 @@ def _rich_table(t: pa.Table, title: str | None = None) -> Table:
     for name in t.column_names:
         out.add_column(Text(name), overflow="fold")
     for row in _rows(t.to_batches()):
-        out.add_row(*[Text("" if v is None else str(v)) for v in row])
+        out.add_row(*cells(*row))
     return out
 
 
@@ -70,13 +77,17 @@ def info_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=_ST
     """Recipes, rows, bytes, committed shards and orphaned attempts."""
     try:
         i = _open(store).info()
-    except L2SError as exc:
-        _fail(exc)
+    except (L2SError, OSError) as exc:
+        _fail(exc, store)
     say(f"store      {i.url}")
     say(f"snapshot   {i.snapshot_id}")
     say(f"rows       {i.rows} committed keys in {i.committed_shards} shards ({i.manifest_files} manifest files)")
     say(f"bytes      {_human(i.bytes)} under shards/")
     say(f"orphans    {len(i.orphans)} attempts, {_human(i.orphan_bytes)} (`l2s store gc` removes them)")
+    if i.unrecognised:
+        say(f"unknown    {len(i.unrecognised)} entries under shards/ that the store did not write (kept, never touched):")
+        for line in i.unrecognised:
+            say(f"  {line}")
     if i.recipes.num_rows:
         console.print(_rich_table(i.recipes, title="recipes"))
 
@@ -89,8 +100,8 @@ def verify_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=_
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task("verifying arrays", total=None)
             problems = s.verify(progress=lambda done, total: bar.update(task, completed=done, total=total))
-    except L2SError as exc:
-        _fail(exc)
+    except (L2SError, OSError) as exc:
+        _fail(exc, store)
     if not problems:
         say(Text.assemble(("ok", "green"), ": every committed chunk and row matches its checksum"))
         return
@@ -98,7 +109,7 @@ def verify_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=_
     for c in ("shard", "recipe", "where", "problem"):
         t.add_column(c, overflow="fold")
     for p in problems:
-        t.add_row(*(Text(str(v)) for v in (p.shard, p.recipe_id, p.what, p.message)))
+        t.add_row(*cells(p.shard, p.recipe_id, p.what, p.message))
     console.print(t)
     raise typer.Exit(1)
 
@@ -109,15 +120,22 @@ def gc_cmd(
     grace: float = typer.Option(3600.0, help="Keep uncommitted attempts younger than this many seconds (live writers)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
 ) -> None:
-    """Remove orphaned attempts: crashed writers, and attempts that lost a commit race."""
+    """Remove orphaned attempts: crashed writers, and attempts that lost a commit race.
+
+    Only folders the store wrote are removed; links, stray files and unknown names are listed
+    and kept."""
     try:
         r = _open(store).gc(grace_s=grace, dry_run=dry_run)
-    except L2SError as exc:
-        _fail(exc)
+    except (L2SError, OSError) as exc:
+        _fail(exc, store)
     verb = "would remove" if dry_run else "removed"
     say(f"{verb} {len(r.removed)} attempt(s), {_human(r.bytes)}; kept {len(r.kept_recent)} recent")
     for d in r.removed:
         say(f"  {d}")
+    if r.kept_unknown:
+        say(f"kept {len(r.kept_unknown)} entr(ies) the store did not write (never followed nor removed):")
+        for line in r.kept_unknown:
+            say(f"  {line}")
 
 
 @app.command("compact")
@@ -125,8 +143,8 @@ def compact_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=
     """Fold all manifest files into one (atomically; readers stay correct, the snapshot id stays)."""
     try:
         n, name = _open(store).compact()
-    except L2SError as exc:
-        _fail(exc)
+    except (L2SError, OSError) as exc:
+        _fail(exc, store)
     say(f"folded {n} manifest file(s) into {name}" if name else "nothing to compact")
 
 
@@ -151,19 +169,24 @@ def delete_cmd(
     """Delete every stored row of a recipe (refused while runs reference it, unless --force)."""
     try:
         r = _open(store).delete_recipe(recipe, force=force)
-    except L2SError as exc:
-        _fail(exc)
+    except (L2SError, OSError) as exc:
+        _fail(exc, store)
     say(f"deleted recipe {r.recipe_id}: {r.rows} rows in {len(set(r.shards))} shard(s), {_human(r.bytes)}")
+    for line in r.kept_unknown:
+        say(f"  kept {line}")
 
 
 _FORMATS = ("table", "csv", "json", "parquet")
 
 
 def _write_csv(f: IO[str], names: list[str], batches: Iterable[pa.RecordBatch]) -> None:
+    """CSV rows; control characters in text are escaped when ``f`` is a terminal (data sent
+    to a file or a pipe is written as stored)."""
     w = csv.writer(f, lineterminator="\n")
-    w.writerow(names)
+    tty = f.isatty()
+    w.writerow([printable(n) for n in names] if tty else names)
     for row in _rows(batches):
-        w.writerow(["" if v is None else v for v in row])
+        w.writerow(["" if v is None else (printable(v) if tty and isinstance(v, str) else v) for v in row])
 
 
 def _json_value(v: Any) -> Any:
@@ -183,7 +206,8 @@ def _write_json(f: IO[str], names: list[str], batches: Iterable[pa.RecordBatch])
     sep = "\n"
     for row in _rows(batches):
         obj = {k: _json_value(v) for k, v in zip(names, row)}
-        f.write(sep + json.dumps(obj, default=str, ensure_ascii=False, allow_nan=False))
+        text = json.dumps(obj, default=str, ensure_ascii=False, allow_nan=False)
+        f.write(sep + (printable(text) if f.isatty() else text))  # JSON escapes C0 itself, not C1
         sep = ",\n"
     f.write("\n]\n")
 
@@ -262,6 +286,7 @@ def sql_cmd(
     except ValidationError as exc:
         fail("; ".join(str(e.get("ctx", {}).get("error", e["msg"])) for e in exc.errors()))
     notice = _Notice(timeout)
+    writing = False
     try:
         parse_one(query)  # refuse before paying for a snapshot and a catalog
         with _open(store).catalog(limits=limits) as cat:
@@ -269,6 +294,7 @@ def sql_cmd(
                 head = cat.head(query, max_rows, on_wait=notice)
             else:
                 with cat.stream(query, on_wait=notice) as rows:
+                    writing = True
                     _write_rows(rows, fmt, output)
                 return
     except L2SError as exc:
@@ -279,6 +305,8 @@ def sql_cmd(
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(1) from None
     except OSError as exc:
+        if output is None or not writing:
+            _fail(exc, store)  # the store's filesystem, not an output file
         fail(f"cannot write {output}: {exc}. Check that its folder exists and is writable.")
     console.print(_rich_table(head.table))
     if head.left_out:

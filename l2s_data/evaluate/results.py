@@ -5,7 +5,9 @@
     chosen = res.choose_alphas()                         # {method: alpha} by the validation part
 
 Rows are the run's ``evaluations`` joined in SQL with the store's ``memberships`` of the
-evaluated split, so a sample in several POPE subsets counts once in each. Every metric is
+evaluated split, so a sample in several POPE subsets counts once in each. The ``evaluations``
+view holds one row per (run, method, alpha, sample) however many processes ran the config (the
+store settles rows committed twice: the first commit counts), so every n is a count of samples. Every metric is
 recomputed from the stored responses with :mod:`.metrics` (the guard's and the judge's scores
 are read from ``scores_json``). A sample is in the validation part or the test part by
 :func:`~.run.is_validation` with the run's ``validation_fraction``.

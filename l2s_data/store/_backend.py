@@ -11,12 +11,22 @@ A store is a folder at a URL. Two primitives matter for correctness:
   on s3 or gs, and it silently replaces an existing file.
 * Everything else (attempt folders, Zarr chunks) is written by exactly one writer into a
   folder nobody else writes, so plain writes are fine.
+
+Nothing outside the root is read or deleted, links included. On a local disk every file is
+opened without following a link (``O_NOFOLLOW``) and then checked to be the very file at its
+path under the root (the kernel's name of the open descriptor), so a link anywhere on the way
+(a shard folder, an attempt folder, a chunk file) is an :class:`OutsideStoreError` before a
+byte is read. Listings for maintenance (:meth:`Backend.entries`, :meth:`Backend.tree`) never
+follow a link and say what each entry is; removals take files and empty folders one by one,
+never a recursive delete that could follow a link. Object stores have no links.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
+import stat
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,7 +34,21 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-__all__ = ["Backend", "LocalBackend", "open_backend"]
+from l2s_data.errors import OutsideStoreError
+
+__all__ = ["Backend", "LocalBackend", "open_backend", "DIR", "FILE", "LINK", "OTHER"]
+
+#: What :meth:`Backend.entries` says an entry is (a link is never followed to find out).
+DIR, FILE, LINK, OTHER = "dir", "file", "link", "other"
+
+
+def _outside(path: str, why: str) -> OutsideStoreError:
+    return OutsideStoreError(
+        f"{path} {why}: the store reads and deletes only real files and folders inside its root, "
+        f"never through a symbolic link. Move the data back under the store root (or move the "
+        f"whole store and open it there) and remove the link; `l2s store gc` reports such "
+        f"entries and never touches them."
+    )
 
 
 class Backend:
@@ -76,11 +100,69 @@ class Backend:
     def size(self, rel: str) -> int:
         return int(self.fs.size(self.path(rel)))
 
-    def du(self, rel: str) -> int:
+    def entries(self, rel: str) -> list[tuple[str, str]]:
+        """(name, kind) of each entry directly inside ``rel`` (kind: DIR, FILE, LINK, OTHER),
+        sorted; [] when absent. OutsideStoreError if ``rel`` itself is or lies under a link."""
         try:
-            return int(self.fs.du(self.path(rel), total=True))
-        except FileNotFoundError:
-            return 0
+            found = self.fs.ls(self.path(rel), detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        base = self.path(rel).rstrip("/")
+        out = []
+        for e in found:
+            name = e["name"].rstrip("/")
+            if name == base:
+                continue
+            kind = {"directory": DIR, "file": FILE}.get(e.get("type"), OTHER)
+            out.append((posixpath.basename(name), kind))
+        return sorted(out)
+
+    def tree(self, rel: str) -> tuple[list[str], list[str], list[str]]:
+        """(files, folders, odd) under ``rel``, paths relative to the root; ``odd``: links and
+        anything neither a file nor a folder (never followed). Folders deepest first."""
+        files, dirs, odd = [], [], []
+        stack = [rel]
+        while stack:
+            d = stack.pop()
+            dirs.append(d)
+            for name, kind in self.entries(d):
+                p = f"{d}/{name}"
+                if kind == DIR:
+                    stack.append(p)
+                elif kind == FILE:
+                    files.append(p)
+                else:
+                    odd.append(p)
+        dirs.sort(key=lambda p: -p.count("/"))
+        return files, dirs, odd
+
+    def remove_files(self, rels: list[str]) -> None:
+        """Remove these files (gone already is fine). Never a folder, never through a link."""
+        if rels:
+            try:
+                self.fs.rm([self.path(r) for r in rels])
+            except FileNotFoundError:
+                pass
+
+    def remove_dir(self, rel: str) -> bool:
+        """Remove ``rel`` if it is an empty folder; whether it is gone (object stores have no
+        empty folders)."""
+        try:
+            self.fs.rmdir(self.path(rel))
+        except (FileNotFoundError, OSError):
+            pass
+        return not self.entries(rel)
+
+    def du(self, rel: str) -> int:
+        """Bytes of the files under ``rel``, links not followed (0 when absent)."""
+        files, _, _ = self.tree(rel)
+        total = 0
+        for f in files:
+            try:
+                total += self.size(f)
+            except FileNotFoundError:
+                continue
+        return total
 
     # -- writes ----------------------------------------------------------------------------
     def makedirs(self, rel: str) -> None:
@@ -104,11 +186,13 @@ class Backend:
             return False
         return True
 
-    def remove(self, rel: str, *, recursive: bool = False) -> None:
-        try:
-            self.fs.rm(self.path(rel), recursive=recursive)
-        except FileNotFoundError:
-            pass
+    def age_s(self, rel: str) -> float | None:
+        """Seconds since ``rel`` last changed, where the filesystem says (None elsewhere)."""
+        return None
+
+    def remove(self, rel: str) -> None:
+        """Remove one file (gone already is fine); see :meth:`remove_files`."""
+        self.remove_files([rel])
 
     def stale_temporaries(self, rel: str, older_than_s: float) -> list[str]:
         """Leftovers of interrupted ``put_if_absent`` calls in ``rel`` (none off the local disk)."""
@@ -148,9 +232,91 @@ class LocalBackend(Backend):
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data)
 
+    def open_read(self, rel: str) -> int:
+        """A read-only descriptor of the real file ``rel`` inside the root (the caller closes it).
+
+        The last component is opened without following a link (``O_NOFOLLOW``), and the open
+        descriptor's own name, as the kernel knows it, must be exactly this path under the root:
+        a link at any level on the way is OutsideStoreError before anything is read.
+        FileNotFoundError if absent."""
+        path = self.path(rel)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _outside(path, "is a symbolic link") from None
+            raise
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # no /proc: resolve the name instead (a link swapped in meanwhile is missed)
+            real = os.path.realpath(path)
+        if real != path:
+            os.close(fd)
+            if real == f"{path} (deleted)":  # removed between the open and this check
+                raise FileNotFoundError(errno.ENOENT, "removed while being opened", path)
+            raise _outside(path, f"lies under a symbolic link (it resolves to {real})")
+        return fd
+
     def read_bytes(self, rel: str) -> bytes:
-        with open(self.path(rel), "rb") as f:
+        fd = self.open_read(rel)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise _outside(self.path(rel), "is not a regular file")
             return f.read()
+
+    def entries(self, rel: str) -> list[tuple[str, str]]:
+        self._check_real_dir(rel)
+        out = []
+        try:
+            with os.scandir(self.path(rel)) as it:
+                for e in it:
+                    if e.name.startswith(".") and e.name.endswith(".tmp"):
+                        continue  # an in-flight temporary of put_if_absent
+                    if e.is_symlink():
+                        kind = LINK
+                    elif e.is_dir(follow_symlinks=False):
+                        kind = DIR
+                    elif e.is_file(follow_symlinks=False):
+                        kind = FILE
+                    else:
+                        kind = OTHER
+                    out.append((e.name, kind))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(out)
+
+    def _check_real_dir(self, rel: str) -> None:
+        """OutsideStoreError if ``rel`` or a folder above it (up to the root) is a link."""
+        at = self.root
+        for part in [p for p in rel.split("/") if p]:
+            at = os.path.join(at, part)
+            try:
+                if stat.S_ISLNK(os.lstat(at).st_mode):
+                    raise _outside(at, "is a symbolic link")
+            except FileNotFoundError:
+                return
+
+    def remove_files(self, rels: list[str]) -> None:
+        for rel in rels:
+            path = self.path(rel)
+            self._check_real_dir(posixpath.dirname(rel))
+            try:
+                if stat.S_ISDIR(os.lstat(path).st_mode):
+                    raise _outside(path, "is a folder, not a file")
+                os.unlink(path)  # a link itself would be removed, never what it points to
+            except FileNotFoundError:
+                pass
+
+    def remove_dir(self, rel: str) -> bool:
+        path = self.path(rel)
+        self._check_real_dir(rel)
+        try:
+            os.rmdir(path)  # only ever an empty folder
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return True
 
     def listdir(self, rel: str) -> list[str]:
         try:
@@ -159,9 +325,21 @@ class LocalBackend(Backend):
         except (FileNotFoundError, NotADirectoryError):
             return []
 
+    def size(self, rel: str) -> int:
+        return os.lstat(self.path(rel)).st_size
+
+    def age_s(self, rel: str) -> float | None:
+        import time
+
+        try:
+            return time.time() - os.lstat(self.path(rel)).st_mtime
+        except FileNotFoundError:
+            return None
+
     def stale_temporaries(self, rel: str, older_than_s: float) -> list[str]:
         import time
 
+        self._check_real_dir(rel)
         try:
             names = os.listdir(self.path(rel))
         except (FileNotFoundError, NotADirectoryError):
@@ -171,10 +349,11 @@ class LocalBackend(Backend):
         for n in names:
             if n.startswith(".") and n.endswith(".tmp"):
                 try:
-                    if now - os.path.getmtime(self.path(f"{rel}/{n}")) >= older_than_s:
-                        out.append(f"{rel}/{n}")
+                    st = os.lstat(self.path(f"{rel}/{n}"))
                 except FileNotFoundError:
                     continue
+                if stat.S_ISREG(st.st_mode) and now - st.st_mtime >= older_than_s:
+                    out.append(f"{rel}/{n}")
         return out
 
     def zarr_store(self, rel: str, *, read_only: bool = False) -> Any:

@@ -11,10 +11,21 @@ memory-mapped: a mapped file that is truncated underneath kills the reader with 
 one rewritten underneath changes rows already handed out. A read copies the bytes once, and
 the crc32c of every chunk is checked on every read, over the bytes that were copied: a file
 that is truncated, grown or rewritten raises :class:`CorruptChunkError` naming the chunk.
+
+A chunk's own crc32c only says that its bytes are the ones written with it: bytes replaced
+together with a recomputed crc, or two chunk files swapped, pass it. The manifest holds the
+crc32c of every row, and CRC-32C composes (the crc of two byte strings joined is a fixed
+linear function of the first one's crc, shifted by the second one's length, xor the second
+one's crc), so :func:`chunk_crcs` turns a chunk's row checksums into the crc its bytes must
+have. Readers given that value (``expect``) compare the crc they already compute with it too:
+a row that does not match its manifest checksum is never returned, at no cost per byte.
+
+Local files are opened through ``Backend.open_read``: never through a symbolic link.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections import OrderedDict
@@ -26,7 +37,7 @@ from l2s_data.errors import CorruptChunkError, StoreError
 from l2s_data.store._backend import Backend
 from l2s_data.store.contract import STORED_DTYPE, crc32c
 
-__all__ = ["ArrayInfo", "ChunkCache", "ChunkReader", "load_array_info", "read_chunk", "chunk_key"]
+__all__ = ["ArrayInfo", "ChunkCache", "ChunkReader", "load_array_info", "read_chunk", "chunk_key", "chunk_crcs"]
 
 
 @dataclass(frozen=True)
@@ -109,13 +120,45 @@ def load_array_info(backend: Backend, path: str, *, shard: str = "?", recipe_id:
     )
 
 
-def read_chunk(backend: Backend, info: ArrayInfo, i: int) -> np.ndarray:
+def read_chunk(backend: Backend, info: ArrayInfo, i: int, expect: int | None = None) -> np.ndarray:
     """Chunk ``i`` as a new stored-dtype array ``[rows_in_chunk, D]`` (edge padding removed).
 
     Raises CorruptChunkError naming the shard, recipe, array and chunk when the file is missing,
-    has the wrong size, or fails its crc32c.
+    has the wrong size, fails its crc32c, or (given ``expect``, from :func:`chunk_crcs`) does
+    not hold the rows its manifest's checksums describe.
     """
-    return ChunkReader(backend).read(info, i)
+    return ChunkReader(backend).read(info, i, expect)
+
+
+#: The crc32c used to build the tables below (bound at import: it is set-up, not a chunk check).
+_crc_setup = crc32c
+
+
+@functools.lru_cache(maxsize=64)
+def _shift_tables(nbytes: int) -> np.ndarray:
+    """``[4, 256]`` uint32: the linear map "crc of A -> its part in the crc of A + nbytes more
+    bytes", as a table per byte of the crc (the map of bit j is found with the crc32c library
+    itself: continuing a crc over zeros shifts it, plus a constant that cancels)."""
+    zeros = bytes(nbytes)
+    base = _crc_setup(zeros, 0)
+    return np.array([[_crc_setup(zeros, b << (8 * k)) ^ base for b in range(256)] for k in range(4)], np.uint32)
+
+
+def chunk_crcs(info: ArrayInfo, row_crcs: np.ndarray) -> np.ndarray:
+    """The crc32c of each chunk file's data (rows and an edge chunk's zero padding) from the
+    crc32c of each of the array's rows (``[info.rows]`` uint32, row order). Vectorised over
+    chunks: one table lookup step per row of a chunk."""
+    if len(row_crcs) != info.rows:
+        raise ValueError(f"{len(row_crcs)} row checksums for {info.rows} rows")
+    row_bytes = info.dim * info.stored_dtype.itemsize
+    t = _shift_tables(row_bytes)
+    grid = np.full(info.n_chunks * info.chunk_rows, _crc_setup(bytes(row_bytes)), np.uint32)  # padding rows
+    grid[: info.rows] = row_crcs
+    grid = grid.reshape(info.n_chunks, info.chunk_rows)
+    acc = grid[:, 0].copy()
+    for j in range(1, info.chunk_rows):
+        acc = t[0][acc & 0xFF] ^ t[1][(acc >> 8) & 0xFF] ^ t[2][(acc >> 16) & 0xFF] ^ t[3][acc >> 24] ^ grid[:, j]
+    return acc
 
 
 class ChunkReader:
@@ -134,8 +177,9 @@ class ChunkReader:
         self._tail = bytearray(5)  # crc32c + one byte past the expected end of the file
         self._scratch = np.empty(0, np.uint8)
 
-    def into(self, info: ArrayInfo, i: int, out: np.ndarray) -> None:
-        """Read chunk ``i``'s rows into ``out`` (C-contiguous ``[rows_in_chunk, D]``, stored dtype)."""
+    def into(self, info: ArrayInfo, i: int, out: np.ndarray, expect: int | None = None) -> None:
+        """Read chunk ``i``'s rows into ``out`` (C-contiguous ``[rows_in_chunk, D]``, stored dtype),
+        checked against the file's crc32c and, given, the crc ``expect`` (:func:`chunk_crcs`)."""
         n = info.rows_in_chunk(i)
         if out.shape != (n, info.dim) or out.dtype != info.stored_dtype or not out.flags.c_contiguous:
             raise ValueError(
@@ -143,7 +187,7 @@ class ChunkReader:
                 f"shape {(n, info.dim)}, got {out.dtype} {out.shape}."
             )
         if not self._local:
-            out[...] = _from_bytes(info, i, self._read_bytes(info, i))
+            out[...] = _from_bytes(info, i, self._read_bytes(info, i), expect)
             return
         pad_bytes = info.chunk_nbytes - out.nbytes
         if self._pad.nbytes < pad_bytes:
@@ -160,8 +204,16 @@ class ChunkReader:
                 crc = crc32c(pad, crc)
             if crc != int.from_bytes(self._tail[:4], "little"):
                 raise _bad_crc(info, i)
+            if expect is not None and crc != expect:
+                raise _bad_rows(info, i)
+        elif expect is not None:
+            crc = crc32c(out)
+            if pad_bytes:
+                crc = crc32c(pad, crc)
+            if crc != expect:
+                raise _bad_rows(info, i)
 
-    def scratch(self, info: ArrayInfo, i: int) -> np.ndarray:
+    def scratch(self, info: ArrayInfo, i: int, expect: int | None = None) -> np.ndarray:
         """Chunk ``i``'s rows ``[rows_in_chunk, D]`` in a buffer of this reader, valid until its
         next call (for picking some rows out of a chunk)."""
         n = info.rows_in_chunk(i)
@@ -169,15 +221,15 @@ class ChunkReader:
         if self._scratch.nbytes < nbytes:
             self._scratch = np.empty(nbytes, np.uint8)
         out = self._scratch[:nbytes].view(info.stored_dtype).reshape(n, info.dim)
-        self.into(info, i, out)
+        self.into(info, i, out, expect)
         return out
 
-    def read(self, info: ArrayInfo, i: int) -> np.ndarray:
+    def read(self, info: ArrayInfo, i: int, expect: int | None = None) -> np.ndarray:
         """Chunk ``i``'s rows ``[rows_in_chunk, D]`` in a new array."""
         if not self._local:
-            return _from_bytes(info, i, self._read_bytes(info, i))
+            return _from_bytes(info, i, self._read_bytes(info, i), expect)
         out = np.empty((info.rows_in_chunk(i), info.dim), info.stored_dtype)
-        self.into(info, i, out)
+        self.into(info, i, out, expect)
         return out
 
     # -- helpers ---------------------------------------------------------------------------
@@ -192,7 +244,7 @@ class ChunkReader:
         the buffers' total; one less means the file ended where expected). Error messages are
         built only on error: this runs per chunk."""
         try:
-            fd = os.open(self.backend.path(f"{info.path}/{chunk_key(i)}"), os.O_RDONLY)
+            fd = self.backend.open_read(f"{info.path}/{chunk_key(i)}")  # never through a link
         except FileNotFoundError as exc:
             raise _missing(info, i) from exc
         try:
@@ -218,7 +270,7 @@ class ChunkReader:
     def _size_of(self, info: ArrayInfo, i: int, got: int) -> int:
         """The file's size for an error message (``got`` if it can no longer be stat'ed)."""
         try:
-            return os.stat(self.backend.path(f"{info.path}/{chunk_key(i)}")).st_size
+            return os.lstat(self.backend.path(f"{info.path}/{chunk_key(i)}")).st_size
         except OSError:
             return got
 
@@ -231,27 +283,31 @@ class ChunkCache:
         self.capacity = max(1, capacity)
         self._items: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
 
-    def get(self, info: ArrayInfo, i: int) -> np.ndarray:
+    def get(self, info: ArrayInfo, i: int, expect: int | None = None) -> np.ndarray:
         k = (info.path, i)
         hit = self._items.get(k)
         if hit is not None:
             self._items.move_to_end(k)
             return hit
-        block = self.reader.read(info, i)
+        block = self.reader.read(info, i, expect)
         self._items[k] = block
         if len(self._items) > self.capacity:
             self._items.popitem(last=False)
         return block
 
 
-def _from_bytes(info: ArrayInfo, i: int, raw: bytes) -> np.ndarray:
+def _from_bytes(info: ArrayInfo, i: int, raw: bytes, expect: int | None = None) -> np.ndarray:
     """Check a whole chunk file's bytes; its rows ``[rows_in_chunk, D]`` (read-only view)."""
     want = info.file_nbytes
     if len(raw) != want:
         raise _wrong_size(info, i, len(raw), want)
     view = np.frombuffer(raw, dtype=np.uint8)
-    if info.checksummed and crc32c(view[:-4]) != int.from_bytes(raw[-4:], "little"):
-        raise _bad_crc(info, i)
+    if info.checksummed or expect is not None:
+        crc = crc32c(view[: info.chunk_nbytes])
+        if info.checksummed and crc != int.from_bytes(raw[-4:], "little"):
+            raise _bad_crc(info, i)
+        if expect is not None and crc != expect:
+            raise _bad_rows(info, i)
     rows = view[: info.chunk_nbytes].view(info.stored_dtype).reshape(info.chunk_rows, info.dim)
     return rows[: info.rows_in_chunk(i)]
 
@@ -268,6 +324,15 @@ def _wrong_size(info: ArrayInfo, i: int, got: int, want: int) -> CorruptChunkErr
     return CorruptChunkError(
         f"{_where(info, i)} has {got} bytes, expected {want}; the file was truncated or replaced. "
         f"Re-extract the shard (delete its manifest, then rerun extraction)."
+    )
+
+
+def _bad_rows(info: ArrayInfo, i: int) -> CorruptChunkError:
+    return CorruptChunkError(
+        f"{_where(info, i)} does not hold the rows its manifest's checksums describe: the bytes on "
+        f"disk were replaced (with a valid crc32c of their own, or by another chunk file). No row of "
+        f"it was returned. Run `l2s store verify`, then re-extract the shard (delete its recipe, "
+        f"then rerun extraction)."
     )
 
 

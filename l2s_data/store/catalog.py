@@ -234,8 +234,8 @@ class Catalog:
         con = self.con
         con.execute("SET threads TO 2")
         for name in TABLES:
-            if name == "manifests":  # scanned lazily; the view hides excluded attempts
-                con.register("_manifests", self.snapshot.dataset())
+            if name == "manifests":  # scanned lazily, live rows only (the view filters too)
+                con.register("_manifests", self.snapshot.visible_dataset())
                 con.register("_excluded", self.snapshot.excluded_table())
             else:
                 con.register(f"_{name}", self.tables.dataset(name))
@@ -415,7 +415,7 @@ class Catalog:
         if all(backend.exists(f) for f in self.snapshot.files):
             return False  # the statement failed for another reason
         self.snapshot.follow()  # StoreError if the snapshot's rows were deleted meanwhile
-        self.con.register("_manifests", self.snapshot.dataset())
+        self.con.register("_manifests", self.snapshot.visible_dataset())
         self.con.register("_excluded", self.snapshot.excluded_table())
         return True
 

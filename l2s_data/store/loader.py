@@ -19,8 +19,11 @@ shuffle buffer), reads their chunks with plain reads into a reused round buffer 
 and hands out batches, each one ``take`` of randomly chosen rows of the round into a reused
 batch array. Nothing is memory-mapped: a chunk file truncated or rewritten while a loader runs
 raises :class:`~l2s_data.errors.CorruptChunkError` naming the chunk, and rows already read
-stay what was checked. Fewer than a batch of rows left at the end of a round carry over into
-the next.
+stay what was checked. Every chunk is also checked against the crc its rows must have by the
+manifest's per-row checksums (:func:`~l2s_data.store._chunks.chunk_crcs`, computed once when
+the dataset is built): the crc the read computes anyway is compared with a second number, so
+a chunk whose bytes were replaced with a recomputed crc, or swapped with another chunk, is
+never served. Fewer than a batch of rows left at the end of a round carry over into the next.
 
 The other keys' rows come from their own chunks the same way when they line up with the
 first key's (extraction writes the keys of a shard together, so they do); a ``where`` that
@@ -50,7 +53,7 @@ import pyarrow.compute as pc
 import torch
 
 from l2s_data.errors import EmptySelectionError, KeyNotFoundError, StoreError
-from l2s_data.store._chunks import ArrayInfo, ChunkCache, ChunkReader
+from l2s_data.store._chunks import ArrayInfo, ChunkCache, ChunkReader, chunk_crcs
 from l2s_data.store.snapshot import Key
 
 __all__ = ["KeyedDataset"]
@@ -172,6 +175,8 @@ class KeyedDataset(torch.utils.data.IterableDataset):
 
         # Per key: the arrays it lives in, and (array index, row) of every selected sample.
         self._infos: list[list[ArrayInfo]] = []
+        #: per key and array, the crc32c each chunk's data must have by the manifest's row checksums
+        self._expect: list[list[np.ndarray]] = []
         locs: list[np.ndarray] = []
         for t, h in zip(tables, hits):
             at = h.filter(pa.array(ok))
@@ -186,6 +191,7 @@ class KeyedDataset(torch.utils.data.IterableDataset):
                     f"rows cannot form one column. Delete and re-extract the odd shards."
                 )
             self._infos.append(infos)
+            self._expect.append(_expected_crcs(t, infos))
             which = pc.index_in(arrays, value_set=paths).to_numpy(zero_copy_only=False)
             locs.append(np.stack([which.astype(np.int64), rows.to_numpy().astype(np.int64)], axis=1))
         # Storage order of the first key, so a unit (one chunk of key 0) is contiguous.
@@ -362,10 +368,10 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         out = dest[at : at + stop - start]
         if self._whole[k][u]:
             a, c = self._chunk_ids[k][0][u]
-            reader.into(self._infos[k][a], c, out)
+            reader.into(self._infos[k][a], c, out, int(self._expect[k][a][c]))
         elif self._one_chunk[k][u]:
             a, c = self._chunk_ids[k][0][u]
-            block = reader.scratch(self._infos[k][a], c)
+            block = reader.scratch(self._infos[k][a], c, int(self._expect[k][a][c]))
             block.take(self._chunk_ids[k][1][start:stop], 0, out, "clip")
         else:
             self._gather(k, np.arange(start, stop), out, cache)
@@ -380,8 +386,9 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         a_s, c_s = loc[order, 0], chunk[order]
         bounds = np.flatnonzero(np.r_[True, (a_s[1:] != a_s[:-1]) | (c_s[1:] != c_s[:-1]), True])
         for lo, hi in zip(bounds[:-1], bounds[1:]):
-            info = infos[int(a_s[lo])]
-            block = cache.get(info, int(c_s[lo]))
+            a, c = int(a_s[lo]), int(c_s[lo])
+            info = infos[a]
+            block = cache.get(info, c, int(self._expect[k][a][c]))
             dst = order[lo:hi]
             out[dst] = block[loc[dst, 1] - c_s[lo] * info.chunk_rows]
 
@@ -525,6 +532,34 @@ class _BatchBuffers:
             if len(self._pool) < self.KEEP:
                 self._pool.append(cols)
         return cols if rows == self.batch_size else [c[:rows] for c in cols]
+
+
+def _expected_crcs(t: pa.Table, infos: Sequence[ArrayInfo]) -> list[np.ndarray]:
+    """Per array of ``infos``, the crc32c of each chunk's data by the manifest rows ``t`` (every
+    row of the array must be there: a committed attempt's rows are all in its manifest)."""
+    paths = pa.array([i.path for i in infos], pa.string())
+    which = pc.index_in(t["array"], value_set=paths).to_numpy(zero_copy_only=False)
+    rows = t["row"].to_numpy()
+    sums = np.array([int(x, 16) for x in t["checksum"].to_pylist()], np.uint32)
+    out = []
+    for a, info in enumerate(infos):
+        mask = which == a
+        full = np.zeros(info.rows, np.uint32)
+        have = np.zeros(info.rows, bool)
+        r = rows[mask]
+        if len(r) and (r.min() < 0 or r.max() >= info.rows):
+            have[:] = False
+        else:
+            full[r] = sums[mask]
+            have[r] = True
+        if not have.all():
+            raise StoreError(
+                f"array {info.path} (shard {info.shard}, recipe {info.recipe_id}) has {info.rows} rows "
+                f"but its manifest describes {int(have.sum())} of them; its rows cannot be checked. "
+                f"Run `l2s store verify` and re-extract the shard."
+            )
+        out.append(chunk_crcs(info, full))
+    return out
 
 
 def _spare_core() -> bool:

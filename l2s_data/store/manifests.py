@@ -6,7 +6,7 @@ key-value metadata under ``l2s.manifest``, a small JSON header::
     {"format_version": 2, "kind": "shard" | "compacted" | "tombstone",
      "shards": {shard: attempt}, "bytes": {shard: bytes of its arrays},
      "committed_at": {shard: ISO time}, "supersedes": [manifest names], "deletes": [attempts],
-     "rows": n, "file_sha256": ...}
+     "replaces": {manifest name: its file_sha256}, "rows": n, "file_sha256": ...}
 
 ``file_sha256`` is the sha256 of the whole file with those 64 characters set to zeros. It is
 checked on the raw bytes before any parser reads the file, so a flipped bit anywhere in it is
@@ -14,6 +14,13 @@ an error that names the file, never a silently changed row nor a crash inside th
 The header is what a snapshot reads: which (shard, attempt) pairs the file commits, which
 files it replaces (a compaction), which attempts it deletes (a tombstone), and the bytes the
 commit wrote (so ``l2s store info`` never walks chunk files).
+
+A compaction names what it replaced by content: ``replaces`` maps each folded file's name to
+its ``file_sha256``. A shard's manifest name is reused when the shard is committed again after
+a delete, so a name alone would hide the new commit; a file is superseded only when its name
+*and* its checksum are listed (:func:`superseded`). ``supersedes`` (names only) is still
+written for older readers, and is what a compaction written before ``replaces`` existed is
+judged by.
 
 A manifest is immutable once created, so a checked file is not hashed again in the same
 process while its (size, mtime, ctime, inode) stay the same, once it is a few seconds old (a
@@ -28,7 +35,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -45,7 +52,7 @@ from l2s_data.store.contract import (
 
 __all__ = [
     "KINDS", "ManifestInfo", "encode_manifest", "decode_info", "read_info", "read_infos", "list_names",
-    "read_rows", "check_rows", "manifest_name", "order_by", "KEY_ORDER",
+    "read_rows", "check_rows", "manifest_name", "order_by", "KEY_ORDER", "superseded",
 ]
 
 KINDS = ("shard", "compacted", "tombstone")
@@ -73,10 +80,23 @@ class ManifestInfo:
     supersedes: tuple[str, ...] = ()
     deletes: tuple[str, ...] = ()
     rows: int = 0
+    #: the sha256 of the whole file (the header's ``file_sha256``): what names its content
+    sha256: str = ""
+    #: name -> file_sha256 of each file a compaction folded into this one
+    replaces: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def is_data(self) -> bool:
         return self.kind != "tombstone"
+
+
+def superseded(infos: Iterable[ManifestInfo]) -> Callable[[ManifestInfo], bool]:
+    """Whether a manifest is replaced by a compaction among ``infos``: by name and content
+    (``replaces``), or, for a compaction that predates ``replaces``, by name."""
+    infos = list(infos)
+    by_content = {(n, h) for i in infos for n, h in i.replaces.items()}
+    by_name = {n for i in infos if not i.replaces for n in i.supersedes}
+    return lambda i: (i.name, i.sha256) in by_content or i.name in by_name
 
 
 def manifest_name(kind: str, token: str) -> str:
@@ -125,7 +145,7 @@ def _parts(table: pa.Table, order: pa.Array | None, size: int) -> Iterator[pa.Ta
 def encode_manifest(table: pa.Table, *, kind: str, shards: Mapping[str, str],
                     bytes_: Mapping[str, int] | None = None, committed_at: Mapping[str, str] | None = None,
                     supersedes: Sequence[str] = (), deletes: Sequence[str] = (),
-                    order: pa.Array | None = None) -> bytes:
+                    replaces: Mapping[str, str] | None = None, order: pa.Array | None = None) -> bytes:
     """The bytes of a manifest file holding ``table`` (MANIFESTS schema; its text columns may be
     dictionaries) and its checked header, the rows written in ``order`` (row indices) if given."""
     if kind not in KINDS:
@@ -140,6 +160,8 @@ def encode_manifest(table: pa.Table, *, kind: str, shards: Mapping[str, str],
         "supersedes": sorted(supersedes), "deletes": sorted(deletes), "rows": table.num_rows,
         "file_sha256": _ZEROS.decode(),
     }
+    if replaces:
+        header["replaces"] = dict(sorted(replaces.items()))
     group = COMPACTED_ROW_GROUP if kind == "compacted" else None
     data = _write(_parts(table, order, group or max(table.num_rows, 1)), header, group)
     at = data.rindex(_SUM_FIELD + _ZEROS) + len(_SUM_FIELD)
@@ -187,12 +209,20 @@ def decode_info(name: str, data: bytes) -> ManifestInfo:
             committed_at={str(s): str(t) for s, t in dict(header["committed_at"]).items()},
             supersedes=tuple(_check_name(n) for n in header["supersedes"]),
             deletes=tuple(check_attempt(a) for a in header["deletes"]), rows=int(header["rows"]),
+            sha256=_hex64(header["file_sha256"]),
+            replaces={_check_name(n): _hex64(h) for n, h in dict(header.get("replaces", {})).items()},
         )
     except (KeyError, TypeError, ValueError, OSError, pa.ArrowException, WriteMismatchError) as exc:
         raise _corrupt(name, str(exc)) from exc
     if md.num_rows != info.rows:
         raise _corrupt(name, f"{md.num_rows} rows, header says {info.rows}")
     return info
+
+
+def _hex64(value: object) -> str:
+    if not isinstance(value, str) or len(value) != 64 or value.strip("0123456789abcdef"):
+        raise ValueError(f"{value!r} is not a sha256")
+    return value
 
 
 def _check_name(name: object) -> str:

@@ -12,11 +12,13 @@ running writers and readers:
   running extraction keep their recipe (the writer registers it again after its commit);
 - **gc** removes an attempt folder only after creating its ``claim`` file, which a writer
   creates too before it commits: exactly one of them wins (see ``writer``).
+
+What maintenance removes is only what the store wrote: see ``attempts``. Anything else is
+reported and kept.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 from collections.abc import Callable
@@ -26,21 +28,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from l2s_data.errors import CorruptChunkError, CorruptManifestError, ReferencedRecipeError, StoreError
+from l2s_data.errors import CorruptManifestError, ReferencedRecipeError, StoreError
 from l2s_data.schemas import ZARR_ATTRIBUTES_KEY
 from l2s_data.store._backend import Backend
 from l2s_data.store._chunks import load_array_info, read_chunk
+from l2s_data.store.attempts import (
+    attempt_files, files_bytes, list_attempts, recorded_age_s, remove_attempt, scan_shards,
+)
 from l2s_data.store.contract import PART_TABLES, attempt_dir, crc32c, now, sha256_hex
 from l2s_data.store.leases import Lease
 from l2s_data.store.manifests import (
     KEY_ORDER, concat_rows, drop_attempts, encode_manifest, list_names, manifest_name, order_by, read_info,
-    read_rows,
+    read_rows, superseded,
 )
-from l2s_data.store.snapshot import Snapshot
+from l2s_data.store.snapshot import Snapshot, commit_of
 from l2s_data.store.tables import Tables
 
 __all__ = ["StoreInfo", "Problem", "GcResult", "DeleteResult", "info", "verify", "gc", "compact",
-           "maybe_compact", "delete_recipe", "list_attempts", "AUTO_COMPACT_FILES"]
+           "maybe_compact", "delete_recipe", "list_attempts", "scan_shards", "AUTO_COMPACT_FILES"]
 
 #: Loose (one-shard) manifest files after which a commit folds them into one file.
 AUTO_COMPACT_FILES = 256
@@ -59,6 +64,7 @@ class StoreInfo:
     manifest_files: int
     orphans: list[str]         # attempt folders that no manifest commits
     orphan_bytes: int
+    unrecognised: list[str] = field(default_factory=list)  # "path: why", never touched
 
 
 @dataclass(frozen=True)
@@ -69,13 +75,8 @@ class Problem:
     message: str
 
 
-def list_attempts(backend: Backend) -> list[tuple[str, str]]:
-    """Every (shard, attempt) folder under shards/."""
-    return [(s, a) for s in backend.listdir("shards") for a in backend.listdir(f"shards/{s}")]
-
-
 def info(backend: Backend, take: Take, recipes_sql: Callable[[Snapshot], pa.Table]) -> StoreInfo:
-    attempts = list_attempts(backend)  # before the snapshot: a commit in between is not an orphan
+    attempts, odd = scan_shards(backend)  # before the snapshot: a commit in between is not an orphan
     snap = take()
     orphans = [attempt_dir(s, a) for s, a in attempts if (s, a) not in snap.attempts]
     recipes = recipes_sql(snap)
@@ -83,7 +84,7 @@ def info(backend: Backend, take: Take, recipes_sql: Callable[[Snapshot], pa.Tabl
         url=backend.url, snapshot_id=snap.id, recipes=recipes,
         rows=int(pc.sum(recipes["rows"]).as_py() or 0) if recipes.num_rows else 0,
         bytes=snap.bytes, committed_shards=len(snap.shards), manifest_files=len(snap.files),
-        orphans=orphans, orphan_bytes=sum(backend.du(o) for o in orphans),
+        orphans=orphans, orphan_bytes=sum(backend.du(o) for o in orphans), unrecognised=odd,
     )
 
 
@@ -158,7 +159,7 @@ def _verify_array(backend: Backend, path: str, rows: pa.Table) -> list[Problem]:
     for c in range(info_.n_chunks):
         try:
             block = read_chunk(backend, info_, c)
-        except CorruptChunkError as exc:
+        except StoreError as exc:  # CorruptChunkError, OutsideStoreError
             out.append(Problem(shard, rid, f"{path}/c/{c}/0", str(exc)))
             continue
         base = c * info_.chunk_rows
@@ -177,70 +178,82 @@ class GcResult:
     removed: list[str] = field(default_factory=list)
     bytes: int = 0
     kept_recent: list[str] = field(default_factory=list)
-
-
-def _age_s(backend: Backend, rel: str, key: str) -> float:
-    try:
-        meta = json.loads(backend.read_bytes(rel))
-        return (now() - _dt.datetime.fromisoformat(meta[key])).total_seconds()
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
-        return float("inf")  # no readable marker: not a live writer's folder
+    #: "path: why" of every entry gc does not recognise as the store's; never removed
+    kept_unknown: list[str] = field(default_factory=list)
 
 
 def gc(backend: Backend, take: Take, *, grace_s: float = 3600.0, dry_run: bool = False) -> GcResult:
     """Remove attempts that no valid manifest commits, and stale temporaries.
 
-    Stops on a corrupt manifest (its attempts cannot be told from orphans). An attempt at a
-    shard another attempt committed lost its race and goes at once; an attempt at a shard
-    nobody committed may be a writer at work, so it goes only once ``grace_s`` old. Before
-    removing a folder gc claims it (see the module docstring), so a writer finishing at that
-    moment either commits first (and gc keeps it) or finds its attempt gone and commits nothing.
+    Stops on a corrupt manifest (its attempts cannot be told from orphans). Only what the writer
+    makes is removed (see the module docstring); anything else is reported in ``kept_unknown``.
+    An attempt at a shard another attempt committed lost its race and goes at once; an attempt
+    at a shard nobody committed may be a writer at work, so it goes only once its recorded start
+    (``attempt.json``) is ``grace_s`` old, and one without that record is kept. Before removing
+    a folder gc claims it (see the module docstring), so a writer finishing at that moment
+    either commits first (and gc keeps it) or finds its attempt gone and commits nothing.
     """
     with Lease(backend, op="gc"):
-        attempts = list_attempts(backend)  # list first: an attempt that commits meanwhile is kept
+        attempts, odd = scan_shards(backend)  # list first: an attempt that commits meanwhile is kept
         snap = take()  # CorruptManifestError stops gc here
-        out = GcResult()
+        out = GcResult(kept_unknown=list(odd))
         for s, a in attempts:
             if (s, a) in snap.attempts:
                 continue
             d = attempt_dir(s, a)
-            if s not in snap.shards and _age_s(backend, f"{d}/attempt.json", "started_at") < grace_s:
-                out.kept_recent.append(d)
+            files, dirs, why = attempt_files(backend, s, a)
+            if why is not None:
+                out.kept_unknown.append(f"{d}: {why}")
                 continue
-            # A shard another attempt committed: this one lost, or will lose, its commit.
-            if not dry_run and s not in snap.shards:
+            remnant = f"{d}/attempt.json" not in files  # what a stopped removal left
+            if remnant and dirs == [d] and not files:
+                # An empty folder: a writer that has not written its record yet, or a removal
+                # that stopped just before its last step; the folder's own time tells them apart.
+                age = backend.age_s(d)
+                if age is None or age < grace_s:
+                    out.kept_recent.append(d)
+                    continue
+            elif s not in snap.shards and not remnant:
+                age = recorded_age_s(backend, f"{d}/attempt.json", "started_at")
+                if age is None or age < grace_s:
+                    out.kept_recent.append(d)
+                    continue
+            # A shard another attempt committed: this one lost, or will lose, its commit (gc
+            # holds the lease, so no delete can uncommit the shard meanwhile). At a shard nobody
+            # committed, claim the folder first: a writer finishing now either claimed it already
+            # (and is committing) or will find the claim taken and commit nothing.
+            if not dry_run and s not in snap.shards and not remnant:
                 mine = json.dumps({"by": "gc", "at": now().isoformat()}).encode()
                 if not backend.put_if_absent(f"{d}/claim", mine):
                     claim = f"{d}/claim"
                     try:
                         by_gc = json.loads(backend.read_bytes(claim)).get("by") == "gc"
-                    except (FileNotFoundError, ValueError, AttributeError):
+                    except (FileNotFoundError, ValueError, AttributeError, StoreError):
                         by_gc = False
                     # A writer claimed it: it is committing now, unless it died after claiming.
-                    if not by_gc and (_committed_now(backend, s, a) or _age_s(backend, claim, "at") < grace_s):
-                        out.kept_recent.append(d)
-                        continue
-            out.bytes += backend.du(d)
+                    if not by_gc:
+                        age = recorded_age_s(backend, claim, "at")
+                        if commit_of(backend, s) == a or age is None or age < grace_s:
+                            out.kept_recent.append(d)
+                            continue
+                files, dirs, why = attempt_files(backend, s, a)  # the claim is in it now
+                if why is not None:
+                    out.kept_unknown.append(f"{d}: {why}")
+                    continue
+            out.bytes += files_bytes(backend, files)
             out.removed.append(d)
             if not dry_run:
-                backend.remove(d, recursive=True)
+                remove_attempt(backend, files, dirs)
         for folder in ("manifests", "leases", *PART_TABLES):
             for tmp in backend.stale_temporaries(folder, grace_s):
                 out.removed.append(tmp)
                 if not dry_run:
                     backend.remove(tmp)
         if not dry_run:
-            for s in {s for s, _ in attempts}:
-                if not backend.listdir(f"shards/{s}"):
-                    backend.remove(f"shards/{s}", recursive=True)
+            for s in sorted({s for s, _ in attempts}):
+                if not backend.entries(f"shards/{s}"):
+                    backend.remove_dir(f"shards/{s}")
         return out
-
-
-def _committed_now(backend: Backend, shard: str, attempt: str) -> bool:
-    try:
-        return read_info(backend, manifest_name("shard", shard)).shards.get(shard) == attempt
-    except FileNotFoundError:
-        return False
 
 
 def compact(backend: Backend, take: Take, *, min_files: int = 2) -> tuple[int, str | None]:
@@ -253,7 +266,8 @@ def compact(backend: Backend, take: Take, *, min_files: int = 2) -> tuple[int, s
 
 def _compact(backend: Backend, take: Take, min_files: int) -> tuple[int, str | None]:
     snap = take()
-    folded = [i for i in snap.infos if i.name not in {n for j in snap.infos for n in j.supersedes}]
+    gone = superseded(snap.infos)
+    folded = [i for i in snap.infos if not gone(i)]
     if len(folded) < min_files:
         return 0, None
     # Held as dictionaries and written in key order a row group at a time: a whole store's rows
@@ -261,15 +275,20 @@ def _compact(backend: Backend, take: Take, min_files: int) -> tuple[int, str | N
     rows = drop_attempts(concat_rows(read_rows(backend, i, dictionary=True) for i in snap.live), snap.excluded)
     stamps = {s: t for i in snap.live for s, t in i.committed_at.items() if snap.shards.get(s) == i.shards.get(s)}
     byts = {s: b for i in snap.live for s, b in i.bytes.items() if snap.shards.get(s) == i.shards.get(s)}
-    names = sorted(i.name for i in folded)
-    name = manifest_name("compacted", sha256_hex("\n".join(names)))
+    replaces = {i.name: i.sha256 for i in folded}
+    name = manifest_name("compacted", sha256_hex("\n".join(f"{n} {h}" for n, h in sorted(replaces.items()))))
+    replaces.pop(name, None)
     data = encode_manifest(rows, kind="compacted", shards=snap.shards, bytes_=byts, committed_at=stamps,
-                           supersedes=[n for n in names if n != name], order=order_by(rows, KEY_ORDER))
-    backend.put_if_absent(name, data)
-    # Remove what the new file supersedes, and what an earlier compaction left behind.
-    for n in sorted(set(names) | {n for i in snap.infos for n in i.supersedes}):
-        if n != name:
-            backend.remove(n)
+                           supersedes=sorted(replaces), replaces=replaces, order=order_by(rows, KEY_ORDER))
+    if not backend.put_if_absent(name, data) and read_info(backend, name).replaces != replaces:
+        raise StoreError(f"store {backend.url}: {name} exists and folds other files; nothing was removed. "
+                         f"Run `l2s store verify`.")
+    # Remove every file this compaction read except the new one: the folded files (their rows
+    # are in the new file) and those an earlier compaction replaced. Each was read above, by
+    # name and content, under the lease: only a lease holder removes a manifest, so the name
+    # still holds that content (a writer only creates absent names).
+    for n in sorted({i.name for i in snap.infos} - {name}):
+        backend.remove(n)
     return len(folded), name
 
 
@@ -296,6 +315,8 @@ class DeleteResult:
     rows: int = 0
     shards: list[str] = field(default_factory=list)
     bytes: int = 0
+    #: "path: why" of attempt folders left in place (they hold something the writer does not make)
+    kept_unknown: list[str] = field(default_factory=list)
 
 
 def delete_recipe(backend: Backend, tables: Tables, take: Take, recipe: str, *, force: bool = False) -> DeleteResult:
@@ -326,9 +347,16 @@ def delete_recipe(backend: Backend, tables: Tables, take: Take, recipe: str, *, 
         for s, a in pairs:
             d = attempt_dir(s, a)
             out.bytes += snap.bytes_of(s)
-            backend.remove(d, recursive=True)
-            if not backend.listdir(f"shards/{s}"):
-                backend.remove(f"shards/{s}", recursive=True)
+            try:
+                files, dirs, why = attempt_files(backend, s, a)
+            except StoreError as exc:  # the shard folder is a link: never followed
+                files, dirs, why = [], [], str(exc)
+            if why is not None:
+                out.kept_unknown.append(f"{d}: {why}")
+                continue
+            remove_attempt(backend, files, dirs)
+            if not backend.entries(f"shards/{s}"):
+                backend.remove_dir(f"shards/{s}")
         if take().rows(pc.field("recipe_id") == rid, ["shard"]).num_rows == 0:
             for part in tables.recipe_parts(rid):
                 backend.remove(part)

@@ -2,9 +2,13 @@
 
 Taking a snapshot lists ``manifests/`` and reads each file's checked header, never its rows:
 
-- a file that another file's header ``supersedes`` (a compaction folded it) is left out;
+- a file that a compaction replaced (its name and content are in the compaction's header:
+  ``manifests.superseded``) is left out;
 - attempts that a tombstone ``deletes`` are left out;
-- a shard committed twice (a rare race with a compaction) counts once: the earliest commit wins.
+- a shard committed twice (a writer that checked before a compaction folded the shard's first
+  commit away, then created the name again) counts once: a compacted file's commit wins over a
+  loose file's, then the earliest. A writer checks this rule after its create
+  (:func:`commit_of`) and reports ``won`` only when its commit is the one that counts.
 
 What remains is a list of live files and a small set of excluded attempts. Rows are then read
 lazily through a pyarrow dataset over those files: the catalog scans it in DuckDB, and a key
@@ -25,14 +29,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from l2s_data.errors import KeyNotFoundError
+from l2s_data.errors import CorruptChunkError, KeyNotFoundError
 from l2s_data.schemas import MANIFESTS
 from l2s_data.store._backend import Backend
 from l2s_data.store._chunks import ArrayInfo, load_array_info, read_chunk
-from l2s_data.store.contract import to_float32
-from l2s_data.store.manifests import ManifestInfo, check_rows, list_names, read_infos
+from l2s_data.store.contract import COMPACTED_PREFIX, TOMBSTONE_PREFIX, crc32c, manifest_path, to_float32
+from l2s_data.store.manifests import ManifestInfo, check_rows, list_names, read_infos, superseded
 
-__all__ = ["Key", "Snapshot", "take_snapshot"]
+__all__ = ["Key", "Snapshot", "take_snapshot", "commit_of"]
 
 
 @dataclass(frozen=True)
@@ -48,8 +52,9 @@ class Key:
         return f"{self.recipe}/{self.view}/{self.position}/L{self.layer}"
 
 
-def take_snapshot(backend: Backend, resolve: Callable[[str], str]) -> Snapshot:
-    """The committed manifests now.
+def take_snapshot(backend: Backend, resolve: Callable[[str], str],
+                  only: Callable[[str], bool] | None = None) -> Snapshot:
+    """The committed manifests now (``only``: of the manifest files whose names it accepts).
 
     A file listed but gone when read is fine if a file that was read supersedes it (a
     compaction committed its replacement first); otherwise the listing is taken again.
@@ -57,13 +62,27 @@ def take_snapshot(backend: Backend, resolve: Callable[[str], str]) -> Snapshot:
     import time
 
     for attempt in range(200):
-        infos, gone = read_infos(backend, list_names(backend))
-        if not gone or set(gone) <= {n for i in infos for n in i.supersedes}:
+        names = list_names(backend)
+        infos, gone = read_infos(backend, names if only is None else [n for n in names if only(n)])
+        if not gone or set(gone) <= {n for i in infos for n in (*i.supersedes, *i.replaces)}:
             return Snapshot(backend, infos, resolve)
         time.sleep(min(0.05, 0.001 * (attempt + 1)))  # a compaction or delete is mid-way: list again
     from l2s_data.errors import StoreError
 
     raise StoreError(f"store {backend.url}: manifests kept changing while being read; retry.")
+
+
+def commit_of(backend: Backend, shard: str) -> str | None:
+    """The attempt whose commit of ``shard`` counts now, or None: the snapshot rules applied to
+    the shard's own manifest, the compactions and the tombstones (no other file can commit or
+    hide it). Tombstones apply: a deleted shard is not committed."""
+    own = manifest_path(shard)
+
+    def relevant(name: str) -> bool:
+        base = name.split("/", 1)[1]
+        return name == own or base.startswith((COMPACTED_PREFIX, TOMBSTONE_PREFIX))
+
+    return take_snapshot(backend, lambda r: r, only=relevant).shards.get(shard)
 
 
 class Snapshot:
@@ -72,32 +91,32 @@ class Snapshot:
     def __init__(self, backend: Backend, infos: Sequence[ManifestInfo], resolve: Callable[[str], str]):
         self.backend = backend
         self._resolve = resolve
-        superseded = {n for i in infos for n in i.supersedes}
-        live = [i for i in infos if i.name not in superseded]
+        gone = superseded(infos)
+        live = [i for i in infos if not gone(i)]
         deleted = {a for i in live for a in i.deletes}
-        #: shard -> (attempt, committed_at, file) of the commit that counts
-        chosen: dict[str, tuple[str, str, str]] = {}
+        #: shard -> (loose?, committed_at, attempt) of the commit that counts
+        chosen: dict[str, tuple[bool, str, str]] = {}
         excluded: set[str] = set(deleted)
         for info in sorted((i for i in live if i.is_data), key=lambda i: i.name):
             for shard, attempt in info.shards.items():
                 if attempt in deleted:
                     continue
-                cand = (attempt, info.committed_at.get(shard, ""), info.name)
+                cand = (info.kind != "compacted", info.committed_at.get(shard, ""), attempt)
                 prev = chosen.get(shard)
                 if prev is None:
                     chosen[shard] = cand
-                elif prev[0] != attempt:  # two attempts committed one shard: earliest wins
-                    win, lose = sorted((prev, cand), key=lambda c: (c[1], c[0]))
+                elif prev[2] != attempt:  # two attempts committed one shard: see the module docstring
+                    win, lose = sorted((prev, cand))
                     chosen[shard] = win
-                    excluded.add(lose[0])
+                    excluded.add(lose[2])
         #: every manifest file that was read, and those whose rows count
         self.infos = tuple(infos)
-        self.live = tuple(i for i in live if i.is_data and any(chosen.get(s, ("",))[0] == a for s, a in i.shards.items()))
+        self.live = tuple(i for i in live if i.is_data and any(chosen.get(s, (0, "", ""))[2] == a for s, a in i.shards.items()))
         self.files = tuple(i.name for i in self.live)
         #: attempts whose rows are hidden (tombstoned, or lost a double commit)
         self.excluded = frozenset(excluded)
         #: shard -> the attempt whose rows are read
-        self.shards: dict[str, str] = {s: c[0] for s, c in sorted(chosen.items())}
+        self.shards: dict[str, str] = {s: c[2] for s, c in sorted(chosen.items())}
         #: every (shard, attempt) that counts
         self.attempts: frozenset[tuple[str, str]] = frozenset(self.shards.items())
         self.id = hashlib.sha256("\n".join(f"{s}/{a}" for s, a in sorted(self.attempts)).encode()).hexdigest()[:32]
@@ -107,6 +126,7 @@ class Snapshot:
         self.loose_files = sum(1 for i in self.live if i.kind == "shard")
         self._dataset: pads.Dataset | None = None
         self._index: dict[tuple[str, str, str, int], dict[str, tuple[str, int]]] = {}
+        self._sums: dict[tuple[str, str, str, int], dict[str, str]] = {}
         self._infos: dict[str, ArrayInfo] = {}
         self._array_recipe: dict[str, str] = {}
 
@@ -125,6 +145,11 @@ class Snapshot:
             self._dataset = pads.dataset([self.backend.path(f) for f in self.files], schema=MANIFESTS,
                                          format="parquet", filesystem=self.backend.fs)
         return self._dataset
+
+    def visible_dataset(self) -> pads.Dataset:
+        """:meth:`dataset` with the rows of excluded attempts filtered out (still lazy): what the
+        catalog registers, so that no relation a query can name shows a deleted row."""
+        return self.dataset().filter(self.visible()) if self.excluded else self.dataset()
 
     def visible(self) -> pc.Expression:
         """The filter that hides excluded attempts' rows (true when none are excluded)."""
@@ -196,7 +221,9 @@ class Snapshot:
         k = (self.resolve(recipe), view, position, int(layer))
         if k not in self._index:
             t = self.key_rows(*k)
-            self._index[k] = dict(zip(t["sample_id"].to_pylist(), zip(t["array"].to_pylist(), t["row"].to_pylist())))
+            ids = t["sample_id"].to_pylist()
+            self._index[k] = dict(zip(ids, zip(t["array"].to_pylist(), t["row"].to_pylist())))
+            self._sums[k] = dict(zip(ids, t["checksum"].to_pylist()))
         return self._index[k]
 
     def array_info(self, path: str, *, recipe_id: str | None = None) -> ArrayInfo:
@@ -212,9 +239,11 @@ class Snapshot:
 
     # -- reads -----------------------------------------------------------------------------------
     def read(self, recipe_id: str, view: str, position: str, layer: int, sample_ids: Sequence[str]) -> np.ndarray:
-        """float32 ``[len(sample_ids), D]``, row i = sample_ids[i]; whole chunks are read."""
+        """float32 ``[len(sample_ids), D]``, row i = sample_ids[i]; whole chunks are read, each
+        checked against its crc32c, and each row returned against its manifest checksum."""
         rid = self.resolve(recipe_id)
         idx = self.index(rid, view, position, layer)
+        sums = self._sums[(rid, view, position, int(layer))]
         missing = [s for s in sample_ids if s not in idx]
         if missing:
             raise KeyNotFoundError(
@@ -237,5 +266,13 @@ class Snapshot:
             block = self.chunk(path, c)
             dst = np.fromiter((j for j, _ in items), np.int64, len(items))
             src = np.fromiter((r for _, r in items), np.int64, len(items))
+            for j, r in items:
+                if f"{crc32c(block[r]):08x}" != sums[sample_ids[j]]:
+                    raise CorruptChunkError(
+                        f"row {c * info.chunk_rows + r} of array {path} (shard {info.shard}, recipe "
+                        f"{rid}, sample {sample_ids[j]!r}) does not match its manifest checksum: the "
+                        f"bytes on disk were replaced. Nothing was returned. Run `l2s store verify`, "
+                        f"then re-extract the shard."
+                    )
             out[dst] = to_float32(block[src], info.logical_dtype)
         return out

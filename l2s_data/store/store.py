@@ -25,17 +25,27 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from l2s_data.errors import StoreError, StoreNotFoundError
+from l2s_data.errors import L2SError, StoreAccessError, StoreError, StoreNotFoundError
 from l2s_data.schemas import FORMAT_VERSION, MEMBERSHIPS, SAMPLES
 from l2s_data.store import ops
 from l2s_data.store._backend import Backend, open_backend
 from l2s_data.store.contract import MARKER, conform, now
-from l2s_data.store.manifests import list_names, read_info
-from l2s_data.store.snapshot import Key, Snapshot, take_snapshot
+from l2s_data.store.snapshot import Key, Snapshot, commit_of, take_snapshot
 from l2s_data.store.tables import Tables
 from l2s_data.store.writer import DEFAULT_CHUNK_BYTES, ShardWriter
 
 __all__ = ["Store"]
+
+
+def _access_message(url: str, exc: OSError) -> str:
+    what = "refused access" if isinstance(exc, PermissionError) else (
+        "found no such bucket or folder" if isinstance(exc, FileNotFoundError) else "failed")
+    return (
+        f"cannot open the store at {url}: the filesystem {what} ({type(exc).__name__}: {exc}). "
+        f"Check the credentials (for s3: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or "
+        f"the instance role), that they may list, read and write that bucket and prefix, that the "
+        f"bucket exists, and the URL."
+    )
 
 
 class Store:
@@ -49,7 +59,19 @@ class Store:
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
     def open(cls, url: str | os.PathLike[str], *, create: bool = False) -> Store:
-        """Open the store at a local path or fsspec URL; ``create=True`` makes it if absent."""
+        """Open the store at a local path or fsspec URL; ``create=True`` makes it if absent.
+
+        A filesystem that refuses access (wrong credentials, no permission, a missing bucket)
+        raises :class:`StoreAccessError` saying so, never the filesystem's own exception."""
+        try:
+            return cls._open(url, create=create)
+        except L2SError:
+            raise
+        except OSError as exc:
+            raise StoreAccessError(_access_message(str(url), exc)) from exc
+
+    @classmethod
+    def _open(cls, url: str | os.PathLike[str], *, create: bool) -> Store:
         backend = open_backend(url)
         if backend.is_local and os.path.exists(backend.root) and not os.path.isdir(backend.root):
             raise StoreNotFoundError(
@@ -58,6 +80,12 @@ class Store:
             )
         if not backend.exists(MARKER):
             if not create:
+                bucket = backend.root.split("/", 1)[0]
+                if not backend.is_local and not backend.fs.exists(bucket):
+                    raise StoreNotFoundError(
+                        f"no l2s-data store at {backend.url}: the bucket {bucket!r} does not exist, or "
+                        f"these credentials cannot see it. Check the URL and the credentials."
+                    )
                 raise StoreNotFoundError(
                     f"no l2s-data store at {backend.url} (no {MARKER} there). Create one with "
                     f"Store.open(url, create=True), or check the URL."
@@ -146,9 +174,11 @@ class Store:
         """Commit extraction-run rows (EXTRACTIONS schema; ``created_at`` defaults to now)."""
         self._tables.put_rows("extractions", rows)
 
-    def put_evaluations(self, rows: pa.Table | Sequence[Mapping[str, Any]]) -> None:
-        """Commit evaluation rows (EVALUATIONS schema; ``created_at`` defaults to now)."""
-        self._tables.put_rows("evaluations", rows)
+    def put_evaluations(self, rows: pa.Table | Sequence[Mapping[str, Any]]) -> bool:
+        """Commit evaluation rows (EVALUATIONS schema; ``created_at`` defaults to now), keyed by
+        ``evaluation_id``: False when another process committed these very keys first (its rows
+        count). The ``evaluations`` view holds one row per (run, method, alpha, sample)."""
+        return self._tables.put_rows("evaluations", rows)
 
     # -- shards ----------------------------------------------------------------------------------
     def shard_writer(self, shard_id: str, recipe_id: str, sample_ids: Sequence[str], *,
@@ -164,20 +194,13 @@ class Store:
             ops.maybe_compact(self._backend, self.snapshot)
 
         return ShardWriter(self._backend, shard_id, rid, sample_ids, chunk_bytes=chunk_bytes,
-                           zarr_writer=zarr_writer, is_committed=self.is_committed, on_commit=on_commit)
+                           zarr_writer=zarr_writer, on_commit=on_commit,
+                           settle=lambda: ops.compact(self._backend, self.snapshot, min_files=1))
 
     def is_committed(self, shard_id: str) -> bool:
-        """Whether a manifest commits ``shard_id`` now (its own file, or a compacted one)."""
-        if self._backend.exists(f"manifests/{shard_id}.parquet"):
-            return True
-        for name in list_names(self._backend):
-            if name.split("/", 1)[1].startswith("_compacted-"):
-                try:
-                    if shard_id in read_info(self._backend, name).shards:
-                        return True
-                except FileNotFoundError:
-                    continue
-        return False
+        """Whether a commit of ``shard_id`` counts now (its own manifest or a compacted one,
+        tombstones applied: a deleted shard is not committed)."""
+        return commit_of(self._backend, shard_id) is not None
 
     def committed_keys(self, recipe_id: str) -> pa.Table:
         """Columns view, position, layer, sample_id of every committed key of one recipe."""

@@ -3,6 +3,12 @@ and evaluations, each a folder of immutable, content-addressed parts.
 
 A part is created only if absent, so writers never contend and a retried write is a no-op.
 Parts may repeat rows (the same samples put twice); the catalog's views deduplicate.
+
+Evaluation rows are keyed: a part of ``evaluations`` is named by the hash of the keys it holds
+(its ``evaluation_id`` values, one per run, method, alpha and sample), not by its content. Two
+processes that compute the same batch of the same config race for one name, and the first
+create wins, as a shard's manifest does; rows of batches cut differently still overlap, and the
+``evaluations`` view keeps the first commit of each key.
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ from l2s_data.store.contract import (
 )
 
 __all__ = ["Tables"]
+
+
+#: Tables whose parts are named by the key column's values (see the module docstring).
+_KEYED = {"evaluations": "evaluation_id"}
 
 
 def _recipe_part(rid: str, name: str | None) -> str:
@@ -53,13 +63,24 @@ class Tables:
         self.backend.put_if_absent(rel, parquet_bytes(table))
         return rel
 
-    def put_rows(self, name: str, rows: pa.Table | Sequence[Mapping[str, Any]]) -> None:
-        """Conform ``rows`` to the table's schema (``created_at`` defaults to now) and commit them."""
+    def put_rows(self, name: str, rows: pa.Table | Sequence[Mapping[str, Any]]) -> bool:
+        """Conform ``rows`` to the table's schema (``created_at`` defaults to now) and commit
+        them. False when a keyed part of these very keys was committed first (nothing written)."""
         schema = TABLES[self._check(name)]
         defaults = {"created_at": now()} if "created_at" in schema.names else None
         t = conform(rows, schema, what=name, defaults=defaults)
-        if t.num_rows:
+        if not t.num_rows:
+            return True
+        key = _KEYED.get(name)
+        if key is None:
             self.put(name, t)
+            return True
+        keys = t[key].to_pylist()
+        if len(set(keys)) != len(keys):
+            raise SchemaMismatchError(f"{name}: {key} repeats within one commit, e.g. "
+                                      f"{sorted(k for k in set(keys) if keys.count(k) > 1)[:3]}; each key once.")
+        rel = f"{name}/k-{sha256_hex(chr(10).join(sorted(keys)))}.parquet"
+        return self.backend.put_if_absent(rel, parquet_bytes(t))
 
     def dataset(self, name: str) -> pads.Dataset:
         """A lazily scanned pyarrow dataset over the committed parts of one table."""

@@ -14,8 +14,13 @@ Each attempt writes ``shards/<shard>/<attempt-uuid>/``, which no other process t
 2. ``claim`` is created in it if absent. ``gc`` creates the same file before it removes an
    attempt, so exactly one of them wins: a writer never commits a folder that gc is removing,
    and gc never removes one that a writer commits;
-3. the manifest (one row per key, with its checksums; see ``manifests``) is created as
-   ``manifests/<shard>.parquet`` only if absent: that single create is the commit.
+3. unless a commit of the shard already counts (``snapshot.commit_of``: its own manifest or a
+   compaction holding it, tombstones applied), the manifest (one row per key, with its
+   checksums; see ``manifests``) is created as ``manifests/<shard>.parquet`` only if absent:
+   that single create is the commit;
+4. after the create, the same rule is asked again: ``won`` is True only if this attempt's
+   commit is the one every later snapshot reads (a compaction can fold the shard's first
+   commit away between step 3's check and its create; that first commit then keeps counting).
 
 A crash or an exception before it leaves an orphan attempt that readers never see and
 ``l2s store gc`` removes.
@@ -36,7 +41,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from l2s_data.errors import StoreError, WriteMismatchError
+from l2s_data.errors import LeaseHeldError, StoreError, WriteMismatchError
 from l2s_data.schemas import FORMAT_VERSION, MANIFESTS, ZARR_ATTRIBUTES_KEY
 from l2s_data.store._backend import Backend
 from l2s_data.store._zarr_write import write_array, write_group
@@ -44,6 +49,7 @@ from l2s_data.store.contract import (
     DTYPES, array_name, attempt_dir, check_exact, check_part, check_shard, crc32c, now, to_float32, to_stored,
 )
 from l2s_data.store.manifests import encode_manifest, manifest_name
+from l2s_data.store.snapshot import commit_of
 
 __all__ = ["ShardWriter", "DEFAULT_CHUNK_BYTES", "ZARR_WRITERS"]
 
@@ -76,10 +82,11 @@ class ShardWriter:
 
     def __init__(self, backend: Backend, shard_id: str, recipe_id: str, sample_ids: Sequence[str], *,
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, zarr_writer: str | None = None,
-                 is_committed: Callable[[str], bool] | None = None,
-                 on_commit: Callable[[ShardWriter], None] | None = None):
-        """``is_committed(shard)`` says whether a compacted manifest already commits the shard
-        (its own file is then gone); ``on_commit(writer)`` runs after this attempt won."""
+                 on_commit: Callable[[ShardWriter], None] | None = None,
+                 settle: Callable[[], object] | None = None):
+        """``on_commit(writer)`` runs after this attempt won. ``settle()`` is called when the
+        shard's manifest name is held by a commit that no longer counts (a delete that stopped
+        before removing it); it compacts, which removes such files, and the create is retried."""
         check_shard(shard_id)
         if not isinstance(recipe_id, str) or not recipe_id:
             raise WriteMismatchError(f"recipe_id must be a non-empty string, got {recipe_id!r}.")
@@ -116,8 +123,8 @@ class ShardWriter:
         self._lock = threading.Lock()  # write() may run from several threads (one key each)
         self._ids_hash = hashlib.sha256("\n".join(ids).encode()).hexdigest()
         self._entered = False
-        self._is_committed = is_committed
         self._on_commit = on_commit
+        self._settle = settle
         self.bytes = 0
 
     # -- context manager -------------------------------------------------------------------
@@ -277,10 +284,28 @@ class ShardWriter:
                 f"shard {self.shard} attempt {self.attempt} was claimed by `l2s store gc` before it "
                 f"could commit; nothing was committed. Rerun the extraction to recompute the shard."
             )
-        if self._is_committed is not None and self._is_committed(self.shard):
-            self.won = False  # committed earlier and since folded into a compacted manifest
+        name = manifest_name("shard", self.shard)
+        if commit_of(self.backend, self.shard) is not None:
+            self.won = False  # committed earlier (its own file, or folded into a compaction)
         else:
-            self.won = self.backend.put_if_absent(manifest_name("shard", self.shard), data)
+            created = self.backend.put_if_absent(name, data)
+            if not created and commit_of(self.backend, self.shard) is None:
+                # The name is held by a commit that no longer counts (deleted or replaced).
+                if self._settle is not None:
+                    try:
+                        self._settle()
+                    except LeaseHeldError:
+                        pass  # said below
+                if commit_of(self.backend, self.shard) is None:
+                    created = self.backend.put_if_absent(name, data)
+                    if not created and commit_of(self.backend, self.shard) is None:
+                        raise StoreError(
+                            f"shard {self.shard}: {name} is held by a commit that was deleted, and "
+                            f"could not be removed now (is maintenance running, or did it die holding "
+                            f"the lease?). Nothing was committed; run `l2s store compact` once the "
+                            f"lease is free, then rerun the extraction."
+                        )
+            self.won = created and commit_of(self.backend, self.shard) == self.attempt
         if self.won and self._on_commit is not None:
             self._on_commit(self)
         return self.won

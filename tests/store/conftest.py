@@ -49,3 +49,52 @@ def tables(ids, *, split=lambda i: "train" if i % 4 else "test", category=lambda
         schema=MEMBERSHIPS,
     )
     return samples, memberships
+
+
+class Crash(BaseException):
+    """A simulated crash: a BaseException, so no ``except Exception`` in the store catches it."""
+
+
+class Crashing:
+    """Makes the store's backend die at its ``at``-th mutating call (creates, writes, removals):
+    that call and every later one raise :class:`Crash`, as if the process had died there, so
+    nothing runs after it (a lease is not released either). ``calls`` counts them."""
+
+    MUTATING = ("put_if_absent", "write_bytes", "remove_files", "remove_dir", "makedirs")
+
+    def __init__(self, store: Store, at: int | None):
+        self.backend = store.backend
+        self.at = at
+        self.calls = 0
+        self.dead = False
+        self._saved = {}
+
+    def __enter__(self) -> "Crashing":
+        for name in self.MUTATING:
+            real = getattr(self.backend, name)
+            self._saved[name] = real
+
+            def wrapped(*a, _real=real, **k):
+                self.calls += 1
+                if self.dead or (self.at is not None and self.calls >= self.at):
+                    self.dead = True
+                    raise Crash(f"simulated crash at mutating call {self.calls}")
+                return _real(*a, **k)
+
+            setattr(self.backend, name, wrapped)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for name in self.MUTATING:
+            delattr(self.backend, name)  # the instance attribute goes, the class's method is back
+        return exc[0] is Crash
+
+
+def expire_leases(monkeypatch) -> None:
+    """Let the clock of the lease code run two hours ahead: a holder that died has expired."""
+    import datetime as dt
+
+    from l2s_data.store import leases
+    from l2s_data.store.contract import now
+
+    monkeypatch.setattr(leases, "now", lambda: now() + dt.timedelta(hours=2))

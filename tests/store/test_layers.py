@@ -17,7 +17,7 @@ PACKAGE = Path(l2s_data.store.__file__).parent
 LAYERS = {
     "contract": 0,
     "_backend": 1,
-    "_zarr_write": 2, "_chunks": 2, "manifests": 2, "leases": 2, "tables": 2,
+    "_zarr_write": 2, "_chunks": 2, "manifests": 2, "leases": 2, "tables": 2, "attempts": 2,
     "snapshot": 3,
     "writer": 4, "catalog": 4, "loader": 4, "ops": 4,
     "store": 5,
