@@ -41,6 +41,7 @@ __all__ = [
     "TrainingError",
     "JudgeError",
     "EvaluationError",
+    "ServeRequestError",
 ]
 
 
@@ -206,3 +207,16 @@ class EvaluationError(L2SError, RuntimeError):
     def __init__(self, message: str, *, units: tuple[str, ...] = ()):
         super().__init__(message)
         self.units = units
+
+
+# --- serving ----------------------------------------------------------------------------
+
+
+class ServeRequestError(InputError):
+    """A chat request the server refuses: the HTTP ``status`` and the OpenAI error fields
+    (``type``, ``code``, ``param``) it is answered with."""
+
+    def __init__(self, message: str, *, status: int = 400, code: str = "invalid_value", param: str | None = None,
+                 type: str = "invalid_request_error"):  # noqa: A002 - the OpenAI field's name
+        super().__init__(message)
+        self.status, self.code, self.param, self.type = status, code, param, type

@@ -1,0 +1,88 @@
+"""Start and stop the application on a Ray cluster (what ``l2s serve`` and ``jobs/serve.py`` call).
+
+::
+
+    cfg = load_serve_config("l2s_data/serve/configs/tiny-llava.toml")
+    svc = deploy(cfg, port=8000)                  # joins RAY_ADDRESS, else starts a local Ray
+    print(svc.url, svc.model_ids)                 # http://127.0.0.1:8000/v1 ...
+    svc.stop()                                    # deletes the application (and a Ray started here)
+
+Ray Serve's proxy listens on ``host:port`` of every node it runs on; the application answers
+under ``/v1``. Serve itself is detached: an application outlives the driver that deployed it
+(how ``l2s submit serve`` leaves it running on a cluster) until it is deleted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from l2s_data.errors import ConfigError
+from l2s_data.serve.config import ServeConfig
+
+__all__ = ["Service", "deploy"]
+
+
+@dataclass
+class Service:
+    """A deployed application: where it answers, its model ids, and how to stop it."""
+
+    name: str
+    url: str
+    model_ids: tuple[str, ...]
+    replicas: int
+    started_ray: bool
+
+    def stop(self, *, shutdown_serve: bool = False) -> None:
+        """Delete the application; ``shutdown_serve`` also stops Serve's controller and proxies.
+        A Ray started by :func:`deploy` is shut down with them."""
+        import ray
+        from ray import serve
+
+        if not ray.is_initialized():
+            return
+        if shutdown_serve or self.started_ray:
+            serve.shutdown()
+        else:
+            serve.delete(self.name)
+        if self.started_ray:
+            ray.shutdown()
+
+
+def deploy(cfg: ServeConfig, *, address: str | None = None, host: str | None = None, port: int | None = None,
+           replicas: int | None = None) -> Service:
+    """Deploy ``cfg``'s application and wait until every replica is up (the model loaded)."""
+    import ray
+    from ray import serve
+
+    from l2s_data.serve.app import build_app
+
+    host = host or cfg.serve.host
+    port = cfg.serve.port if port is None else port
+    n = replicas or cfg.serve.replicas
+    if n < 1:
+        raise ConfigError(f"--replicas {n}: expected at least 1")
+    app = build_app(cfg, replicas=n)  # paths resolved here, before anything starts
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, logging_level="WARNING")
+    try:
+        _check_resources(ray.cluster_resources(), cfg, n)
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(app, name=cfg.serve.name, route_prefix="/", blocking=False)
+    except BaseException:
+        if started:
+            ray.shutdown()
+        raise
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return Service(cfg.serve.name, f"http://{shown}:{port}/v1", tuple(cfg.model_ids), n, started)
+
+
+def _check_resources(have: Any, cfg: ServeConfig, n: int) -> None:
+    """Refuse replicas the cluster cannot place now (they would wait forever)."""
+    gpu = cfg.evaluation.model.device.startswith("cuda")
+    kind, each = ("GPU", 1) if gpu else ("CPU", cfg.serve.cpus_per_replica)
+    total = float(have.get(kind, 0))
+    if n * each > total:
+        raise ConfigError(f"{n} replica(s) need {n * each} {kind}(s) ({each} each), but the Ray cluster has "
+                          f"{total:g}; serve fewer replicas (--replicas), or join a larger cluster (--address).")
