@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 L_STAR, L_PRIME = 1, 3
-N = 24
+N = 40  # 8 of them in the test split
 ALPHA = 4.0
 
 
