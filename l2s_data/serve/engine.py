@@ -89,12 +89,32 @@ class Engine:
     def _item(self, req: ChatRequest) -> EvalItem:
         return EvalItem(req.id, req.image, req.query, self.task)
 
-    def prompt_tokens(self, req: ChatRequest) -> int:
-        """The request's templated prompt length; :class:`ServeRequestError` if it and its
-        ``max_tokens`` do not fit the model's context."""
-        chat = self.generator.chat_inputs(get_method(req.method), [self._item(req)])[0]
-        (enc,), _ = self.adapter.encode_items([chat])
-        n, ctx = len(enc), self.adapter.max_context
+    def prompt_lengths(self, reqs: Sequence[ChatRequest]) -> list[int | ServeRequestError]:
+        """Each request's templated prompt length, or the error that says why it does not fit
+        (one image-processor call for the batch; row by row if that call fails)."""
+        chats = [self.generator.chat_inputs(get_method(r.method), [self._item(r)])[0] for r in reqs]
+        try:
+            encs, _ = self.adapter.encode_items(chats)
+            lengths: list[int | None] = [len(e) for e in encs]
+        except Exception:  # noqa: BLE001 - found row by row below, each with its own error
+            lengths = [None] * len(reqs)
+        out: list[int | ServeRequestError] = []
+        for r, chat, n in zip(reqs, chats, lengths):
+            try:
+                out.append(self.prompt_tokens(r, n if n is not None else len(self.adapter.encode_items([chat])[0][0])))
+            except ServeRequestError as err:
+                out.append(err)
+            except L2SError as err:
+                out.append(ServeRequestError(str(err), param="messages"))
+            except Exception as err:  # noqa: BLE001 - this row's input, not the others'
+                out.append(ServeRequestError(f"the message cannot be encoded for this model: {type(err).__name__}: "
+                                             f"{err}", param="messages", code="invalid_input"))
+        return out
+
+    def prompt_tokens(self, req: ChatRequest, n: int) -> int:
+        """``n``, the request's templated prompt length; :class:`ServeRequestError` if it and
+        its ``max_tokens`` do not fit the model's context."""
+        ctx = self.adapter.max_context
         if n > ctx:
             raise ServeRequestError(f"the prompt is {n} tokens, more than the model's context of {ctx}; shorten "
                                     f"the message", code="context_length_exceeded", param="messages")
@@ -112,19 +132,20 @@ class Engine:
             self.busy_rows, self.batches = len(reqs), self.batches + 1
             try:
                 return self._run(list(reqs))
+            except Exception as err:  # noqa: BLE001 - never an exception for Ray Serve to fail every row with
+                return [ServeRequestError(f"the batch failed: {type(err).__name__}: {err}", status=500,
+                                          code="generation_failed", type="server_error")] * len(reqs)
             finally:
                 self.busy_rows = 0
 
     def _run(self, reqs: list[ChatRequest]) -> list[Generated | ServeRequestError]:
         out: list[Generated | ServeRequestError | None] = [None] * len(reqs)
         lengths: dict[int, int] = {}
-        for i, r in enumerate(reqs):
-            try:
-                lengths[i] = self.prompt_tokens(r)
-            except ServeRequestError as err:
-                out[i] = err
-            except L2SError as err:
-                out[i] = ServeRequestError(str(err), param="messages")
+        for i, n in enumerate(self.prompt_lengths(reqs)):
+            if isinstance(n, ServeRequestError):
+                out[i] = n
+            else:
+                lengths[i] = n
         ok = [i for i in range(len(reqs)) if out[i] is None]
         try:
             for i, g in zip(ok, self._generate([reqs[i] for i in ok], [lengths[i] for i in ok], len(reqs))):
@@ -178,16 +199,18 @@ class Engine:
     def _result(self, req: ChatRequest, method: Any, ids: tuple[int, ...], prompt: int, batch_size: int) -> Generated:
         tok = self.adapter.processor.tokenizer
         text = tok.decode(list(ids), skip_special_tokens=True)
-        pieces, shown = [], ""
-        for k in range(1, len(ids) + 1):
-            t = tok.decode(list(ids[:k]), skip_special_tokens=True)
-            if t.startswith(shown) and not t.endswith("\ufffd"):  # hold back a half-decoded character
-                pieces.append(t[len(shown):])
-                shown = t
-        if text.startswith(shown):
-            pieces.append(text[len(shown):])
-        else:  # a decode that rewrote earlier text: one piece, so the stream still adds up to it
-            pieces = [text]
+        pieces: list[str] = [text]
+        if req.stream:  # the text each token adds, for the stream's chunks
+            pieces, shown = [], ""
+            for k in range(1, len(ids) + 1):
+                t = tok.decode(list(ids[:k]), skip_special_tokens=True)
+                if t.startswith(shown) and not t.endswith("\ufffd"):  # hold back a half-decoded character
+                    pieces.append(t[len(shown):])
+                    shown = t
+            if text.startswith(shown):
+                pieces.append(text[len(shown):])
+            else:  # a decode that rewrote earlier text: one piece, so the stream still adds up to it
+                pieces = [text]
         steering = {
             "method": method.name, "label": method.label, "alpha": req.alpha if method.steers else None,
             "layer": self.layer if method.steers else None,
