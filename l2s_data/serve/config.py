@@ -23,7 +23,8 @@ defaults from ``[serve]``::
     max_ongoing_requests = 64       # queued at a replica before Ray Serve routes elsewhere
     host = "127.0.0.1"              # loopback by default
     port = 8000
-    name = "l2s"                    # the Ray Serve application name
+    name = "l2s"                    # the Ray Serve application name ...
+    route_prefix = "/"              # ... and where it answers: <route_prefix>/v1/chat/completions
 
 Methods P2S* and Norm-Rnd are not served: both need the request's own contrastive pair (its
 P2S vector), which a chat request does not carry.
@@ -71,6 +72,7 @@ class ServeSection(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     name: str = Field(default="l2s", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    route_prefix: str = Field(default="/", pattern=r"^/([A-Za-z0-9._-]+/?)*$")
 
     @field_validator("methods")
     @classmethod

@@ -5,7 +5,7 @@
     cfg = load_serve_config("l2s_data/serve/configs/tiny-llava.toml")
     svc = deploy(cfg, port=8000)                  # joins RAY_ADDRESS, else starts a local Ray
     print(svc.url, svc.model_ids)                 # http://127.0.0.1:8000/v1 ...
-    svc.stop()                                    # deletes the application (and a Ray started here)
+    svc.stop()                                    # deletes the application (and a local Ray started here)
 
 Ray Serve's proxy listens on ``host:port`` of every node it runs on; the application answers
 under ``/v1``. Serve itself is detached: an application outlives the driver that deployed it
@@ -14,6 +14,7 @@ under ``/v1``. Serve itself is detached: an application outlives the driver that
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,21 +32,24 @@ class Service:
     url: str
     model_ids: tuple[str, ...]
     replicas: int
-    started_ray: bool
+    #: :func:`deploy` connected this process to Ray (it disconnects on :meth:`stop`) ...
+    connected_here: bool
+    #: ... and that connection started a local Ray of its own (which stops with it)
+    local_ray: bool
 
-    def stop(self, *, shutdown_serve: bool = False) -> None:
-        """Delete the application; ``shutdown_serve`` also stops Serve's controller and proxies.
-        A Ray started by :func:`deploy` is shut down with them."""
+    def stop(self) -> None:
+        """Delete the application. On a cluster joined by :func:`deploy`, Serve and the other
+        applications stay; a local Ray that :func:`deploy` started is shut down, Serve with it."""
         import ray
         from ray import serve
 
         if not ray.is_initialized():
             return
-        if shutdown_serve or self.started_ray:
+        if self.local_ray:
             serve.shutdown()
         else:
             serve.delete(self.name)
-        if self.started_ray:
+        if self.connected_here:
             ray.shutdown()
 
 
@@ -64,18 +68,23 @@ def deploy(cfg: ServeConfig, *, address: str | None = None, host: str | None = N
         raise ConfigError(f"--replicas {n}: expected at least 1")
     app = build_app(cfg, replicas=n)  # paths resolved here, before anything starts
     started = not ray.is_initialized()
+    local = started and not (address or os.environ.get("RAY_ADDRESS"))
     if started:
         ray.init(address=address, logging_level="WARNING")
     try:
         _check_resources(ray.cluster_resources(), cfg, n)
         serve.start(http_options={"host": host, "port": port})
-        serve.run(app, name=cfg.serve.name, route_prefix="/", blocking=False)
+        # A Serve instance already running on the cluster keeps its own proxy address.
+        http = serve.context._get_global_client().http_config  # noqa: SLF001 - the only place Ray keeps it
+        host, port = http.host, http.port
+        serve.run(app, name=cfg.serve.name, route_prefix=cfg.serve.route_prefix, blocking=False)
     except BaseException:
         if started:
             ray.shutdown()
         raise
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    return Service(cfg.serve.name, f"http://{shown}:{port}/v1", tuple(cfg.model_ids), n, started)
+    prefix = cfg.serve.route_prefix.rstrip("/")
+    return Service(cfg.serve.name, f"http://{shown}:{port}{prefix}/v1", tuple(cfg.model_ids), n, started, local)
 
 
 def _check_resources(have: Any, cfg: ServeConfig, n: int) -> None:

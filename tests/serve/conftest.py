@@ -113,8 +113,9 @@ def served(serve_world, ray_address):
         if ray.is_initialized():
             from ray import serve
 
-            serve.shutdown()  # this session's controller, proxy and replicas
-        svc.stop()
+            serve.shutdown()  # the controller, proxy and replicas this session started
+            if svc.connected_here:
+                ray.shutdown()
 
 
 @pytest.fixture
