@@ -83,8 +83,6 @@ def _build(work: Path, args) -> dict:
 
 
 def _bodies(work: Path, args) -> list[dict]:
-    from PIL import Image
-
     from l2s_data.datasets import read_dataset
 
     ds = read_dataset(work / "data")
@@ -98,7 +96,6 @@ def _bodies(work: Path, args) -> list[dict]:
         out.append({"model": f"tiny-llava:{methods[i % 3]}", "max_tokens": args.tokens, "temperature": 0,
                     "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
                                                               {"type": "text", "text": ds.query(sid)}]}]})
-    assert Image  # PIL is what encodes the images above
     return out
 
 

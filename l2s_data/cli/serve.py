@@ -28,11 +28,10 @@ def serve(
 
     Each request chooses its method and alpha in the body (`extra_body={"method": "l2s", "alpha": 2.2}` with the openai client) or by model id (`GET /v1/models` lists one per method). Runs until Ctrl-C, then deletes the application (and stops a Ray it started)."""
     from l2s_data.serve import deploy, load_serve_config
-    from l2s_data.serve.engine import model_files_exist
 
     try:
         cfg = load_serve_config(config)
-        model_files_exist(cfg)
+        cfg.check_files()
         with console.status("starting Ray Serve and loading the model in every replica..."):
             svc = deploy(cfg, address=address, host=host, port=port, replicas=replicas)
     except L2SError as err:

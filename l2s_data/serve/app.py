@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
 from l2s_data.actors import FORWARDED_ENV
-from l2s_data.errors import ServeRequestError
+from l2s_data.errors import ConfigError, ServeRequestError
 from l2s_data.serve.config import ServeConfig, load_serve_config, parse_serve_config
 from l2s_data.serve.protocol import completion_body, error_body, models_body, parse_request, stream_chunks
 
@@ -130,6 +130,7 @@ def build_app(cfg: ServeConfig, *, replicas: int | None = None) -> Any:
 def app_builder(args: dict[str, Any]) -> Any:
     """Ray Serve's application builder: ``config`` (a serving config's path), optional ``replicas``."""
     if "config" not in args:
-        raise ServeRequestError("the application needs its argument config=PATH (a serving config)", param="config")
+        raise ConfigError("the application needs its argument config=PATH (a serving config), e.g. "
+                          "`serve run l2s_data.serve.app:app_builder config=serve.toml`")
     replicas = int(args["replicas"]) if args.get("replicas") else None
     return build_app(load_serve_config(args["config"]), replicas=replicas)

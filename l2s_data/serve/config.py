@@ -150,6 +150,15 @@ class ServeConfig:
     def to_dict(self) -> dict[str, Any]:
         return {**self.evaluation.to_dict(), "serve": self.serve.model_dump(mode="json")}
 
+    def check_files(self) -> None:
+        """Refuse (before anything starts) a model or predictor path that names nothing here."""
+        import os
+
+        for what, p in (("[model] path", self.evaluation.model.path), ("[l2s] predictor", self.evaluation.l2s.predictor)):
+            if p and "://" not in p and not Path(p).exists():
+                raise ConfigError(f"{what} = {p!r} does not exist (relative paths are read from the folder you run "
+                                  f"in: {os.getcwd()})")
+
     def absolute(self) -> ServeConfig:
         """The config with every local path made absolute (replicas do not share this cwd)."""
         d = self.to_dict()

@@ -25,7 +25,6 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -223,12 +222,3 @@ class Engine:
         finish = "length" if len(ids) >= req.max_tokens else "stop"
         return Generated(ids, text, tuple(pieces), finish, prompt, steering)
 
-
-def model_files_exist(cfg: ServeConfig) -> None:
-    """Refuse early (in the driver) a config whose model or predictor path names nothing."""
-    from l2s_data.errors import ConfigError
-
-    for what, p in (("[model] path", cfg.evaluation.model.path), ("[l2s] predictor", cfg.evaluation.l2s.predictor)):
-        if p and "://" not in p and not Path(p).exists():
-            raise ConfigError(f"{what} = {p!r} does not exist (relative paths are read from the folder you run "
-                              f"in: {os.getcwd()})")

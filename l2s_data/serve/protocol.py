@@ -28,9 +28,8 @@ from typing import Any
 
 import PIL.Image
 
-from l2s_data.errors import ServeRequestError
+from l2s_data.errors import ConfigError, ServeRequestError
 from l2s_data.evaluate.methods import METHOD_NAMES, get_method
-from l2s_data.errors import ConfigError
 
 __all__ = ["ChatRequest", "parse_request", "error_body", "completion_body", "stream_chunks", "models_body",
            "BLANK_SIZE"]

@@ -77,3 +77,8 @@ def test_the_cli_mounts_serve_and_submit_serve_and_refuses_a_missing_config(tmp_
     assert ENTRYPOINTS["serve"] == "jobs/serve.py" and (ROOT / "jobs/serve.py").is_file()
     r = runner.invoke(app, ["serve", str(tmp_path / "nope.toml")])
     assert r.exit_code == 2 and "does not exist" in r.output
+    cfg = tmp_path / "serve.toml"  # a model path that names nothing: refused before Ray starts
+    cfg.write_text('[model]\npath = "no-model"\n[data]\npath = "d"\n[steering]\nlayer = 1\nmethods = ["none"]\n'
+                   '[run]\nstore = "s"\n')
+    r = runner.invoke(app, ["serve", str(cfg)])
+    assert r.exit_code == 2 and "[model] path = 'no-model' does not exist" in r.output
