@@ -42,6 +42,7 @@ __all__ = [
     "JudgeError",
     "EvaluationError",
     "ServeRequestError",
+    "ServeError",
 ]
 
 
@@ -220,3 +221,8 @@ class ServeRequestError(InputError):
                  type: str = "invalid_request_error"):  # noqa: A002 - the OpenAI field's name
         super().__init__(message)
         self.status, self.code, self.param, self.type = status, code, param, type
+
+
+class ServeError(L2SError, RuntimeError):
+    """The service could not start: Ray could not be started or joined, or the application's
+    replicas did not come up."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 from pathlib import Path
 from typing import Optional
@@ -26,7 +27,7 @@ def serve(
 ) -> None:
     """Serve the config's model with its steering methods: the OpenAI chat-completions API on Ray Serve.
 
-    Each request chooses its method and alpha in the body (`extra_body={"method": "l2s", "alpha": 2.2}` with the openai client) or by model id (`GET /v1/models` lists one per method). Runs until Ctrl-C, then deletes the application (and stops a Ray it started)."""
+    Each request chooses its method and alpha in the body (`extra_body={"method": "l2s", "alpha": 2.2}` with the openai client) or by model id (`GET /v1/models` lists one per method). Runs until Ctrl-C (or SIGTERM), then deletes the application (and stops a local Ray it started)."""
     from l2s_data.serve import deploy, load_serve_config
 
     try:
@@ -45,6 +46,9 @@ def serve(
         note("the endpoint has no authentication: put it behind your own gateway before exposing it")
     say("Ctrl-C stops it")
     stop = threading.Event()
+    # SIGTERM (kill PID, a service manager) stops it the same way: the application deleted, a
+    # local Ray started here shut down with it, rather than left running.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         stop.wait()
     except KeyboardInterrupt:

@@ -85,8 +85,8 @@ def parse_request(body: Any, cfg: Any, *, request_id: str) -> ChatRequest:
         raise _err(f"n = {n!r}: this server returns one choice per request; send n = 1", param="n")
     top_p = _number(body, "top_p", 0.0, 1.0)
     if top_p is not None and top_p != 1.0:
-        raise _err(f"top_p = {top_p}: this server samples from the whole distribution; leave top_p out or 1",
-                   param="top_p")
+        raise _err(f"top_p = {top_p}: this server samples with the checkpoint's own generation settings, as "
+                   f"`l2s evaluate` does; leave top_p out or 1", param="top_p")
     if body.get("stop"):
         raise _err("stop sequences are not supported; leave 'stop' out", param="stop")
     stream = body.get("stream", False)

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from l2s_data.errors import ConfigError
+from l2s_data.errors import ConfigError, L2SError, ServeError
 from l2s_data.serve.config import ServeConfig
 
 __all__ = ["Service", "deploy"]
@@ -70,7 +70,12 @@ def deploy(cfg: ServeConfig, *, address: str | None = None, host: str | None = N
     started = not ray.is_initialized()
     local = started and not (address or os.environ.get("RAY_ADDRESS"))
     if started:
-        ray.init(address=address, logging_level="WARNING")
+        try:
+            ray.init(address=address, logging_level="WARNING")
+        except Exception as err:  # noqa: BLE001 - Ray raises bare Exceptions here (a start-up time-out)
+            where = f"join the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}" if not local else \
+                "start a local Ray"
+            raise ServeError(f"could not {where}: {err}") from err
     try:
         _check_resources(ray.cluster_resources(), cfg, n)
         serve.start(http_options={"host": host, "port": port})
@@ -78,6 +83,14 @@ def deploy(cfg: ServeConfig, *, address: str | None = None, host: str | None = N
         http = serve.context._get_global_client().http_config  # noqa: SLF001 - the only place Ray keeps it
         host, port = http.host, http.port
         serve.run(app, name=cfg.serve.name, route_prefix=cfg.serve.route_prefix, blocking=False)
+    except L2SError:
+        if started:
+            ray.shutdown()
+        raise
+    except Exception as err:  # noqa: BLE001 - a replica that failed to start, a port in use: named, not a traceback
+        if started:
+            ray.shutdown()
+        raise ServeError(f"application {cfg.serve.name!r} did not start: {type(err).__name__}: {err}") from err
     except BaseException:
         if started:
             ray.shutdown()
