@@ -22,6 +22,7 @@ import time
 import uuid
 from typing import Any
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
@@ -29,6 +30,7 @@ from ray import serve
 from l2s_data.actors import FORWARDED_ENV
 from l2s_data.errors import ConfigError, ServeRequestError
 from l2s_data.serve.config import ServeConfig, load_serve_config, parse_serve_config
+from l2s_data.serve.engine import Engine
 from l2s_data.serve.protocol import completion_body, error_body, models_body, parse_request, stream_chunks
 
 __all__ = ["SteeredChat", "build_app", "app_builder", "deployment_options"]
@@ -46,10 +48,6 @@ class SteeredChat:
     """One replica: the model loaded once, requests parsed here, generation batched by Ray Serve."""
 
     def __init__(self, config: dict[str, Any]):
-        import torch
-
-        from l2s_data.serve.engine import Engine
-
         self.cfg: ServeConfig = parse_serve_config(config, source="(deployment)")
         if not self.cfg.evaluation.model.device.startswith("cuda"):
             torch.set_num_threads(self.cfg.serve.cpus_per_replica)

@@ -18,7 +18,11 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import ray
+from ray import serve
+
 from l2s_data.errors import ConfigError, L2SError, ServeError
+from l2s_data.serve.app import build_app
 from l2s_data.serve.config import ServeConfig
 
 __all__ = ["Service", "deploy"]
@@ -40,9 +44,6 @@ class Service:
     def stop(self) -> None:
         """Delete the application. On a cluster joined by :func:`deploy`, Serve and the other
         applications stay; a local Ray that :func:`deploy` started is shut down, Serve with it."""
-        import ray
-        from ray import serve
-
         if not ray.is_initialized():
             return
         if self.local_ray:
@@ -56,11 +57,6 @@ class Service:
 def deploy(cfg: ServeConfig, *, address: str | None = None, host: str | None = None, port: int | None = None,
            replicas: int | None = None) -> Service:
     """Deploy ``cfg``'s application and wait until every replica is up (the model loaded)."""
-    import ray
-    from ray import serve
-
-    from l2s_data.serve.app import build_app
-
     host = host or cfg.serve.host
     port = cfg.serve.port if port is None else port
     n = replicas or cfg.serve.replicas
