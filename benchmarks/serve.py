@@ -25,6 +25,7 @@ import argparse
 import base64
 import io
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
         serve.shutdown()
         ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)  # the folder this run made
     n = len(bodies)
     seq_rps, par_rps = n / seq_wall, n / par_wall
     p50_alone = statistics.median(seq_lat)
