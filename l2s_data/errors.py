@@ -41,6 +41,8 @@ __all__ = [
     "TrainingError",
     "JudgeError",
     "EvaluationError",
+    "ServeRequestError",
+    "ServeError",
 ]
 
 
@@ -215,3 +217,21 @@ class EvaluationError(L2SError, RuntimeError):
     def __init__(self, message: str, *, units: tuple[str, ...] = ()):
         super().__init__(message)
         self.units = units
+
+
+# --- serving ----------------------------------------------------------------------------
+
+
+class ServeRequestError(InputError):
+    """A chat request the server refuses: the HTTP ``status`` and the OpenAI error fields
+    (``type``, ``code``, ``param``) it is answered with."""
+
+    def __init__(self, message: str, *, status: int = 400, code: str = "invalid_value", param: str | None = None,
+                 type: str = "invalid_request_error"):  # noqa: A002 - the OpenAI field's name
+        super().__init__(message)
+        self.status, self.code, self.param, self.type = status, code, param, type
+
+
+class ServeError(L2SError, RuntimeError):
+    """The service could not start: Ray could not be started or joined, or the application's
+    replicas did not come up."""

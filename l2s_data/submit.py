@@ -37,7 +37,7 @@ __all__ = ["ENTRYPOINTS", "EXCLUDES", "JobClient", "JobInfo", "project_root", "f
 
 #: Job kind -> its script, relative to the project root.
 ENTRYPOINTS: dict[str, str] = {"extract": "jobs/extract.py", "train": "jobs/train.py", "sweep": "jobs/train.py",
-                               "evaluate": "jobs/evaluate.py"}
+                               "evaluate": "jobs/evaluate.py", "serve": "jobs/serve.py"}
 
 #: Left out of the uploaded working_dir (besides what .gitignore leaves out).
 EXCLUDES = [".venv/", ".git/", "demo-out/", "out/", "build/", "*.egg-info/", "__pycache__/", ".pytest_cache/",

@@ -13,6 +13,7 @@ from l2s_data.cli import evaluate as _evaluate
 from l2s_data.cli import extract as _extract
 from l2s_data.cli import jobs as _jobs
 from l2s_data.cli import models as _models
+from l2s_data.cli import serve as _serve
 from l2s_data.cli import store as _store
 from l2s_data.cli import train as _train
 
@@ -36,6 +37,7 @@ _demo.register_top_level(app)  # `l2s demo`
 _jobs.register_top_level(app)  # `l2s submit ...`, `l2s jobs ...`
 _train.register_top_level(app)  # `l2s train`, `l2s sweep`, `l2s report ...`
 _evaluate.register_top_level(app)  # `l2s evaluate`, `l2s report eval` (joins an existing report group)
+_serve.register_top_level(app)  # `l2s serve`
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,4 +1,4 @@
-"""`l2s submit extract|train|sweep|evaluate CONFIG`, `l2s jobs list|status|logs|stop`: thin wrappers over l2s_data.submit.
+"""`l2s submit extract|train|sweep|evaluate|serve CONFIG`, `l2s jobs list|status|logs|stop`: thin wrappers over l2s_data.submit.
 
 ``l2s submit`` is a group with one command per job kind; a new kind (``sweep``, ``evaluate``)
 is one more function here that calls :func:`_submit` with its script's arguments.
@@ -139,6 +139,29 @@ def submit_evaluate(
     """Run `jobs/evaluate.py CONFIG --workers N` on a cluster: steered generation over Ray actors."""
     _submit("evaluate", [_job_path(config), "--workers", str(workers), "--cpus-per-worker", str(cpus_per_worker)],
             address, token_file, env, wait)
+
+
+@submit_app.command("serve")
+def submit_serve(
+    config: Path = typer.Argument(..., help="TOML serving config; its model, store, data and predictor must be "
+                                            "reachable from the cluster's nodes."),
+    address: Optional[str] = _Address,
+    replicas: Optional[int] = typer.Option(None, "--replicas", min=1, help="Replicas: one GPU each on CUDA, else "
+                                                                          "CPU replicas. Default: the config's serve.replicas."),
+    host: str = typer.Option("0.0.0.0", "--host", help="Address the Serve proxy listens on, on every node."),
+    port: Optional[int] = typer.Option(None, "--port", min=1, max=65535, help="Port. Default: the config's serve.port."),
+    env: List[str] = typer.Option([], "--env", help="KEY=VALUE for the job's environment, or KEY to pass "
+                                                     "this shell's value (store credentials, endpoints). Repeatable."),
+    token_file: Optional[Path] = _TokenFile,
+    wait: bool = typer.Option(False, "--wait", help="Wait for the job (the deployment) to end, then print its logs."),
+) -> None:
+    """Run `jobs/serve.py CONFIG` on a cluster: deploys the Ray Serve application, which keeps serving after the job ends."""
+    args = [_job_path(config), "--address", "auto", "--host", host]
+    if replicas:
+        args += ["--replicas", str(replicas)]
+    if port:
+        args += ["--port", str(port)]
+    _submit("serve", args, address, token_file, env, wait)
 
 
 def _when(t: Optional[float]) -> str:

@@ -391,19 +391,23 @@ class ModelAdapter:
 
     @torch.inference_mode()
     def generate_ids(self, items: Sequence[ChatInput], *, max_new_tokens: int, do_sample: bool = False,
-                     seed: int | None = None, include_last: bool = True) -> list[tuple[int, ...]]:
+                     seed: int | None = None, include_last: bool = True,
+                     temperature: float | None = None) -> list[tuple[int, ...]]:
         """Greedy (or sampled, seeded) continuations of ``items``, as token ids.
 
         Row i holds the ids generated for ``items[i]`` up to its end of sequence; the end of
         sequence itself and the padding after it are dropped. ``include_last=False`` also
         drops the last id of a row that stopped at ``max_new_tokens`` (the reference feeds
         back every generated token but the last one produced: the end of sequence, or the
-        N-th). A completion is continued (see :meth:`generation_inputs`).
+        N-th). A completion is continued (see :meth:`generation_inputs`). ``temperature``
+        divides the logits when sampling (None: the checkpoint's generation config).
         """
         if not items:
             return []
         kwargs = self.generation_inputs(items)
         width = kwargs["input_ids"].shape[1]
+        if do_sample and temperature is not None:
+            kwargs["temperature"] = float(temperature)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             if seed is not None:

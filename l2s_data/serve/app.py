@@ -1,0 +1,134 @@
+"""The Ray Serve application: a deployment of :class:`SteeredChat` replicas behind Ray Serve's
+HTTP proxy, with a FastAPI ingress for the OpenAI routes and ``@serve.batch`` for batching.
+
+Routes:
+
+- ``POST /v1/chat/completions``: the OpenAI chat-completions API (:mod:`.protocol`), JSON or
+  server-sent events (``stream``);
+- ``GET /v1/models``: one model id per served method;
+- ``GET /v1/l2s/replica``: the answering replica's pid, batches run and rows in progress.
+
+Build it from a config (:func:`build_app`), or let Ray Serve build it from arguments
+(:func:`app_builder`: ``serve run l2s_data.serve.app:app_builder config=serve.toml``, and the
+``import_path`` of a KubeRay ``RayService``).
+"""
+
+# No ``from __future__ import annotations`` here: Ray Serve's ingress re-wraps the route methods,
+# and FastAPI could no longer resolve a string annotation such as "Request" (a 422 on every call).
+import asyncio
+import json
+import os
+import time
+import uuid
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+
+from l2s_data.actors import FORWARDED_ENV
+from l2s_data.errors import ConfigError, ServeRequestError
+from l2s_data.serve.config import ServeConfig, load_serve_config, parse_serve_config
+from l2s_data.serve.engine import Engine
+from l2s_data.serve.protocol import completion_body, error_body, models_body, parse_request, stream_chunks
+
+__all__ = ["SteeredChat", "build_app", "app_builder", "deployment_options"]
+
+api = FastAPI(title="l2s-data steered chat", docs_url=None, redoc_url=None)
+
+
+def _error(err: ServeRequestError) -> JSONResponse:
+    return JSONResponse(error_body(err), status_code=err.status)
+
+
+@serve.deployment(name="SteeredChat")
+@serve.ingress(api)
+class SteeredChat:
+    """One replica: the model loaded once, requests parsed here, generation batched by Ray Serve."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.cfg: ServeConfig = parse_serve_config(config, source="(deployment)")
+        if not self.cfg.evaluation.model.device.startswith("cuda"):
+            torch.set_num_threads(self.cfg.serve.cpus_per_replica)
+        self.engine = Engine(self.cfg)
+        self.created = int(time.time())
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Ray Serve's ``user_config``: the batching knobs, changed without restarting replicas."""
+        self.set_batching(user_config["max_batch_size"], user_config["batch_wait_timeout_s"])
+
+    def set_batching(self, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+        """Rows per batch, and how long a batch waits to fill (also callable through a handle)."""
+        self.generate.set_max_batch_size(int(max_batch_size))
+        self.generate.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def generate(self, reqs: list[Any]) -> list[Any]:
+        # The model runs in a worker thread, so this replica keeps parsing (and batching) the
+        # requests that arrive meanwhile; the engine runs one batch at a time.
+        return await asyncio.to_thread(self.engine.run_batch, reqs)
+
+    @api.get("/v1/models")
+    async def models(self) -> JSONResponse:
+        return JSONResponse(models_body(self.cfg, self.created))
+
+    @api.get("/v1/l2s/replica")
+    async def replica(self) -> JSONResponse:
+        e = self.engine
+        return JSONResponse({"pid": os.getpid(), "batches": e.batches, "busy_rows": e.busy_rows,
+                             "model_fingerprint": e.model_fingerprint, "config": self.cfg.identity})
+
+    @api.post("/v1/chat/completions")
+    async def chat(self, request: Request) -> Any:
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(ServeRequestError("the request body is not JSON", param=None, code="invalid_json"))
+        try:
+            req = parse_request(body, self.cfg, request_id=rid)
+        except ServeRequestError as err:
+            return _error(err)
+        result = await self.generate(req)
+        if isinstance(result, ServeRequestError):
+            return _error(result)
+        if not req.stream:
+            return JSONResponse(completion_body(req, result))
+        chunks = stream_chunks(req, result)
+
+        async def events():
+            for c in chunks:
+                yield f"data: {json.dumps(c)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def deployment_options(cfg: ServeConfig, *, replicas: int | None = None) -> dict[str, Any]:
+    """Ray Serve options of the deployment: replicas, their resources and the batching knobs."""
+    s = cfg.serve
+    gpu = cfg.evaluation.model.device.startswith("cuda")
+    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    env["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if not gpu:
+        env["OMP_NUM_THREADS"] = str(s.cpus_per_replica)
+    actor = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": s.cpus_per_replica}
+    return {"num_replicas": replicas or s.replicas, "max_ongoing_requests": s.max_ongoing_requests,
+            "ray_actor_options": {**actor, "runtime_env": {"env_vars": env}},
+            "user_config": {"max_batch_size": s.max_batch_size, "batch_wait_timeout_s": s.batch_wait_timeout_s}}
+
+
+def build_app(cfg: ServeConfig, *, replicas: int | None = None) -> Any:
+    """The application serving ``cfg`` (its local paths made absolute here, in the caller's folder)."""
+    cfg = cfg.absolute()
+    return SteeredChat.options(**deployment_options(cfg, replicas=replicas)).bind(cfg.to_dict())
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """Ray Serve's application builder: ``config`` (a serving config's path), optional ``replicas``."""
+    if "config" not in args:
+        raise ConfigError("the application needs its argument config=PATH (a serving config), e.g. "
+                          "`serve run l2s_data.serve.app:app_builder config=serve.toml`")
+    replicas = int(args["replicas"]) if args.get("replicas") else None
+    return build_app(load_serve_config(args["config"]), replicas=replicas)

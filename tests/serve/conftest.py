@@ -1,0 +1,125 @@
+"""Fixtures of the serving tests: what the server serves (a tiny LLaVA, a store extracted from it,
+a predictor trained on that store), and the service itself on the session's Ray head.
+
+The extraction covers the training split only, so a test sample's h_X is not cached: the
+evaluation computes it by an unsteered prefill, as the server does for every request.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+L_STAR, L_PRIME = 1, 3
+N = 40  # 8 of them in the test split
+ALPHA = 4.0
+
+
+@dataclass
+class World:
+    root: Path
+    checkpoint: Path
+    predictor: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+
+@pytest.fixture(scope="session")
+def serve_world(tmp_path_factory, tiny_checkpoint, tiny_adapter) -> World:
+    from l2s_data.datasets import make_synthetic
+    from l2s_data.extract import Extraction
+    from l2s_data.extract import parse_config as extract_config
+    from l2s_data.train import parse_train_config, train
+
+    root = tmp_path_factory.mktemp("serve-world")
+    make_synthetic("synthetic-safety", root / "data", n=N)
+    ckpt = tiny_checkpoint("llava")
+    cfg = extract_config({
+        "model": {"path": str(ckpt)}, "data": {"path": str(root / "data"), "splits": ["train"]},
+        "behavior": {"behavior": "safety-llava"},
+        "recipe": {"views": ["input", "pos", "neg", "p2s"], "layers": [L_STAR, L_PRIME], "store_dtype": "float32"},
+        "run": {"store": str(root / "store"), "batch_size": 8, "shard_size": 16, "name": "w"},
+    }, source="(test)")
+    Extraction(cfg, adapter=tiny_adapter("llava")).run()
+    tcfg = parse_train_config({
+        "store": str(root / "store"), "out_dir": str(root / "runs"), "name": "serve",
+        "input": {"recipe": "w-input", "view": "input", "position": "prompt_last", "layer": L_PRIME},
+        "target": {"recipe": "w-pair", "view": "p2s", "position": "completion_last", "layer": L_STAR},
+        "split": {"train_where": "split = 'train'", "val_where": "", "val_fraction": 0.25},
+        "trainer": {"hidden_size": 16, "epochs": 5, "batch_size": 8, "lr": 3e-3},
+    }, source="(test)")
+    run = train(tcfg, run_id="serve-train")
+    return World(root, Path(ckpt), Path(run.artifact))
+
+
+def serve_config_dict(world: World, **serve: Any) -> dict[str, Any]:
+    """A serving config over ``world``: the evaluation sections and ``[serve]`` (``serve`` overrides)."""
+    return {
+        "model": {"path": str(world.checkpoint)},
+        "data": {"path": str(world.data), "task": "safety", "split": "test", "behavior": "safety-llava"},
+        "steering": {"layer": L_STAR, "methods": ["none", "prompt-only", "mean-s", "l2s"], "alphas": [ALPHA]},
+        "cache": {"pair_recipe": "w-pair"},
+        "l2s": {"predictor": str(world.predictor), "input_layer": L_PRIME},
+        "generation": {"max_new_tokens": 6, "batch_size": 1},
+        "run": {"store": str(world.store), "name": "serve-eval"},
+        "serve": {"default_method": "l2s", "alpha": ALPHA, "model_name": "tiny-llava", "max_tokens": 64,
+                  "image_root": str(world.data), "max_batch_size": 8, "batch_wait_timeout_s": 0.05,
+                  "name": "l2s-test", **serve},
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def data_url(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+@dataclass
+class Served:
+    base_url: str         # http://127.0.0.1:PORT/v1
+    cfg: Any              # the ServeConfig
+    world: World
+    app_name: str
+
+
+@pytest.fixture(scope="session")
+def served(serve_world, ray_address):
+    """The application on the session's Ray head, on a free loopback port; deleted at the end,
+    with the Serve controller and proxy it started, by Ray Serve's own shutdown."""
+    import ray
+
+    from l2s_data.serve import deploy, parse_serve_config
+
+    cfg = parse_serve_config(serve_config_dict(serve_world), source="(test)")
+    svc = deploy(cfg, address=ray_address, port=free_port())
+    try:
+        yield Served(svc.url, cfg, serve_world, svc.name)
+    finally:
+        if ray.is_initialized():
+            from ray import serve
+
+            serve.shutdown()  # the controller, proxy and replicas this session started
+            if svc.connected_here:
+                ray.shutdown()
+
+
+@pytest.fixture
+def client(served):
+    import openai
+
+    return openai.OpenAI(base_url=served.base_url, api_key="unused", max_retries=0, timeout=120)
