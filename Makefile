@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test bench-store bench-extract bench-train bench-evaluate clean
+.PHONY: venv demo test test-fast bench-store bench-extract bench-train bench-evaluate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# Every test that starts no process (no Ray, no subprocess, no server): under a minute.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 bench-store: $(STAMP)
 	$(BIN)/python benchmarks/store.py

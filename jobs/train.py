@@ -11,23 +11,23 @@ resolved config and one JSON line with the result.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from l2s_data.errors import L2SError  # noqa: E402
+from jobs._job import parser, run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Train L2S predictors from an l2s-data store.")
-    ap.add_argument("config", type=Path, help="TOML training config (or sweep config with --sweep)")
+    ap = parser("Train L2S predictors from an l2s-data store.", "TOML training config (or sweep config with --sweep)")
     ap.add_argument("--sweep", action="store_true", help="the config is a sweep: run it on Ray Tune")
     ap.add_argument("--ray-address", default=None, help="sweep: join this Ray cluster ('auto', host:port)")
     args = ap.parse_args(argv)
-    try:
+
+    def body() -> None:
+        # imported here, each for its own branch: a training needs neither Ray Tune nor transformers
         if args.sweep:
             from l2s_data.train.sweep import load_sweep_config, run_sweep
 
@@ -45,10 +45,8 @@ def main(argv: list[str] | None = None) -> int:
             r = train(cfg)
             print(json.dumps({"run_id": r.run_id, "artifact": str(r.artifact), "snapshot_id": r.meta.snapshot_id,
                               **{k: v for k, v in r.metrics.items() if not isinstance(v, dict)}}))
-    except L2SError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run(body)
 
 
 if __name__ == "__main__":

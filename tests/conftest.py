@@ -1,8 +1,13 @@
-"""Session fixtures shared by every test package: tiny real checkpoints, seeded RNGs.
+"""Session fixtures shared by every test package: tiny real checkpoints, seeded RNGs, the demo.
 
 ``tiny_checkpoint(family) -> Path`` builds each family's tiny checkpoint once per session
 (default seed and sizes); ``tiny_adapter(family) -> ModelAdapter`` loads it once (float32,
-CPU, eager attention). torch runs single-threaded in the test session (see below).
+CPU, eager attention). ``demo`` runs `l2s demo` once per session; ``demo_copy`` gives a test
+that writes its own copy of it. torch runs single-threaded in the test session (see below).
+
+A test that starts a process (Ray, a subprocess, a server) is marked ``@pytest.mark.slow``;
+``make test-fast`` runs the others (``-m "not slow"``). A test that asks for a fixture of
+:data:`PROCESS_FIXTURES` without the mark is refused at collection, naming it.
 """
 
 from __future__ import annotations
@@ -22,11 +27,29 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # auth, refused by the head. So the mode is set before any test runs; ``ray_address`` sets the token.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
+import io
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+#: Session fixtures that start processes: a test that uses one (directly or through another
+#: fixture) must carry ``@pytest.mark.slow``.
+PROCESS_FIXTURES = ("ray_address", "s3_endpoint", "demo", "demo_copy")
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = [item.nodeid for item in items
+                if set(getattr(item, "fixturenames", ())) & set(PROCESS_FIXTURES) and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError(
+            f"these tests use a fixture that starts processes ({', '.join(PROCESS_FIXTURES)}) but are not marked "
+            f"@pytest.mark.slow, so `make test-fast` would start them: " + ", ".join(unmarked))
 
 
 @pytest.fixture(scope="session")
@@ -271,3 +294,42 @@ def s3_endpoint():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# --- the demo, run once per session -----------------------------------------------------------
+
+#: Samples of the session's demo (one per synthetic-safety scenario): what `l2s demo --n 13` builds.
+DEMO_N = 13
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """`l2s demo` run once: its folder (named ``demo-out``, as the guides expect), what
+    ``run_demo`` returned, and everything it printed (a 120-column console)."""
+
+    out: Path
+    result: object  # l2s_data.demo.DemoResult
+    printed: str
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory, ray_address) -> DemoRun:
+    """``run_demo(out_dir)`` once per session on the session's Ray head (through RAY_ADDRESS),
+    for the demo, README and report tests. Read it only: a test that writes takes ``demo_copy``."""
+    from rich.console import Console
+
+    from l2s_data.demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo") / "demo-out"
+    buf = io.StringIO()
+    result = run_demo(out, n=DEMO_N, console=Console(file=buf, width=120))
+    return DemoRun(out, result, buf.getvalue())
+
+
+@pytest.fixture
+def demo_copy(demo, tmp_path) -> Path:
+    """A private copy of the session's demo folder, ``tmp_path/demo-out``, for a test that writes
+    to it (a training, a rerun of the demo). Links are copied as links, never followed."""
+    dst = tmp_path / "demo-out"
+    shutil.copytree(demo.out, dst, symlinks=True)
+    return dst

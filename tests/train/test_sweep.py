@@ -17,6 +17,7 @@ def _sweep(planted, planted_mod, tmp_path, params, **sweep):
                                "sweep": {"max_concurrent": 2, "params": params, **sweep}})
 
 
+@pytest.mark.slow
 def test_a_sweep_of_four_runs_leaves_four_rows_with_distinct_configs_and_one_snapshot(
         planted, planted_mod, tmp_path, ray_address):
     cfg = _sweep(planted, planted_mod, tmp_path, {"input.layer": [0, 1], "trainer.lr": [1e-3, 3e-3]})
@@ -73,6 +74,7 @@ def test_a_sweep_param_that_names_no_config_key_is_refused_up_front(planted, pla
         _sweep(planted, planted_mod, tmp_path, {"trainer.lr": {"low": 0.1, "high": 0.2}})
 
 
+@pytest.mark.slow
 def test_an_asha_sweep_commits_every_trial_completed_or_stopped_with_its_epochs(
         planted, planted_mod, tmp_path, ray_address):
     cfg = _sweep(planted, planted_mod, tmp_path, {"trainer.lr": [1e-5, 3e-5, 1e-3, 3e-3]},
@@ -89,6 +91,7 @@ def test_an_asha_sweep_commits_every_trial_completed_or_stopped_with_its_epochs(
             assert status == "completed" and len(hist) == 6 and artifact
 
 
+@pytest.mark.slow
 def test_l2s_sweep_runs_a_sweep_file_and_prints_the_best_run(planted, planted_mod, tmp_path, ray_address):
     from typer.testing import CliRunner
 
@@ -122,6 +125,7 @@ def test_the_shipped_sweep_config_draws_eight_trials_over_the_demo_store():
     assert cfg.base["store"] == "demo-out/store" and cfg.base["input"]["recipe"] == "demo-input"
 
 
+@pytest.mark.slow
 def test_l2s_submit_sweep_runs_the_sweep_as_a_ray_job(planted, planted_mod, tmp_path, ray_address):
     import os
 
