@@ -6,11 +6,13 @@
 
 The same as ``l2s train CONFIG`` / ``l2s sweep CONFIG``: a thin entry point that Ray job
 submission can run as is. It parses the arguments, calls :mod:`l2s_data.train`, and prints the
-resolved config and one JSON line with the result.
+resolved config and one JSON line with the result (for a sweep, every field of its
+:class:`~l2s_data.train.sweep.SweepResult`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -34,9 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_sweep_config(args.config)
             print("resolved config:", json.dumps(cfg.to_dict(), sort_keys=True))
             res = run_sweep(cfg, base_dir=".", ray_address=args.ray_address)
-            print(json.dumps({"sweep_id": res.sweep_id, "runs": len(res.run_ids), "snapshot_id": res.snapshot_id,
-                              "best_run_id": res.best_run_id, "best_metric": res.best_metric,
-                              "stopped": res.stopped}))
+            print(json.dumps(dataclasses.asdict(res)))  # sweep_id, run_ids, best_run_id, stopped, ...
         else:
             from l2s_data.train import load_train_config, train
 

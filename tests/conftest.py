@@ -116,11 +116,24 @@ def _seed_everything():
 
 
 def _free_port() -> int:
+    return _free_ports(1)[0]
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (all held open until every one is chosen: one at a
+    time, the system can hand out the same port twice, and Ray refuses to start)."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _stop_processes(pids: list[int], timeout: float = 30.0) -> None:
@@ -195,7 +208,7 @@ def ray_address():
     from pathlib import Path
 
     temp = tempfile.mkdtemp(prefix="l2s-ray-")  # short: Ray's unix sockets live under it
-    port, dash = _free_port(), _free_port()
+    port, dash, client, agent, agent_grpc, runtime_env, metrics, node_manager, object_manager = _free_ports(9)
     token = secrets.token_hex(32)
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS",
                                             "RAY_USAGE_STATS_ENABLED", "L2S_TEST_RAY_DASHBOARD")}
@@ -207,10 +220,10 @@ def ray_address():
     cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
            f"--temp-dir={temp}", "--num-cpus=4", "--num-gpus=0", "--object-store-memory=100000000",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-           f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-           f"--dashboard-agent-grpc-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
-           f"--metrics-export-port={_free_port()}", f"--node-manager-port={_free_port()}",
-           f"--object-manager-port={_free_port()}", "--disable-usage-stats"]
+           f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+           f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
+           f"--metrics-export-port={metrics}", f"--node-manager-port={node_manager}",
+           f"--object-manager-port={object_manager}", "--disable-usage-stats"]
     head = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     ready, lines = threading.Event(), []
@@ -315,7 +328,9 @@ class DemoRun:
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory, ray_address) -> DemoRun:
     """``run_demo(out_dir)`` once per session on the session's Ray head (through RAY_ADDRESS),
-    for the demo, README and report tests. Read it only: a test that writes takes ``demo_copy``."""
+    for the demo, README and report tests. Tests read it; one that writes takes ``demo_copy``.
+    (The demo test runs the demo again in it: a rerun computes nothing and adds one
+    ``extractions`` row, after that test has read the first.)"""
     from rich.console import Console
 
     from l2s_data.demo import run_demo
@@ -329,7 +344,9 @@ def demo(tmp_path_factory, ray_address) -> DemoRun:
 @pytest.fixture
 def demo_copy(demo, tmp_path) -> Path:
     """A private copy of the session's demo folder, ``tmp_path/demo-out``, for a test that writes
-    to it (a training, a rerun of the demo). Links are copied as links, never followed."""
+    to it (a training from its store). Links are copied as links, never followed. The copy's
+    stored configs still name the session's folder (absolute paths), so a rerun of the demo
+    belongs in ``demo.out`` itself."""
     dst = tmp_path / "demo-out"
     shutil.copytree(demo.out, dst, symlinks=True)
     return dst

@@ -10,7 +10,7 @@ from rich.console import Console
 
 
 @pytest.mark.slow
-def test_the_demo_runs_end_to_end_and_its_second_run_computes_nothing(demo, demo_copy):
+def test_the_demo_runs_end_to_end_and_its_second_run_computes_nothing(demo):
     res, out = demo.result, demo.printed  # run_demo(out, n=13) on the session's Ray head
     assert res.first.computed_samples == 13 and res.first.quarantined == 0
     assert res.second.computed_samples == 0 and res.second.plan.missing_keys == 0
@@ -42,7 +42,7 @@ def test_the_demo_runs_end_to_end_and_its_second_run_computes_nothing(demo, demo
     buf2 = io.StringIO()
     from l2s_data.demo import run_demo
 
-    again = run_demo(demo_copy, n=13, console=Console(file=buf2, width=120))
+    again = run_demo(demo.out, n=13, console=Console(file=buf2, width=120))  # adds one extractions row only
     assert again.first.computed_samples == 0 and "cached" in buf2.getvalue()
     assert "evaluation demo-eval: 0 new response(s)" in buf2.getvalue()  # every row was committed
 
