@@ -17,12 +17,14 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/l2s demo
 
+# Two pytest workers (one per core); the `slow` tests (Ray, subprocesses, servers) run as one
+# group on one worker, so the session starts one Ray head and one S3 server.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests
 
-# Every test that starts no process (no Ray, no subprocess, no server): under a minute.
+# Every test that starts no process (no Ray, no subprocess, no server).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -n 2 -m "not slow" tests
 
 bench-store: $(STAMP)
 	$(BIN)/python benchmarks/store.py

@@ -50,6 +50,12 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError(
             f"these tests use a fixture that starts processes ({', '.join(PROCESS_FIXTURES)}) but are not marked "
             f"@pytest.mark.slow, so `make test-fast` would start them: " + ", ".join(unmarked))
+    # Under pytest-xdist (`make test`: -n 2 --dist loadgroup) every slow test runs on one worker,
+    # so the session's Ray head, S3 server and demo are started once.
+    if config.pluginmanager.hasplugin("xdist"):
+        for item in items:
+            if item.get_closest_marker("slow") is not None:
+                item.add_marker(pytest.mark.xdist_group("processes"))
 
 
 @pytest.fixture(scope="session")
