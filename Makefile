@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test bench-store bench-extract bench-train bench-evaluate clean
+.PHONY: venv demo test test-fast bench-store bench-extract bench-train bench-evaluate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,14 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/l2s demo
 
+# Two pytest workers (one per core); the `slow` tests (Ray, subprocesses, servers) run as one
+# group on one worker, so the session starts one Ray head and one S3 server.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests
+
+# Every test that starts no process (no Ray, no subprocess, no server).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 -m "not slow" tests
 
 bench-store: $(STAMP)
 	$(BIN)/python benchmarks/store.py

@@ -15,44 +15,34 @@ already in the store are skipped, so a resubmitted job resumes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from l2s_data.errors import L2SError  # noqa: E402
+from jobs._job import add_ray_options, parser, print_workers, run  # noqa: E402
 from l2s_data.evaluate import Evaluation, write_report  # noqa: E402
 from l2s_data.evaluate.distributed import run_evaluation  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Steered generation and evaluation into an l2s-data store.")
-    ap.add_argument("config", type=Path, help="TOML evaluation config")
+    ap = parser("Steered generation and evaluation into an l2s-data store.", "TOML evaluation config")
     ap.add_argument("--dry-run", action="store_true", help="plan only: the run id and the missing rows")
-    ap.add_argument("--workers", type=int, default=0,
-                    help="0 = in this process; N = N Ray actors (one GPU each on CUDA, else --cpus-per-worker)")
-    ap.add_argument("--address", default=None,
-                    help="Ray cluster to join (host:port or 'auto'); default: RAY_ADDRESS, else a local Ray")
-    ap.add_argument("--cpus-per-worker", type=int, default=1, help="CPU actors: CPUs (torch threads) each")
-    ap.add_argument("--max-retries", type=int, default=3, help="Ray retries of a unit and restarts of an actor")
+    add_ray_options(ap, "unit")
     ap.add_argument("--report", type=Path, default=None, help="write the report into this folder afterwards")
     args = ap.parse_args(argv)
-    try:
+
+    def body() -> None:
         ev = Evaluation.from_file(args.config)
         print("resolved config:", json.dumps(ev.config.to_dict(), sort_keys=True))
         print(f"run id: {ev.run_id}")
         if args.dry_run:
             p = ev.plan()
             print(f"rows {p.total_rows}, missing {p.missing_rows} in {len(p.units)} units")
-            return 0
-        def on_start(infos: list[dict]) -> None:
-            for i in infos:
-                print(f"worker pid {i['pid']} on {i['device']} (node {i['node'][:12]})", flush=True)
-
+            return
         r = run_evaluation(ev, workers=args.workers, address=args.address, cpus_per_worker=args.cpus_per_worker,
-                           max_restarts=args.max_retries, max_task_retries=args.max_retries, on_start=on_start,
+                           max_restarts=args.max_retries, max_task_retries=args.max_retries, on_start=print_workers,
                            on_done=lambda o: print(f"{o.method} alpha={o.alpha}: {o.samples} rows in "
                                                    f"{o.seconds:.2f} s", flush=True))
         for note in r.notes:
@@ -61,10 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.report is not None:
             files = write_report(ev.store, ev.run_id, args.report)
             print(f"report: {files.markdown}")
-        return 0
-    except L2SError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+
+    return run(body)
 
 
 if __name__ == "__main__":

@@ -14,30 +14,24 @@ job's output is read back with ``l2s jobs logs``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from l2s_data.errors import L2SError  # noqa: E402
+from jobs._job import add_ray_options, parser, print_workers, run  # noqa: E402
 from l2s_data.extract import Extraction  # noqa: E402
 from l2s_data.extract.distributed import run_extraction  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Extract contrastive activations into an l2s-data store.")
-    ap.add_argument("config", type=Path, help="TOML extraction config")
+    ap = parser("Extract contrastive activations into an l2s-data store.", "TOML extraction config")
     ap.add_argument("--dry-run", action="store_true", help="plan only: missing keys, bytes, time estimate")
-    ap.add_argument("--workers", type=int, default=0,
-                    help="0 = in this process; N = N Ray actors (one GPU each on CUDA, else --cpus-per-worker)")
-    ap.add_argument("--address", default=None,
-                    help="Ray cluster to join (host:port or 'auto'); default: RAY_ADDRESS, else a local Ray")
-    ap.add_argument("--cpus-per-worker", type=int, default=1, help="CPU actors: CPUs (torch threads) each")
-    ap.add_argument("--max-retries", type=int, default=3, help="Ray retries of a shard and restarts of an actor")
+    add_ray_options(ap, "shard")
     args = ap.parse_args(argv)
-    try:
+
+    def body() -> None:
         ex = Extraction.from_file(args.config)
         print("resolved config:", json.dumps(ex.config.to_dict(), sort_keys=True), flush=True)
         if args.dry_run:
@@ -46,11 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"samples {p.total_samples}, to compute {p.samples_to_compute} in {len(p.shards)} shards, "
                   f"missing keys {p.missing_keys}, bytes {p.bytes}, estimated seconds "
                   f"{'unknown' if dr.seconds is None else round(dr.seconds, 1)} ({dr.calibration})")
-            return 0
-
-        def on_start(infos: list[dict]) -> None:
-            for i in infos:
-                print(f"worker pid {i['pid']} on {i['device']} (node {i['node'][:12]})", flush=True)
+            return
 
         def on_progress(p) -> None:
             if p.last is not None:
@@ -62,13 +52,11 @@ def main(argv: list[str] | None = None) -> int:
 
         r = run_extraction(ex, workers=args.workers, address=args.address, cpus_per_worker=args.cpus_per_worker,
                            max_restarts=args.max_retries, max_task_retries=args.max_retries,
-                           on_start=on_start, on_progress=on_progress)
+                           on_start=print_workers, on_progress=on_progress)
         print(f"computed {r.computed_samples} samples, {r.written_keys} keys, quarantined {r.quarantined}, "
               f"{r.seconds:.1f} s; recipes {dict(r.recipe_ids)}", flush=True)
-        return 0
-    except L2SError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
+
+    return run(body)
 
 
 if __name__ == "__main__":

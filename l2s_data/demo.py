@@ -57,7 +57,8 @@ class DemoResult:
 
 
 def demo_config(out_dir: Path, *, batch_size: int = 8, shard_size: int = 16) -> Any:
-    """The demo's extraction config (the same as l2s_data/extract/configs/tiny-llava.toml)."""
+    """The demo's extraction config. l2s_data/extract/configs/tiny-llava.toml reads the same model
+    and data with the same recipe, into its own store (other splits, shard size and run name)."""
     return parse_config({
         "model": {"path": str(out_dir / "tiny-llava"), "dtype": "float32", "device": "cpu"},
         "data": {"path": str(out_dir / "data")},

@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 
 from l2s_data.errors import ConfigError, JobSubmissionError
 
-__all__ = ["ENTRYPOINTS", "EXCLUDES", "JobClient", "JobInfo", "project_root", "find_token"]
+__all__ = ["ENTRYPOINTS", "EXCLUDES", "JobClient", "JobInfo", "JobSpec", "find_token", "job_spec", "project_root"]
 
 #: Job kind -> its script, relative to the project root.
 ENTRYPOINTS: dict[str, str] = {"extract": "jobs/extract.py", "train": "jobs/train.py", "sweep": "jobs/train.py",
@@ -71,6 +71,37 @@ def find_token(token: str | None = None) -> str | None:
     if not default.is_file():
         return None
     return default.read_text().strip() or None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a submission sends: the entrypoint command line and the runtime_env."""
+
+    entrypoint: str                # python jobs/<kind>.py ARGS (shell-quoted)
+    runtime_env: dict[str, Any]    # working_dir, excludes, env_vars
+
+    @property
+    def argv(self) -> list[str]:
+        """The entrypoint as arguments: ``["python", "jobs/<kind>.py", *ARGS]``."""
+        import shlex
+
+        return shlex.split(self.entrypoint)
+
+
+def job_spec(kind: str, args: Sequence[str], *, env: Mapping[str, str] | None = None,
+             working_dir: Path | None = None) -> JobSpec:
+    """The entrypoint and runtime_env that :meth:`JobClient.submit` sends for ``jobs/<kind>.py ARGS``
+    (nothing is contacted: ``l2s submit ... --dry-run`` prints it)."""
+    import shlex
+
+    if kind not in ENTRYPOINTS:
+        raise ConfigError(f"unknown job kind {kind!r}; expected one of {sorted(ENTRYPOINTS)}")
+    root = working_dir or project_root()
+    entry = " ".join(["python", ENTRYPOINTS[kind], *map(shlex.quote, args)])
+    runtime_env: dict[str, Any] = {"working_dir": str(root), "excludes": EXCLUDES}
+    if env:
+        runtime_env["env_vars"] = dict(env)
+    return JobSpec(entry, runtime_env)
 
 
 @dataclass(frozen=True)
@@ -129,19 +160,12 @@ class JobClient:
     def submit(self, kind: str, args: Sequence[str], *, env: Mapping[str, str] | None = None,
                working_dir: Path | None = None, submission_id: str | None = None) -> str:
         """Start ``jobs/<kind>.py ARGS`` on the cluster; returns the job id."""
-        import shlex
-
-        if kind not in ENTRYPOINTS:
-            raise ConfigError(f"unknown job kind {kind!r}; expected one of {sorted(ENTRYPOINTS)}")
-        root = working_dir or project_root()
-        entry = " ".join(["python", ENTRYPOINTS[kind], *map(shlex.quote, args)])
-        runtime_env: dict[str, Any] = {"working_dir": str(root), "excludes": EXCLUDES}
-        if env:
-            runtime_env["env_vars"] = dict(env)
+        spec = job_spec(kind, args, env=env, working_dir=working_dir)
         try:
-            return self._client.submit_job(entrypoint=entry, runtime_env=runtime_env, submission_id=submission_id)
+            return self._client.submit_job(entrypoint=spec.entrypoint, runtime_env=spec.runtime_env,
+                                           submission_id=submission_id)
         except Exception as err:  # noqa: BLE001
-            raise self._error(f"submitting {entry!r} to {self.address} failed: {err}", err) from err
+            raise self._error(f"submitting {spec.entrypoint!r} to {self.address} failed: {err}", err) from err
 
     def info(self, job_id: str) -> JobInfo:
         try:

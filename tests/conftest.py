@@ -1,8 +1,13 @@
-"""Session fixtures shared by every test package: tiny real checkpoints, seeded RNGs.
+"""Session fixtures shared by every test package: tiny real checkpoints, seeded RNGs, the demo.
 
 ``tiny_checkpoint(family) -> Path`` builds each family's tiny checkpoint once per session
 (default seed and sizes); ``tiny_adapter(family) -> ModelAdapter`` loads it once (float32,
-CPU, eager attention). torch runs single-threaded in the test session (see below).
+CPU, eager attention). ``demo`` runs `l2s demo` once per session; ``demo_copy`` gives a test
+that writes its own copy of it. torch runs single-threaded in the test session (see below).
+
+A test that starts a process (Ray, a subprocess, a server) is marked ``@pytest.mark.slow``;
+``make test-fast`` runs the others (``-m "not slow"``). A test that asks for a fixture of
+:data:`PROCESS_FIXTURES` without the mark is refused at collection, naming it.
 """
 
 from __future__ import annotations
@@ -22,11 +27,35 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # auth, refused by the head. So the mode is set before any test runs; ``ray_address`` sets the token.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
+import io
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+#: Session fixtures that start processes: a test that uses one (directly or through another
+#: fixture) must carry ``@pytest.mark.slow``.
+PROCESS_FIXTURES = ("ray_address", "s3_endpoint", "demo", "demo_copy")
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = [item.nodeid for item in items
+                if set(getattr(item, "fixturenames", ())) & set(PROCESS_FIXTURES) and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError(
+            f"these tests use a fixture that starts processes ({', '.join(PROCESS_FIXTURES)}) but are not marked "
+            f"@pytest.mark.slow, so `make test-fast` would start them: " + ", ".join(unmarked))
+    # Under pytest-xdist (`make test`: -n 2 --dist loadgroup) every slow test runs on one worker,
+    # so the session's Ray head, S3 server and demo are started once.
+    if config.pluginmanager.hasplugin("xdist"):
+        for item in items:
+            if item.get_closest_marker("slow") is not None:
+                item.add_marker(pytest.mark.xdist_group("processes"))
 
 
 @pytest.fixture(scope="session")
@@ -93,11 +122,24 @@ def _seed_everything():
 
 
 def _free_port() -> int:
+    return _free_ports(1)[0]
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (all held open until every one is chosen: one at a
+    time, the system can hand out the same port twice, and Ray refuses to start)."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _stop_processes(pids: list[int], timeout: float = 30.0) -> None:
@@ -172,7 +214,7 @@ def ray_address():
     from pathlib import Path
 
     temp = tempfile.mkdtemp(prefix="l2s-ray-")  # short: Ray's unix sockets live under it
-    port, dash = _free_port(), _free_port()
+    port, dash, client, agent, agent_grpc, runtime_env, metrics, node_manager, object_manager = _free_ports(9)
     token = secrets.token_hex(32)
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS",
                                             "RAY_USAGE_STATS_ENABLED", "L2S_TEST_RAY_DASHBOARD")}
@@ -184,10 +226,10 @@ def ray_address():
     cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
            f"--temp-dir={temp}", "--num-cpus=4", "--num-gpus=0", "--object-store-memory=100000000",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-           f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-           f"--dashboard-agent-grpc-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
-           f"--metrics-export-port={_free_port()}", f"--node-manager-port={_free_port()}",
-           f"--object-manager-port={_free_port()}", "--disable-usage-stats"]
+           f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+           f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
+           f"--metrics-export-port={metrics}", f"--node-manager-port={node_manager}",
+           f"--object-manager-port={object_manager}", "--disable-usage-stats"]
     head = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     ready, lines = threading.Event(), []
@@ -271,3 +313,46 @@ def s3_endpoint():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# --- the demo, run once per session -----------------------------------------------------------
+
+#: Samples of the session's demo (one per synthetic-safety scenario): what `l2s demo --n 13` builds.
+DEMO_N = 13
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """`l2s demo` run once: its folder (named ``demo-out``, as the guides expect), what
+    ``run_demo`` returned, and everything it printed (a 120-column console)."""
+
+    out: Path
+    result: object  # l2s_data.demo.DemoResult
+    printed: str
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory, ray_address) -> DemoRun:
+    """``run_demo(out_dir)`` once per session on the session's Ray head (through RAY_ADDRESS),
+    for the demo, README and report tests. Tests read it; one that writes takes ``demo_copy``.
+    (The demo test runs the demo again in it: a rerun computes nothing and adds one
+    ``extractions`` row, after that test has read the first.)"""
+    from rich.console import Console
+
+    from l2s_data.demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo") / "demo-out"
+    buf = io.StringIO()
+    result = run_demo(out, n=DEMO_N, console=Console(file=buf, width=120))
+    return DemoRun(out, result, buf.getvalue())
+
+
+@pytest.fixture
+def demo_copy(demo, tmp_path) -> Path:
+    """A private copy of the session's demo folder, ``tmp_path/demo-out``, for a test that writes
+    to it (a training from its store). Links are copied as links, never followed. The copy's
+    stored configs still name the session's folder (absolute paths), so a rerun of the demo
+    belongs in ``demo.out`` itself."""
+    dst = tmp_path / "demo-out"
+    shutil.copytree(demo.out, dst, symlinks=True)
+    return dst

@@ -5,16 +5,13 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 from rich.console import Console
 
 
-def test_the_demo_runs_end_to_end_and_its_second_run_computes_nothing(tmp_path, ray_address):
-    from l2s_data.demo import run_demo
-
-    buf = io.StringIO()
-    console = Console(file=buf, width=120)
-    res = run_demo(tmp_path / "demo", n=13, console=console)
-    out = buf.getvalue()
+@pytest.mark.slow
+def test_the_demo_runs_end_to_end_and_its_second_run_computes_nothing(demo):
+    res, out = demo.result, demo.printed  # run_demo(out, n=13) on the session's Ray head
     assert res.first.computed_samples == 13 and res.first.quarantined == 0
     assert res.second.computed_samples == 0 and res.second.plan.missing_keys == 0
     assert "nothing to compute" in out and "cosine between categories" in out
@@ -22,7 +19,7 @@ def test_the_demo_runs_end_to_end_and_its_second_run_computes_nothing(tmp_path, 
     from l2s_data.store import Store
 
     assert "on 2 Ray worker(s)" in out
-    ext = Store.open(tmp_path / "demo" / "store").table("extractions").to_pylist()
+    ext = Store.open(demo.out / "store").table("extractions").to_pylist()
     assert [(r["workers"], r["devices"], r["samples_computed"]) for r in ext] == [(2, ["cpu", "cpu"], 13)]
     # p2s norms were taken in float32 and are non-zero; the cosine matrix is a real one
     assert all(r["p2s"] > 0 for r in res.norms) and len(res.norms) == 4
@@ -33,17 +30,19 @@ def test_the_demo_runs_end_to_end_and_its_second_run_computes_nothing(tmp_path, 
     st = res.steering
     assert [r[0] for r in st["rows"]] == ["none", "prompt-only", "Mean-S", "Mean-S(BA)", "Norm-Rnd", "L2S", "P2S*"]
     assert st["report"].is_file() and st["report"].with_suffix(".html").is_file()
-    runs = Store.open(tmp_path / "demo" / "store").sql(
+    runs = Store.open(demo.out / "store").sql(
         f"SELECT count(*) AS n FROM runs WHERE run_id = '{st['train_run']}'")["n"][0].as_py()
     assert runs == 1
-    evals = Store.open(tmp_path / "demo" / "store").sql(
+    evals = Store.open(demo.out / "store").sql(
         f"SELECT count(DISTINCT method) AS m FROM evaluations WHERE run_id = '{st['eval_run']}'")["m"][0].as_py()
     assert evals == 7
     assert "report: " in out and "[7/7] evaluation" in out
 
     # a second `l2s demo` reuses the checkpoint, the data and the store: nothing computed at all
     buf2 = io.StringIO()
-    again = run_demo(tmp_path / "demo", n=13, console=Console(file=buf2, width=120))
+    from l2s_data.demo import run_demo
+
+    again = run_demo(demo.out, n=13, console=Console(file=buf2, width=120))  # adds one extractions row only
     assert again.first.computed_samples == 0 and "cached" in buf2.getvalue()
     assert "evaluation demo-eval: 0 new response(s)" in buf2.getvalue()  # every row was committed
 
@@ -55,25 +54,6 @@ def test_the_demo_command_is_mounted():
 
     res = CliRunner().invoke(app, ["demo", "--help"])
     assert res.exit_code == 0 and "--out" in res.output
-
-
-def test_the_readme_first_session_python_block_runs_on_the_demo_store(tmp_path, monkeypatch, ray_address):
-    """README.md's Python example reads the store that `l2s demo` leaves in ./demo-out."""
-    import re
-    from pathlib import Path
-
-    from l2s_data.demo import run_demo
-
-    monkeypatch.chdir(tmp_path)
-    run_demo("demo-out", n=13, console=Console(file=io.StringIO()), steer=False)
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    code = re.findall(r"```python\n(.*?)```", readme, re.S)[0]
-    code = code.replace("num_workers=2", "num_workers=0")  # same data path, no worker start-up
-    code = code.replace("    ...", "    seen.append((xb.shape, yb.shape))")
-    scope: dict = {"seen": []}
-    exec(compile(code, "README.md", "exec"), scope)
-    train_rows = sum(s[0][0] for s in scope["seen"])
-    assert train_rows > 0 and all(x[1] == y[1] for x, y in scope["seen"])
 
 
 def test_a_cached_tiny_checkpoint_with_an_older_chat_template_is_not_reused(tmp_path):

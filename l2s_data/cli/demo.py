@@ -1,4 +1,4 @@
-"""`l2s demo`: tiny model -> synthetic data -> extraction -> a look at the store (thin)."""
+"""`l2s demo`: tiny model -> synthetic data -> extraction -> training -> evaluation -> report (thin)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,17 @@ from l2s_data.errors import L2SError
 
 
 def demo(
-    out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for the cached checkpoint, data set and store."),
+    out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for everything the demo makes: checkpoint, "
+                                                             "data set, store, predictor, report."),
     n: int = typer.Option(26, "--n", min=13, help="Synthetic-safety samples (13 scenarios; used when first built)."),
 ) -> None:
-    """Build a tiny LLaVA and a synthetic-safety set, extract every view into a store, show it.
+    """Run every stage of the pipeline offline on a CPU, into OUT.
 
-    Runs offline on a CPU in about a minute; a second run reuses everything and computes nothing.
+    A tiny LLaVA checkpoint and a synthetic-safety set; an extraction of every view and layer
+    into OUT/store on two Ray workers, then the same config again (nothing to compute); a
+    behaviour-agnostic pair for Mean-S(BA); an L2S predictor trained from the store; the seven
+    steering methods evaluated on the test split; a report in OUT/report. A second run reuses
+    every stage and computes nothing.
     """
     from transformers.utils import logging as hf_logging
 

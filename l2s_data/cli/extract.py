@@ -32,20 +32,28 @@ def _duration(s: float | None) -> str:
     return f"{s / 3600:.1f} h"
 
 
-def plan_table(plan, title: str) -> Table:
-    """One row per recipe: what the store holds and what a run computes."""
-    t = Table(title=Text(title))
-    for col in ("recipe", "id", "views", "positions", "layers", "samples", "missing", "missing keys", "bytes"):
-        t.add_column(col, justify="right" if col in ("samples", "missing", "missing keys", "bytes") else "left")
+def plan_table(plan) -> Table:
+    """One column per recipe (input, pair), one row per figure: what the store holds and what a
+    run computes. Recipes are columns so that the table stays narrow (about 50 columns for the
+    two recipes) and no name or figure is cut on an 80-column terminal. The caller prints the
+    title line (paths in it stay whole: ``say``)."""
+    rows: dict[str, list[str]] = {k: [] for k in ("id", "views", "positions", "layers", "samples", "missing samples",
+                                                  "missing keys", "bytes")}
+    t = Table()
+    t.add_column("recipe", no_wrap=True)
     for kind, ref in plan.recipes.items():
+        t.add_column(kind, justify="right", overflow="fold")
         r = ref.recipe
-        eligible = plan.total_samples if kind == "input" else None
         miss = plan.missing_samples.get(kind, 0)
         layers = r.layers
         span = f"{layers[0]}..{layers[-1]}" if list(layers) == list(range(layers[0], layers[-1] + 1)) else str(list(layers))
-        t.add_row(kind, ref.recipe_id[:8], ",".join(r.views), ",".join(r.positions), span,
-                  str(eligible if eligible is not None else "-"), str(miss), f"{miss * r.keys_per_sample:,}",
-                  _size(miss * r.bytes_per_sample))
+        for k, v in (("id", ref.recipe_id[:8]), ("views", ",".join(r.views)), ("positions", ",".join(r.positions)),
+                     ("layers", span), ("samples", str(plan.total_samples) if kind == "input" else "-"),
+                     ("missing samples", str(miss)), ("missing keys", f"{miss * r.keys_per_sample:,}"),
+                     ("bytes", _size(miss * r.bytes_per_sample))):
+            rows[k].append(v)
+    for k, values in rows.items():
+        t.add_row(k, *values)
     return t
 
 
@@ -81,7 +89,8 @@ def extract(
             with console.status("planning (loading the model and reading the store)..."):
                 dr = ex.dry_run(calibrate=calibrate)
             p = dr.plan
-            console.print(plan_table(p, f"dry run: {config} -> {ex.config.run.store}"))
+            say(f"dry run: {config} -> {ex.config.run.store}")
+            console.print(plan_table(p))
             say(f"samples selected: {p.total_samples}; to compute: {p.samples_to_compute} in "
                 f"{len(p.shards)} shard(s); missing keys: {p.missing_keys:,}; bytes: {_size(p.bytes)} "
                 f"({p.bytes:,}); estimated time: {_duration(dr.seconds)} ({dr.calibration})")
@@ -112,7 +121,8 @@ def extract(
             report = run_extraction(ex, workers=workers, address=address, cpus_per_worker=cpus_per_worker,
                                     max_restarts=max_retries, max_task_retries=max_retries, on_plan=on_plan,
                                     on_progress=on_progress, on_start=on_start)
-        console.print(plan_table(report.plan, f"extract: {config} -> {report.store}"))
+        say(f"extract: {config} -> {report.store}")
+        console.print(plan_table(report.plan))
         if report.computed_samples == 0 and report.quarantined == 0:
             say("nothing to compute: every key of this config is already in the store")
         else:

@@ -26,6 +26,8 @@ _TOKEN_HELP = ("File holding the Ray auth token (Ray 2.60 clusters require one b
                "$RAY_AUTH_TOKEN, then $RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token.")
 _Address = typer.Option(None, "--address", envvar="RAY_API_SERVER_ADDRESS", help=_ADDRESS_HELP)
 _TokenFile = typer.Option(None, "--token-file", help=_TOKEN_HELP, exists=True, dir_okay=False)
+_DryRun = typer.Option(False, "--dry-run", help="Print the entrypoint and runtime_env that would be submitted; "
+                                                "contact no cluster.")
 
 
 def _client(address: Optional[str], token_file: Optional[Path]):
@@ -64,8 +66,17 @@ def _job_path(config: Path) -> str:
 
 
 def _submit(kind: str, args: list[str], address: Optional[str], token_file: Optional[Path], env: List[str],
-            wait: bool) -> None:
+            wait: bool, dry_run: bool = False) -> None:
     try:
+        if dry_run:
+            import json
+
+            from l2s_data.submit import job_spec
+
+            spec = job_spec(kind, args, env=_env(env))
+            say(f"entrypoint: {spec.entrypoint}")
+            say(f"runtime_env: {json.dumps(spec.runtime_env, sort_keys=True)}")
+            return
         client = _client(address, token_file)
         job_id = client.submit(kind, args, env=_env(env))
         say(Text.assemble(f"submitted {kind} job ", (job_id, "bold"), f" to {client.address}"))
@@ -91,10 +102,11 @@ def submit_extract(
                                                      "this shell's value (store credentials, endpoints). Repeatable."),
     token_file: Optional[Path] = _TokenFile,
     wait: bool = typer.Option(False, "--wait", help="Wait for the job to end, then print its logs."),
+    dry_run: bool = _DryRun,
 ) -> None:
     """Run `jobs/extract.py CONFIG --workers N` on a cluster (the project folder is uploaded)."""
     _submit("extract", [_job_path(config), "--workers", str(workers), "--cpus-per-worker", str(cpus_per_worker)],
-            address, token_file, env, wait)
+            address, token_file, env, wait, dry_run)
 
 
 @submit_app.command("train")
@@ -105,9 +117,10 @@ def submit_train(
                                                      "this shell's value. Repeatable."),
     token_file: Optional[Path] = _TokenFile,
     wait: bool = typer.Option(False, "--wait", help="Wait for the job to end, then print its logs."),
+    dry_run: bool = _DryRun,
 ) -> None:
     """Run `jobs/train.py CONFIG` on a cluster: one predictor trained from the store."""
-    _submit("train", [_job_path(config)], address, token_file, env, wait)
+    _submit("train", [_job_path(config)], address, token_file, env, wait, dry_run)
 
 
 @submit_app.command("sweep")
@@ -119,9 +132,10 @@ def submit_sweep(
                                                      "this shell's value. Repeatable."),
     token_file: Optional[Path] = _TokenFile,
     wait: bool = typer.Option(False, "--wait", help="Wait for the job to end, then print its logs."),
+    dry_run: bool = _DryRun,
 ) -> None:
     """Run `jobs/train.py CONFIG --sweep` on a cluster: the sweep's trials run as Ray Tune trials there."""
-    _submit("sweep", [_job_path(config), "--sweep"], address, token_file, env, wait)
+    _submit("sweep", [_job_path(config), "--sweep"], address, token_file, env, wait, dry_run)
 
 
 @submit_app.command("evaluate")
@@ -135,10 +149,11 @@ def submit_evaluate(
                                                      "this shell's value (store credentials, endpoints). Repeatable."),
     token_file: Optional[Path] = _TokenFile,
     wait: bool = typer.Option(False, "--wait", help="Wait for the job to end, then print its logs."),
+    dry_run: bool = _DryRun,
 ) -> None:
     """Run `jobs/evaluate.py CONFIG --workers N` on a cluster: steered generation over Ray actors."""
     _submit("evaluate", [_job_path(config), "--workers", str(workers), "--cpus-per-worker", str(cpus_per_worker)],
-            address, token_file, env, wait)
+            address, token_file, env, wait, dry_run)
 
 
 @submit_app.command("serve")

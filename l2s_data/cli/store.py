@@ -266,7 +266,8 @@ def sql_cmd(
                               "temporary folder, removed afterwards. Default: no spilling."),
 ) -> None:
     """Query the store's catalog (views: samples, memberships, recipes, manifests, runs,
-    evaluations, errors, shards) in a sandboxed in-memory DuckDB: read-only, no file access.
+    evaluations, errors, extractions, shards) in a sandboxed in-memory DuckDB: read-only, no
+    file access.
 
     A query runs under a time limit (--timeout) and a memory limit (--memory-limit); Ctrl-C
     stops it. Values print exactly as stored.

@@ -10,6 +10,7 @@ import multiprocessing as mp
 import uuid
 
 import numpy as np
+import pytest
 
 from l2s_data.extract import Extraction, parse_config
 from l2s_data.extract.distributed import run_extraction
@@ -22,6 +23,7 @@ def _url() -> str:
     return f"s3://l2s-test/{uuid.uuid4().hex[:12]}/store"
 
 
+@pytest.mark.slow
 def test_an_extraction_on_ray_into_s3_is_read_back_by_sql_and_a_loader_epoch(s3_endpoint, ray_address,
                                                                              tiny_checkpoint, tmp_path):
     from l2s_data.datasets import make_synthetic
@@ -75,6 +77,7 @@ def _race(url: str, rid: str, values: dict, barrier, out) -> None:
         out.put((shard, value, w.attempt, won))
 
 
+@pytest.mark.slow
 def test_two_processes_racing_to_commit_one_shard_on_s3_leave_exactly_one_winner(s3_endpoint):
     url = _url()
     store = Store.open(url, create=True)

@@ -1,10 +1,14 @@
 """Evaluation on real Ray (the session's `ray start --head`, joined by address), and
-`l2s submit evaluate` through its Jobs API: the tiny LLaVA, greedy, one torch thread per actor."""
+the job that `l2s submit evaluate` builds: the tiny LLaVA, greedy, one torch thread per actor."""
 
 from __future__ import annotations
 
-import os
+import importlib.util
+import json
+import shlex
+from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from l2s_data.cli import app
@@ -14,6 +18,7 @@ from l2s_data.store import Store
 
 from .conftest import L_STAR, eval_config as _config
 
+ROOT = Path(__file__).resolve().parents[2]
 STEERING = {"methods": ["none", "l2s", "p2s"], "alphas": [4.0]}
 
 
@@ -23,6 +28,7 @@ def _rows(store: Store, run_id: str) -> list[tuple]:
     return list(zip(*(t[k].to_pylist() for k in ("method", "alpha", "sample_id", "response"))))
 
 
+@pytest.mark.slow
 def test_two_actors_commit_the_in_process_rows_and_a_rerun_computes_nothing(ray_address, world):
     root, ckpt, adapter = world
     local = Evaluation(_config(root, ckpt, steering=STEERING, run={"name": "ray-ref", "unit_size": 3}),
@@ -53,14 +59,24 @@ def test_address_without_workers_is_refused_with_the_fix(world, tmp_path):
     assert "--workers N" in " ".join(res.output.split())
 
 
-def test_a_submitted_evaluation_commits_its_rows_to_the_store(ray_address, world, tmp_path):
+@pytest.mark.slow
+def test_the_job_that_submit_evaluate_builds_commits_its_rows_to_the_store(ray_address, world, tmp_path, capsys):
+    """`l2s submit evaluate` builds `python jobs/evaluate.py CONFIG --workers 1 ...`; run as the
+    cluster runs it (here on the session's head, through RAY_ADDRESS). The Jobs API itself is
+    tested end to end once, in tests/extract/test_ray_submit.py."""
     root, ckpt, _ = world
     cfg = tmp_path / "eval.toml"
     cfg.write_text(_toml(root, ckpt, "submitted"))
-    res = CliRunner().invoke(app, ["submit", "evaluate", str(cfg), "--address", os.environ["L2S_TEST_RAY_DASHBOARD"],
-                                   "--workers", "1", "--wait"])
+    res = CliRunner().invoke(app, ["submit", "evaluate", str(cfg), "--workers", "1", "--dry-run"])
     assert res.exit_code == 0, res.output
-    assert "SUCCEEDED" in res.output and "worker pid" in res.output
+    argv = shlex.split(res.output.split("entrypoint: ")[1].splitlines()[0])
+    assert argv[:2] == ["python", "jobs/evaluate.py"] and argv[argv.index("--workers") + 1] == "1"
+    assert json.loads(res.output.split("runtime_env: ")[1].splitlines()[0])["working_dir"] == str(ROOT)
+    spec = importlib.util.spec_from_file_location("evaluate_job", ROOT / argv[1])
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    assert job.main(argv[2:]) == 0
+    assert "worker pid" in capsys.readouterr().out
     n = len(Evaluation(_config(root, ckpt)).infos)
     rows = _rows(Store.open(root / "store"), "submitted")
     assert sorted({(m, a) for m, a, _, _ in rows}, key=str) == [("none", None), ("p2s", 2.0)]

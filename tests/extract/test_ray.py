@@ -69,6 +69,7 @@ def _manifest_keys(store: Store) -> list[tuple]:
                     m["layer"].to_pylist(), m["sample_id"].to_pylist()))
 
 
+@pytest.mark.slow
 def test_two_actors_store_the_same_keys_and_values_as_the_in_process_run(ray_address, tiny_checkpoint, tiny_adapter,
                                                                           data_dir, tmp_path):
     ckpt = tiny_checkpoint("llava")
@@ -110,6 +111,7 @@ def test_two_actors_store_the_same_keys_and_values_as_the_in_process_run(ray_add
     assert [(r["workers"], r["devices"], r["keys_written"]) for r in local_rows] == [(0, ["cpu"], total)]
 
 
+@pytest.mark.slow
 def test_an_actor_killed_mid_run_is_restarted_and_nothing_is_lost_or_duplicated(ray_address, tiny_checkpoint,
                                                                                 data_dir, tmp_path):
     ex = Extraction(_config(tiny_checkpoint("llava"), data_dir, tmp_path / "store", shard_size=2, layers=[0]))
@@ -123,7 +125,8 @@ def test_an_actor_killed_mid_run_is_restarted_and_nothing_is_lost_or_duplicated(
             os.kill(p.last.pid, signal.SIGKILL)
 
     pids_seen: list[int] = []
-    report = run_extraction(ex, workers=2, address=ray_address, max_task_retries=3,
+    # one actor: a restart is not about parallelism (the pool hands it the next shard as it returns one)
+    report = run_extraction(ex, workers=1, address=ray_address, max_task_retries=3,
                             on_progress=lambda p: (pids_seen.append(p.last.pid), kill_once(p)))
     assert killed and report.computed_samples == N
     store = Store.open(tmp_path / "store")
@@ -136,6 +139,7 @@ def test_an_actor_killed_mid_run_is_restarted_and_nothing_is_lost_or_duplicated(
     assert set(pids_seen[pids_seen.index(killed[0]) + 1:]) - {killed[0]}
 
 
+@pytest.mark.slow
 def test_a_killed_driver_leaves_committed_shards_and_the_rerun_computes_only_the_rest(ray_address, tiny_checkpoint,
                                                                                       tiny_adapter, data_dir, tmp_path):
     import psutil
@@ -175,6 +179,7 @@ def test_a_killed_driver_leaves_committed_shards_and_the_rerun_computes_only_the
     assert len(keys) == len(set(keys)) == rerun.plan.total_keys
 
 
+@pytest.mark.slow
 def test_a_shard_failing_on_every_attempt_ends_the_run_with_its_name_and_keeps_the_others(
         ray_address, tiny_checkpoint, tiny_adapter, data_dir, tmp_path):
     from typer.testing import CliRunner
@@ -194,7 +199,7 @@ def test_a_shard_failing_on_every_attempt_ends_the_run_with_its_name_and_keeps_t
     cfg = tmp_path / "extract.toml"
     cfg.write_text(_toml(raw))
 
-    res = CliRunner().invoke(app, ["extract", str(cfg), "--workers", "2", "--address", ray_address,
+    res = CliRunner().invoke(app, ["extract", str(cfg), "--workers", "1", "--address", ray_address,
                                    "--max-retries", "1"])
     assert res.exit_code == 2, res.output
     out = " ".join(res.output.split())  # the console wraps long lines
@@ -204,7 +209,7 @@ def test_a_shard_failing_on_every_attempt_ends_the_run_with_its_name_and_keeps_t
     others = {p.shard_id for s in shards if s.shard_id != bad for p in s.parts}
     assert others <= committed and blocked not in committed
     row = Store.open(tmp_path / "store").table("extractions").to_pylist()[0]
-    assert row["status"] == "failed" and bad in row["error"] and row["workers"] == 2
+    assert row["status"] == "failed" and bad in row["error"] and row["workers"] == 1
     assert row["samples_computed"] == N - len(shards[1].items)  # the failed shard computed nothing that counts
 
 
@@ -231,6 +236,7 @@ def test_a_failed_run_in_process_is_recorded_in_extractions_with_its_error(tiny_
     assert row["started_at"] <= row["ended_at"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_sample_whose_memberships_conflict_is_quarantined_in_both_modes(workers, ray_address, tiny_checkpoint,
                                                                          tiny_adapter, data_dir, tmp_path):
@@ -259,6 +265,7 @@ def test_a_sample_whose_memberships_conflict_is_quarantined_in_both_modes(worker
     assert any("conflicting pairs" in n for n in report.notes)
 
 
+@pytest.mark.slow
 def test_more_workers_than_the_cluster_can_place_is_refused_before_any_actor_starts(ray_address, tiny_checkpoint,
                                                                                      tiny_adapter, data_dir, tmp_path):
     from l2s_data.errors import ConfigError

@@ -23,6 +23,7 @@ def data_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_a_submitted_extraction_fills_the_store_and_its_logs_show_the_run(ray_address, tiny_checkpoint, data_dir,
                                                                           tmp_path):
     dashboard = os.environ["L2S_TEST_RAY_DASHBOARD"]
@@ -53,6 +54,7 @@ def test_a_submitted_extraction_fills_the_store_and_its_logs_show_the_run(ray_ad
     assert listed.exit_code == 0 and job_id in listed.output
 
 
+@pytest.mark.slow
 def test_the_jobs_api_refuses_a_wrong_token_and_the_error_says_so(ray_address, tmp_path, monkeypatch):
     bad = tmp_path / "token"
     bad.write_text("not-the-token")
@@ -63,12 +65,14 @@ def test_the_jobs_api_refuses_a_wrong_token_and_the_error_says_so(ray_address, t
     assert "auth token" in res.output
 
 
+@pytest.mark.slow
 def test_jobs_status_of_an_unknown_job_names_it(ray_address):
     res = CliRunner().invoke(app, ["jobs", "status", "raysubmit_doesnotexist",
                                    "--address", os.environ["L2S_TEST_RAY_DASHBOARD"]])
     assert res.exit_code == 2
 
 
+@pytest.mark.slow
 def test_a_stopped_job_ends_stopped(ray_address, tiny_checkpoint, data_dir, tmp_path):
     from l2s_data.submit import JobClient
 

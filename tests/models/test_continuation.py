@@ -7,6 +7,8 @@ import torch
 
 from l2s_data.models import ChatInput, ContrastiveItem
 
+from .conftest import image
+
 FAMILIES = ("llava", "qwen2-vl")
 SEEDS = range(64)
 NEW = 5
@@ -54,20 +56,38 @@ class _SeenIds:
         self.handle.remove()
 
 
+@pytest.fixture(scope="module")
+def sampled(tiny_adapter):
+    """Per family, computed once for both prefix-sharing modes: the items, their prompt ids, and
+    the ids sampled for every seed of SEEDS (seeded sampling: the same in both modes)."""
+    done: dict[str, tuple] = {}
+
+    def get(family: str):
+        if family not in done:
+            adapter = tiny_adapter(family)
+            items = _items(image)
+            chats = {side: [ChatInput(it.image, it.query, it.suffix, getattr(it, side)) for it in items]
+                     for side in ("positive", "negative")}
+            prompts = {side: _unpadded(adapter.generation_inputs(c)) for side, c in chats.items()}
+            gens = {seed: {side: adapter.generate_ids(c, max_new_tokens=NEW, do_sample=True, seed=seed,
+                                                      include_last=seed % 2 == 0)
+                           for side, c in chats.items()} for seed in SEEDS}
+            done[family] = (items, prompts, gens)
+        return done[family]
+
+    return get
+
+
 @pytest.mark.parametrize("prefix_sharing", [True, False], ids=["prefix-shared", "separate"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_pos_neg_forward_sees_the_forced_completion_ids_then_exactly_the_generated_ids(
-    family, prefix_sharing, tiny_adapter, make_image
+    family, prefix_sharing, tiny_adapter, sampled
 ):
     adapter = tiny_adapter(family)
-    items = _items(make_image)
-    chats = {side: [ChatInput(it.image, it.query, it.suffix, getattr(it, side)) for it in items]
-             for side in ("positive", "negative")}
-    prompts = {side: _unpadded(adapter.generation_inputs(c)) for side, c in chats.items()}
+    items, prompts, gens = sampled(family)
     lengths = set()
     for seed in SEEDS:
-        gen = {side: adapter.generate_ids(c, max_new_tokens=NEW, do_sample=True, seed=seed, include_last=seed % 2 == 0)
-               for side, c in chats.items()}
+        gen = gens[seed]
         lengths |= {len(g) for rows in gen.values() for g in rows}
         extended = [ContrastiveItem(it.image, it.query, it.suffix, it.positive, it.negative,
                                     positive_continuation=gen["positive"][i], negative_continuation=gen["negative"][i])

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -17,6 +18,7 @@ def _copy(src, dst):
     return dst
 
 
+@pytest.mark.slow
 def test_fingerprint_is_stable_across_loads_paths_and_processes(tiny_checkpoint, tmp_path):
     path = tiny_checkpoint("qwen2-vl")
     first = load_adapter(path)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from l2s_data.store import Store, ops
 
@@ -63,6 +64,7 @@ def _expected(shard: str, layer: int, n: int = 20) -> np.ndarray:
     return np.random.default_rng(seed + layer).standard_normal((n, 16)).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_a_writer_killed_mid_shard_leaves_nothing_visible_and_a_rerun_completes(store):
     go = Path(store.url) / "never"
     p = _spawn(store.url, ["k"], wait_for=str(go))
@@ -85,6 +87,7 @@ def test_a_writer_killed_mid_shard_leaves_nothing_visible_and_a_rerun_completes(
     assert store.verify() == []
 
 
+@pytest.mark.slow
 def test_two_attempts_racing_to_commit_one_shard_exactly_one_wins(store):
     go = Path(store.url) / "go"
     a, b = _spawn(store.url, ["x"], wait_for=str(go)), _spawn(store.url, ["x"], wait_for=str(go))
@@ -106,6 +109,7 @@ def test_two_attempts_racing_to_commit_one_shard_exactly_one_wins(store):
     assert store.verify() == []
 
 
+@pytest.mark.slow
 def test_two_processes_writing_different_shards_lose_nothing(store):
     a = _spawn(store.url, [f"a{i}" for i in range(4)])
     b = _spawn(store.url, [f"b{i}" for i in range(4)])
@@ -121,6 +125,7 @@ def test_two_processes_writing_different_shards_lose_nothing(store):
             np.testing.assert_array_equal(snap.read("r", "p2s", "completion_last", layer, ids), _expected(shard, layer))
 
 
+@pytest.mark.slow
 def test_a_reader_opened_during_writes_sees_only_earlier_commits(store):
     go = Path(store.url) / "go"
     p = _spawn(store.url, ["w0", "w1"], wait_for=str(go))

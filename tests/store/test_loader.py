@@ -79,6 +79,7 @@ def test_no_shuffle_keeps_storage_order_and_drop_last_drops_the_tail(paired):
     assert [len(x) for x, _ in ds] == [7] * (N // 7)
 
 
+@pytest.mark.slow
 def test_two_dataloader_workers_split_the_epoch_without_overlap(paired):
     store, xs, _ = paired
     ds = store.pairs(X, Y, batch_size=8, with_ids=True, in_memory=False, seed=1)

@@ -256,6 +256,7 @@ def test_chunk_reader_matches_zarr_python_on_an_edge_chunk(tmp_path):
         reader.into(info, 5, np.empty((4, 8), np.float32))
 
 
+@pytest.mark.slow
 def test_in_memory_dataloader_workers_give_the_streaming_batches(chunked):
     """Each worker keeps its own copy (read during the first epoch it serves); with
     persistent workers later epochs read nothing, and every epoch matches the streaming path."""

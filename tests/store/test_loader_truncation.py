@@ -62,6 +62,7 @@ def big_chunks(tmp_path):
     return tmp_path / "store", rid
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("in_memory,prefetch", [(False, False), (False, True), (True, False)])
 def test_truncating_chunks_while_a_loader_streams_raises_naming_the_chunk(big_chunks, in_memory, prefetch):
     root, rid = big_chunks

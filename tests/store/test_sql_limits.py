@@ -66,6 +66,7 @@ def test_the_cli_timeout_stops_a_runaway_query_with_a_clear_message(store):
     assert "Traceback" not in r.output
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_a_running_query_in_a_real_l2s_process(store):
     cmd = [sys.executable, "-c", "from l2s_data.cli import main; main()",
            "sql", RUNAWAY, "--store", store.url, "--timeout", "600"]

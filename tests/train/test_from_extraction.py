@@ -41,6 +41,7 @@ def _config(store: Path, out: Path, **trainer) -> str:
         """) + lines + "\n"
 
 
+@pytest.mark.slow
 def test_the_training_job_works_with_transformers_blocked(tiny_store, tmp_path):
     cfg = tmp_path / "train.toml"
     cfg.write_text(_config(tiny_store, tmp_path / "runs"))

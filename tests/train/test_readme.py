@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "l2s_data" / "train" / "README.md"
 
 
-def test_the_training_guide_python_example_runs_on_the_demo_store(tmp_path, monkeypatch, capsys):
-    from rich.console import Console
-
-    from l2s_data.demo import run_demo
-
-    monkeypatch.chdir(tmp_path)
-    run_demo("demo-out", console=Console(file=io.StringIO()))
+@pytest.mark.slow
+def test_the_training_guide_python_example_runs_on_the_demo_store(demo_copy, monkeypatch, capsys):
+    monkeypatch.chdir(demo_copy.parent)  # a copy of the session's demo-out/: the example trains into it
     code = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[0]
     # the config path is relative to the repository; this test runs in a scratch folder
     code = code.replace('"l2s_data/train/configs/', f'"{ROOT}/l2s_data/train/configs/')
@@ -25,4 +22,4 @@ def test_the_training_guide_python_example_runs_on_the_demo_store(tmp_path, monk
     run_id, cos = capsys.readouterr().out.split()[:2]
     assert run_id.startswith("tiny-llava-") and -1 <= float(cos) <= 1
     assert scope["meta"].input_layer == 2 and scope["v"].shape == (64,)
-    assert (tmp_path / "demo-out" / "train-runs" / run_id / "predictor.safetensors").is_file()
+    assert (demo_copy / "train-runs" / run_id / "predictor.safetensors").is_file()

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from typer.testing import CliRunner
 
+from l2s_data.cli import app
 from l2s_data.errors import ConfigError
 from l2s_data.store import Store
 from l2s_data.train.sweep import draw_trials, parse_sweep_config, run_sweep
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _sweep(planted, planted_mod, tmp_path, params, **sweep):
@@ -17,10 +28,47 @@ def _sweep(planted, planted_mod, tmp_path, params, **sweep):
                                "sweep": {"max_concurrent": 2, "params": params, **sweep}})
 
 
-def test_a_sweep_of_four_runs_leaves_four_rows_with_distinct_configs_and_one_snapshot(
-        planted, planted_mod, tmp_path, ray_address):
-    cfg = _sweep(planted, planted_mod, tmp_path, {"input.layer": [0, 1], "trainer.lr": [1e-3, 3e-3]})
-    res = run_sweep(cfg, ray_address=ray_address)
+def _toml(base: dict, table: str = "") -> list[str]:
+    """``base`` as TOML lines: its scalars, then one [table.sub] per dict."""
+    head = [f"[{table}]"] if table else []
+    scalars = [f"{k} = {json.dumps(v)}" for k, v in base.items() if not isinstance(v, dict)]
+    subs = [line for k, v in base.items() if isinstance(v, dict) for line in _toml(v, f"{table}.{k}" if table else k)]
+    return head + scalars + subs
+
+
+@dataclass(frozen=True)
+class GridSweep:
+    dir: Path             # the sweep's folder: sweep.toml, runs/ (predictors, tune/)
+    argv: list[str]       # the entrypoint that `l2s submit sweep` builds
+    res: SimpleNamespace  # the job's result line: every field of SweepResult
+
+
+@pytest.fixture(scope="module")
+def grid(planted, planted_mod, tmp_path_factory, ray_address) -> GridSweep:
+    """The module's one grid sweep (input.layer x lr: four trials), run as a cluster runs the job
+    that `l2s submit sweep` builds (`python jobs/train.py SWEEP.toml --sweep`): here in this
+    process, on the session's Ray head (RAY_ADDRESS). The Jobs API itself is tested end to end
+    in tests/extract/test_ray_submit.py."""
+    tmp = tmp_path_factory.mktemp("grid-sweep")
+    base = planted_mod.train_config(planted.url, tmp / "runs", trainer={"epochs": 6, "hidden_size": 16})
+    cfg = tmp / "sweep.toml"
+    cfg.write_text("\n".join(['name = "planted-sweep"', *_toml(base, "base"), "[sweep]", "max_concurrent = 2",
+                              "[sweep.params]", '"input.layer" = [0, 1]', '"trainer.lr" = [1e-3, 3e-3]']) + "\n")
+    built = CliRunner().invoke(app, ["submit", "sweep", str(cfg), "--dry-run"])
+    assert built.exit_code == 0, built.output
+    argv = shlex.split(built.output.split("entrypoint: ")[1].splitlines()[0])
+    spec = importlib.util.spec_from_file_location("train_job", ROOT / argv[1])
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert job.main(argv[2:]) == 0
+    return GridSweep(tmp, argv, SimpleNamespace(**json.loads(out.getvalue().strip().splitlines()[-1])))
+
+
+@pytest.mark.slow
+def test_a_sweep_of_four_runs_leaves_four_rows_with_distinct_configs_and_one_snapshot(planted, grid, tmp_path):
+    res = grid.res  # {"input.layer": [0, 1], "trainer.lr": [1e-3, 3e-3]}, six epochs each
     assert res.selections_read == 2  # one per input layer, shared by the two lr trials each
     store = Store.open(planted.url)
     t = store.sql(f"SELECT run_id, kind, status, snapshot_id, config_json, val_cosine FROM runs "
@@ -37,7 +85,7 @@ def test_a_sweep_of_four_runs_leaves_four_rows_with_distinct_configs_and_one_sna
     assert [len(json.loads(m)["history"]) for m in runs] == [6] * 4
     # and Tune ranked the trials by the figures runs holds (its last result per trial)
     tune_last = {}
-    for f in (tmp_path / "runs" / "tune" / res.sweep_id).glob("*/result.json"):
+    for f in (grid.dir / "runs" / "tune" / res.sweep_id).glob("*/result.json"):
         last = json.loads(f.read_text().strip().splitlines()[-1])
         tune_last[last["run_id"]] = last["val_cosine"]
     assert tune_last == dict(zip(t["run_id"].to_pylist(), t["val_cosine"].to_pylist()))
@@ -73,6 +121,7 @@ def test_a_sweep_param_that_names_no_config_key_is_refused_up_front(planted, pla
         _sweep(planted, planted_mod, tmp_path, {"trainer.lr": {"low": 0.1, "high": 0.2}})
 
 
+@pytest.mark.slow
 def test_an_asha_sweep_commits_every_trial_completed_or_stopped_with_its_epochs(
         planted, planted_mod, tmp_path, ray_address):
     cfg = _sweep(planted, planted_mod, tmp_path, {"trainer.lr": [1e-5, 3e-5, 1e-3, 3e-3]},
@@ -89,6 +138,7 @@ def test_an_asha_sweep_commits_every_trial_completed_or_stopped_with_its_epochs(
             assert status == "completed" and len(hist) == 6 and artifact
 
 
+@pytest.mark.slow
 def test_l2s_sweep_runs_a_sweep_file_and_prints_the_best_run(planted, planted_mod, tmp_path, ray_address):
     from typer.testing import CliRunner
 
@@ -122,27 +172,9 @@ def test_the_shipped_sweep_config_draws_eight_trials_over_the_demo_store():
     assert cfg.base["store"] == "demo-out/store" and cfg.base["input"]["recipe"] == "demo-input"
 
 
-def test_l2s_submit_sweep_runs_the_sweep_as_a_ray_job(planted, planted_mod, tmp_path, ray_address):
-    import os
-
-    from typer.testing import CliRunner
-
-    from l2s_data.cli import app
-
-    base = planted_mod.train_config(planted.url, tmp_path / "runs", trainer={"epochs": 2, "hidden_size": 8})
-    cfg = tmp_path / "sweep.toml"
-    lines = ['name = "job-sweep"', "[base]", f'store = "{base["store"]}"', f'out_dir = "{base["out_dir"]}"']
-    for table in ("input", "target", "split", "trainer"):
-        lines.append(f"[base.{table}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in base[table].items()]
-    lines += ["[sweep]", "max_concurrent = 2", "[sweep.params]", '"seed" = [0, 1]']
-    cfg.write_text("\n".join(lines) + "\n")
-    res = CliRunner().invoke(app, ["submit", "sweep", str(cfg), "--address", os.environ["L2S_TEST_RAY_DASHBOARD"],
-                                   "--wait"])
-    assert res.exit_code == 0, res.output
-    assert "SUCCEEDED" in res.output
-    import re
-
-    sweep_id = re.search(r'"sweep_id": "([^"]+)"', res.output).group(1)  # jobs/train.py's result line
+@pytest.mark.slow
+def test_l2s_submit_sweep_builds_the_job_that_runs_the_sweep(planted, grid):
+    assert grid.argv == ["python", "jobs/train.py", str(grid.dir / "sweep.toml"), "--sweep"]
+    sweep_id = grid.res.sweep_id  # jobs/train.py's result line
     rows = Store.open(planted.url).sql(f"SELECT run_id, status FROM runs WHERE sweep_id = '{sweep_id}'")
-    assert rows.num_rows == 2 and set(rows["status"].to_pylist()) == {"completed"}
+    assert rows.num_rows == 4 and set(rows["status"].to_pylist()) == {"completed"}
