@@ -12,36 +12,33 @@ foreground and stops the application on Ctrl-C.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from l2s_data.errors import L2SError  # noqa: E402
+from jobs._job import parser, run  # noqa: E402
 from l2s_data.serve import deploy, load_serve_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Deploy a steered model on Ray Serve (OpenAI chat-completions API).")
-    ap.add_argument("config", type=Path, help="TOML serving config")
+    ap = parser("Deploy a steered model on Ray Serve (OpenAI chat-completions API).", "TOML serving config")
     ap.add_argument("--address", default=None, help="Ray cluster to join (host:port or 'auto'); default: RAY_ADDRESS")
     ap.add_argument("--replicas", type=int, default=None, help="replicas (default: [serve] replicas)")
     ap.add_argument("--host", default=None, help="the HTTP proxy's address (default: [serve] host)")
     ap.add_argument("--port", type=int, default=None, help="the HTTP proxy's port (default: [serve] port)")
     args = ap.parse_args(argv)
-    try:
+
+    def body() -> None:
         cfg = load_serve_config(args.config)
         print("resolved config:", json.dumps(cfg.to_dict(), sort_keys=True))
         svc = deploy(cfg, address=args.address, host=args.host, port=args.port, replicas=args.replicas)
         print(f"serving {cfg.model_name} on {svc.replicas} replica(s) at {svc.url} (application {svc.name!r})")
         for mid in svc.model_ids:
             print(f"  model {mid}")
-        return 0
-    except L2SError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+
+    return run(body)
 
 
 if __name__ == "__main__":

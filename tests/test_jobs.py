@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from l2s_data.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-JOBS = ("extract", "train", "evaluate")
+JOBS = ("extract", "train", "evaluate", "serve")
 
 
 def load_job(name: str):
