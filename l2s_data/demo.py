@@ -136,7 +136,7 @@ def plain_console() -> Console:
     return Console(markup=False, highlight=False, emoji=False, soft_wrap=True)
 
 
-def run_demo(out_dir: str | Path = "demo-out", *, n: int = 390, console: Console | None = None,
+def run_demo(out_dir: str | Path = "demo-out", *, n: int = 260, console: Console | None = None,
              workers: int = 2, steer: bool = True) -> DemoResult:
     """Run the demo into ``out_dir`` and print as it goes; returns what it printed, as data."""
     console = console or plain_console()

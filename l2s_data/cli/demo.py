@@ -12,11 +12,13 @@ from l2s_data.errors import L2SError
 
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for the cached checkpoint, data set and store."),
-    n: int = typer.Option(26, "--n", min=13, help="Synthetic-safety samples (13 scenarios; used when first built)."),
+    n: int = typer.Option(260, "--n", min=13, help="Synthetic-safety samples (13 scenarios, half held out; used "
+                                                   "when first built)."),
 ) -> None:
-    """Build a tiny LLaVA and a synthetic-safety set, extract every view into a store, show it.
+    """Copy the trained tiny LLaVA, build a synthetic-safety set, extract every view into a store,
+    train L2S from it and evaluate the seven steering methods (safety and shapes-POPE).
 
-    Runs offline on a CPU in about a minute; a second run reuses everything and computes nothing.
+    Runs offline on a CPU in a few minutes; a second run reuses everything and computes nothing.
     """
     from transformers.utils import logging as hf_logging
 

@@ -7,7 +7,6 @@ part, metrics on the test part, paired (exact McNemar) tests on the same samples
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
@@ -37,7 +36,8 @@ def demo_results(tmp_path_factory):
     from l2s_data.store import Store
 
     out = tmp_path_factory.mktemp("trained-demo") / "demo"
-    res = run_demo(out, console=Console(file=io.StringIO(), width=160), workers=0)
+    with (out.parent / "demo.log").open("w") as log:  # what the demo printed, kept for a look
+        res = run_demo(out, console=Console(file=log, width=160, markup=False, highlight=False), workers=0)
     store = Store.open(out / "store")
     return {"safety": load_results(store, res.steering["eval_run"]),
             "pope": load_results(store, res.steering["pope"]["eval_run"])}
