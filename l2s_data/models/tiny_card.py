@@ -100,22 +100,28 @@ def held_out(steer_layer: int, adapter) -> dict[str, Any]:
         }
     with tempfile.TemporaryDirectory() as tmp:  # the demo's kind of questions: POPE's three subsets
         tables = make_synthetic("shapes-pope", tmp, n=_SCENES, seed=CARD_DATA_SEED)
-        labels = dict(zip(tables.memberships["sample_id"].to_pylist(), tables.memberships["label"].to_pylist()))
+        mem = tables.memberships.to_pylist()
+        labels = {r["sample_id"]: r["label"] for r in mem}
         ids = sorted(labels)
+        # one row per membership, as POPE counts: a "yes" question asked in all three subsets counts thrice
+        weight = [sum(1 for r in mem if r["sample_id"] == sid) for sid in ids]
         qs = [(tables.load_image(sid).convert("RGB"), tables.query(sid), labels[sid] == "yes") for sid in ids]
     chats = [ChatInput(im, q) for im, q, _ in qs]
     v = _p2s(adapter, [ContrastiveItem(im, q, "", *(("Yes", "No") if t else ("No", "Yes"))) for im, q, t in qs],
              steer_layer)
     pope: dict[str, Any] = {}
     for name, vectors in (("none", None), ("p2s", (v, steer_layer))):
-        said_yes = [pope_parse(r) == "yes" for r in _generate(adapter, chats, vectors, CARD_ALPHA, 4)]
+        said = [pope_parse(r) == "yes" for r in _generate(adapter, chats, vectors, CARD_ALPHA, 4)]
+        said_yes = [y for y, w in zip(said, weight) for _ in range(w)]
+        qs_w = [q for q, w in zip(qs, weight) for _ in range(w)]
         pope[name] = {
-            "accuracy": rate_entry([y == t for y, (_, _, t) in zip(said_yes, qs)]),
+            "accuracy": rate_entry([y == t for y, (_, _, t) in zip(said_yes, qs_w)]),
             "yes_ratio": rate_entry(said_yes),
-            "yes_on_present": rate_entry([y for y, (_, _, t) in zip(said_yes, qs) if t]),
-            "yes_on_absent": rate_entry([y for y, (_, _, t) in zip(said_yes, qs) if not t]),
+            "yes_on_present": rate_entry([y for y, (_, _, t) in zip(said_yes, qs_w) if t]),
+            "yes_on_absent": rate_entry([y for y, (_, _, t) in zip(said_yes, qs_w) if not t]),
         }
     return {"data_seed": CARD_DATA_SEED, "alpha": CARD_ALPHA, "safety_items": len(items), "pope_samples": len(qs),
+            "pope_questions": len(qs_w),
             "safety": safety, "pope": pope}
 
 
