@@ -67,9 +67,10 @@ def train_tiny_cmd(
     steps: int = typer.Option(0, help="Training steps (0: the default of the shipped checkpoint)."),
     card: bool = typer.Option(True, help="Evaluate on held-out data and write model_card.md / .json."),
 ) -> None:
-    """Train the tiny LLaVA on the synthetic sets so that steering measurably works (a few
-    minutes on 2 CPU cores; the same seed gives the same weights on the CPU). Writes the
-    checkpoint and a model card: data, seed, steps, losses, held-out behaviour, fingerprint."""
+    """Train the tiny LLaVA on the synthetic sets so that steering measurably works (on the CPU
+    with 2 threads; the same seed gives the same weights where the float arithmetic is the same).
+    Writes the checkpoint and a model card: data, seed, steps, losses, held-out behaviour,
+    fingerprint."""
     from dataclasses import replace
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
