@@ -27,10 +27,8 @@ Each step trains three things at once, on a batch of safety, benign and POPE row
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
