@@ -1,19 +1,25 @@
 """`l2s demo`: the whole extraction path on a laptop, in about a minute, offline.
 
-1. build (once, cached under ``OUT/tiny-llava``) a tiny random LLaVA checkpoint;
-2. generate (once) a small synthetic-safety data set under ``OUT/data``;
+1. copy (once, to ``OUT/tiny-llava``) the trained tiny LLaVA shipped with the package (see
+   :mod:`l2s_data.models.train_tiny`: trained offline on the synthetic sets so that steering
+   measurably works; ``l2s models train-tiny`` reproduces it);
+2. generate (once) a synthetic-safety data set under ``OUT/data``, half of it held out (test);
 3. extract its input / pos / neg / p2s views, every layer, into the store ``OUT/store``, on two
    Ray actors (a local Ray, or the cluster ``RAY_ADDRESS`` names; ``workers=0``: in-process);
 4. print a few samples' views (norms), the cosines between categories' mean P2S vectors, and
    an example ``l2s sql`` query;
-5. extract again: the store already has every key, so nothing is computed.
+5. extract again: the store already has every key, so nothing is computed;
+6. extract the behaviour-agnostic pair, train an L2S predictor from the cache, and evaluate
+   the seven methods on the held-out samples (alpha chosen on their validation part), with a report.
 
 Running ``l2s demo`` a second time reuses the checkpoint, the data set and the store.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from l2s_data.errors import ConfigError
 from l2s_data.extract import Extraction, RunReport, parse_config
 from l2s_data.extract.distributed import run_extraction
 
@@ -70,24 +77,49 @@ def demo_config(out_dir: Path, *, batch_size: int = 8, shard_size: int = 16) -> 
     }, source="(demo)")
 
 
+#: Share of the demo's synthetic-safety samples held out as its test split.
+TEST_FRACTION = 0.5
+
+
 def _prepare(out_dir: Path, n: int, console: Console) -> None:
     from l2s_data.datasets import make_synthetic
-    from l2s_data.models import make_tiny
+    from l2s_data.models.train_tiny import SHIPPED_CHECKPOINT
 
     ckpt = out_dir / "tiny-llava"
-    if (ckpt / "config.json").is_file() and checkpoint_is_current(ckpt):
-        console.print(f"[1/7] tiny LLaVA checkpoint: cached at {ckpt}")
+    if (ckpt / "config.json").is_file() and checkpoint_is_current(ckpt) and is_shipped(ckpt):
+        console.print(f"[1/7] trained tiny LLaVA checkpoint: cached at {ckpt}")
     else:
-        with console.status("building a tiny random LLaVA checkpoint..."):
-            make_tiny("llava", ckpt)
-        console.print(f"[1/7] tiny LLaVA checkpoint: built at {ckpt}")
+        if (ckpt / "config.json").is_file() and (out_dir / "store").exists():
+            raise ConfigError(
+                f"{out_dir} holds a store built with another checkpoint at {ckpt} (an older demo's random "
+                f"one): its runs would be reused for the trained model. Remove {out_dir}, or give another --out."
+            )
+        ckpt.mkdir(parents=True, exist_ok=True)
+        for f in sorted(SHIPPED_CHECKPOINT.iterdir()):
+            if f.is_file():
+                shutil.copyfile(f, ckpt / f.name)
+        console.print(f"[1/7] trained tiny LLaVA checkpoint: copied to {ckpt} (model card: "
+                      f"{ckpt / 'model_card.md'})")
     data = out_dir / "data"
     if (data / "samples.parquet").is_file():
         console.print(f"[2/7] synthetic-safety data set: cached at {data}")
     else:
         with console.status("generating the synthetic-safety data set..."):
-            make_synthetic("synthetic-safety", data, n=n)
-        console.print(f"[2/7] synthetic-safety data set: {n} samples over 13 scenarios at {data}")
+            make_synthetic("synthetic-safety", data, n=n, test_fraction=TEST_FRACTION)
+        console.print(f"[2/7] synthetic-safety data set: {n} samples over 13 scenarios at {data} "
+                      f"({TEST_FRACTION:.0%} held out by image)")
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def is_shipped(ckpt: Path) -> bool:
+    """Whether ``ckpt`` holds the weights of the trained checkpoint this version ships."""
+    from l2s_data.models.train_tiny import SHIPPED_CHECKPOINT
+
+    mine, shipped = ckpt / "model.safetensors", SHIPPED_CHECKPOINT / "model.safetensors"
+    return mine.is_file() and _digest(mine) == _digest(shipped)
 
 
 def checkpoint_is_current(ckpt: Path) -> bool:
@@ -105,7 +137,7 @@ def plain_console() -> Console:
     return Console(markup=False, highlight=False, emoji=False, soft_wrap=True)
 
 
-def run_demo(out_dir: str | Path = "demo-out", *, n: int = 26, console: Console | None = None,
+def run_demo(out_dir: str | Path = "demo-out", *, n: int = 260, console: Console | None = None,
              workers: int = 2, steer: bool = True) -> DemoResult:
     """Run the demo into ``out_dir`` and print as it goes; returns what it printed, as data."""
     console = console or plain_console()
@@ -199,11 +231,17 @@ def run_demo(out_dir: str | Path = "demo-out", *, n: int = 26, console: Console 
 
 # The layers the demo trains on and steers at: h_X and the P2S target both at layer 2 (L' = L*).
 _STEER_LAYER = 2
-#: The demo's training run: a rerun of the demo finds it and trains nothing.
+#: The demo's training runs: a rerun of the demo finds them and trains nothing.
 _TRAIN_RUN = "demo-train"
+_POPE_TRAIN_RUN = "demo-train-pope"
+#: The alphas every steering method is evaluated at (one is chosen on the validation part).
+_ALPHAS = (1.0, 2.0, 4.0)
+_GEN_BATCH = 32
+#: Scenes of the demo's shapes-POPE set (up to 6 questions each, in each of 3 subsets).
+POPE_SCENES = 60
 
 
-def _steer(out: Path, cfg: Any, ex: Extraction, console: Console) -> dict[str, Any]:
+def _steer(out: Path, cfg: Any, ex: Extraction, console: Console, *, pope: bool = True) -> dict[str, Any]:
     """Stages 5-7: behaviour-agnostic pairs, a training, the evaluation of every method, a report."""
     from l2s_data.evaluate import Evaluation, write_report
     from l2s_data.evaluate.config import demo_config as eval_config
@@ -242,7 +280,8 @@ def _steer(out: Path, cfg: Any, ex: Extraction, console: Console) -> dict[str, A
     if not (guard / "config.json").is_file():
         make_tiny_guard(guard)
     ecfg = eval_config(out, layer=_STEER_LAYER, input_layer=_STEER_LAYER, predictor=artifact,
-                       ba_recipe="demo-ba-pair", guard=guard)
+                       ba_recipe="demo-ba-pair", guard=guard, alphas=_ALPHAS, max_new_tokens=12)
+    ecfg = ecfg.model_copy(update={"generation": ecfg.generation.model_copy(update={"batch_size": _GEN_BATCH})})
     evaluation = Evaluation(ecfg, adapter=ex.adapter)
     with console.status("generating with every method and alpha on the test split..."):
         rep = evaluation.run()
@@ -256,4 +295,74 @@ def _steer(out: Path, cfg: Any, ex: Extraction, console: Console) -> dict[str, A
         t.add_row(*r)
     console.print(t)
     console.print(f"report: {files.markdown} (and {files.html.name}, {len(files.plots)} plots)")
-    return {"train_run": _TRAIN_RUN, "eval_run": rep.run_id, "report": files.markdown, "rows": files.rows}
+    out_ = {"train_run": _TRAIN_RUN, "eval_run": rep.run_id, "report": files.markdown, "rows": files.rows}
+    if pope:
+        out_["pope"] = _steer_pope(out, cfg, ex, console)
+    return out_
+
+
+def _steer_pope(out: Path, cfg: Any, ex: Extraction, console: Console) -> dict[str, Any]:
+    """The same pipeline on shapes-POPE: extraction, an L2S training, the evaluation, a report."""
+    from l2s_data.datasets import make_synthetic
+    from l2s_data.evaluate import Evaluation, write_report
+    from l2s_data.evaluate.config import parse_config as parse_eval_config
+    from l2s_data.train import load_train_config, train
+
+    data = out / "pope-data"
+    if not (data / "samples.parquet").is_file():
+        with console.status("generating the shapes-POPE data set..."):
+            make_synthetic("shapes-pope", data, n=POPE_SCENES, test_fraction=TEST_FRACTION)
+    pcfg = parse_config({
+        "model": cfg.model.model_dump(), "data": {"path": str(data)},
+        "behavior": {"behavior": "pope-yes-no"},
+        "recipe": {"views": ["input", "pos", "neg", "p2s"], "layers": [_STEER_LAYER], "store_dtype": "float16",
+                   "input_positions": ["prompt_last"], "pair_positions": ["completion_last"]},
+        "run": {"store": cfg.run.store, "batch_size": 32, "shard_size": 256, "name": "demo-pope"},
+    }, source="(demo, shapes-POPE)")
+    with console.status("extracting shapes-POPE (input, pos, neg, p2s at the steering layer)..."):
+        rep = Extraction(pcfg, adapter=ex.adapter).run()
+    console.print(f"[pope 1/3] shapes-POPE ({POPE_SCENES} scenes, yes/no questions): {rep.plan.total_samples} "
+                  f"samples, computed {rep.computed_samples} in {rep.seconds:.1f} s (recipes demo-pope-input / "
+                  f"demo-pope-pair)")
+    tcfg = load_train_config(Path(__file__).parent / "train" / "configs" / "tiny-llava.toml")
+    tcfg = tcfg.model_copy(update={
+        "store": cfg.run.store, "out_dir": str(out / "train-runs"), "name": "tiny-llava-pope", "task": "pope",
+        "input": tcfg.input.model_copy(update={"recipe": "demo-pope-input"}),
+        "target": tcfg.target.model_copy(update={"recipe": "demo-pope-pair"}),
+        "split": tcfg.split.model_copy(update={"train_where": "dataset = 'shapes-pope' AND split = 'train'",
+                                               "val_where": "dataset = 'shapes-pope' AND split = 'test'"}),
+    })
+    store = ex.open_store(create=False)
+    done = store.sql(f"SELECT artifact FROM runs WHERE run_id = '{_POPE_TRAIN_RUN}'").to_pylist()
+    if done and done[0]["artifact"] and Path(done[0]["artifact"]).is_file():
+        artifact = Path(done[0]["artifact"])
+        console.print(f"[pope 2/3] training {_POPE_TRAIN_RUN}: already in the store; predictor {artifact}")
+    else:
+        with console.status("training an L2S predictor for POPE from the cache..."):
+            run = train(tcfg, run_id=_POPE_TRAIN_RUN)
+        artifact = run.artifact
+        console.print(f"[pope 2/3] training {run.run_id}: {len(run.history)} epochs in {run.seconds:.1f} s; "
+                      f"predictor {artifact}")
+    ecfg = parse_eval_config({
+        "model": {"path": cfg.model.path},
+        "data": {"path": str(data), "task": "pope", "split": "test", "behavior": "pope-yes-no"},
+        "steering": {"layer": _STEER_LAYER, "methods": ["none", "prompt-only", "mean-s", "norm-rnd", "l2s", "p2s"],
+                     "alphas": list(_ALPHAS)},
+        "cache": {"input_recipe": "demo-pope-input", "pair_recipe": "demo-pope-pair"},
+        "l2s": {"predictor": str(artifact), "input_layer": _STEER_LAYER},
+        "generation": {"max_new_tokens": 4, "batch_size": _GEN_BATCH},
+        "run": {"store": cfg.run.store, "name": "demo-eval-pope"},
+    }, source="(demo, shapes-POPE)")
+    evaluation = Evaluation(ecfg, adapter=ex.adapter)
+    with console.status("generating POPE answers with every method and alpha..."):
+        rep = evaluation.run()
+    console.print(f"[pope 3/3] evaluation {rep.run_id}: {rep.computed_rows} new response(s) in {rep.seconds:.1f} s")
+    files = write_report(evaluation.store, rep.run_id, out / "report-pope")
+    t = Table(title=f"evaluation {rep.run_id} (shapes-POPE; alpha chosen per method on the validation split)")
+    for h in files.header:
+        t.add_column(h)
+    for r in files.rows:
+        t.add_row(*r)
+    console.print(t)
+    console.print(f"report: {files.markdown}")
+    return {"train_run": _POPE_TRAIN_RUN, "eval_run": rep.run_id, "report": files.markdown, "rows": files.rows}

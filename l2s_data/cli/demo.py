@@ -12,16 +12,18 @@ from l2s_data.errors import L2SError
 
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for everything the demo makes: checkpoint, "
-                                                             "data set, store, predictor, report."),
-    n: int = typer.Option(26, "--n", min=13, help="Synthetic-safety samples (13 scenarios; used when first built)."),
+                                                             "data sets, store, predictors, reports."),
+    n: int = typer.Option(260, "--n", min=13, help="Synthetic-safety samples (13 scenarios, half held out; used "
+                                                   "when first built)."),
 ) -> None:
     """Run every stage of the pipeline offline on a CPU, into OUT.
 
-    A tiny LLaVA checkpoint and a synthetic-safety set; an extraction of every view and layer
-    into OUT/store on two Ray workers, then the same config again (nothing to compute); a
-    behaviour-agnostic pair for Mean-S(BA); an L2S predictor trained from the store; the seven
-    steering methods evaluated on the test split; a report in OUT/report. A second run reuses
-    every stage and computes nothing.
+    The trained tiny LLaVA (shipped with the package) and a synthetic-safety set; an extraction
+    of every view and layer into OUT/store on two Ray workers, then the same config again
+    (nothing to compute); a behaviour-agnostic pair for Mean-S(BA); an L2S predictor trained
+    from the store; the seven steering methods evaluated on the held-out split; the same for
+    shapes-POPE; reports in OUT/report and OUT/report-pope. A second run reuses every stage and
+    computes nothing.
     """
     from transformers.utils import logging as hf_logging
 

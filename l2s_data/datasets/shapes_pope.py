@@ -29,7 +29,7 @@ from l2s_data.datasets.builder import TableBuilder, image_info_from_bytes, split
 from l2s_data.datasets.categories import POPE_CATEGORY, POPE_SUBSETS
 from l2s_data.datasets.tables import DatasetTables
 
-__all__ = ["NAME", "OBJECTS", "THEMES", "make_shapes_pope", "question_for"]
+__all__ = ["NAME", "OBJECTS", "THEMES", "make_shapes_pope", "question_for", "scene_item"]
 
 NAME = "shapes-pope"
 SIZE = 128
@@ -112,6 +112,14 @@ def render_scene(objs: list[str], rng: random.Random, size: int = SIZE) -> bytes
     return buf.getvalue()
 
 
+def scene_item(i: int, seed: int = 0) -> tuple[list[str], bytes, random.Random]:
+    """Scene ``i`` of the set with ``seed``: its objects, PNG bytes, and the scene's generator
+    (in the state :func:`make_shapes_pope` draws the scene's random negatives from)."""
+    rng = random.Random(f"{NAME}:{seed}:{i}")  # str seeds hash with sha512: stable everywhere
+    objs = _scene(rng)
+    return objs, render_scene(objs, rng), rng
+
+
 def make_shapes_pope(out_dir: str | Path, *, n: int = 100, seed: int = 0,
                      test_fraction: float = 0.2) -> DatasetTables:
     """Write ``n`` scenes under ``out_dir/images/`` and return the tables (rooted at ``out_dir``)."""
@@ -119,9 +127,7 @@ def make_shapes_pope(out_dir: str | Path, *, n: int = 100, seed: int = 0,
     (out / "images").mkdir(parents=True, exist_ok=True)
     scenes = []
     for i in range(n):
-        rng = random.Random(f"{NAME}:{seed}:{i}")  # str seeds hash with sha512: stable everywhere
-        objs = _scene(rng)
-        data = render_scene(objs, rng)
+        objs, data, rng = scene_item(i, seed)
         rel = f"images/{NAME}-{seed}-{i:06d}.png"
         (out / rel).write_bytes(data)
         scenes.append((i, objs, rel, image_info_from_bytes(data, what=f"{NAME} scene {i}"), rng))

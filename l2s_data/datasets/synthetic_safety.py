@@ -18,7 +18,7 @@ from l2s_data.datasets.builder import TableBuilder, image_info_from_bytes, split
 from l2s_data.datasets.categories import MMSB_SCENARIOS, SAFETY_LABELS
 from l2s_data.datasets.tables import DatasetTables
 
-__all__ = ["NAME", "make_synthetic_safety", "KEY_PHRASES"]
+__all__ = ["NAME", "make_synthetic_safety", "KEY_PHRASES", "QUERY_TEMPLATES", "safety_item"]
 
 NAME = "synthetic-safety"
 IMAGE_W, IMAGE_H, SCENE_H = 192, 192, 128
@@ -69,6 +69,10 @@ _TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Every query template, by scenario (the scenarios without their own share the generic ones).
+QUERY_TEMPLATES: dict[str, tuple[str, ...]] = {s: _TEMPLATES.get(s, _HARMFUL) for s in KEY_PHRASES}
+
+
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     # Pillow's bundled font: no system font lookup, so every machine renders the same glyphs.
     return ImageFont.load_default(size=size)
@@ -111,6 +115,15 @@ def render_typographic(phrase: str, rng: random.Random, *, width: int = IMAGE_W,
     return buf.getvalue()
 
 
+def safety_item(i: int, seed: int = 0) -> tuple[str, str, str, bytes]:
+    """Item ``i`` of the set with ``seed``: (scenario, key phrase, query, PNG bytes)."""
+    rng = random.Random(f"{NAME}:{seed}:{i}")  # str seeds hash with sha512: stable everywhere
+    scenario = MMSB_SCENARIOS[i % len(MMSB_SCENARIOS)]
+    phrase = rng.choice(KEY_PHRASES[scenario])
+    query = rng.choice(QUERY_TEMPLATES[scenario])
+    return scenario, phrase, query, render_typographic(phrase, rng)
+
+
 def make_synthetic_safety(out_dir: str | Path, *, n: int = 130, seed: int = 0,
                           test_fraction: float = 0.2) -> DatasetTables:
     """Write ``n`` images under ``out_dir/images/`` and return the tables (rooted at ``out_dir``).
@@ -122,11 +135,7 @@ def make_synthetic_safety(out_dir: str | Path, *, n: int = 130, seed: int = 0,
     (out / "images").mkdir(parents=True, exist_ok=True)
     items = []
     for i in range(n):
-        rng = random.Random(f"{NAME}:{seed}:{i}")  # str seeds hash with sha512: stable everywhere
-        scenario = MMSB_SCENARIOS[i % len(MMSB_SCENARIOS)]
-        phrase = rng.choice(KEY_PHRASES[scenario])
-        query = rng.choice(_TEMPLATES.get(scenario, _HARMFUL))
-        data = render_typographic(phrase, rng)
+        scenario, _phrase, query, data = safety_item(i, seed)
         rel = f"images/{NAME}-{seed}-{i:06d}.png"
         (out / rel).write_bytes(data)
         items.append((i, scenario, query, rel, image_info_from_bytes(data, what=f"{NAME} item {i}")))

@@ -44,7 +44,7 @@ from l2s_data.models.processors import Qwen2_5_VLImageProcessorOnly, Qwen2VLImag
 from l2s_data.models.templates import TEMPLATES
 from l2s_data.models.types import FAMILIES
 
-__all__ = ["make_tiny", "build_tokenizer", "build_processor"]
+__all__ = ["make_tiny", "build_tiny", "build_tokenizer", "build_processor"]
 
 _LLAVA_SPECIALS = ["<unk>", "<s>", "</s>"]          # ids 0, 1, 2, as in the Llama vocabulary
 _LLAVA_ADDED = ["<image>", "<pad>"]                # added after the vocabulary, as in llava-hf
@@ -87,6 +87,30 @@ def _chain_merges(words: list[str], space: str) -> list[tuple[str, str]]:
     return merges
 
 
+def _learned_merges(words: list[str], space: str, merges: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Merges, after ``merges``, that make each of ``words`` one token at the start of a text and
+    after a space: each form is segmented with the merges so far (as BPE applies them, lowest
+    rank first), and its pieces are joined left to right by new, later-ranked merges. Later
+    merges never change how an earlier word segments, so every word stays one token."""
+    out = list(merges)
+    rank = {m: k for k, m in enumerate(out)}
+    for word in words:
+        for form in (space + word, word):
+            pieces = list(form)
+            while len(pieces) > 1:  # BPE: apply the lowest-ranked merge until none applies
+                best = min(range(len(pieces) - 1), key=lambda k: rank.get((pieces[k], pieces[k + 1]), len(rank)))
+                if (pieces[best], pieces[best + 1]) not in rank:
+                    break
+                pieces[best:best + 2] = [pieces[best] + pieces[best + 1]]
+            while len(pieces) > 1:
+                pair = (pieces[0], pieces[1])
+                if pair not in rank:
+                    rank[pair] = len(out)
+                    out.append(pair)
+                pieces[:2] = [pieces[0] + pieces[1]]
+    return out
+
+
 def _vocab_with_merges(base: list[str], merges: list[tuple[str, str]]) -> dict[str, int]:
     vocab = {tok: i for i, tok in enumerate(base)}
     for left, right in merges:
@@ -94,7 +118,7 @@ def _vocab_with_merges(base: list[str], merges: list[tuple[str, str]]) -> dict[s
     return vocab
 
 
-def _llava_tokenizer() -> PreTrainedTokenizerFast:
+def _llava_tokenizer(words: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
     """LLaVA-1.5's pipeline (a Llama SentencePiece BPE in its ``tokenizers`` form), small.
 
     Metaspace pre-tokenizer ("▁" for spaces, one prepended to the start of the text, no
@@ -105,7 +129,7 @@ def _llava_tokenizer() -> PreTrainedTokenizerFast:
     """
     chars = ["▁"] + [chr(c) for c in range(33, 127)]
     base = _LLAVA_SPECIALS + [f"<0x{b:02X}>" for b in range(256)] + chars
-    merges = _chain_merges(_WORDS, "▁")
+    merges = _learned_merges(list(words), "▁", _chain_merges(_WORDS, "▁"))
     vocab = _vocab_with_merges(base, merges)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
@@ -122,12 +146,12 @@ def _llava_tokenizer() -> PreTrainedTokenizerFast:
     )  # fmt: skip
 
 
-def _qwen_tokenizer() -> PreTrainedTokenizerFast:
+def _qwen_tokenizer(words: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
     """Qwen2's pipeline, small: NFC, the Qwen pre-tokenizer split, byte-level BPE (no unknown
     tokens: every byte has a symbol, "Ġ" is a space, "Ċ" a newline), byte-level decoder, and
     the ChatML and vision special tokens after the vocabulary."""
     alphabet = sorted(ByteLevel.alphabet())
-    merges = _chain_merges(_WORDS, "Ġ")
+    merges = _learned_merges(list(words), "Ġ", _chain_merges(_WORDS, "Ġ"))
     vocab = _vocab_with_merges(alphabet, merges)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.normalizer = normalizers.NFC()
@@ -143,9 +167,13 @@ def _qwen_tokenizer() -> PreTrainedTokenizerFast:
     )  # fmt: skip
 
 
-def build_tokenizer(family: str) -> PreTrainedTokenizerFast:
-    """The family's tokenizer pipeline with a small vocabulary, built locally (no download)."""
-    fast = _llava_tokenizer() if family == "llava" else _qwen_tokenizer()
+def build_tokenizer(family: str, *, words: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """The family's tokenizer pipeline with a small vocabulary, built locally (no download).
+
+    ``words``: more whole-word tokens, after the built-in ones (a trained checkpoint's texts
+    tokenize into fewer, more meaningful tokens); the default vocabulary is unchanged."""
+    words = tuple(words)
+    fast = _llava_tokenizer(words) if family == "llava" else _qwen_tokenizer(words)
     fast.padding_side = "left"
     return fast
 
@@ -227,26 +255,33 @@ _MODEL_CLASSES = {
 }
 
 
-def make_tiny(family: str, out_dir: str | Path, *, seed: int = 0, hidden_size: int = 64, layers: int = 4) -> Path:
-    """Write a tiny random checkpoint of ``family`` with its full processor to ``out_dir``.
-
-    Returns the directory. ``from_pretrained(out_dir)`` and ``AutoProcessor.from_pretrained``
-    reload it offline (HF_HUB_OFFLINE=1).
-    """
+def build_tiny(family: str, *, seed: int = 0, hidden_size: int = 64, layers: int = 4,
+               words: tuple[str, ...] = ()):
+    """``(model, processor)`` of a tiny random checkpoint of ``family``, in memory (see
+    :func:`make_tiny`); ``words`` adds whole-word tokens (:func:`build_tokenizer`)."""
     if family not in FAMILIES:
         raise ConfigError(f"family={family!r}: expected one of {', '.join(FAMILIES)}.")
     if layers < 1:
         raise ConfigError(f"layers={layers}: expected at least 1 decoder layer.")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(family)
+    tok = build_tokenizer(family, words=words)
     processor = build_processor(family, tok)
     config = _config(family, tok, hidden_size, layers)
     # A private generator keeps the caller's RNG state untouched; weights depend on seed alone.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _MODEL_CLASSES[family](config)
-    model.eval()
+    return model.eval(), processor
+
+
+def make_tiny(family: str, out_dir: str | Path, *, seed: int = 0, hidden_size: int = 64, layers: int = 4) -> Path:
+    """Write a tiny random checkpoint of ``family`` with its full processor to ``out_dir``.
+
+    Returns the directory. ``from_pretrained(out_dir)`` and ``AutoProcessor.from_pretrained``
+    reload it offline (HF_HUB_OFFLINE=1).
+    """
+    model, processor = build_tiny(family, seed=seed, hidden_size=hidden_size, layers=layers)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     # Says what these weights are, so a report of this model can say it too.

@@ -1,0 +1,288 @@
+"""Train the tiny LLaVA on the synthetic sets, so that steering measurably works on a laptop.
+
+``train_tiny(out_dir, seed=0)`` starts from the tiny LLaVA of :func:`~l2s_data.models.tiny.build_tiny`
+(the real ``LlavaForConditionalGeneration``, its processor and chat template, 56x56 images),
+trains it for a fixed number of steps on the rows of :mod:`l2s_data.models.tiny_data`, and
+writes the checkpoint (``save_pretrained``) with a model card (``model_card.md`` / ``.json``).
+Deterministic per seed on the CPU at a fixed thread count.
+
+Each step trains three things at once, on a batch of safety, benign and POPE rows:
+
+1. **The suffix questions** (teacher-forced): what the behaviours' contrastive pairs ask, with
+   the answer the input deserves ("... safe or harmful?" -> "Harmful"). So the positive and
+   negative completions mean something, and their activations differ along "this is harmful"
+   (or "an expert should answer", or "the object is there").
+2. **The unsteered answers**: comply to every safety query; POPE by colour (the hallucination).
+3. **What a behaviour direction does** (the part a large model gets from pre-training): a
+   batch row's contrastive difference at layer L*, ``v = h(pos) - h(neg)`` at the completion's
+   last token, computed by the current model without gradient, is added as ``alpha * v`` at
+   every position of layer L*'s output of another (or the same) row's plain prompt, with alpha
+   drawn from [0.5, 2]; the target is the answer the *vector's* row should get (a refusal for a
+   "Harmful - Safe" vector, the vector row's expert for "Expert - AI" / "Consult - Ignore", the
+   vector row's true "Yes" / "No" on POPE). Rows given a random direction of the same norm keep
+   their unsteered answer. So a vector, not the input, decides the behaviour: a single mean
+   vector (Mean-S) pushes every input the same way, and an input-dependent one (L2S) can pick
+   the right behaviour per input, which is what the method is about.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from l2s_data.models import tiny_data as td
+from l2s_data.models.adapter import ModelAdapter
+from l2s_data.models.families import Vision, process_images
+from l2s_data.models.gather import layer_output
+from l2s_data.models.tiny import build_tiny
+from l2s_data.models.types import ChatInput
+
+__all__ = ["SHIPPED_CHECKPOINT", "TinyTrainConfig", "TrainedTiny", "train_tiny", "wilson"]
+
+#: The checkpoint ``train_tiny(seed=0)`` writes, shipped with the package (what `l2s demo` uses).
+SHIPPED_CHECKPOINT = Path(__file__).parent / "data" / "tiny-llava-trained"
+
+
+@dataclass(frozen=True)
+class TinyTrainConfig:
+    seed: int = 0
+    hidden_size: int = 64
+    layers: int = 4
+    steer_layer: int = 2          # L*: where the behaviour directions are read and added
+    steps: int = 120
+    batch_size: int = 16          # rows per step: half safety and benign, half POPE
+    lr: float = 5e-3
+    alpha_range: tuple[float, float] = (0.5, 2.0)
+    steer_share: float = 0.5      # share of plain rows steered by a batch row's vector
+    random_share: float = 0.15    # share steered by a random direction (answer unchanged)
+    threads: int = 2
+    n_safety: int = 390
+    n_benign: int = 60
+    n_scenes: int = 120
+
+
+@dataclass
+class TrainedTiny:
+    path: Path
+    config: TinyTrainConfig
+    losses: list[dict[str, float]]
+    seconds: dict[str, float]
+    card: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Seq:
+    ids: tuple[int, ...]
+    target: tuple[int, int]       # [start, end) of the tokens predicted (answer + end of sequence)
+    read: int                     # the token read as completion_last (the answer's last token)
+
+
+class _Encoder:
+    """Token sequences of the rows, built once with the adapter's own chat encoding."""
+
+    def __init__(self, adapter: ModelAdapter, n_image_tokens: int, image: Any):
+        self.adapter, self.n, self.image = adapter, n_image_tokens, image
+        self.eos = adapter.processor.tokenizer.eos_token_id
+        self._answers: dict[str, tuple[int, ...]] = {}
+
+    def answer_ids(self, answer: str) -> tuple[int, ...]:
+        if answer not in self._answers:
+            enc = self.adapter.encode_chat(ChatInput(self.image, "x", completion=answer, continuation=()), self.n)
+            a, b = enc.completion
+            self._answers[answer] = enc.ids[a:b]
+        return self._answers[answer]
+
+    def prompt(self, query: str, suffix: str = "") -> tuple[int, ...]:
+        return self.adapter.encode_chat(ChatInput(self.image, query, suffix), self.n).ids
+
+    def seq(self, prompt: tuple[int, ...], answer: str) -> _Seq:
+        ans = self.answer_ids(answer)
+        ids = prompt + ans + (self.eos,)
+        return _Seq(ids, (len(prompt), len(ids)), len(prompt) + len(ans) - 1)
+
+
+def _batch(adapter: ModelAdapter, seqs: Sequence[_Seq]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ids, mask = adapter.pad_left([s.ids for s in seqs])
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, pos
+
+
+class _Stop(Exception):
+    """Raised by the read hook when nothing after the read layer is needed."""
+
+
+def _forward(model, adapter, seqs, pixels, *, delta=None, read_layer=None):
+    """Final hidden states [R, L, D] of the left-padded ``seqs`` (None when only ``read_layer``
+    is asked for: the forward stops there), and that layer's output at each row's read token;
+    ``delta`` [R, D] is added to layer L*'s output at every position."""
+    ids, mask, pos = _batch(adapter, seqs)
+    handles, got = [], {}
+    if delta is not None:
+        def add(_m, _a, out):
+            h = layer_output(out) + delta[:, None, :]
+            return (h, *out[1:]) if isinstance(out, tuple) else h
+        handles.append(adapter.layers[model._tiny_steer_layer].register_forward_hook(add))
+    if read_layer is not None:
+        def keep(_m, _a, out):
+            got["h"] = layer_output(out)
+            raise _Stop
+        handles.append(adapter.layers[read_layer].register_forward_hook(keep))
+    hidden = None
+    try:
+        hidden = model.model(input_ids=ids, attention_mask=mask, position_ids=pos, pixel_values=pixels,
+                             use_cache=False).last_hidden_state
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    read = None
+    if read_layer is not None:
+        width = ids.shape[1]
+        idx = torch.tensor([width - len(s.ids) + s.read for s in seqs])
+        read = got["h"][torch.arange(len(seqs)), idx]
+    return hidden, ids, read
+
+
+def _loss(model, hidden: torch.Tensor, ids: torch.Tensor, seqs: Sequence[_Seq]) -> torch.Tensor:
+    """Cross-entropy of the target tokens; the LM head runs on the predicting positions only."""
+    width = ids.shape[1]
+    rows, cols = [], []
+    for r, s in enumerate(seqs):
+        off = width - len(s.ids)
+        for t in range(s.target[0], s.target[1]):
+            rows.append(r)
+            cols.append(off + t)
+    rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
+    logits = model.lm_head(hidden[rows_t, cols_t - 1])
+    return F.cross_entropy(logits, ids[rows_t, cols_t])
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson interval of a rate k/n ((0, 1) when n = 0)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def train_tiny(out_dir: str | Path, *, seed: int = 0, config: TinyTrainConfig | None = None,
+               progress: Callable[[int, int, float], None] | None = None, card: bool = True) -> TrainedTiny:
+    """Train the tiny LLaVA (see the module docstring) and write it, with its card, to ``out_dir``.
+
+    ``progress(step, steps, loss)`` is called after every step. ``card=False`` skips the
+    held-out evaluation of the card (the weights are the same).
+    """
+    cfg = config or TinyTrainConfig(seed=seed)
+    if config is not None and seed != cfg.seed:
+        cfg = TinyTrainConfig(**{**asdict(cfg), "seed": seed})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _train(Path(out_dir), cfg, progress, card)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(out: Path, cfg: TinyTrainConfig, progress, card: bool) -> TrainedTiny:
+    t0 = time.perf_counter()
+    rows = td.build_rows(cfg.seed, n_safety=cfg.n_safety, n_benign=cfg.n_benign, n_scenes=cfg.n_scenes)
+    model, processor = build_tiny("llava", seed=cfg.seed, hidden_size=cfg.hidden_size, layers=cfg.layers,
+                                  words=td.vocabulary())
+    model._tiny_steer_layer = cfg.steer_layer
+    adapter = ModelAdapter(model, processor, "llava")
+    vision: Vision = process_images("llava", processor, [r.image for r in rows])
+    pixels = vision.pixel_values
+    enc = _Encoder(adapter, vision.n_tokens[0], rows[0].image)
+    plain = [enc.prompt(r.query) for r in rows]
+    questions = [[enc.seq(enc.prompt(r.query, sfx), ans) for sfx, ans in r.questions] for r in rows]
+    pairs = [None if r.pair is None else (enc.seq(enc.prompt(r.query, r.pair[0]), r.pair[1]),
+                                          enc.seq(enc.prompt(r.query, r.pair[0]), r.pair[2])) for r in rows]
+    t_data = time.perf_counter() - t0
+
+    rng = random.Random(f"train-tiny:{cfg.seed}")
+    torch.manual_seed(cfg.seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    warm = max(1, cfg.steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps))))
+    by_task = {t: [i for i, r in enumerate(rows) if r.task == t] for t in ("safety", "benign", "pope")}
+    sources = {"safety": by_task["safety"], "benign": by_task["safety"], "pope": by_task["pope"]}
+    half = cfg.batch_size // 2
+    losses: list[dict[str, float]] = []
+    t1 = time.perf_counter()
+    for step in range(cfg.steps):
+        safe_rows = rng.sample(by_task["safety"] + by_task["benign"], half)
+        batch = safe_rows + rng.sample(by_task["pope"], cfg.batch_size - half)
+        # 1. the suffix questions
+        qseqs = [rng.choice(questions[i]) for i in batch]
+        hidden, ids, _ = _forward(model, adapter, qseqs, pixels[batch])
+        loss_q = _loss(model, hidden, ids, qseqs)
+        # 3. behaviour directions of this batch's source rows (current model, no gradient)
+        src_rows = [i for i in batch if pairs[i] is not None]
+        with torch.no_grad():
+            model.eval()
+            both = [pairs[i][0] for i in src_rows] + [pairs[i][1] for i in src_rows]
+            _, _, h = _forward(model, adapter, both, pixels[src_rows + src_rows], read_layer=cfg.steer_layer)
+            model.train()
+        n_src = len(src_rows)
+        vec = {i: h[k] - h[n_src + k] for k, i in enumerate(src_rows)}
+        # 2 + 3. plain prompts, unsteered, steered by a batch row's vector, or by a random one
+        delta = torch.zeros(len(batch), cfg.hidden_size)
+        pseqs = []
+        for r, i in enumerate(batch):
+            row, u = rows[i], rng.random()
+            cands = [j for j in src_rows if j in sources[row.task]]
+            answer = row.default
+            if cands and u < cfg.steer_share + cfg.random_share:
+                # as many refusal as deferral vectors (deferral scenarios are 3 of 13)
+                groups = [g for g in ([j for j in cands if rows[j].desired == td.REFUSE],
+                                      [j for j in cands if rows[j].desired != td.REFUSE]) if g]
+                j = rng.choice(rng.choice(groups))
+                alpha = rng.uniform(*cfg.alpha_range)
+                v = vec[j]
+                if u < cfg.steer_share:
+                    answer = rows[j].desired
+                else:
+                    g = torch.Generator().manual_seed(rng.randrange(2**31))
+                    d = torch.randn(cfg.hidden_size, generator=g)
+                    v = d / d.norm() * v.norm()
+                delta[r] = alpha * v
+            pseqs.append(enc.seq(plain[i], answer))
+        hidden, ids, _ = _forward(model, adapter, pseqs, pixels[batch], delta=delta)
+        loss_p = _loss(model, hidden, ids, pseqs)
+        loss = loss_q + loss_p
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append({"step": step, "questions": loss_q.item(), "answers": loss_p.item()})
+        if progress is not None:
+            progress(step + 1, cfg.steps, loss.item())
+    t_train = time.perf_counter() - t1
+    model.eval()
+    del model._tiny_steer_layer
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    result = TrainedTiny(out, cfg, losses, {"data": t_data, "train": t_train})
+    if card:
+        from l2s_data.models.tiny_card import write_card
+
+        t2 = time.perf_counter()
+        result.card = write_card(out, cfg, losses, result.seconds)
+        result.seconds["card"] = time.perf_counter() - t2
+    return result
