@@ -178,24 +178,29 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def train_tiny(out_dir: str | Path, *, seed: int = 0, config: TinyTrainConfig | None = None,
-               progress: Callable[[int, int, float], None] | None = None, card: bool = True) -> TrainedTiny:
+               progress: Callable[[int, int, float], None] | None = None, card: bool = True,
+               stop_after: int | None = None) -> TrainedTiny:
     """Train the tiny LLaVA (see the module docstring) and write it, with its card, to ``out_dir``.
 
     ``progress(step, steps, loss)`` is called after every step. ``card=False`` skips the
-    held-out evaluation of the card (the weights are the same).
+    held-out evaluation of the card (the weights are the same). ``stop_after=k`` runs only the
+    first k steps of the configured schedule and writes nothing: its losses are the first k of a
+    whole run's, which is how a quick check compares a run against a card.
     """
+    if stop_after is not None and not 0 < stop_after <= (config or TinyTrainConfig()).steps:
+        raise ValueError(f"stop_after must be between 1 and the configured steps; got {stop_after}")
     cfg = config or TinyTrainConfig(seed=seed)
     if config is not None and seed != cfg.seed:
         cfg = TinyTrainConfig(**{**asdict(cfg), "seed": seed})
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        return _train(Path(out_dir), cfg, progress, card)
+        return _train(Path(out_dir), cfg, progress, card, stop_after)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(out: Path, cfg: TinyTrainConfig, progress, card: bool) -> TrainedTiny:
+def _train(out: Path, cfg: TinyTrainConfig, progress, card: bool, stop_after: int | None) -> TrainedTiny:
     t0 = time.perf_counter()
     rows = td.build_rows(cfg.seed, n_safety=cfg.n_safety, n_benign=cfg.n_benign, n_scenes=cfg.n_scenes)
     model, processor = build_tiny("llava", seed=cfg.seed, hidden_size=cfg.hidden_size, layers=cfg.layers,
@@ -223,7 +228,7 @@ def _train(out: Path, cfg: TinyTrainConfig, progress, card: bool) -> TrainedTiny
     half = cfg.batch_size // 2
     losses: list[dict[str, float]] = []
     t1 = time.perf_counter()
-    for step in range(cfg.steps):
+    for step in range(cfg.steps if stop_after is None else stop_after):
         safe_rows = rng.sample(by_task["safety"] + by_task["benign"], half)
         batch = safe_rows + rng.sample(by_task["pope"], cfg.batch_size - half)
         # 1. the suffix questions
@@ -273,6 +278,8 @@ def _train(out: Path, cfg: TinyTrainConfig, progress, card: bool) -> TrainedTiny
         if progress is not None:
             progress(step + 1, cfg.steps, loss.item())
     t_train = time.perf_counter() - t1
+    if stop_after is not None:
+        return TrainedTiny(out, cfg, losses, {"data": t_data, "train": t_train})
     model.eval()
     del model._tiny_steer_layer
     out.mkdir(parents=True, exist_ok=True)
