@@ -288,12 +288,7 @@ def _steer(out: Path, cfg: Any, ex: Extraction, console: Console, *, pope: bool 
     console.print(f"[7/7] evaluation {rep.run_id}: {rep.computed_rows} new response(s) in {rep.seconds:.1f} s "
                   f"({', '.join(ecfg.steering.methods)})")
     files = write_report(evaluation.store, rep.run_id, out / "report")
-    t = Table(title=f"evaluation {rep.run_id} (alpha chosen per method on the validation split)")
-    for h in files.header:
-        t.add_column(h)
-    for r in files.rows:
-        t.add_row(*r)
-    console.print(t)
+    _print_summary(console, files, f"evaluation {rep.run_id} (alpha chosen per method on the validation split)")
     console.print(f"report: {files.markdown} (and {files.html.name}, {len(files.plots)} plots)")
     out_ = {"train_run": _TRAIN_RUN, "eval_run": rep.run_id, "report": files.markdown, "rows": files.rows}
     if pope:
@@ -358,11 +353,23 @@ def _steer_pope(out: Path, cfg: Any, ex: Extraction, console: Console) -> dict[s
         rep = evaluation.run()
     console.print(f"[pope 3/3] evaluation {rep.run_id}: {rep.computed_rows} new response(s) in {rep.seconds:.1f} s")
     files = write_report(evaluation.store, rep.run_id, out / "report-pope")
-    t = Table(title=f"evaluation {rep.run_id} (shapes-POPE; alpha chosen per method on the validation split)")
-    for h in files.header:
-        t.add_column(h)
-    for r in files.rows:
-        t.add_row(*r)
-    console.print(t)
+    _print_summary(console, files,
+                   f"evaluation {rep.run_id} (shapes-POPE; alpha chosen per method on the validation split)")
     console.print(f"report: {files.markdown}")
     return {"train_run": _POPE_TRAIN_RUN, "eval_run": rep.run_id, "report": files.markdown, "rows": files.rows}
+
+
+def _print_summary(console: Console, files: Any, title: str) -> None:
+    """The report's table on the console, cut into 80-column tables (method, alpha and n in each)
+    so that no metric name is cut; intervals and paired tests are in the report files."""
+    from l2s_data.evaluate.report import summary_tables
+
+    if files.identity.get("warning"):
+        console.print(files.identity["warning"])
+    for k, (header, rows) in enumerate(summary_tables(files.header, files.rows, files.ns)):
+        t = Table(title=title if k == 0 else None)
+        for col in header:
+            t.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
+        for row in rows:
+            t.add_row(*row)
+        console.print(t)
