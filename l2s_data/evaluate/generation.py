@@ -20,6 +20,7 @@ Where each vector comes from:
   under steering would read a steered h_X.
 - ``p2s`` (P2S*) and ``norm-rnd``: the sample's P2S vector at L* from the cache, else
   computed from the sample's contrastive pair (``EvalItem.pair``), unsteered.
+  (:mod:`l2s_data.evaluate.sources` holds the cache and the sources.)
 - ``mean-s`` / ``mean-s-ba``: one [D] vector each, given by the caller (see
   :mod:`l2s_data.evaluate.vectors` for computing them from the cache).
 """
@@ -27,17 +28,18 @@ Where each vector comes from:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import PIL.Image
 import torch
 
 from l2s_data.errors import ConfigError, KeyNotFoundError
-from l2s_data.evaluate.methods import Method, Predictor
+from l2s_data.evaluate.methods import Method
+from l2s_data.evaluate.sources import VectorSources
 from l2s_data.evaluate.texts import PromptOnly
 
-__all__ = ["EvalItem", "ActivationCache", "VectorSources", "SteeredGenerator"]
+__all__ = ["EvalItem", "SteeredGenerator"]
 
 
 @dataclass(frozen=True)
@@ -50,56 +52,6 @@ class EvalItem:
     query: str
     task: str = "safety"
     pair: tuple[str, str, str] | None = None
-
-
-class ActivationCache:
-    """Cached rows of a store snapshot: the ``input`` view of ``input_recipe`` and the ``p2s``
-    view of ``pair_recipe`` (recipe ids or names; either may be None)."""
-
-    def __init__(self, snapshot: Any, *, input_recipe: str | None = None, pair_recipe: str | None = None):
-        self.snapshot = snapshot
-        self.recipes = {"input": input_recipe, "p2s": pair_recipe}
-
-    def lookup(self, view: str, position: str, layer: int,
-               sample_ids: Sequence[str]) -> tuple[torch.Tensor | None, list[bool]]:
-        """``(rows [n_found, D] float32, found mask)`` for ``sample_ids``: rows in order of the
-        samples whose mask is True. ``(None, all False)`` when nothing is cached."""
-        recipe = self.recipes.get(view)
-        if recipe is None:
-            return None, [False] * len(sample_ids)
-        try:
-            idx = self.snapshot.index(recipe, view, position, layer)
-        except KeyNotFoundError:
-            return None, [False] * len(sample_ids)
-        found = [s in idx for s in sample_ids]
-        ids = [s for s, f in zip(sample_ids, found) if f]
-        if not ids:
-            return None, found
-        return torch.from_numpy(self.snapshot.read(recipe, view, position, layer, ids)), found
-
-
-@dataclass
-class VectorSources:
-    """Everything the steering methods draw their vectors from (see the module docstring)."""
-
-    steer_layer: int
-    input_layer: int | None = None
-    input_position: str = "prompt_last"
-    pair_position: str = "completion_last"
-    predictor: Predictor | None = None
-    mean_s: torch.Tensor | None = None
-    mean_s_ba: torch.Tensor | None = None
-    cache: ActivationCache | None = None
-    seed: int = 0
-    #: sample id -> the factor its P2S is multiplied by (the predictor's target scaling of its
-    #: category), so P2S* and Norm-Rnd are on the scale L2S and Mean-S are; empty: unscaled.
-    pair_scales: dict[str, float] = field(default_factory=dict)
-    #: sample id -> the position its P2S is read at, where not ``pair_position`` (per-category
-    #: positions: the reference's Qwen2-VL safety reads 10-13 at sequence_last-1)
-    pair_position_of: dict[str, str] = field(default_factory=dict)
-    #: Where each h_X / P2S row of the last :meth:`SteeredGenerator.vectors` call came from
-    #: ("cache" or "prefill"), by sample id: what a caller can log or test.
-    provenance: dict[str, str] = field(default_factory=dict)
 
 
 class SteeredGenerator:

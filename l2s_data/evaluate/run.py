@@ -20,7 +20,6 @@ gives each actor (one per GPU) a worker and maps the units over them, as extract
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -32,21 +31,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from l2s_data.datasets.splits import is_validation  # noqa: F401  (results.py still imports it from here)
 from l2s_data.errors import ConfigError
 from l2s_data.evaluate.config import EvalConfig, config_identity, load_config
-from l2s_data.evaluate.generation import ActivationCache, EvalItem, SteeredGenerator, VectorSources
+from l2s_data.evaluate.generation import EvalItem, SteeredGenerator
 from l2s_data.evaluate.methods import get_method
+from l2s_data.evaluate.sources import ActivationCache, VectorSources
 from l2s_data.evaluate.texts import load_texts
 from l2s_data.evaluate.worker import EvalUnit, EvalWorker, SampleInfo, UnitOutcome
 
-__all__ = ["Evaluation", "EvalPlan", "EvalReport", "is_validation", "committed_rows"]
-
-
-def is_validation(sample_id: str, fraction: float) -> bool:
-    """Whether a sample is in the validation part (the part that picks alpha): a fixed share of
-    samples by a hash of the id, the same on every machine and in every report."""
-    h = int.from_bytes(hashlib.sha256(f"validation:{sample_id}".encode()).digest()[:8], "big")
-    return h / 2**64 < fraction
+__all__ = ["Evaluation", "EvalPlan", "EvalReport", "committed_rows"]
 
 
 def _sql_str(value: str) -> str:

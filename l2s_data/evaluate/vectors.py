@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from l2s_data.errors import ConfigError, KeyNotFoundError
-from l2s_data.evaluate.methods import Predictor
+from l2s_data.evaluate.sources import VectorPredictor
 
 __all__ = ["mean_from_cache", "load_vector", "ModulePredictor", "PredictorFile", "load_predictor"]
 
@@ -78,7 +78,7 @@ def load_vector(path: str | os.PathLike, *, what: str = "vector") -> torch.Tenso
 
 
 class ModulePredictor:
-    """:class:`Predictor` around a torch module ``g`` (``g(h) -> v``), in float32, no grad."""
+    """:class:`~.sources.VectorPredictor` around a torch module ``g`` (``g(h) -> v``), in float32, no grad."""
 
     def __init__(self, module: torch.nn.Module):
         self.module = module.eval()
@@ -93,7 +93,7 @@ class PredictorFile:
     """A loaded predictor and the keys it was trained on: ``input_key`` (h_X: recipe, view,
     position, layer L') and ``target_key`` (v_X at layer L*); None where not known."""
 
-    predictor: Predictor
+    predictor: VectorPredictor
     input_key: dict[str, Any] | None = None
     target_key: dict[str, Any] | None = None
     #: category -> factor its training targets were multiplied by (empty: no target scaling)

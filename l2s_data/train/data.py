@@ -8,7 +8,6 @@ per-sample scale and weight looked up by sample id. Validation rows are always r
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from l2s_data.behaviors import TargetScaling
+from l2s_data.datasets.splits import hash_share
 from l2s_data.errors import ConfigError, EmptySelectionError, StoreError
 from l2s_data.steer.selection import (
     Selection, open_columns, read_dataset, read_selection, sample_labels, sql_literal,
@@ -24,7 +24,7 @@ from l2s_data.store import Key
 from l2s_data.train.config import TrainConfig
 
 __all__ = ["TrainData", "load_data", "target_scales", "label_weights", "resolve_recipe_id", "resolve_recipe_ids",
-           "hash_share", "test_overlap"]
+           "test_overlap"]
 
 
 @dataclass
@@ -106,13 +106,6 @@ def label_weights(labels: np.ndarray) -> dict[str | None, float]:
     values, counts = np.unique(np.array([str(x) for x in labels]), return_counts=True)
     n, k = len(labels), len(values)
     return {v: n / (k * c) for v, c in zip(values.tolist(), counts.tolist())}
-
-
-def hash_share(sample_id: str, fraction: float) -> bool:
-    """Whether a training sample validates under ``val_rule = "hash_share"``: its id's hash is
-    below ``fraction`` (the same on every machine, whatever the seed or the selection)."""
-    h = int.from_bytes(hashlib.sha256(f"train-validation:{sample_id}".encode()).digest()[:8], "big")
-    return h / 2**64 < fraction
 
 
 def _natural(text: Any) -> tuple:
