@@ -5,8 +5,7 @@
     ev = Evaluation.from_file("l2s_data/evaluate/configs/tiny-llava.toml")
     plan = ev.plan()               # what the store lacks: a rerun skips committed rows
     report = ev.run()              # in-process; returns what was computed
-    store.sql(f"SELECT method, alpha, count(*) FROM evaluations WHERE run_id = '{report.run_id}' "
-              "GROUP BY ALL")
+    store.sql("SELECT method, alpha, count(*) FROM evaluations GROUP BY ALL")
 
 The run id is ``[run] name`` or a hash of the config, so running the same config again picks up
 where the store stands. The run's resolved config is committed to the ``runs`` table
@@ -32,24 +31,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from l2s_data.datasets.splits import is_validation  # noqa: F401  (results.py still imports it from here)
-from l2s_data.errors import ConfigError
+from l2s_data.errors import ConfigError, KeyNotFoundError
 from l2s_data.evaluate.config import EvalConfig, config_identity, load_config
 from l2s_data.evaluate.generation import EvalItem, SteeredGenerator
 from l2s_data.evaluate.methods import get_method
 from l2s_data.evaluate.sources import ActivationCache, VectorSources
 from l2s_data.evaluate.texts import load_texts
 from l2s_data.evaluate.worker import EvalUnit, EvalWorker, SampleInfo, UnitOutcome
+from l2s_data.steer.selection import query
 
 __all__ = ["Evaluation", "EvalPlan", "EvalReport", "committed_rows"]
 
 
-def _sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def committed_rows(store: Any, run_id: str) -> set[tuple[str, float | None, str]]:
     """(method, alpha, sample_id) of every row the store holds for ``run_id``."""
-    t = store.sql(f"SELECT DISTINCT method, alpha, sample_id FROM evaluations WHERE run_id = {_sql_str(run_id)}")
+    t = query(store, "SELECT DISTINCT method, alpha, sample_id FROM evaluations WHERE run_id = ?", [run_id])
     return set(zip(t["method"].to_pylist(), t["alpha"].to_pylist(), t["sample_id"].to_pylist()))
 
 
@@ -305,17 +301,14 @@ class Evaluation:
 
     def _recipe_id(self, name: str) -> str | None:
         """The id of the recipe with this id or name, None if the store has none."""
-        t = self.store.sql(f"SELECT DISTINCT recipe_id FROM recipes WHERE recipe_id = {_sql_str(name)} "
-                           f"OR name = {_sql_str(name)}")
-        ids = t["recipe_id"].to_pylist()
-        return ids[0] if len(ids) == 1 else None
+        try:
+            return self.store.resolve_recipe(name)
+        except KeyNotFoundError:
+            return None
 
     def _check_recipe_model(self, key: str, name: str, rid: str) -> None:
         """A cache recipe must come from the evaluated model: the same weights and processor."""
-        t = self.store.sql(f"SELECT spec_json FROM recipes WHERE recipe_id = {_sql_str(rid)}")
-        if t.num_rows == 0:
-            return
-        model = json.loads(t["spec_json"][0].as_py()).get("model")
+        model = self.store.recipe_spec(rid).get("model")
         theirs = model.get("fingerprint") if isinstance(model, dict) else None
         if theirs is not None and theirs != self.adapter.fingerprint():
             raise ConfigError(
@@ -340,8 +333,8 @@ class Evaluation:
     def check_run_id(self) -> None:
         """Refuse a run id that the store already holds for a config with other settings (a
         reused ``[run] name``): its committed rows would be skipped as if they were this run's."""
-        rows = self.store.sql(f"SELECT DISTINCT config_json FROM runs WHERE run_id = {_sql_str(self.run_id)} "
-                              f"AND kind = 'evaluate'")["config_json"].to_pylist()
+        rows = query(self.store, "SELECT DISTINCT config_json FROM runs WHERE run_id = ? AND kind = 'evaluate'",
+                     [self.run_id])["config_json"].to_pylist()
         mine = config_identity(self.config.to_dict())
         for text in rows:
             theirs = config_identity(json.loads(text))

@@ -1,7 +1,8 @@
 """Where the evaluation's fixed vectors and the L2S predictor come from.
 
 - :func:`mean_from_cache`: Mean-S (or Mean-S(BA)) as the mean of the cached P2S vectors of
-  the training samples, at layer L* (float32 [D]).
+  the training samples, at layer L* (float32 [D]), by the same mean as training's baselines
+  (:func:`l2s_data.steer.baselines.mean_of`).
 - :func:`load_vector`: one [D] vector from a ``.safetensors`` file (its only tensor, or the
   tensor named ``vector``).
 - :func:`load_predictor`: a trained L2S predictor from the file training wrote, with the keys
@@ -22,6 +23,7 @@ import torch
 
 from l2s_data.errors import ConfigError, KeyNotFoundError
 from l2s_data.evaluate.sources import VectorPredictor
+from l2s_data.steer.baselines import mean_of
 
 __all__ = ["mean_from_cache", "load_vector", "ModulePredictor", "PredictorFile", "load_predictor"]
 
@@ -55,7 +57,7 @@ def mean_from_cache(snapshot: Any, recipe: str, position: str, layer: int, sampl
     rows = np.concatenate(parts)
     if scale_of:
         rows = rows * np.array([scale_of.get(s, 1.0) for s in ids])[:, None]
-    return torch.from_numpy(rows.mean(0).astype(np.float32))
+    return torch.from_numpy(mean_of(rows))
 
 
 def load_vector(path: str | os.PathLike, *, what: str = "vector") -> torch.Tensor:

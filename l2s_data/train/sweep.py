@@ -46,7 +46,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from l2s_data.errors import ConfigError, TrainingError
-from l2s_data.steer.selection import sql_literal
+from l2s_data.steer.selection import query
 from l2s_data.configfile import read_toml, validation_message
 from l2s_data.train.config import TrainConfig, parse_train_config
 
@@ -303,7 +303,7 @@ def run_sweep(cfg: SweepConfig, *, base_dir: str | Path = ".", sweep_id: str | N
         if errors:
             raise TrainingError(f"{len(errors)} of {len(trials)} sweep trial(s) failed; the first: {errors[0]}")
         # Trials stopped early never reached their own commit: commit what they reported.
-        have = set(store.sql(f"SELECT run_id FROM runs WHERE sweep_id = {sql_literal(sweep_id)}")["run_id"].to_pylist())
+        have = set(query(store, "SELECT run_id FROM runs WHERE sweep_id = ?", [sweep_id])["run_id"].to_pylist())
         stopped = []
         for r in grid:
             df = r.metrics_dataframe
@@ -324,9 +324,11 @@ def run_sweep(cfg: SweepConfig, *, base_dir: str | Path = ".", sweep_id: str | N
         if started:
             ray.shutdown()
     # runs has val_cosine and val_mse columns; a sweep on val_loss is ranked by val_mse
-    col, order = ("val_cosine", "DESC") if s.metric == "val_cosine" else ("val_mse", "ASC")
-    best = store.sql(f"SELECT run_id, {col} AS m FROM runs WHERE sweep_id = {sql_literal(sweep_id)} AND status = 'completed' "
-                     f"ORDER BY m {order} LIMIT 1")
+    ranked = {"val_cosine": "SELECT run_id, val_cosine AS m FROM runs WHERE sweep_id = ? AND status = 'completed' "
+                            "ORDER BY m DESC LIMIT 1",
+              "val_mse": "SELECT run_id, val_mse AS m FROM runs WHERE sweep_id = ? AND status = 'completed' "
+                         "ORDER BY m ASC LIMIT 1"}
+    best = query(store, ranked["val_cosine" if s.metric == "val_cosine" else "val_mse"], [sweep_id])
     return SweepResult(sweep_id, run_ids, snaps.pop(),
                        best["run_id"][0].as_py() if best.num_rows else None,
                        best["m"][0].as_py() if best.num_rows else None, stopped, len(datas))
