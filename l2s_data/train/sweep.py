@@ -45,9 +45,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from l2s_data.actors import absolute_path
+from l2s_data.configfile import read_toml, validation_message
 from l2s_data.errors import ConfigError, TrainingError
 from l2s_data.steer.selection import query
-from l2s_data.configfile import read_toml, validation_message
 from l2s_data.train.config import TrainConfig, parse_train_config
 
 __all__ = ["SweepSettings", "SweepConfig", "SweepResult", "load_sweep_config", "parse_sweep_config",
@@ -178,8 +179,8 @@ def _absolute(base: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     out = dict(base)
     for k in ("store", "out_dir"):
         v = out.get(k)
-        if isinstance(v, str) and "://" not in v and not Path(v).is_absolute():
-            out[k] = str((base_dir / v).resolve())
+        if isinstance(v, str):
+            out[k] = absolute_path(v, base_dir)
     return out
 
 
