@@ -20,6 +20,7 @@ from l2s_data.errors import InputError, LayerIndexError, PositionError, PromptTo
 from l2s_data.models import families
 from l2s_data.models.encoding import Encoded, encode, plan_sequences, position_weights
 from l2s_data.models.gather import Gather, StopForward, layer_hooks, layer_output, to_cpu
+from l2s_data.models.prefix import run_prefix_shared
 from l2s_data.models.types import POSITIONS, ChatInput, ContrastiveItem
 
 __all__ = ["ModelAdapter", "EncodedItems"]
@@ -307,8 +308,6 @@ class ModelAdapter:
         gather = Gather(keys, self.hidden_size, self.device, stop_early=self.stop_early)
         seqs, reads = plan_sequences(encoded.views, {v: want[v][1] for v in views}, key=lambda v, p: (v, p))
         if prefix_sharing:
-            from l2s_data.models.prefix import run_prefix_shared
-
             run_prefix_shared(self, gather, seqs, encoded.vision, reads)
         else:
             for name, got in seqs.items():
