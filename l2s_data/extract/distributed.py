@@ -41,7 +41,8 @@ from l2s_data.errors import ExtractionError, ShardFailedError
 
 from l2s_data.extract.plan import Plan, Shard
 from l2s_data.extract.run import Extraction, RunReport
-from l2s_data.extract.worker import ExtractionWorker, ExtractJob, ShardOutcome
+from l2s_data.extract.shard import ExtractJob, ShardOutcome
+from l2s_data.extract.worker import ExtractionWorker
 
 __all__ = ["Progress", "RayOptions", "RayRun", "ShardRun", "run_extraction", "run_on_ray", "extraction_row",
            "FORWARDED_ENV"]

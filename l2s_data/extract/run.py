@@ -30,7 +30,8 @@ from l2s_data.errors import BehaviorError, ConfigError, StoreNotFoundError
 from l2s_data.extract.config import ExtractConfig, load_config, parse_layers
 from l2s_data.extract.plan import Plan, SampleItem, Shard, complete_samples, make_plan
 from l2s_data.extract.recipe import ModelIdentity, Recipe, RecipeRef, local_recipe_id, make_recipes
-from l2s_data.extract.worker import ExtractionWorker, ExtractJob, ShardOutcome
+from l2s_data.extract.shard import ExtractJob, ShardOutcome
+from l2s_data.extract.worker import ExtractionWorker
 
 __all__ = ["Extraction", "DryRun", "RunReport"]
 

@@ -11,41 +11,19 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from l2s_data.errors import InputError, LayerIndexError, PositionError, PromptTooLongError
 from l2s_data.models import families
-from l2s_data.models.encoding import Encoded, encode, plan_sequences, position_weights
+from l2s_data.models.encoding import Encoded, EncodedItems, encode, plan_sequences, position_weights
 from l2s_data.models.gather import Gather, StopForward, layer_hooks, layer_output, to_cpu
 from l2s_data.models.prefix import run_prefix_shared
 from l2s_data.models.types import POSITIONS, ChatInput, ContrastiveItem
 
-__all__ = ["ModelAdapter", "EncodedItems"]
-
-
-@dataclass(frozen=True)
-class EncodedItems:
-    """Items tokenized for a contrastive capture: ``views[v][i]`` is item i's sequence of view
-    ``v``; ``vision`` holds their images, row i = item i (:meth:`ModelAdapter.encode_contrastive`)."""
-
-    views: dict[str, list[Encoded]]
-    vision: families.Vision
-
-    def __len__(self) -> int:
-        return len(self.vision.n_tokens)
-
-    @staticmethod
-    def concat(parts: Sequence["EncodedItems"]) -> "EncodedItems":
-        """The items of ``parts``, in order (the parts must hold the same views)."""
-        views = {v: [e for p in parts for e in p.views[v]] for v in parts[0].views}
-        return EncodedItems(views, families.Vision.concat([p.vision for p in parts]))
-
-    def select(self, rows: Sequence[int]) -> "EncodedItems":
-        """Items ``rows``, in this order."""
-        return EncodedItems({v: [e[i] for i in rows] for v, e in self.views.items()}, self.vision.select(rows))
+__all__ = ["ModelAdapter"]
 
 
 class ModelAdapter:
