@@ -37,7 +37,9 @@ import torch
 from l2s_data.errors import ConfigError, KeyNotFoundError
 from l2s_data.evaluate.methods import Method
 from l2s_data.evaluate.sources import VectorSources
-from l2s_data.evaluate.texts import PromptOnly
+from l2s_data.evaluate.texts import PromptOnly, load_texts
+from l2s_data.models.types import ChatInput, ContrastiveItem
+from l2s_data.steer.baselines import norm_rnd_of
 
 __all__ = ["EvalItem", "SteeredGenerator"]
 
@@ -73,8 +75,6 @@ class SteeredGenerator:
         self.do_sample = do_sample
         self.seed = seed
         if prompt_only is None:
-            from l2s_data.evaluate.texts import load_texts
-
             prompt_only = dict(load_texts().prompt_only)
         self.prompt_only = prompt_only
 
@@ -82,8 +82,6 @@ class SteeredGenerator:
 
     def chat_inputs(self, method: Method, items: Sequence[EvalItem]) -> list[Any]:
         """The model inputs of ``items`` under ``method`` (prompt-only rewrites the query)."""
-        from l2s_data.models import ChatInput
-
         out = []
         for it in items:
             query = it.query
@@ -140,8 +138,6 @@ class SteeredGenerator:
         return self.adapter.capture(chats, layers=[layer], positions=[position])[(position, layer)]
 
     def _contrast(self, items, position, layer) -> torch.Tensor:
-        from l2s_data.models import ContrastiveItem
-
         missing = [it.sample_id for it in items if it.pair is None]
         if missing:
             raise KeyNotFoundError(
@@ -188,8 +184,7 @@ class SteeredGenerator:
         if method.name == "p2s":
             return p2s
         if method.name == "norm-rnd":
-            from l2s_data.steer import norm_rnd_of  # the same directions as training's offline evaluation
-
+            # the same directions as training's offline evaluation
             return torch.from_numpy(norm_rnd_of([it.sample_id for it in items], p2s.numpy(), src.seed))
         raise ConfigError(f"method {method.name!r} has no vector rule")  # unreachable for the registry
 

@@ -35,7 +35,6 @@ import torch
 
 from l2s_data.errors import ConfigError, JudgeError, ModelLoadError
 from l2s_data.evaluate.texts import GuardPrompt, load_texts
-from l2s_data.models.tiny_guard import make_tiny_guard  # noqa: F401  (l2s_data.demo still imports it from here)
 
 __all__ = [
     "load_judges",
@@ -296,3 +295,13 @@ def load_judges(j: Any, *, guard: Any = None, quality: Any = None) -> tuple[Any,
                                      api_key_env=j.quality_api_key_env or None, device=j.guard_device,
                                      dtype=j.guard_dtype)
     return guard, quality
+
+
+def __getattr__(name: str) -> Any:
+    # l2s_data.demo still imports make_tiny_guard from here; on first use only, since the tiny
+    # checkpoints bring in transformers, which scoring with a judge loads only when it runs.
+    if name == "make_tiny_guard":
+        from l2s_data.models.tiny_guard import make_tiny_guard
+
+        return make_tiny_guard
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

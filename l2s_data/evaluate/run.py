@@ -30,15 +30,22 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from l2s_data.behaviors import load_behavior
+from l2s_data.datasets import read_dataset
 from l2s_data.datasets.splits import is_validation  # noqa: F401  (results.py still imports it from here)
-from l2s_data.errors import ConfigError, KeyNotFoundError
+from l2s_data.errors import BehaviorError, ConfigError, KeyNotFoundError
 from l2s_data.evaluate.config import EvalConfig, config_identity, load_config
 from l2s_data.evaluate.generation import EvalItem, SteeredGenerator
+from l2s_data.evaluate.identity import identity_from_path
+from l2s_data.evaluate.judges import load_judges
 from l2s_data.evaluate.methods import get_method
+from l2s_data.evaluate.pairs import live_p2s_count, resolve_pair_positions, trained_pair_positions
 from l2s_data.evaluate.sources import ActivationCache, VectorSources
 from l2s_data.evaluate.texts import load_texts
+from l2s_data.evaluate.vectors import PredictorFile, load_predictor, load_vector, mean_from_cache
 from l2s_data.evaluate.worker import EvalUnit, EvalWorker, SampleInfo, UnitOutcome
 from l2s_data.steer.selection import query
+from l2s_data.store import Store
 
 __all__ = ["Evaluation", "EvalPlan", "EvalReport", "committed_rows"]
 
@@ -97,7 +104,7 @@ class Evaluation:
     def adapter(self) -> Any:
         if self._given["adapter"] is not None:
             return self._given["adapter"]
-        from l2s_data.models import load_adapter
+        from l2s_data.models import load_adapter  # transformers: loaded only when a model is
 
         m = self.config.model
         return load_adapter(m.path, dtype=m.dtype, device=m.device, attn_implementation=m.attn_implementation)
@@ -106,16 +113,12 @@ class Evaluation:
     def store(self) -> Any:
         if self._given["store"] is not None:
             return self._given["store"]
-        from l2s_data.store import Store
-
         return Store.open(self.config.run.store, create=True)
 
     @cached_property
     def dataset(self) -> Any:
         if self._given["dataset"] is not None:
             return self._given["dataset"]
-        from l2s_data.datasets import read_dataset
-
         return read_dataset(self.config.data.path)
 
     def _filtered(self, split: str) -> pa.Table:
@@ -164,9 +167,6 @@ class Evaluation:
         name = self.config.data.behavior
         if not name:
             return {}
-        from l2s_data.behaviors import load_behavior
-        from l2s_data.errors import BehaviorError
-
         behavior = load_behavior(name)
         out = {}
         for sid, info in self.infos.items():
@@ -189,8 +189,6 @@ class Evaluation:
     def sources(self) -> VectorSources:
         """Everything the configured methods draw their vectors from; missing pieces are named
         here, before any generation."""
-        from l2s_data.evaluate.vectors import load_vector, mean_from_cache
-
         c, s, cache_cfg = self.config, self.config.steering, self.config.cache
         methods = self._methods()
         snap = self.store.snapshot()
@@ -262,8 +260,6 @@ class Evaluation:
 
     def _pair_positions(self, pf: Any = None) -> Any:
         """Where each sample's P2S is read (:mod:`.pairs`): [cache], else the predictor's."""
-        from l2s_data.evaluate.pairs import resolve_pair_positions, trained_pair_positions
-
         if pf is None and "l2s" in self._methods():
             pf = self._given["predictor"] or self.config.l2s.predictor or None
         trained, overrides = trained_pair_positions(pf)
@@ -272,16 +268,12 @@ class Evaluation:
 
     def _live_p2s(self, snap: Any, recipe: str | None, positions: Any) -> int:
         """How many evaluated samples need a live P2S (:mod:`.pairs`); refused under strict."""
-        from l2s_data.evaluate.pairs import live_p2s_count
-
         if not {"p2s", "norm-rnd"} & set(self._methods()):
             return 0
         return live_p2s_count(snap, recipe, self.config.steering.layer, positions,
                               {sid: info.category for sid, info in self.infos.items()}, strict=self.config.cache.strict)
 
     def _predictor(self) -> Any:
-        from l2s_data.evaluate.vectors import PredictorFile, load_predictor
-
         given = self._given["predictor"]
         if given is not None:
             return given if isinstance(given, PredictorFile) else PredictorFile(given)
@@ -322,8 +314,6 @@ class Evaluation:
         gen = SteeredGenerator(self.adapter, self.sources(), max_new_tokens=g.max_new_tokens,
                                do_sample=g.do_sample, seed=g.seed if g.do_sample else None,
                                max_new_tokens_unsteered=g.max_new_tokens_unsteered or None)
-        from l2s_data.evaluate.judges import load_judges
-
         guard, quality = load_judges(self.config.judges, guard=self._given["guard"], quality=self._given["quality"])
         return EvalWorker(run_id=self.run_id, task=self.config.data.task, generator=gen, store=self.store,
                           load_item=self.load_item, infos=self.infos, texts=load_texts(), batch_size=g.batch_size,
@@ -390,8 +380,6 @@ class Evaluation:
     def identity(self) -> dict[str, Any]:
         """The evaluated model's identity (:mod:`.identity`), with its weights' fingerprint when
         this process has loaded the model (a Ray driver does not load it)."""
-        from l2s_data.evaluate.identity import identity_from_path
-
         loaded = self._given["adapter"] is not None or "adapter" in self.__dict__
         return identity_from_path(self.config.model.path, fingerprint=self.adapter.fingerprint() if loaded else None)
 

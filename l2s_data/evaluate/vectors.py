@@ -20,10 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from l2s_data.errors import ConfigError, KeyNotFoundError
 from l2s_data.evaluate.sources import VectorPredictor
 from l2s_data.steer.baselines import mean_of
+from l2s_data.steer.predictor import load_predictor as steer_load
 
 __all__ = ["mean_from_cache", "load_vector", "ModulePredictor", "PredictorFile", "load_predictor"]
 
@@ -62,8 +64,6 @@ def mean_from_cache(snapshot: Any, recipe: str, position: str, layer: int, sampl
 
 def load_vector(path: str | os.PathLike, *, what: str = "vector") -> torch.Tensor:
     """One float32 [D] vector from a safetensors file."""
-    from safetensors.torch import load_file
-
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{what} file {str(p)!r} does not exist; expected a .safetensors file with one [D] tensor.")
@@ -107,8 +107,6 @@ class PredictorFile:
 def load_predictor(path: str | os.PathLike, *, dim: int | None = None) -> PredictorFile:
     """A predictor file written by training (``l2s_data.steer.save_predictor``), checked by the
     training stage's loader; ``dim``: the model's hidden size, which must be its width."""
-    from l2s_data.steer import load_predictor as steer_load
-
     g, meta = steer_load(path, d_in=dim, d_out=dim)
     overrides = meta.config.get("target", {}).get("position_overrides", {}) if isinstance(meta.config, dict) else {}
     return PredictorFile(ModulePredictor(g), dict(meta.input_key), dict(meta.target_key), dict(meta.target_scales),

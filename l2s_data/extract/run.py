@@ -25,6 +25,8 @@ from typing import Any, Callable, Mapping
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from l2s_data.behaviors import load_behavior, load_preset
+from l2s_data.datasets import read_dataset
 from l2s_data.errors import BehaviorError, ConfigError, StoreNotFoundError
 
 from l2s_data.extract.config import ExtractConfig, load_config, parse_layers
@@ -97,8 +99,6 @@ class Extraction:
     @property
     def dataset(self) -> Any:
         if self._dataset is None:
-            from l2s_data.datasets import read_dataset
-
             self._dataset = read_dataset(self.config.data.path)
         return self._dataset
 
@@ -117,8 +117,6 @@ class Extraction:
                 raise ConfigError(f"[behavior] task = {b.task!r} needs a preset; add preset = \"<name>\" "
                                   f"or remove task")
             return None
-        from l2s_data.behaviors import load_preset
-
         if b.task is None:
             raise ConfigError(f"[behavior] preset = {b.preset!r} needs task = \"safety\" or \"pope\"")
         preset = load_preset(b.preset)
@@ -130,8 +128,6 @@ class Extraction:
 
     @cached_property
     def behavior(self) -> Any:
-        from l2s_data.behaviors import load_behavior
-
         if self.config.behavior.behavior is not None:
             return load_behavior(self.config.behavior.behavior)
         if self.task is not None:
@@ -243,7 +239,7 @@ class Extraction:
     # -- store ---------------------------------------------------------------------------
     def open_store(self, *, create: bool) -> Any:
         if self._store is None:
-            from l2s_data.store import Store
+            from l2s_data.store import Store  # DuckDB: loaded when a store is opened, not on import
 
             try:
                 self._store = Store.open(self.config.run.store, create=create)

@@ -83,7 +83,7 @@ class ExtractionWorker:
     @property
     def store(self) -> Store:
         if self._store is None:
-            from l2s_data.store import Store  # its catalog's DuckDB: start-up cost planning does not pay
+            from l2s_data.store import Store  # DuckDB: loaded when a store is opened, not on import
 
             self._store = Store.open(self.job.config.run.store, create=True)
         return self._store

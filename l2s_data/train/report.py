@@ -15,7 +15,11 @@ from typing import Any
 import numpy as np
 
 from l2s_data.errors import PredictorMismatchError, RunNotFoundError
+from l2s_data.steer.predictor import load_predictor
 from l2s_data.steer.selection import query
+from l2s_data.train.config import parse_train_config
+from l2s_data.train.data import load_data
+from l2s_data.train.evaluate import predict
 
 __all__ = ["get_run", "sweep_runs", "report_train", "report_sweep"]
 
@@ -67,11 +71,6 @@ def _pca2(a: np.ndarray) -> np.ndarray:
 
 
 def _projection(store, run: dict[str, Any], path: Path) -> str:
-    from l2s_data.steer.predictor import load_predictor
-    from l2s_data.train.config import parse_train_config
-    from l2s_data.train.data import load_data
-    from l2s_data.train.evaluate import predict
-
     if not run.get("artifact"):
         return "No predictor was saved for this run (stopped early), so there is no projection."
     try:

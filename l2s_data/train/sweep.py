@@ -43,13 +43,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from l2s_data.actors import absolute_path
 from l2s_data.configfile import read_toml, validation_message
 from l2s_data.errors import ConfigError, TrainingError
 from l2s_data.steer.selection import query
+from l2s_data.store import Store
 from l2s_data.train.config import TrainConfig, parse_train_config
+from l2s_data.train.data import load_data
+from l2s_data.train.trainer import commit_run, train
 
 __all__ = ["SweepSettings", "SweepConfig", "SweepResult", "load_sweep_config", "parse_sweep_config",
            "draw_trials", "run_sweep", "data_signature"]
@@ -202,11 +206,8 @@ def _trainable(config: dict[str, Any], base: dict[str, Any], refs: dict[str, Any
 
 def _trial(config: dict[str, Any], *, base: dict[str, Any], refs: dict[str, Any], sweep_id: str,
            threads: int, report_epochs: bool) -> None:
-    import ray
-    import torch
+    import ray  # Ray's import is seconds of start-up that reading a sweep config does not need
     from ray import tune
-
-    from l2s_data.train.trainer import train
 
     torch.set_num_threads(threads)
     cfg = parse_train_config(apply_overrides(base, config["overrides"]), source=f"sweep {sweep_id}")
@@ -237,10 +238,6 @@ def run_sweep(cfg: SweepConfig, *, base_dir: str | Path = ".", sweep_id: str | N
     """Run every trial of ``cfg`` on Ray Tune and commit them to ``runs`` (see the module doc)."""
     import ray
     from ray import tune
-
-    from l2s_data.store import Store
-    from l2s_data.train.data import load_data
-    from l2s_data.train.trainer import commit_run
 
     s = cfg.sweep
     base = _absolute(cfg.base, Path(base_dir))
