@@ -36,6 +36,7 @@ import torch
 
 from l2s_data.errors import ConfigError, KeyNotFoundError
 from l2s_data.evaluate.methods import Method
+from l2s_data.evaluate.protocols import EvalModel
 from l2s_data.evaluate.sources import VectorSources
 from l2s_data.evaluate.texts import PromptOnly, load_texts
 from l2s_data.models.types import ChatInput, ContrastiveItem
@@ -59,7 +60,7 @@ class EvalItem:
 class SteeredGenerator:
     """Steered, batched generation of one model for the methods of :mod:`.methods`."""
 
-    def __init__(self, adapter: Any, sources: VectorSources, *, max_new_tokens: int = 64,
+    def __init__(self, adapter: EvalModel, sources: VectorSources, *, max_new_tokens: int = 64,
                  do_sample: bool = False, seed: int | None = None,
                  prompt_only: dict[str, PromptOnly] | None = None, max_new_tokens_unsteered: int | None = None):
         if max_new_tokens < 1:

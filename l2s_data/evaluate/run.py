@@ -40,6 +40,7 @@ from l2s_data.evaluate.identity import identity_from_path
 from l2s_data.evaluate.judges import load_judges
 from l2s_data.evaluate.methods import get_method
 from l2s_data.evaluate.pairs import live_p2s_count, resolve_pair_positions, trained_pair_positions
+from l2s_data.evaluate.protocols import EvalModel, EvalStore
 from l2s_data.evaluate.sources import ActivationCache, VectorSources
 from l2s_data.evaluate.texts import load_texts
 from l2s_data.evaluate.vectors import PredictorFile, load_predictor, load_vector, mean_from_cache
@@ -50,7 +51,7 @@ from l2s_data.store import Store
 __all__ = ["Evaluation", "EvalPlan", "EvalReport", "committed_rows"]
 
 
-def committed_rows(store: Any, run_id: str) -> set[tuple[str, float | None, str]]:
+def committed_rows(store: EvalStore, run_id: str) -> set[tuple[str, float | None, str]]:
     """(method, alpha, sample_id) of every row the store holds for ``run_id``."""
     t = query(store, "SELECT DISTINCT method, alpha, sample_id FROM evaluations WHERE run_id = ?", [run_id])
     return set(zip(t["method"].to_pylist(), t["alpha"].to_pylist(), t["sample_id"].to_pylist()))
@@ -85,7 +86,7 @@ class EvalReport:
 class Evaluation:
     """One evaluation config, bound to its model, data set and store (each loaded on first use)."""
 
-    def __init__(self, config: EvalConfig, *, adapter: Any = None, store: Any = None, dataset: Any = None,
+    def __init__(self, config: EvalConfig, *, adapter: EvalModel | None = None, store: EvalStore | None = None, dataset: Any = None,
                  guard: Any = None, quality: Any = None, predictor: Any = None):
         self.config = config
         self._given = {"adapter": adapter, "store": store, "dataset": dataset, "guard": guard, "quality": quality,
@@ -101,7 +102,7 @@ class Evaluation:
 
     # -- inputs ---------------------------------------------------------------------------
     @cached_property
-    def adapter(self) -> Any:
+    def adapter(self) -> EvalModel:
         if self._given["adapter"] is not None:
             return self._given["adapter"]
         from l2s_data.models import load_adapter  # transformers: loaded only when a model is
@@ -110,7 +111,7 @@ class Evaluation:
         return load_adapter(m.path, dtype=m.dtype, device=m.device, attn_implementation=m.attn_implementation)
 
     @cached_property
-    def store(self) -> Any:
+    def store(self) -> EvalStore:
         if self._given["store"] is not None:
             return self._given["store"]
         return Store.open(self.config.run.store, create=True)
