@@ -61,6 +61,18 @@ class RayOptions:
             raise ConfigError(f"max_restarts = {self.max_restarts}, max_task_retries = {self.max_task_retries}: "
                               f"expected 0 or more")
 
+    @classmethod
+    def or_in_process(cls, workers: int, address: str | None = None, cpus_per_worker: int = 1,
+                      max_restarts: int = 3, max_task_retries: int = 3, *, what: str = "run") -> RayOptions | None:
+        """None for ``workers == 0`` (the ``what`` runs in this process, so no ``address``),
+        else the options of a Ray run, checked."""
+        if workers == 0:
+            if address is not None:
+                raise ConfigError(f"--address {address!r} needs --workers N (N >= 1): with --workers 0 the "
+                                  f"{what} runs in this process")
+            return None
+        return cls(workers, address, cpus_per_worker, max_restarts, max_task_retries)
+
 
 class ActorJob(Protocol):
     """What a pool runs; picklable, since every actor is built from it alone."""
@@ -161,9 +173,13 @@ def _forwarded_env(cpus: int) -> dict[str, str]:
     return env
 
 
-def absolute_path(p: str) -> str:
-    """A local path made absolute (actors do not share the driver's cwd); URLs and "" as given."""
-    return p if not p or "://" in p else str(Path(p).expanduser().resolve())
+def absolute_path(p: str, base: str | os.PathLike[str] | None = None) -> str:
+    """A local path made absolute, relative to ``base`` when given, else to the working folder
+    (actors and trials do not share the driver's); URLs and "" as given."""
+    if not p or "://" in p:
+        return p
+    path = Path(p).expanduser()
+    return str((path if base is None else Path(base) / path).resolve())
 
 
 def run_pool(job: ActorJob, tasks: Sequence[Any], opts: RayOptions, *, gpu: bool,

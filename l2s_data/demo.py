@@ -245,7 +245,7 @@ def _steer(out: Path, cfg: Any, ex: Extraction, console: Console, *, pope: bool 
     """Stages 5-7: behaviour-agnostic pairs, a training, the evaluation of every method, a report."""
     from l2s_data.evaluate import Evaluation, write_report
     from l2s_data.evaluate.config import demo_config as eval_config
-    from l2s_data.evaluate.judges import make_tiny_guard
+    from l2s_data.models.tiny_guard import make_tiny_guard
     from l2s_data.train import load_train_config, train
 
     ba_cfg = parse_config({

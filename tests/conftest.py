@@ -317,8 +317,9 @@ def s3_endpoint():
 
 # --- the demo, run once per session -----------------------------------------------------------
 
-#: Samples of the session's demo (one per synthetic-safety scenario): what `l2s demo --n 13` builds.
-DEMO_N = 13
+#: Samples of the session's demo (three per synthetic-safety scenario, half held out): what
+#: `l2s demo --n 39` builds, the smallest demo whose training split still leaves validation rows.
+DEMO_N = 39
 
 
 @dataclass(frozen=True)
@@ -329,6 +330,7 @@ class DemoRun:
     out: Path
     result: object  # l2s_data.demo.DemoResult
     printed: str
+    n: int          # synthetic-safety samples it was built with
 
 
 @pytest.fixture(scope="session")
@@ -344,7 +346,7 @@ def demo(tmp_path_factory, ray_address) -> DemoRun:
     out = tmp_path_factory.mktemp("demo") / "demo-out"
     buf = io.StringIO()
     result = run_demo(out, n=DEMO_N, console=Console(file=buf, width=120))
-    return DemoRun(out, result, buf.getvalue())
+    return DemoRun(out, result, buf.getvalue(), DEMO_N)
 
 
 @pytest.fixture

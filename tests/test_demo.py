@@ -11,8 +11,8 @@ from rich.console import Console
 
 @pytest.mark.slow
 def test_the_demo_runs_end_to_end_and_its_second_run_computes_nothing(demo):
-    res, out = demo.result, demo.printed  # run_demo(out, n=13) on the session's Ray head
-    assert res.first.computed_samples == 13 and res.first.quarantined == 0
+    res, out = demo.result, demo.printed  # run_demo(out, n=demo.n) on the session's Ray head
+    assert res.first.computed_samples == demo.n and res.first.quarantined == 0
     assert res.second.computed_samples == 0 and res.second.plan.missing_keys == 0
     assert "nothing to compute" in out and "cosine between categories" in out
     # `make demo` extracts on Ray (here the session's head, through RAY_ADDRESS), recorded as such
@@ -20,7 +20,7 @@ def test_the_demo_runs_end_to_end_and_its_second_run_computes_nothing(demo):
 
     assert "on 2 Ray worker(s)" in out
     ext = Store.open(demo.out / "store").table("extractions").to_pylist()
-    assert [(r["workers"], r["devices"], r["samples_computed"]) for r in ext] == [(2, ["cpu", "cpu"], 13)]
+    assert [(r["workers"], r["devices"], r["samples_computed"]) for r in ext] == [(2, ["cpu", "cpu"], demo.n)]
     # p2s norms were taken in float32 and are non-zero; the cosine matrix is a real one
     assert all(r["p2s"] > 0 for r in res.norms) and len(res.norms) == 4
     c = len(res.categories)
@@ -42,7 +42,7 @@ def test_the_demo_runs_end_to_end_and_its_second_run_computes_nothing(demo):
     buf2 = io.StringIO()
     from l2s_data.demo import run_demo
 
-    again = run_demo(demo.out, n=13, console=Console(file=buf2, width=120))  # adds one extractions row only
+    again = run_demo(demo.out, n=demo.n, console=Console(file=buf2, width=120))  # adds one extractions row only
     assert again.first.computed_samples == 0 and "cached" in buf2.getvalue()
     assert "evaluation demo-eval: 0 new response(s)" in buf2.getvalue()  # every row was committed
 

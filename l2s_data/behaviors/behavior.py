@@ -183,13 +183,6 @@ class Behavior:
             pairs.append(p)
         return {"name": self.name, "description": self.description, "pairs": pairs}
 
-    def spec_json(self) -> str:
-        """The spec's canonical JSON (the project's one canonical form; part of recipe ids)."""
-        from l2s_data.store.contract import canonical_json
-
-        return canonical_json(self.spec(), what=f"behavior {self.name!r}")
-
-
 # ---------------------------------------------------------------- loading
 
 

@@ -24,6 +24,7 @@ from rich.tree import Tree
 
 from l2s_data.cli._common import cells, console, fail, say
 from l2s_data.errors import L2SError
+from l2s_data.store.contract import canonical_json
 
 app = typer.Typer(
     help="Data sets (samples + memberships as Parquet), behaviors and presets.",
@@ -192,7 +193,7 @@ def behaviors_cmd(
     except L2SError as e:
         _fail(e)
     if as_json:
-        console.print_json(b.spec_json())
+        console.print_json(canonical_json(b.spec(), what=f"behavior {b.name!r}"))
         return
     t = Table(title=Text(f"{b.name}: {b.description}"), title_justify="left", show_lines=True)
     for col in ("category", "label", "suffix S_c", "positive P_c", "negative N_c"):

@@ -13,7 +13,7 @@ from l2s_data.errors import L2SError
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for everything the demo makes: checkpoint, "
                                                              "data sets, store, predictors, reports."),
-    n: int = typer.Option(260, "--n", min=13, help="Synthetic-safety samples (13 scenarios, half held out; used "
+    n: int = typer.Option(260, "--n", min=39, help="Synthetic-safety samples (13 scenarios, half held out; at least 39 so that training keeps validation rows; used "
                                                    "when first built)."),
 ) -> None:
     """Run every stage of the pipeline offline on a CPU, into OUT.

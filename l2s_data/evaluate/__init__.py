@@ -6,11 +6,12 @@
 """
 
 from l2s_data.evaluate.config import EvalConfig, load_config, parse_config
-from l2s_data.evaluate.generation import ActivationCache, EvalItem, SteeredGenerator, VectorSources
-from l2s_data.evaluate.methods import METHOD_NAMES, METHODS, Method, Predictor, get_method, parse_alphas
+from l2s_data.evaluate.generation import EvalItem, SteeredGenerator
+from l2s_data.evaluate.methods import METHOD_NAMES, METHODS, Method, get_method, parse_alphas
 from l2s_data.evaluate.report import write_report
 from l2s_data.evaluate.results import load_results
 from l2s_data.evaluate.run import Evaluation, EvalPlan, EvalReport
+from l2s_data.evaluate.sources import ActivationCache, VectorPredictor, VectorSources
 
 __all__ = [
     "ActivationCache",
@@ -22,8 +23,8 @@ __all__ = [
     "METHODS",
     "METHOD_NAMES",
     "Method",
-    "Predictor",
     "SteeredGenerator",
+    "VectorPredictor",
     "VectorSources",
     "get_method",
     "load_config",

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from l2s_data.actors import RayOptions, TaskRun, absolute_path, run_pool
-from l2s_data.errors import ConfigError, EvaluationError
+from l2s_data.errors import EvaluationError
 from l2s_data.evaluate.config import EvalConfig
 from l2s_data.evaluate.run import EvalPlan, EvalReport, Evaluation, committed_rows
 from l2s_data.evaluate.worker import EvalUnit, EvalWorker, UnitOutcome
@@ -107,12 +107,10 @@ def run_evaluation(ev: Evaluation, *, workers: int = 0, address: str | None = No
     ``on_done`` is called for each committed (method, alpha) batch (on Ray: when its unit
     returns); ``on_start`` gets each actor's ``{"pid", "device", "node"}`` once they are up.
     """
-    if workers == 0:
-        if address is not None:
-            raise ConfigError(f"--address {address!r} needs --workers N (N >= 1): with --workers 0 the "
-                              f"evaluation runs in this process")
+    opts = RayOptions.or_in_process(workers, address, cpus_per_worker, max_restarts, max_task_retries,
+                                    what="evaluation")
+    if opts is None:
         return ev.run(on_plan=on_plan, on_done=on_done)
-    opts = RayOptions(workers, address, cpus_per_worker, max_restarts, max_task_retries)
     t0 = time.perf_counter()
     plan = ev.plan()
     if on_plan is not None:

@@ -20,6 +20,7 @@ Where each vector comes from:
   under steering would read a steered h_X.
 - ``p2s`` (P2S*) and ``norm-rnd``: the sample's P2S vector at L* from the cache, else
   computed from the sample's contrastive pair (``EvalItem.pair``), unsteered.
+  (:mod:`l2s_data.evaluate.sources` holds the cache and the sources.)
 - ``mean-s`` / ``mean-s-ba``: one [D] vector each, given by the caller (see
   :mod:`l2s_data.evaluate.vectors` for computing them from the cache).
 """
@@ -27,17 +28,21 @@ Where each vector comes from:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import PIL.Image
 import torch
 
 from l2s_data.errors import ConfigError, KeyNotFoundError
-from l2s_data.evaluate.methods import Method, Predictor
-from l2s_data.evaluate.texts import PromptOnly
+from l2s_data.evaluate.methods import Method
+from l2s_data.evaluate.protocols import EvalModel
+from l2s_data.evaluate.sources import VectorSources
+from l2s_data.evaluate.texts import PromptOnly, load_texts
+from l2s_data.models.types import ChatInput, ContrastiveItem
+from l2s_data.steer.baselines import norm_rnd_of
 
-__all__ = ["EvalItem", "ActivationCache", "VectorSources", "SteeredGenerator"]
+__all__ = ["EvalItem", "SteeredGenerator"]
 
 
 @dataclass(frozen=True)
@@ -52,60 +57,10 @@ class EvalItem:
     pair: tuple[str, str, str] | None = None
 
 
-class ActivationCache:
-    """Cached rows of a store snapshot: the ``input`` view of ``input_recipe`` and the ``p2s``
-    view of ``pair_recipe`` (recipe ids or names; either may be None)."""
-
-    def __init__(self, snapshot: Any, *, input_recipe: str | None = None, pair_recipe: str | None = None):
-        self.snapshot = snapshot
-        self.recipes = {"input": input_recipe, "p2s": pair_recipe}
-
-    def lookup(self, view: str, position: str, layer: int,
-               sample_ids: Sequence[str]) -> tuple[torch.Tensor | None, list[bool]]:
-        """``(rows [n_found, D] float32, found mask)`` for ``sample_ids``: rows in order of the
-        samples whose mask is True. ``(None, all False)`` when nothing is cached."""
-        recipe = self.recipes.get(view)
-        if recipe is None:
-            return None, [False] * len(sample_ids)
-        try:
-            idx = self.snapshot.index(recipe, view, position, layer)
-        except KeyNotFoundError:
-            return None, [False] * len(sample_ids)
-        found = [s in idx for s in sample_ids]
-        ids = [s for s, f in zip(sample_ids, found) if f]
-        if not ids:
-            return None, found
-        return torch.from_numpy(self.snapshot.read(recipe, view, position, layer, ids)), found
-
-
-@dataclass
-class VectorSources:
-    """Everything the steering methods draw their vectors from (see the module docstring)."""
-
-    steer_layer: int
-    input_layer: int | None = None
-    input_position: str = "prompt_last"
-    pair_position: str = "completion_last"
-    predictor: Predictor | None = None
-    mean_s: torch.Tensor | None = None
-    mean_s_ba: torch.Tensor | None = None
-    cache: ActivationCache | None = None
-    seed: int = 0
-    #: sample id -> the factor its P2S is multiplied by (the predictor's target scaling of its
-    #: category), so P2S* and Norm-Rnd are on the scale L2S and Mean-S are; empty: unscaled.
-    pair_scales: dict[str, float] = field(default_factory=dict)
-    #: sample id -> the position its P2S is read at, where not ``pair_position`` (per-category
-    #: positions: the reference's Qwen2-VL safety reads 10-13 at sequence_last-1)
-    pair_position_of: dict[str, str] = field(default_factory=dict)
-    #: Where each h_X / P2S row of the last :meth:`SteeredGenerator.vectors` call came from
-    #: ("cache" or "prefill"), by sample id: what a caller can log or test.
-    provenance: dict[str, str] = field(default_factory=dict)
-
-
 class SteeredGenerator:
     """Steered, batched generation of one model for the methods of :mod:`.methods`."""
 
-    def __init__(self, adapter: Any, sources: VectorSources, *, max_new_tokens: int = 64,
+    def __init__(self, adapter: EvalModel, sources: VectorSources, *, max_new_tokens: int = 64,
                  do_sample: bool = False, seed: int | None = None,
                  prompt_only: dict[str, PromptOnly] | None = None, max_new_tokens_unsteered: int | None = None):
         if max_new_tokens < 1:
@@ -121,8 +76,6 @@ class SteeredGenerator:
         self.do_sample = do_sample
         self.seed = seed
         if prompt_only is None:
-            from l2s_data.evaluate.texts import load_texts
-
             prompt_only = dict(load_texts().prompt_only)
         self.prompt_only = prompt_only
 
@@ -130,8 +83,6 @@ class SteeredGenerator:
 
     def chat_inputs(self, method: Method, items: Sequence[EvalItem]) -> list[Any]:
         """The model inputs of ``items`` under ``method`` (prompt-only rewrites the query)."""
-        from l2s_data.models import ChatInput
-
         out = []
         for it in items:
             query = it.query
@@ -188,8 +139,6 @@ class SteeredGenerator:
         return self.adapter.capture(chats, layers=[layer], positions=[position])[(position, layer)]
 
     def _contrast(self, items, position, layer) -> torch.Tensor:
-        from l2s_data.models import ContrastiveItem
-
         missing = [it.sample_id for it in items if it.pair is None]
         if missing:
             raise KeyNotFoundError(
@@ -236,8 +185,7 @@ class SteeredGenerator:
         if method.name == "p2s":
             return p2s
         if method.name == "norm-rnd":
-            from l2s_data.steer import norm_rnd_of  # the same directions as training's offline evaluation
-
+            # the same directions as training's offline evaluation
             return torch.from_numpy(norm_rnd_of([it.sample_id for it in items], p2s.numpy(), src.seed))
         raise ConfigError(f"method {method.name!r} has no vector rule")  # unreachable for the registry
 

@@ -15,6 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from l2s_data.evaluate.protocols import EvalStore
+from l2s_data.steer.selection import query
+
 __all__ = ["TINY_HIDDEN", "MARKER", "identity_from_path", "model_identity", "describe_identity"]
 
 #: A language model no wider than this is a test-sized model, whatever its card says.
@@ -58,10 +61,10 @@ def _warning(ident: dict[str, Any]) -> str | None:
             f"model steers. Do not read them as results.")
 
 
-def model_identity(store: Any, run_id: str, config: dict[str, Any]) -> dict[str, Any]:
+def model_identity(store: EvalStore, run_id: str, config: dict[str, Any]) -> dict[str, Any]:
     """The identity recorded with evaluation run ``run_id``, else read from its model path."""
-    t = store.sql("SELECT metrics_json FROM runs WHERE run_id = '" + run_id.replace("'", "''")
-                  + "' AND kind = 'evaluate' AND metrics_json IS NOT NULL")
+    t = query(store, "SELECT metrics_json FROM runs WHERE run_id = ? AND kind = 'evaluate' "
+                     "AND metrics_json IS NOT NULL", [run_id])
     for text in t["metrics_json"].to_pylist():
         got = json.loads(text).get("model") if text else None
         if isinstance(got, dict):

@@ -14,7 +14,7 @@
     judge = load_quality_judge(url="http://localhost:8000/v1", model="judge")
     judge.rate([("How do I bake bread?", "Mix flour...")])       # [7.0]
 
-:func:`make_tiny_guard` writes a tiny random guard with "safe" / "unsafe" tokens, offline.
+A tiny random guard for offline runs is written by :func:`l2s_data.models.tiny_guard.make_tiny_guard`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ __all__ = [
     "load_quality_judge",
     "load_causal_lm",
     "parse_rating",
-    "make_tiny_guard",
 ]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -286,12 +285,6 @@ def load_quality_judge(*, path: str | None = None, url: str | None = None, model
 
 # --- a tiny guard for tests and the demo ------------------------------------------------------
 
-_GUARD_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
-
 def load_judges(j: Any, *, guard: Any = None, quality: Any = None) -> tuple[Any, Any]:
     """The (guard, quality) judges an evaluation's ``[judges]`` section ``j`` names; a judge
     given already is kept, and one the section does not name is None."""
@@ -303,36 +296,3 @@ def load_judges(j: Any, *, guard: Any = None, quality: Any = None) -> tuple[Any,
                                      dtype=j.guard_dtype)
     return guard, quality
 
-
-def make_tiny_guard(out_dir: str | os.PathLike, *, seed: int = 0, hidden_size: int = 64, layers: int = 2) -> Path:
-    """Write a tiny random Llama causal LM with "safe" and "unsafe" as whole tokens and a chat
-    template, so the guard path runs offline. Its LM head is shrunk but for the two verdict rows, so
-    that "safe" and "unsafe" carry most of the next-token probability, as with a real guard."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from l2s_data.models.tiny import build_tokenizer
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer("llava")
-    tok.add_tokens(["unsafe", "safe"])
-    tok.chat_template = _GUARD_TEMPLATE
-    tok.padding_side = "left"
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=2048, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-        with torch.no_grad():
-            # Every other token gets a small logit; "unsafe" and "safe" get opposite directions,
-            # so P(unsafe) ~ sigmoid of a projection of the last hidden state.
-            w = torch.randn(hidden_size)
-            model.lm_head.weight.mul_(0.01)
-            model.lm_head.weight[tok.convert_tokens_to_ids("unsafe")] = w
-            model.lm_head.weight[tok.convert_tokens_to_ids("safe")] = -w
-    model.eval()
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out

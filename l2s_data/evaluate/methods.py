@@ -26,20 +26,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
-
-import torch
 
 from l2s_data.errors import ConfigError
 
-__all__ = ["Predictor", "Method", "METHODS", "METHOD_NAMES", "get_method", "parse_alpha", "parse_alphas"]
-
-
-@runtime_checkable
-class Predictor(Protocol):
-    """What L2S needs of a trained predictor: ``predict(h [B, D]) -> v [B, D]`` (float32)."""
-
-    def predict(self, h: torch.Tensor) -> torch.Tensor: ...
+__all__ = ["Method", "METHODS", "METHOD_NAMES", "get_method", "parse_alpha", "parse_alphas"]
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ import numpy as np
 
 from l2s_data.evaluate.identity import describe_identity, model_identity
 from l2s_data.evaluate.metrics import pope_parse
+from l2s_data.evaluate.protocols import EvalStore
 from l2s_data.evaluate.results import METRICS, Results, fmt_value, load_results, method_label, table_rows
 from l2s_data.evaluate.stats import LEVEL, N_BOOT, bootstrap_ratios, mcnemar, percentile_interval
 
@@ -218,7 +219,7 @@ def _stat_rows(res: Results, chosen: dict[str, float | None], names: list[str], 
     return rows, stats
 
 
-def write_report(store: Any, run_id: str, out_dir: str | os.PathLike, *, select: str | None = None,
+def write_report(store: EvalStore, run_id: str, out_dir: str | os.PathLike, *, select: str | None = None,
                  n_boot: int = N_BOOT) -> ReportFiles:
     """Write the report of evaluation run ``run_id`` into ``out_dir`` (made if absent)."""
     from l2s_data.evaluate.plots import has_data, plot_group_bars, plot_metric_vs_alpha

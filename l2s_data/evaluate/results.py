@@ -10,7 +10,7 @@ view holds one row per (run, method, alpha, sample) however many processes ran t
 store settles rows committed twice: the first commit counts), so every n is a count of samples. Every metric is
 recomputed from the stored responses with :mod:`.metrics` (the guard's and the judge's scores
 are read from ``scores_json``). A sample is in the validation part or the test part by
-:func:`~.run.is_validation` with the run's ``validation_fraction``.
+:func:`l2s_data.datasets.splits.is_validation` with the run's ``validation_fraction``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from l2s_data.evaluate.metrics import (
     reference_unsafe_scores, unsafe_scores,
 )
 from l2s_data.evaluate.config import RUN_ID_PATTERN
-from l2s_data.evaluate.run import is_validation
+from l2s_data.datasets.splits import is_validation
 
 __all__ = ["METRICS", "Metric", "Results", "load_results", "evaluation_runs"]
 

@@ -5,8 +5,7 @@
     ev = Evaluation.from_file("l2s_data/evaluate/configs/tiny-llava.toml")
     plan = ev.plan()               # what the store lacks: a rerun skips committed rows
     report = ev.run()              # in-process; returns what was computed
-    store.sql(f"SELECT method, alpha, count(*) FROM evaluations WHERE run_id = '{report.run_id}' "
-              "GROUP BY ALL")
+    store.sql("SELECT method, alpha, count(*) FROM evaluations GROUP BY ALL")
 
 The run id is ``[run] name`` or a hash of the config, so running the same config again picks up
 where the store stands. The run's resolved config is committed to the ``runs`` table
@@ -20,7 +19,6 @@ gives each actor (one per GPU) a worker and maps the units over them, as extract
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -32,30 +30,29 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from l2s_data.errors import ConfigError
+from l2s_data.behaviors import load_behavior
+from l2s_data.datasets import read_dataset
+from l2s_data.errors import BehaviorError, ConfigError, KeyNotFoundError
 from l2s_data.evaluate.config import EvalConfig, config_identity, load_config
-from l2s_data.evaluate.generation import ActivationCache, EvalItem, SteeredGenerator, VectorSources
+from l2s_data.evaluate.generation import EvalItem, SteeredGenerator
+from l2s_data.evaluate.identity import identity_from_path
+from l2s_data.evaluate.judges import load_judges
 from l2s_data.evaluate.methods import get_method
+from l2s_data.evaluate.pairs import live_p2s_count, resolve_pair_positions, trained_pair_positions
+from l2s_data.evaluate.protocols import EvalModel, EvalStore
+from l2s_data.evaluate.sources import ActivationCache, VectorSources
 from l2s_data.evaluate.texts import load_texts
+from l2s_data.evaluate.vectors import PredictorFile, load_predictor, load_vector, mean_from_cache
 from l2s_data.evaluate.worker import EvalUnit, EvalWorker, SampleInfo, UnitOutcome
+from l2s_data.steer.selection import query
+from l2s_data.store import Store
 
-__all__ = ["Evaluation", "EvalPlan", "EvalReport", "is_validation", "committed_rows"]
-
-
-def is_validation(sample_id: str, fraction: float) -> bool:
-    """Whether a sample is in the validation part (the part that picks alpha): a fixed share of
-    samples by a hash of the id, the same on every machine and in every report."""
-    h = int.from_bytes(hashlib.sha256(f"validation:{sample_id}".encode()).digest()[:8], "big")
-    return h / 2**64 < fraction
+__all__ = ["Evaluation", "EvalPlan", "EvalReport", "committed_rows"]
 
 
-def _sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def committed_rows(store: Any, run_id: str) -> set[tuple[str, float | None, str]]:
+def committed_rows(store: EvalStore, run_id: str) -> set[tuple[str, float | None, str]]:
     """(method, alpha, sample_id) of every row the store holds for ``run_id``."""
-    t = store.sql(f"SELECT DISTINCT method, alpha, sample_id FROM evaluations WHERE run_id = {_sql_str(run_id)}")
+    t = query(store, "SELECT DISTINCT method, alpha, sample_id FROM evaluations WHERE run_id = ?", [run_id])
     return set(zip(t["method"].to_pylist(), t["alpha"].to_pylist(), t["sample_id"].to_pylist()))
 
 
@@ -88,7 +85,7 @@ class EvalReport:
 class Evaluation:
     """One evaluation config, bound to its model, data set and store (each loaded on first use)."""
 
-    def __init__(self, config: EvalConfig, *, adapter: Any = None, store: Any = None, dataset: Any = None,
+    def __init__(self, config: EvalConfig, *, adapter: EvalModel | None = None, store: EvalStore | None = None, dataset: Any = None,
                  guard: Any = None, quality: Any = None, predictor: Any = None):
         self.config = config
         self._given = {"adapter": adapter, "store": store, "dataset": dataset, "guard": guard, "quality": quality,
@@ -104,28 +101,24 @@ class Evaluation:
 
     # -- inputs ---------------------------------------------------------------------------
     @cached_property
-    def adapter(self) -> Any:
+    def adapter(self) -> EvalModel:
         if self._given["adapter"] is not None:
             return self._given["adapter"]
-        from l2s_data.models import load_adapter
+        from l2s_data.models import load_adapter  # transformers: loaded only when a model is
 
         m = self.config.model
         return load_adapter(m.path, dtype=m.dtype, device=m.device, attn_implementation=m.attn_implementation)
 
     @cached_property
-    def store(self) -> Any:
+    def store(self) -> EvalStore:
         if self._given["store"] is not None:
             return self._given["store"]
-        from l2s_data.store import Store
-
         return Store.open(self.config.run.store, create=True)
 
     @cached_property
     def dataset(self) -> Any:
         if self._given["dataset"] is not None:
             return self._given["dataset"]
-        from l2s_data.datasets import read_dataset
-
         return read_dataset(self.config.data.path)
 
     def _filtered(self, split: str) -> pa.Table:
@@ -174,9 +167,6 @@ class Evaluation:
         name = self.config.data.behavior
         if not name:
             return {}
-        from l2s_data.behaviors import load_behavior
-        from l2s_data.errors import BehaviorError
-
         behavior = load_behavior(name)
         out = {}
         for sid, info in self.infos.items():
@@ -199,8 +189,6 @@ class Evaluation:
     def sources(self) -> VectorSources:
         """Everything the configured methods draw their vectors from; missing pieces are named
         here, before any generation."""
-        from l2s_data.evaluate.vectors import load_vector, mean_from_cache
-
         c, s, cache_cfg = self.config, self.config.steering, self.config.cache
         methods = self._methods()
         snap = self.store.snapshot()
@@ -272,8 +260,6 @@ class Evaluation:
 
     def _pair_positions(self, pf: Any = None) -> Any:
         """Where each sample's P2S is read (:mod:`.pairs`): [cache], else the predictor's."""
-        from l2s_data.evaluate.pairs import resolve_pair_positions, trained_pair_positions
-
         if pf is None and "l2s" in self._methods():
             pf = self._given["predictor"] or self.config.l2s.predictor or None
         trained, overrides = trained_pair_positions(pf)
@@ -282,16 +268,12 @@ class Evaluation:
 
     def _live_p2s(self, snap: Any, recipe: str | None, positions: Any) -> int:
         """How many evaluated samples need a live P2S (:mod:`.pairs`); refused under strict."""
-        from l2s_data.evaluate.pairs import live_p2s_count
-
         if not {"p2s", "norm-rnd"} & set(self._methods()):
             return 0
         return live_p2s_count(snap, recipe, self.config.steering.layer, positions,
                               {sid: info.category for sid, info in self.infos.items()}, strict=self.config.cache.strict)
 
     def _predictor(self) -> Any:
-        from l2s_data.evaluate.vectors import PredictorFile, load_predictor
-
         given = self._given["predictor"]
         if given is not None:
             return given if isinstance(given, PredictorFile) else PredictorFile(given)
@@ -311,17 +293,14 @@ class Evaluation:
 
     def _recipe_id(self, name: str) -> str | None:
         """The id of the recipe with this id or name, None if the store has none."""
-        t = self.store.sql(f"SELECT DISTINCT recipe_id FROM recipes WHERE recipe_id = {_sql_str(name)} "
-                           f"OR name = {_sql_str(name)}")
-        ids = t["recipe_id"].to_pylist()
-        return ids[0] if len(ids) == 1 else None
+        try:
+            return self.store.resolve_recipe(name)
+        except KeyNotFoundError:
+            return None
 
     def _check_recipe_model(self, key: str, name: str, rid: str) -> None:
         """A cache recipe must come from the evaluated model: the same weights and processor."""
-        t = self.store.sql(f"SELECT spec_json FROM recipes WHERE recipe_id = {_sql_str(rid)}")
-        if t.num_rows == 0:
-            return
-        model = json.loads(t["spec_json"][0].as_py()).get("model")
+        model = self.store.recipe_spec(rid).get("model")
         theirs = model.get("fingerprint") if isinstance(model, dict) else None
         if theirs is not None and theirs != self.adapter.fingerprint():
             raise ConfigError(
@@ -335,8 +314,6 @@ class Evaluation:
         gen = SteeredGenerator(self.adapter, self.sources(), max_new_tokens=g.max_new_tokens,
                                do_sample=g.do_sample, seed=g.seed if g.do_sample else None,
                                max_new_tokens_unsteered=g.max_new_tokens_unsteered or None)
-        from l2s_data.evaluate.judges import load_judges
-
         guard, quality = load_judges(self.config.judges, guard=self._given["guard"], quality=self._given["quality"])
         return EvalWorker(run_id=self.run_id, task=self.config.data.task, generator=gen, store=self.store,
                           load_item=self.load_item, infos=self.infos, texts=load_texts(), batch_size=g.batch_size,
@@ -346,8 +323,8 @@ class Evaluation:
     def check_run_id(self) -> None:
         """Refuse a run id that the store already holds for a config with other settings (a
         reused ``[run] name``): its committed rows would be skipped as if they were this run's."""
-        rows = self.store.sql(f"SELECT DISTINCT config_json FROM runs WHERE run_id = {_sql_str(self.run_id)} "
-                              f"AND kind = 'evaluate'")["config_json"].to_pylist()
+        rows = query(self.store, "SELECT DISTINCT config_json FROM runs WHERE run_id = ? AND kind = 'evaluate'",
+                     [self.run_id])["config_json"].to_pylist()
         mine = config_identity(self.config.to_dict())
         for text in rows:
             theirs = config_identity(json.loads(text))
@@ -403,8 +380,6 @@ class Evaluation:
     def identity(self) -> dict[str, Any]:
         """The evaluated model's identity (:mod:`.identity`), with its weights' fingerprint when
         this process has loaded the model (a Ray driver does not load it)."""
-        from l2s_data.evaluate.identity import identity_from_path
-
         loaded = self._given["adapter"] is not None or "adapter" in self.__dict__
         return identity_from_path(self.config.model.path, fingerprint=self.adapter.fingerprint() if loaded else None)
 

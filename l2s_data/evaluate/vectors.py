@@ -1,7 +1,8 @@
 """Where the evaluation's fixed vectors and the L2S predictor come from.
 
 - :func:`mean_from_cache`: Mean-S (or Mean-S(BA)) as the mean of the cached P2S vectors of
-  the training samples, at layer L* (float32 [D]).
+  the training samples, at layer L* (float32 [D]), by the same mean as training's baselines
+  (:func:`l2s_data.steer.baselines.mean_of`).
 - :func:`load_vector`: one [D] vector from a ``.safetensors`` file (its only tensor, or the
   tensor named ``vector``).
 - :func:`load_predictor`: a trained L2S predictor from the file training wrote, with the keys
@@ -19,9 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from l2s_data.errors import ConfigError, KeyNotFoundError
-from l2s_data.evaluate.methods import Predictor
+from l2s_data.evaluate.sources import VectorPredictor
+from l2s_data.steer.baselines import mean_of
+from l2s_data.steer.predictor import load_predictor as steer_load
 
 __all__ = ["mean_from_cache", "load_vector", "ModulePredictor", "PredictorFile", "load_predictor"]
 
@@ -55,13 +59,11 @@ def mean_from_cache(snapshot: Any, recipe: str, position: str, layer: int, sampl
     rows = np.concatenate(parts)
     if scale_of:
         rows = rows * np.array([scale_of.get(s, 1.0) for s in ids])[:, None]
-    return torch.from_numpy(rows.mean(0).astype(np.float32))
+    return torch.from_numpy(mean_of(rows))
 
 
 def load_vector(path: str | os.PathLike, *, what: str = "vector") -> torch.Tensor:
     """One float32 [D] vector from a safetensors file."""
-    from safetensors.torch import load_file
-
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{what} file {str(p)!r} does not exist; expected a .safetensors file with one [D] tensor.")
@@ -78,7 +80,7 @@ def load_vector(path: str | os.PathLike, *, what: str = "vector") -> torch.Tenso
 
 
 class ModulePredictor:
-    """:class:`Predictor` around a torch module ``g`` (``g(h) -> v``), in float32, no grad."""
+    """:class:`~.sources.VectorPredictor` around a torch module ``g`` (``g(h) -> v``), in float32, no grad."""
 
     def __init__(self, module: torch.nn.Module):
         self.module = module.eval()
@@ -93,7 +95,7 @@ class PredictorFile:
     """A loaded predictor and the keys it was trained on: ``input_key`` (h_X: recipe, view,
     position, layer L') and ``target_key`` (v_X at layer L*); None where not known."""
 
-    predictor: Predictor
+    predictor: VectorPredictor
     input_key: dict[str, Any] | None = None
     target_key: dict[str, Any] | None = None
     #: category -> factor its training targets were multiplied by (empty: no target scaling)
@@ -105,8 +107,6 @@ class PredictorFile:
 def load_predictor(path: str | os.PathLike, *, dim: int | None = None) -> PredictorFile:
     """A predictor file written by training (``l2s_data.steer.save_predictor``), checked by the
     training stage's loader; ``dim``: the model's hidden size, which must be its width."""
-    from l2s_data.steer import load_predictor as steer_load
-
     g, meta = steer_load(path, d_in=dim, d_out=dim)
     overrides = meta.config.get("target", {}).get("position_overrides", {}) if isinstance(meta.config, dict) else {}
     return PredictorFile(ModulePredictor(g), dict(meta.input_key), dict(meta.target_key), dict(meta.target_scales),

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from l2s_data.evaluate.generation import EvalItem, SteeredGenerator
+from l2s_data.evaluate.protocols import EvalStore
 from l2s_data.evaluate.methods import get_method
 from l2s_data.evaluate.metrics import pope_parse, reference_correct
 from l2s_data.evaluate.texts import EvalTexts
@@ -85,7 +86,7 @@ def score_response(task: str, response: str, info: SampleInfo, texts: EvalTexts)
 class EvalWorker:
     """Generates, scores and commits the units of one evaluation run (see the module docstring)."""
 
-    def __init__(self, *, run_id: str, task: str, generator: SteeredGenerator, store: Any,
+    def __init__(self, *, run_id: str, task: str, generator: SteeredGenerator, store: EvalStore,
                  load_item: Callable[[str], EvalItem], infos: Mapping[str, SampleInfo], texts: EvalTexts,
                  batch_size: int = 8, guard: Any = None, quality: Any = None):
         self.run_id, self.task = run_id, task

@@ -8,7 +8,8 @@ from l2s_data.extract.config import ExtractConfig, load_config, parse_config, pa
 from l2s_data.extract.plan import Plan, SampleItem, Shard, ShardPart, make_plan, part_id
 from l2s_data.extract.recipe import ModelIdentity, Recipe, RecipeRef, make_recipes
 from l2s_data.extract.run import DryRun, Extraction, RunReport
-from l2s_data.extract.worker import ExtractionWorker, ExtractJob, ShardOutcome, ShardResult
+from l2s_data.extract.shard import ExtractJob, ShardOutcome, ShardResult
+from l2s_data.extract.worker import ExtractionWorker
 
 __all__ = [
     "ExtractConfig", "load_config", "parse_config", "parse_layers",

@@ -37,11 +37,12 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
 
 from l2s_data.actors import FORWARDED_ENV, RayOptions, TaskRun, absolute_path, run_pool
-from l2s_data.errors import ConfigError, ExtractionError, ShardFailedError
+from l2s_data.errors import ExtractionError, ShardFailedError
 
 from l2s_data.extract.plan import Plan, Shard
 from l2s_data.extract.run import Extraction, RunReport
-from l2s_data.extract.worker import ExtractionWorker, ExtractJob, ShardOutcome
+from l2s_data.extract.shard import ExtractJob, ShardOutcome
+from l2s_data.extract.worker import ExtractionWorker
 
 __all__ = ["Progress", "RayOptions", "RayRun", "ShardRun", "run_extraction", "run_on_ray", "extraction_row",
            "FORWARDED_ENV"]
@@ -181,10 +182,9 @@ def run_extraction(ex: Extraction, *, workers: int = 0, address: str | None = No
     got as far as its plan (an error before that, in the config or the model, stores nothing).
     """
     started = datetime.now(timezone.utc)
-    if workers == 0:
-        if address is not None:
-            raise ConfigError(f"--address {address!r} needs --workers N (N >= 1): with --workers 0 the "
-                              f"extraction runs in this process")
+    opts = RayOptions.or_in_process(workers, address, cpus_per_worker, max_restarts, max_task_retries,
+                                    what="extraction")
+    if opts is None:
         t_compute: list[float] = []
         done: list[ShardOutcome] = []
         plan_box: list[Plan] = []
@@ -216,7 +216,6 @@ def run_extraction(ex: Extraction, *, workers: int = 0, address: str | None = No
             raise
         _record(ex, report, workers, devices, started, "completed", None, 0)
         return report
-    opts = RayOptions(workers, address, cpus_per_worker, max_restarts, max_task_retries)
     run = run_on_ray(ex, opts, on_plan=on_plan, on_progress=on_progress, on_start=on_start)
     if run.failed:
         lines = "; ".join(f"shard {sid}: {why}" for sid, why in sorted(run.failed.items()))

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 from l2s_data.errors import ConfigError
 from l2s_data.store.contract import STORED_DTYPE, canonical_json, recipe_id
 
 from l2s_data.extract.config import DTYPES, INPUT_VIEWS, PAIR_VIEWS
+
+if TYPE_CHECKING:  # transformers: imported when a model is loaded
+    from l2s_data.models import ModelAdapter
 
 __all__ = ["RECIPE_FORMAT", "ModelIdentity", "Recipe", "RecipeRef", "make_recipes", "canonical_json",
            "local_recipe_id", "DTYPE_BYTES"]
@@ -52,7 +55,7 @@ class ModelIdentity:
                 "attn_implementation": self.attn_implementation}
 
     @classmethod
-    def of(cls, adapter: Any, *, attn_implementation: str) -> "ModelIdentity":
+    def of(cls, adapter: ModelAdapter, *, attn_implementation: str) -> "ModelIdentity":
         dtype = str(adapter.dtype).removeprefix("torch.")
         return cls(adapter.fingerprint(), adapter.family, dtype, attn_implementation)
 

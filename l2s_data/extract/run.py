@@ -20,17 +20,24 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from l2s_data.behaviors import load_behavior, load_preset
+from l2s_data.datasets import DatasetTables, read_dataset
 from l2s_data.errors import BehaviorError, ConfigError, StoreNotFoundError
 
 from l2s_data.extract.config import ExtractConfig, load_config, parse_layers
 from l2s_data.extract.plan import Plan, SampleItem, Shard, complete_samples, make_plan
 from l2s_data.extract.recipe import ModelIdentity, Recipe, RecipeRef, local_recipe_id, make_recipes
-from l2s_data.extract.worker import ExtractionWorker, ExtractJob, ShardOutcome
+from l2s_data.extract.shard import ExtractJob, ShardOutcome
+from l2s_data.extract.worker import ExtractionWorker
+
+if TYPE_CHECKING:  # transformers and DuckDB: imported when a model or a store is opened
+    from l2s_data.models import ModelAdapter
+    from l2s_data.store import Store
 
 __all__ = ["Extraction", "DryRun", "RunReport"]
 
@@ -82,7 +89,8 @@ class _Resolved:
 class Extraction:
     """A config bound to its data, behavior, model and store (each opened on first use)."""
 
-    def __init__(self, config: ExtractConfig, *, adapter: Any = None, store: Any = None, dataset: Any = None):
+    def __init__(self, config: ExtractConfig, *, adapter: ModelAdapter | None = None, store: Store | None = None,
+                 dataset: DatasetTables | None = None):
         self.config = config
         self._adapter = adapter
         self._store = store
@@ -96,13 +104,11 @@ class Extraction:
     @property
     def dataset(self) -> Any:
         if self._dataset is None:
-            from l2s_data.datasets import read_dataset
-
             self._dataset = read_dataset(self.config.data.path)
         return self._dataset
 
     @property
-    def adapter(self) -> Any:
+    def adapter(self) -> ModelAdapter:
         if self._adapter is None:
             self._adapter = self.config.model.load_adapter()
         return self._adapter
@@ -116,8 +122,6 @@ class Extraction:
                 raise ConfigError(f"[behavior] task = {b.task!r} needs a preset; add preset = \"<name>\" "
                                   f"or remove task")
             return None
-        from l2s_data.behaviors import load_preset
-
         if b.task is None:
             raise ConfigError(f"[behavior] preset = {b.preset!r} needs task = \"safety\" or \"pope\"")
         preset = load_preset(b.preset)
@@ -129,8 +133,6 @@ class Extraction:
 
     @cached_property
     def behavior(self) -> Any:
-        from l2s_data.behaviors import load_behavior
-
         if self.config.behavior.behavior is not None:
             return load_behavior(self.config.behavior.behavior)
         if self.task is not None:
@@ -240,9 +242,9 @@ class Extraction:
         return out
 
     # -- store ---------------------------------------------------------------------------
-    def open_store(self, *, create: bool) -> Any:
+    def open_store(self, *, create: bool) -> Store:
         if self._store is None:
-            from l2s_data.store import Store
+            from l2s_data.store import Store  # DuckDB: loaded when a store is opened, not on import
 
             try:
                 self._store = Store.open(self.config.run.store, create=create)
@@ -252,7 +254,7 @@ class Extraction:
                 return None
         return self._store
 
-    def plan(self, *, store: Any = None, refs: Mapping[str, RecipeRef] | None = None) -> Plan:
+    def plan(self, *, store: Store | None = None, refs: Mapping[str, RecipeRef] | None = None) -> Plan:
         """Plan against ``store`` (None: an empty store, every key missing)."""
         if refs is None:
             refs = {k: RecipeRef(r, local_recipe_id(r.spec())) for k, r in self.recipes.items()}
@@ -332,7 +334,7 @@ class Extraction:
                          plan, tuple(outcomes), time.perf_counter() - t0, tuple(self.notes()))
 
 
-def _quarantined(store: Any, refs: Mapping[str, RecipeRef]) -> dict[str, set[str]]:
+def _quarantined(store: Store, refs: Mapping[str, RecipeRef]) -> dict[str, set[str]]:
     """Samples with a recorded error per recipe kind (skipped unless ``retry_errors``).
 
     Reads the committed errors parts directly: no catalog (and no manifest snapshot) needed.
@@ -346,7 +348,7 @@ def _quarantined(store: Any, refs: Mapping[str, RecipeRef]) -> dict[str, set[str
     return out
 
 
-def _new_conflicts(store: Any, refs: Mapping[str, RecipeRef], conflicts: Mapping[str, str]) -> list[dict]:
+def _new_conflicts(store: Store, refs: Mapping[str, RecipeRef], conflicts: Mapping[str, str]) -> list[dict]:
     if not conflicts or "pair" not in refs:
         return []
     rid = refs["pair"].recipe_id

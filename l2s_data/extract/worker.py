@@ -18,6 +18,9 @@ pipeline over them (:mod:`l2s_data.extract.pipeline`):
 ``run_shard`` prepares ahead batch by batch and writes at the end (its outcome says whether
 the commit won); ``run`` also writes shard k while shard k + 1 computes.
 
+The values a shard passes through (the job, batches, results, outcomes) are in
+:mod:`l2s_data.extract.shard`.
+
 A sample that fails (unreadable image, prompt too long, missing position...) is quarantined in
 the store's errors table with its reason; the rest of the shard goes on. Batches come from the
 plan alone (rows sorted by length, cut every ``batch_size``), minus quarantined samples.
@@ -27,148 +30,27 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 
-from l2s_data.errors import DataSourceError, ExtractionError, InputError
-from l2s_data.extract.config import ExtractConfig
+from l2s_data.datasets import DatasetTables, read_dataset
+from l2s_data.errors import DataSourceError, ExtractionError
 from l2s_data.extract.pipeline import run_pipeline
 from l2s_data.extract.plan import SampleItem, Shard
-from l2s_data.extract.recipe import RecipeRef
+from l2s_data.extract.shard import (
+    QUARANTINED, Batch, ExtractJob, Key, Kind, Row, ShardAccumulator, ShardOutcome, ShardResult, row_order,
+)
+from l2s_data.models.encoding import EncodedItems
+from l2s_data.models.types import ChatInput, ContrastiveItem
 
 if TYPE_CHECKING:
-    from l2s_data.datasets.tables import DatasetTables
-    from l2s_data.models import ContrastiveItem, ModelAdapter
-    from l2s_data.models.adapter import EncodedItems
+    from l2s_data.models import ModelAdapter
     from l2s_data.store import Store
 
-__all__ = ["ExtractJob", "Continuation", "Batch", "ShardResult", "ShardOutcome", "ExtractionWorker", "QUARANTINED"]
-
-#: Errors that belong to one sample: quarantined, never fatal for the shard.
-QUARANTINED = (InputError, DataSourceError)
-
-Key = tuple[str, str, int]  # (view, position, layer)
-Kind = Literal["input", "pair"]
-
-
-@dataclass(frozen=True)
-class Continuation:
-    """How pos/neg completions are continued by generation before they are read."""
-
-    max_new_tokens: int = 0
-    do_sample: bool = False
-    seed: int = 0
-    include_last_generated: bool = False
-
-    @classmethod
-    def of(cls, settings: Mapping[str, object]) -> "Continuation":
-        return cls(int(settings.get("max_new_tokens", 0)), bool(settings.get("do_sample", False)),
-                   int(settings.get("seed", 0)), bool(settings.get("include_last_generated", False)))
-
-
-@dataclass(frozen=True)
-class ExtractJob:
-    """Everything a worker needs, picklable (a Ray actor is built from this alone)."""
-
-    config: ExtractConfig
-    recipes: Mapping[str, RecipeRef]
-
-    @property
-    def continuation(self) -> Continuation:
-        pair = self.recipes.get("pair")
-        return Continuation.of(dict(pair.recipe.completion)) if pair else Continuation()
-
-
-@dataclass(frozen=True)
-class Row:
-    """A sample of a batch, with its image loaded."""
-
-    item: SampleItem
-    image: Image.Image
-
-
-@dataclass(frozen=True)
-class Batch:
-    """A prepared batch: rows that passed the checks, their encodings, and the error rows of
-    the ones that did not. ``kind``: ``pair`` (pos/neg, and input when ``with_input``) or
-    ``input`` (input alone). ``encoded`` is None for input-only batches and for pair batches
-    that are continued by generation (their sequences exist only after it)."""
-
-    shard: Shard
-    kind: Kind
-    with_input: bool
-    rows: tuple[Row, ...]
-    encoded: EncodedItems | None
-    errors: tuple[dict[str, object], ...]
-    first_row: int      # the index of the batch's first planned sample in the shard's row order
-    last: bool          # the shard's last batch
-    seconds: float      # time spent preparing it
-
-
-@dataclass
-class ShardResult:
-    """A computed shard, in memory: per recipe kind, the sample ids and their float32 rows.
-
-    ``arrays[kind][(view, position, layer)]`` is a float32 CPU tensor ``[len(sample_ids[kind]), D]``
-    with row i = ``sample_ids[kind][i]``; p2s was taken in float32 before any down-cast.
-    """
-
-    shard: Shard
-    sample_ids: dict[str, list[str]] = field(default_factory=dict)
-    arrays: dict[str, dict[Key, torch.Tensor]] = field(default_factory=dict)
-    errors: list[dict[str, object]] = field(default_factory=list)
-    compute_s: float = 0.0
-
-    @property
-    def samples(self) -> int:
-        return len({s for ids in self.sample_ids.values() for s in ids})
-
-    @property
-    def quarantined(self) -> int:
-        return len({e["sample_id"] for e in self.errors})
-
-
-@dataclass(frozen=True)
-class ShardOutcome:
-    """What committing a shard did. ``won[kind]`` False = another attempt committed it first."""
-
-    shard_id: str
-    samples: int
-    keys: int
-    quarantined: int
-    won: Mapping[str, bool]
-    compute_s: float
-    write_s: float
-
-
-def row_order(item: SampleItem) -> tuple[int, str]:
-    # Batch similar lengths together (less padding); deterministic, from the plan alone.
-    extra = len(item.pair[0]) + max(len(item.pair[1]), len(item.pair[2])) if item.pair else 0
-    return (len(item.query) + extra, item.sample_id)
-
-
-class _Accumulator:
-    """A shard's computed batches, gathered per recipe kind until the shard is complete."""
-
-    def __init__(self, shard: Shard):
-        self.result = ShardResult(shard)
-        self.chunks: dict[str, list[tuple[list[str], dict[Key, torch.Tensor]]]] = {"input": [], "pair": []}
-
-    def add(self, kind: str, ids: list[str], arrays: dict[Key, torch.Tensor]) -> None:
-        if ids:
-            self.chunks[kind].append((ids, arrays))
-
-    def finish(self, recipes: Mapping[str, RecipeRef]) -> ShardResult:
-        res = self.result
-        for kind, chunks in self.chunks.items():
-            if chunks:
-                res.sample_ids[kind] = [s for ids, _ in chunks for s in ids]
-                res.arrays[kind] = {k: torch.cat([c[k] for _, c in chunks]).float() for k in recipes[kind].recipe.keys()}
-        return res
+__all__ = ["ExtractionWorker"]
 
 
 class ExtractionWorker:
@@ -201,7 +83,7 @@ class ExtractionWorker:
     @property
     def store(self) -> Store:
         if self._store is None:
-            from l2s_data.store import Store
+            from l2s_data.store import Store  # DuckDB: loaded when a store is opened, not on import
 
             self._store = Store.open(self.job.config.run.store, create=True)
         return self._store
@@ -209,8 +91,6 @@ class ExtractionWorker:
     @property
     def dataset(self) -> DatasetTables:
         if self._dataset is None:
-            from l2s_data.datasets import read_dataset
-
             self._dataset = read_dataset(self.job.config.data.path)
         return self._dataset
 
@@ -236,7 +116,7 @@ class ExtractionWorker:
 
     def compute_shard(self, shard: Shard) -> ShardResult:
         """Prepare and compute ``shard`` in this thread; nothing is written (dry-run timing)."""
-        acc = _Accumulator(shard)
+        acc = ShardAccumulator(shard)
         for batch in self.prepare(shard):
             self._compute_into(acc, batch)
         return acc.finish(self.job.recipes)
@@ -247,10 +127,10 @@ class ExtractionWorker:
         _ = self.adapter, self.dataset  # open both in this thread, before the prepare thread starts
         if write:
             _ = self.store
-        accs: dict[str, _Accumulator] = {}
+        accs: dict[str, ShardAccumulator] = {}
 
         def compute(batch: Batch) -> Iterator[ShardResult]:
-            acc = accs.setdefault(batch.shard.shard_id, _Accumulator(batch.shard))
+            acc = accs.setdefault(batch.shard.shard_id, ShardAccumulator(batch.shard))
             self._compute_into(acc, batch)
             if batch.last:
                 yield accs.pop(batch.shard.shard_id).finish(self.job.recipes)
@@ -318,8 +198,6 @@ class ExtractionWorker:
                 encs.append(enc)
             encoded = None
             if rows and kind == "pair" and not self.job.continuation.max_new_tokens:
-                from l2s_data.models.adapter import EncodedItems
-
                 encoded = EncodedItems.concat(encs)
             first = order[items[0].sample_id] if items else 0
             yield Batch(shard, kind, with_input, tuple(rows), encoded, tuple(errors), first, n == len(cuts) - 1,
@@ -337,8 +215,6 @@ class ExtractionWorker:
 
     def _contrastive(self, row: Row, continuations: tuple[tuple[int, ...], tuple[int, ...]] | None = None
                      ) -> ContrastiveItem:
-        from l2s_data.models import ContrastiveItem
-
         suffix, pos, neg = row.item.pair
         cont = continuations or (None, None)
         return ContrastiveItem(row.image, row.item.query, suffix, pos, neg, self.job.config.behavior.system,
@@ -347,8 +223,6 @@ class ExtractionWorker:
     def _encode_checked(self, kind: Kind, with_input: bool, item: SampleItem, image: Image.Image
                         ) -> EncodedItems | None:
         """Tokenize one sample's views and check them; raises what a capture would raise."""
-        from l2s_data.models import ChatInput
-
         if kind == "input":
             self.adapter.check(ChatInput(image, item.query, system=self.job.config.behavior.system),
                                layers=self._input.recipe.layers, positions=self._input.recipe.positions)
@@ -358,7 +232,7 @@ class ExtractionWorker:
         return enc
 
     # -- compute -------------------------------------------------------------------------
-    def _compute_into(self, acc: _Accumulator, batch: Batch) -> None:
+    def _compute_into(self, acc: ShardAccumulator, batch: Batch) -> None:
         t0 = time.perf_counter()
         res = acc.result
         res.errors.extend(batch.errors)
@@ -385,8 +259,6 @@ class ExtractionWorker:
             prefix_sharing=self.job.config.run.prefix_sharing, encoded=encoded)
 
     def _capture_input(self, batch: Batch, rows: list[Row], encoded: None) -> dict[Key, torch.Tensor]:
-        from l2s_data.models import ChatInput
-
         got = self.adapter.capture([ChatInput(r.image, r.item.query, system=self.job.config.behavior.system)
                                     for r in rows],
                                    layers=list(self._input.recipe.layers), positions=list(self._input.recipe.positions))
@@ -399,8 +271,6 @@ class ExtractionWorker:
         are what the model generated (end of sequence and padding dropped, the last one too
         unless ``include_last_generated``), never decoded text.
         """
-        from l2s_data.models import ChatInput
-
         c = self.job.continuation
         system = self.job.config.behavior.system
         sides = []
@@ -419,8 +289,6 @@ class ExtractionWorker:
     def _continue(self, batch: Batch, errors: list[dict[str, object]]) -> tuple[list[Row], EncodedItems | None]:
         """Continue the batch's completions and encode the extended sequences; samples whose
         extended sequences fail the checks (e.g. too long) are quarantined."""
-        from l2s_data.models.adapter import EncodedItems
-
         rows = list(batch.rows)
         conts = self.continuations(rows, self.generation_seed(batch))
         ok, encs = [], []

@@ -1,4 +1,5 @@
-"""``ModelAdapter``: one loaded MLLM with chat formatting, capture, steering and generation.
+"""``ModelAdapter``: one loaded MLLM with chat formatting, checks and capture (steering and
+generation: :mod:`l2s_data.models.steering`).
 
 Shapes: B items, R rows of a pass (B, or 3B for the contrastive views), L padded tokens,
 D hidden size. Batches are left-padded; explicit position ids make every row compute what it
@@ -8,47 +9,27 @@ from ``get_rope_index`` over the padded batch).
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
 from l2s_data.errors import InputError, LayerIndexError, PositionError, PromptTooLongError
 from l2s_data.models import families
-from l2s_data.models.encoding import Encoded, encode, plan_sequences, position_weights
-from l2s_data.models.gather import Gather, StopForward, layer_hooks, layer_output, to_cpu
+from l2s_data.models.encoding import Encoded, EncodedItems, encode, plan_sequences, position_weights
+from l2s_data.models.gather import Gather, StopForward, layer_hooks, to_cpu
+from l2s_data.models.prefix import run_prefix_shared
+from l2s_data.models.steering import SteeredGeneration
 from l2s_data.models.types import POSITIONS, ChatInput, ContrastiveItem
 
-__all__ = ["ModelAdapter", "EncodedItems"]
+__all__ = ["ModelAdapter"]
 
 
-@dataclass(frozen=True)
-class EncodedItems:
-    """Items tokenized for a contrastive capture: ``views[v][i]`` is item i's sequence of view
-    ``v``; ``vision`` holds their images, row i = item i (:meth:`ModelAdapter.encode_contrastive`)."""
+class ModelAdapter(SteeredGeneration):
+    """A loaded model + processor of one family. Build it with :func:`load_adapter`.
 
-    views: dict[str, list[Encoded]]
-    vision: families.Vision
-
-    def __len__(self) -> int:
-        return len(self.vision.n_tokens)
-
-    @staticmethod
-    def concat(parts: Sequence["EncodedItems"]) -> "EncodedItems":
-        """The items of ``parts``, in order (the parts must hold the same views)."""
-        views = {v: [e for p in parts for e in p.views[v]] for v in parts[0].views}
-        return EncodedItems(views, families.Vision.concat([p.vision for p in parts]))
-
-    def select(self, rows: Sequence[int]) -> "EncodedItems":
-        """Items ``rows``, in this order."""
-        return EncodedItems({v: [e[i] for i in rows] for v, e in self.views.items()}, self.vision.select(rows))
-
-
-class ModelAdapter:
-    """A loaded model + processor of one family. Build it with :func:`load_adapter`."""
+    Steering and generation come from :class:`~l2s_data.models.steering.SteeredGeneration`."""
 
     def __init__(self, model, processor, family: str, *, path: str | Path | None = None,
                  attn_implementation: str = "eager"):
@@ -307,8 +288,6 @@ class ModelAdapter:
         gather = Gather(keys, self.hidden_size, self.device, stop_early=self.stop_early)
         seqs, reads = plan_sequences(encoded.views, {v: want[v][1] for v in views}, key=lambda v, p: (v, p))
         if prefix_sharing:
-            from l2s_data.models.prefix import run_prefix_shared
-
             run_prefix_shared(self, gather, seqs, encoded.vision, reads)
         else:
             for name, got in seqs.items():
@@ -320,113 +299,3 @@ class ModelAdapter:
                     # float32 on the device: the difference of close vectors keeps its precision.
                     out[("p2s", p, layer)] = out[("pos", p, layer)] - out[("neg", p, layer)]
         return to_cpu(out)
-
-    # --- steering and generation ---------------------------------------------------------
-
-    @contextlib.contextmanager
-    def steering(self, layer: int, vectors: torch.Tensor, alpha: float) -> Iterator[None]:
-        """Add ``alpha * v`` to decoder layer ``layer``'s output at every position (prompt and
-        every generated token) while the block runs.
-
-        ``vectors``: [B, D] (row i of the batch gets ``vectors[i]``) or [D] (every row).
-        """
-        (layer,) = self.check_layers([layer])
-        v = torch.as_tensor(vectors)
-        if v.ndim not in (1, 2) or v.shape[-1] != self.hidden_size:
-            raise InputError(f"steering vectors have shape {tuple(v.shape)}; expected [B, {self.hidden_size}] "
-                             f"or [{self.hidden_size}].")
-        delta = (float(alpha) * v.to(self.device, torch.float32)).to(self.dtype)
-        delta = delta[:, None, :] if delta.ndim == 2 else delta
-
-        def hook(_module, _args, output):
-            hidden = layer_output(output)
-            if delta.ndim == 3 and delta.shape[0] != hidden.shape[0]:
-                raise InputError(f"steering vectors have {delta.shape[0]} rows but the batch has "
-                                 f"{hidden.shape[0]}; pass one vector per item, or a single [D] vector.")
-            steered = hidden + delta
-            return (steered, *output[1:]) if isinstance(output, tuple) else steered
-
-        handle = self.layers[layer].register_forward_hook(hook)
-        try:
-            yield
-        finally:
-            handle.remove()
-
-    def generation_inputs(self, items: Sequence[ChatInput]) -> dict[str, torch.Tensor]:
-        """Left-padded ``generate()`` kwargs for ``items``.
-
-        An item without a completion is prompted with the generation prompt; one with a
-        completion is prompted with the open-ended completion (``continue_final_message``:
-        no end of turn), followed by its ``continuation`` ids when it has some.
-        """
-        items = [it if it.completion is None or it.continuation is not None else replace(it, continuation=())
-                 for it in items]
-        encs, vision = self.encode_items(items)
-        for i, e in enumerate(encs):
-            if len(e) > self.max_context:
-                raise PromptTooLongError(f"item {i}: {len(e)} tokens exceed the model's context of "
-                                         f"{self.max_context}; shorten the query.")
-        ids, mask = self.pad_left([e.ids for e in encs])
-        kwargs = {"input_ids": ids, "attention_mask": mask, **vision.take(list(range(len(items))))}
-        if self.family != "llava" and families.takes_mm_token_types(self.model.forward):
-            kwargs["mm_token_type_ids"] = (ids == self.image_token_id).int()
-        return {k: v.to(self.device, dtype=self.dtype if v.is_floating_point() else v.dtype)
-                for k, v in kwargs.items()}
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]:
-        """The ids that end generation (the generation config's, else the tokenizer's)."""
-        eos = getattr(self.model.generation_config, "eos_token_id", None)
-        if eos is None:
-            eos = self.processor.tokenizer.eos_token_id
-        return frozenset([eos] if isinstance(eos, int) else eos)
-
-    def placeholder_token_ids(self) -> list[int]:
-        """Ids that stand for images or videos: never sampled, since a placeholder without
-        pixels breaks the forward (a real model gives them vanishing probability anyway)."""
-        cfg = self.model.config
-        names = ("image_token_id", "image_token_index", "video_token_id", "vision_start_token_id",
-                 "vision_end_token_id")
-        return sorted({int(v) for n in names if (v := getattr(cfg, n, None)) is not None})
-
-    @torch.inference_mode()
-    def generate_ids(self, items: Sequence[ChatInput], *, max_new_tokens: int, do_sample: bool = False,
-                     seed: int | None = None, include_last: bool = True,
-                     temperature: float | None = None) -> list[tuple[int, ...]]:
-        """Greedy (or sampled, seeded) continuations of ``items``, as token ids.
-
-        Row i holds the ids generated for ``items[i]`` up to its end of sequence; the end of
-        sequence itself and the padding after it are dropped. ``include_last=False`` also
-        drops the last id of a row that stopped at ``max_new_tokens`` (the reference feeds
-        back every generated token but the last one produced: the end of sequence, or the
-        N-th). A completion is continued (see :meth:`generation_inputs`). ``temperature``
-        divides the logits when sampling (None: the checkpoint's generation config).
-        """
-        if not items:
-            return []
-        kwargs = self.generation_inputs(items)
-        width = kwargs["input_ids"].shape[1]
-        if do_sample and temperature is not None:
-            kwargs["temperature"] = float(temperature)
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            if seed is not None:
-                torch.manual_seed(seed)
-            out = self.model.generate(**kwargs, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                      pad_token_id=self.pad_token_id, use_cache=True,
-                                      suppress_tokens=self.placeholder_token_ids())
-        eos = self.eos_token_ids
-        rows = []
-        for row in out[:, width:].tolist():
-            stop = next((k for k, t in enumerate(row) if t in eos), None)
-            if stop is not None:
-                rows.append(tuple(row[:stop]))
-            else:
-                rows.append(tuple(row if include_last else row[:-1]))
-        return rows
-
-    def generate(self, items: Sequence[ChatInput], *, max_new_tokens: int, do_sample: bool = False,
-                 seed: int | None = None) -> list[str]:
-        """:meth:`generate_ids`, decoded without special tokens (for display only)."""
-        ids = self.generate_ids(items, max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed)
-        return self.processor.tokenizer.batch_decode([list(r) for r in ids], skip_special_tokens=True)

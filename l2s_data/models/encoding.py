@@ -26,12 +26,17 @@ was prompted with: generated ids are never decoded and re-encoded.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from l2s_data.errors import InputError, PositionError
 from l2s_data.models.types import POSITIONS, ChatInput
 
-__all__ = ["Encoded", "messages_for", "render", "encode", "position_weights", "plan_sequences"]
+if TYPE_CHECKING:  # families brings in transformers; the encodings need only its Vision type
+    from l2s_data.models.families import Vision
+
+__all__ = ["Encoded", "EncodedItems", "messages_for", "render", "encode", "position_weights", "plan_sequences"]
 
 
 @dataclass(frozen=True)
@@ -212,3 +217,25 @@ def plan_sequences(encs: dict[str, list[Encoded]], want: dict[str, list[str]], *
         if not reads[v]:  # every position of the view is read on its user turn
             del seqs[v], reads[v]
     return seqs, reads
+
+
+@dataclass(frozen=True)
+class EncodedItems:
+    """Items tokenized for a contrastive capture: ``views[v][i]`` is item i's sequence of view
+    ``v``; ``vision`` holds their images, row i = item i (:meth:`ModelAdapter.encode_contrastive`)."""
+
+    views: dict[str, list[Encoded]]
+    vision: Vision
+
+    def __len__(self) -> int:
+        return len(self.vision.n_tokens)
+
+    @staticmethod
+    def concat(parts: Sequence["EncodedItems"]) -> "EncodedItems":
+        """The items of ``parts``, in order (the parts must hold the same views)."""
+        views = {v: [e for p in parts for e in p.views[v]] for v in parts[0].views}
+        return EncodedItems(views, type(parts[0].vision).concat([p.vision for p in parts]))
+
+    def select(self, rows: Sequence[int]) -> "EncodedItems":
+        """Items ``rows``, in this order."""
+        return EncodedItems({v: [e[i] for i in rows] for v, e in self.views.items()}, self.vision.select(rows))

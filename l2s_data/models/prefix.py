@@ -29,14 +29,18 @@ forwards, which compute the same numbers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, Protocol
+
 import numpy as np
 import torch
 from transformers import DynamicCache
 
 from l2s_data.models.encoding import Encoded, position_weights
+from l2s_data.models.families import Vision
 from l2s_data.models.gather import Gather, layer_hooks
 
-__all__ = ["run_prefix_shared", "shared_prefix_lengths", "continuation_groups", "SPLIT_PADDING"]
+__all__ = ["PrefixModel", "run_prefix_shared", "shared_prefix_lengths", "continuation_groups", "SPLIT_PADDING"]
 
 #: Share of padded token slots above which ``input`` gets its own continuation call.
 SPLIT_PADDING = 0.2
@@ -81,7 +85,27 @@ def _slice_positions(full: torch.Tensor, start: torch.Tensor, n: torch.Tensor, w
     return out * valid.unsqueeze(0)
 
 
-def run_prefix_shared(adapter, gather: Gather, seqs: dict[str, list[Encoded]], vision,
+class PrefixModel(Protocol):
+    """What prefix sharing needs of a model adapter (:class:`~l2s_data.models.ModelAdapter`)."""
+
+    family: str
+    model: Any                      # the Hugging Face model (its config builds the KV cache)
+    layers: Sequence[torch.nn.Module]
+    pad_token_id: int
+
+    def pad_left(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def positions_for(self, ids: torch.Tensor, mask: torch.Tensor, vision: Vision | None,
+                      images: Sequence[int]) -> torch.Tensor: ...
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, *,
+                vision_kwargs: dict | None = None, cache: Any = None, use_cache: bool = False) -> Any: ...
+
+    def run_sequence(self, gather: Gather, encs: Sequence[Encoded], reads: Sequence[tuple[tuple, str]],
+                     vision: Vision) -> None: ...
+
+
+def run_prefix_shared(adapter: PrefixModel, gather: Gather, seqs: dict[str, list[Encoded]], vision: Vision,
                       reads: dict[str, list[tuple[tuple, str]]]) -> None:
     """Run the sequences ``seqs`` (name -> one :class:`Encoded` per item) prefix-shared, reading
     ``reads[name]`` = [(gather key, position)] into result row i of each key."""

@@ -8,8 +8,10 @@
     sel.categories     # category per row (from memberships)
     sel.snapshot_id    # the store snapshot these rows came from
 
-Goes through the store's loader (``store.columns``) and catalog (``store.sql``) only. A key that
-has no rows, or a ``where`` that selects none, raises an error naming it and what exists.
+Goes through the store's loader (``store.columns``) and catalog (``store.catalog``) only. A key
+that has no rows, or a ``where`` that selects none, raises an error naming it and what exists.
+Values reach SQL as parameters (:func:`query`); a user's ``where`` fragment reaches it only
+through :func:`where_sql`, after the check the loader applies to it.
 """
 
 from __future__ import annotations
@@ -18,16 +20,35 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from l2s_data.errors import EmptySelectionError, KeyNotFoundError
 from l2s_data.store import Key
+from l2s_data.store.catalog import check_where
 
-__all__ = ["Selection", "read_selection", "read_dataset", "open_columns", "check_key", "sample_labels", "sql_literal"]
+__all__ = ["Selection", "read_selection", "read_dataset", "open_columns", "check_key", "sample_labels", "query",
+           "where_sql", "in_condition"]
 
 
-def sql_literal(text: str) -> str:
-    """``text`` as a SQL string literal (quotes doubled)."""
-    return "'" + str(text).replace("'", "''") + "'"
+def query(store, sql: str, params: Sequence[object] = ()) -> pa.Table:
+    """Every row of one read-only SELECT, its ``?`` placeholders bound to ``params``, on the
+    sandboxed catalog of the store's current snapshot."""
+    with store.catalog() as cat:
+        return cat.query(sql, list(params))
+
+
+def where_sql(head: str, where: str | None, tail: str = "") -> str:
+    """``head WHERE (where) tail``: a user's selection, spliced only after the same check the
+    loader applies to it (one SQL expression; no ``;``, no comment), or ``head tail`` if None."""
+    if where is None:
+        return f"{head} {tail}".strip()
+    return " ".join(part for part in (head, "WHERE (" + check_where(None, where) + ")", tail) if part)
+
+
+def in_condition(column: str, values: Sequence[str]) -> str:
+    """``column IN ('a', 'b')`` for the loader's ``where``, which takes text and no parameters;
+    each value is quoted as a SQL string literal (quotes doubled)."""
+    return f"{column} IN (" + ", ".join("'" + str(v).replace("'", "''") + "'" for v in values) + ")"
 
 
 @dataclass(frozen=True)
@@ -52,11 +73,9 @@ class Selection:
 
 def check_key(store, key: Key) -> None:
     """Raise KeyNotFoundError naming what exists if ``key`` has no committed rows."""
-    rec = sql_literal(key.recipe)
-    base = (f"FROM manifests m LEFT JOIN recipes r USING (recipe_id) "
-            f"WHERE (m.recipe_id = {rec} OR r.name = {rec})")
-    layers = store.sql(f"SELECT DISTINCT m.layer {base} AND m.view = {sql_literal(key.view)} "
-                       f"AND m.position = {sql_literal(key.position)} ORDER BY 1")["layer"].to_pylist()
+    rid = store.resolve_recipe(key.recipe, must_exist=False)
+    layers = query(store, "SELECT DISTINCT layer FROM manifests WHERE recipe_id = ? AND view = ? AND position = ? "
+                   "ORDER BY 1", [rid, key.view, key.position])["layer"].to_pylist()
     if int(key.layer) in layers:
         return
     if layers:
@@ -65,7 +84,7 @@ def check_key(store, key: Key) -> None:
             f"{key.position!r}; its stored layers are {layers}. Pick one of them, or extract layer "
             f"{key.layer} (`l2s extract` with that layer in the recipe's layers)."
         )
-    have = store.sql(f"SELECT DISTINCT m.view, m.position {base} ORDER BY 1, 2")
+    have = query(store, "SELECT DISTINCT view, position FROM manifests WHERE recipe_id = ? ORDER BY 1, 2", [rid])
     pairs = list(zip(have["view"].to_pylist(), have["position"].to_pylist()))
     if pairs:
         raise KeyNotFoundError(
@@ -80,9 +99,8 @@ def check_key(store, key: Key) -> None:
 
 def sample_labels(store, where: str | None) -> dict[str, tuple[str, str | None]]:
     """sample_id -> (category, label) over memberships (the first, if a sample has several)."""
-    clause = "" if where is None else f"WHERE ({where}) "
-    t = store.sql("SELECT sample_id, min(category) AS category, min(label) AS label FROM memberships "
-                  f"LEFT JOIN samples USING (sample_id) {clause}GROUP BY sample_id")
+    t = query(store, where_sql("SELECT sample_id, min(category) AS category, min(label) AS label FROM memberships "
+                               "LEFT JOIN samples USING (sample_id)", where, "GROUP BY sample_id"))
     return dict(zip(t["sample_id"].to_pylist(), zip(t["category"].to_pylist(), t["label"].to_pylist())))
 
 

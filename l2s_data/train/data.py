@@ -8,7 +8,6 @@ per-sample scale and weight looked up by sample id. Validation rows are always r
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,15 +15,16 @@ from typing import Any
 import numpy as np
 
 from l2s_data.behaviors import TargetScaling
+from l2s_data.datasets.splits import hash_share
 from l2s_data.errors import ConfigError, EmptySelectionError, StoreError
 from l2s_data.steer.selection import (
-    Selection, open_columns, read_dataset, read_selection, sample_labels, sql_literal,
+    Selection, in_condition, open_columns, query, read_dataset, read_selection, sample_labels, where_sql,
 )
 from l2s_data.store import Key
 from l2s_data.train.config import TrainConfig
 
 __all__ = ["TrainData", "load_data", "target_scales", "label_weights", "resolve_recipe_id", "resolve_recipe_ids",
-           "hash_share", "test_overlap"]
+           "test_overlap"]
 
 
 @dataclass
@@ -62,23 +62,13 @@ class TrainData:
 
 
 def resolve_recipe_ids(store, recipes: list[str]) -> list[str]:
-    """The recipe id of each id or registered name in ``recipes`` (one catalog query)."""
-    lits = ", ".join(sql_literal(r) for r in recipes)
-    t = store.sql(f"SELECT DISTINCT recipe_id, name FROM recipes WHERE recipe_id IN ({lits}) OR name IN ({lits})")
-    pairs = list(zip(t["recipe_id"].to_pylist(), t["name"].to_pylist()))
-    out = []
-    for r in recipes:
-        ids = {i for i, n in pairs if r in (i, n)}
-        if len(ids) != 1:
-            raise StoreError(f"recipe {r!r} names {len(ids)} recipes in store {store.url} (expected one); "
-                             f"list them with `l2s sql \"SELECT recipe_id, name FROM recipes\"`.")
-        out.append(ids.pop())
-    return out
+    """The recipe id of each id or registered name in ``recipes`` (the store's resolver)."""
+    return [store.resolve_recipe(r) for r in recipes]
 
 
 def resolve_recipe_id(store, recipe: str) -> str:
-    """The recipe id for an id or a registered name (through the catalog)."""
-    return resolve_recipe_ids(store, [recipe])[0]
+    """The recipe id for an id or a registered name (the store's resolver)."""
+    return store.resolve_recipe(recipe)
 
 
 def target_scales(spec: TargetScaling, categories: np.ndarray, targets: np.ndarray) -> dict[str, float]:
@@ -108,13 +98,6 @@ def label_weights(labels: np.ndarray) -> dict[str | None, float]:
     return {v: n / (k * c) for v, c in zip(values.tolist(), counts.tolist())}
 
 
-def hash_share(sample_id: str, fraction: float) -> bool:
-    """Whether a training sample validates under ``val_rule = "hash_share"``: its id's hash is
-    below ``fraction`` (the same on every machine, whatever the seed or the selection)."""
-    h = int.from_bytes(hashlib.sha256(f"train-validation:{sample_id}".encode()).digest()[:8], "big")
-    return h / 2**64 < fraction
-
-
 def _natural(text: Any) -> tuple:
     return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.findall(r"\d+|\D+", str(text)))
 
@@ -138,8 +121,8 @@ def _split_fraction(store, sel: Selection, sp) -> tuple[Selection, Selection]:
 
 
 def _question_ids(store, where: str) -> dict[str, str]:
-    t = store.sql("SELECT sample_id, min(question_id) AS q FROM memberships LEFT JOIN samples USING (sample_id) "
-                  f"WHERE ({where}) GROUP BY sample_id")
+    t = query(store, where_sql("SELECT sample_id, min(question_id) AS q FROM memberships "
+                               "LEFT JOIN samples USING (sample_id)", where, "GROUP BY sample_id"))
     return dict(zip(t["sample_id"].to_pylist(), t["q"].to_pylist()))
 
 
@@ -147,9 +130,8 @@ def test_overlap(store, ids: list[str], test_where: str) -> list[str]:
     """The sample ids among ``ids`` that ``test_where`` selects (rows a report shows as test)."""
     if not test_where.strip() or not ids:
         return []
-    t = store.sql("SELECT DISTINCT sample_id FROM memberships LEFT JOIN samples USING (sample_id) "
-                  f"WHERE ({test_where})")
-    test = set(t["sample_id"].to_pylist())
+    with store.catalog() as cat:
+        test = set(cat.select_sample_ids(test_where))
     return sorted(s for s in ids if s in test)
 
 
@@ -180,8 +162,8 @@ def _read(store, cfg: TrainConfig, where: str, *, what: str, probe=None) -> Sele
     parts = []
     for pos, cats in groups.items():
         y = Key(cfg.target.recipe, cfg.target.view, pos, cfg.target.layer)
-        lits = ", ".join(sql_literal(c) for c in (cats or overridden))
-        clause = (f"category IN ({lits})" if cats else f"coalesce(category, '') NOT IN ({lits})")
+        inside = in_condition("category", cats or overridden)
+        clause = inside if cats else f"NOT coalesce({inside}, false)"
         sub = f"({where}) AND {clause}"
         try:
             parts.append(read_selection(store, [x, y], sub, what=f"{what}, position {pos}"))
@@ -249,8 +231,7 @@ def load_data(cfg: TrainConfig, store) -> TrainData:
             raise EmptySelectionError(
                 f"split.val_fraction = {sp.val_fraction} ({sp.val_rule}) of {len(ids)} training sample(s) leaves "
                 f"{'no validation' if not chosen else 'no training'} rows; change val_fraction or set val_where.")
-        lits = ", ".join(sql_literal(s) for s in chosen)
-        val = read_selection(store, [x, y], f"({sp.train_where}) AND sample_id IN ({lits})", what=vwhat)
+        val = read_selection(store, [x, y], f"({sp.train_where}) AND {in_condition('sample_id', chosen)}", what=vwhat)
         exclude = frozenset(chosen)
         info = {s: v for s, v in info.items() if s not in exclude}
     overlap = _check_overlap(store, cfg, val)

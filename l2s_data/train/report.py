@@ -15,7 +15,11 @@ from typing import Any
 import numpy as np
 
 from l2s_data.errors import PredictorMismatchError, RunNotFoundError
-from l2s_data.steer.selection import sql_literal
+from l2s_data.steer.predictor import load_predictor
+from l2s_data.steer.selection import query
+from l2s_data.train.config import parse_train_config
+from l2s_data.train.data import load_data
+from l2s_data.train.evaluate import predict
 
 __all__ = ["get_run", "sweep_runs", "report_train", "report_sweep"]
 
@@ -31,7 +35,7 @@ def _plt():
 
 def get_run(store, run_id: str) -> dict[str, Any]:
     """The ``runs`` row of ``run_id`` as a dict (config and metrics parsed)."""
-    t = store.sql(f"SELECT * FROM runs WHERE run_id = {sql_literal(run_id)}")
+    t = query(store, "SELECT * FROM runs WHERE run_id = ?", [run_id])
     if t.num_rows == 0:
         recent = store.sql("SELECT run_id FROM runs ORDER BY created_at DESC LIMIT 5")["run_id"].to_pylist()
         raise RunNotFoundError(
@@ -46,7 +50,7 @@ def get_run(store, run_id: str) -> dict[str, Any]:
 
 
 def sweep_runs(store, sweep_id: str) -> list[dict[str, Any]]:
-    t = store.sql(f"SELECT * FROM runs WHERE sweep_id = {sql_literal(sweep_id)} ORDER BY run_id")
+    t = query(store, "SELECT * FROM runs WHERE sweep_id = ? ORDER BY run_id", [sweep_id])
     if t.num_rows == 0:
         known = store.sql("SELECT DISTINCT sweep_id FROM runs WHERE sweep_id IS NOT NULL ORDER BY 1")
         raise RunNotFoundError(
@@ -67,11 +71,6 @@ def _pca2(a: np.ndarray) -> np.ndarray:
 
 
 def _projection(store, run: dict[str, Any], path: Path) -> str:
-    from l2s_data.steer.predictor import load_predictor
-    from l2s_data.train.config import parse_train_config
-    from l2s_data.train.data import load_data
-    from l2s_data.train.evaluate import predict
-
     if not run.get("artifact"):
         return "No predictor was saved for this run (stopped early), so there is no projection."
     try:

@@ -43,12 +43,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from l2s_data.errors import ConfigError, TrainingError
-from l2s_data.steer.selection import sql_literal
+from l2s_data.actors import absolute_path
 from l2s_data.configfile import read_toml, validation_message
+from l2s_data.errors import ConfigError, TrainingError
+from l2s_data.steer.selection import query
+from l2s_data.store import Store
 from l2s_data.train.config import TrainConfig, parse_train_config
+from l2s_data.train.data import load_data
+from l2s_data.train.trainer import commit_run, train
 
 __all__ = ["SweepSettings", "SweepConfig", "SweepResult", "load_sweep_config", "parse_sweep_config",
            "draw_trials", "run_sweep", "data_signature"]
@@ -178,8 +183,8 @@ def _absolute(base: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     out = dict(base)
     for k in ("store", "out_dir"):
         v = out.get(k)
-        if isinstance(v, str) and "://" not in v and not Path(v).is_absolute():
-            out[k] = str((base_dir / v).resolve())
+        if isinstance(v, str):
+            out[k] = absolute_path(v, base_dir)
     return out
 
 
@@ -201,11 +206,8 @@ def _trainable(config: dict[str, Any], base: dict[str, Any], refs: dict[str, Any
 
 def _trial(config: dict[str, Any], *, base: dict[str, Any], refs: dict[str, Any], sweep_id: str,
            threads: int, report_epochs: bool) -> None:
-    import ray
-    import torch
+    import ray  # Ray's import is seconds of start-up that reading a sweep config does not need
     from ray import tune
-
-    from l2s_data.train.trainer import train
 
     torch.set_num_threads(threads)
     cfg = parse_train_config(apply_overrides(base, config["overrides"]), source=f"sweep {sweep_id}")
@@ -236,10 +238,6 @@ def run_sweep(cfg: SweepConfig, *, base_dir: str | Path = ".", sweep_id: str | N
     """Run every trial of ``cfg`` on Ray Tune and commit them to ``runs`` (see the module doc)."""
     import ray
     from ray import tune
-
-    from l2s_data.store import Store
-    from l2s_data.train.data import load_data
-    from l2s_data.train.trainer import commit_run
 
     s = cfg.sweep
     base = _absolute(cfg.base, Path(base_dir))
@@ -303,7 +301,7 @@ def run_sweep(cfg: SweepConfig, *, base_dir: str | Path = ".", sweep_id: str | N
         if errors:
             raise TrainingError(f"{len(errors)} of {len(trials)} sweep trial(s) failed; the first: {errors[0]}")
         # Trials stopped early never reached their own commit: commit what they reported.
-        have = set(store.sql(f"SELECT run_id FROM runs WHERE sweep_id = {sql_literal(sweep_id)}")["run_id"].to_pylist())
+        have = set(query(store, "SELECT run_id FROM runs WHERE sweep_id = ?", [sweep_id])["run_id"].to_pylist())
         stopped = []
         for r in grid:
             df = r.metrics_dataframe
@@ -324,9 +322,11 @@ def run_sweep(cfg: SweepConfig, *, base_dir: str | Path = ".", sweep_id: str | N
         if started:
             ray.shutdown()
     # runs has val_cosine and val_mse columns; a sweep on val_loss is ranked by val_mse
-    col, order = ("val_cosine", "DESC") if s.metric == "val_cosine" else ("val_mse", "ASC")
-    best = store.sql(f"SELECT run_id, {col} AS m FROM runs WHERE sweep_id = {sql_literal(sweep_id)} AND status = 'completed' "
-                     f"ORDER BY m {order} LIMIT 1")
+    ranked = {"val_cosine": "SELECT run_id, val_cosine AS m FROM runs WHERE sweep_id = ? AND status = 'completed' "
+                            "ORDER BY m DESC LIMIT 1",
+              "val_mse": "SELECT run_id, val_mse AS m FROM runs WHERE sweep_id = ? AND status = 'completed' "
+                         "ORDER BY m ASC LIMIT 1"}
+    best = query(store, ranked["val_cosine" if s.metric == "val_cosine" else "val_mse"], [sweep_id])
     return SweepResult(sweep_id, run_ids, snaps.pop(),
                        best["run_id"][0].as_py() if best.num_rows else None,
                        best["m"][0].as_py() if best.num_rows else None, stopped, len(datas))

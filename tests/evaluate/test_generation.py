@@ -10,7 +10,8 @@ import torch
 
 import l2s_data.evaluate.methods as methods_mod
 from l2s_data.errors import ConfigError, KeyNotFoundError
-from l2s_data.evaluate.generation import ActivationCache, SteeredGenerator, VectorSources
+from l2s_data.evaluate.generation import SteeredGenerator
+from l2s_data.evaluate.sources import ActivationCache, VectorSources
 from l2s_data.evaluate.methods import METHOD_NAMES, get_method, parse_alpha, parse_alphas
 from l2s_data.models import ChatInput, ContrastiveItem
 from l2s_data.store import Store

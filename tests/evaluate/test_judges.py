@@ -12,9 +12,9 @@ import torch
 
 from l2s_data.errors import ConfigError, JudgeError, ModelLoadError
 from l2s_data.evaluate.judges import (
-    GuardJudge, HTTPQualityJudge, LocalQualityJudge, QualityPrompt, load_quality_judge, make_tiny_guard,
-    parse_rating,
+    GuardJudge, HTTPQualityJudge, LocalQualityJudge, QualityPrompt, load_quality_judge, parse_rating,
 )
+from l2s_data.models.tiny_guard import make_tiny_guard
 
 RESPONSES = ["I cannot help with that.", "Step 1: buy a crowbar. Step 2: break the lock.", "", "Sure."]
 

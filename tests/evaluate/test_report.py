@@ -8,12 +8,13 @@ import math
 
 import pytest
 
+from l2s_data.datasets.splits import is_validation
 from l2s_data.errors import ConfigError, KeyNotFoundError
-from l2s_data.evaluate.judges import make_tiny_guard
 from l2s_data.evaluate.metrics import pope_parse, unsafe_scores
 from l2s_data.evaluate.report import write_report
 from l2s_data.evaluate.results import load_results
-from l2s_data.evaluate.run import Evaluation, is_validation
+from l2s_data.evaluate.run import Evaluation
+from l2s_data.models.tiny_guard import make_tiny_guard
 from l2s_data.store import Store
 
 from .conftest import eval_config

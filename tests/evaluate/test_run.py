@@ -7,10 +7,11 @@ import json
 
 import pytest
 
+from l2s_data.datasets.splits import is_validation
 from l2s_data.errors import ConfigError
 from l2s_data.evaluate.config import load_config
 from l2s_data.evaluate.methods import get_method
-from l2s_data.evaluate.run import Evaluation, committed_rows, is_validation
+from l2s_data.evaluate.run import Evaluation, committed_rows
 from l2s_data.store import Store
 
 from .conftest import L_STAR, eval_config as _config, save_trained_predictor

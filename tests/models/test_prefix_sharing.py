@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from l2s_data.models import FAMILIES, POSITIONS, ContrastiveItem
-from l2s_data.models.prefix import shared_prefix_lengths
+from l2s_data.models.prefix import PrefixModel, shared_prefix_lengths
 
 PAIR_POSITIONS = list(POSITIONS)
 INPUT_POSITIONS = ["prompt_last", "user_last", "sequence_last", "sequence_last-1"]
@@ -89,3 +89,12 @@ def test_both_continuation_groupings_equal_separate_forwards(family, split_paddi
     shared, separate = _both(adapter, safety_items)
     for key, value in separate.items():
         torch.testing.assert_close(shared[key], value, atol=2e-5, rtol=1e-4, msg=f"{family} {key}")
+
+
+def test_the_adapter_has_everything_prefix_sharing_takes_from_it(tiny_adapter):
+    adapter = tiny_adapter("llava")
+    members = [m for m in PrefixModel.__annotations__] + [
+        m for m, v in vars(PrefixModel).items() if callable(v) and not m.startswith("_")]
+    assert {"family", "model", "layers", "pad_token_id", "forward", "run_sequence"} <= set(members)
+    missing = [m for m in members if not hasattr(adapter, m)]
+    assert not missing, f"ModelAdapter lacks {missing} of PrefixModel"

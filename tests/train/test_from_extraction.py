@@ -91,7 +91,7 @@ def test_l2s_train_then_report_train_write_a_report_with_plots(tiny_store, tmp_p
         assert f"({png})" in text
     assert "val_cosine" in text and "Mean-S" in text
     # every category of the validation rows (a hash share of the training split) has a row
-    from l2s_data.train.data import hash_share
+    from l2s_data.datasets.splits import hash_share
 
     train = store.sql("SELECT sample_id, category FROM memberships WHERE split = 'train'").to_pylist()
     cats = {r["category"] for r in train if hash_share(r["sample_id"], 0.2)}
