@@ -324,8 +324,11 @@ def _steer_pope(out: Path, cfg: Any, ex: Extraction, console: Console) -> dict[s
         "store": cfg.run.store, "out_dir": str(out / "train-runs"), "name": "tiny-llava-pope", "task": "pope",
         "input": tcfg.input.model_copy(update={"recipe": "demo-pope-input"}),
         "target": tcfg.target.model_copy(update={"recipe": "demo-pope-pair"}),
+        # validation is a hash-chosen share of the training scenes: the held-out scenes are what
+        # the evaluation reports, so no epoch is chosen on them
         "split": tcfg.split.model_copy(update={"train_where": "dataset = 'shapes-pope' AND split = 'train'",
-                                               "val_where": "dataset = 'shapes-pope' AND split = 'test'"}),
+                                               "val_where": "",
+                                               "test_where": "dataset = 'shapes-pope' AND split = 'test'"}),
     })
     store = ex.open_store(create=False)
     done = store.sql(f"SELECT artifact FROM runs WHERE run_id = '{_POPE_TRAIN_RUN}'").to_pylist()
