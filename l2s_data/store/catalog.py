@@ -30,7 +30,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -77,6 +77,19 @@ _STOP_GRACE_S = 10.0
 _BATCH_ROWS = 65_536
 
 T = TypeVar("T")
+
+
+def _params(params: Sequence[Any] | Mapping[str, Any] | None) -> list[Any] | dict[str, Any] | None:
+    """DuckDB's form of bound parameters: a list for ``?``, a dict for ``$name``; None if none."""
+    if params is None:
+        return None
+    if isinstance(params, Mapping):
+        return dict(params) or None
+    if isinstance(params, (str, bytes)):
+        raise SQLRefusedError(
+            f"params must be a sequence of values (for ?) or a mapping (for $name), not the "
+            f"{type(params).__name__} {params!r}: pass [value].")
+    return list(params) or None
 
 
 def _refuse(query: str, why: str) -> SQLRefusedError:
@@ -278,7 +291,7 @@ class Catalog:
         """Parse ``query``; SQLRefusedError unless it is exactly one read-only SELECT."""
         return parse_one(query, self.con)
 
-    def query(self, query: str, params: list | None = None, *, timeout_s: float | None = _DEFAULT,
+    def query(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None, *, timeout_s: float | None = _DEFAULT,
               on_wait: Callable[[float], None] | None = None) -> pa.Table:
         """Run one read-only SELECT and return every row.
 
@@ -287,7 +300,7 @@ class Catalog:
         """
         st = self.statement(query)
         run = self._start(query, timeout_s, on_wait)
-        return self._call(run, lambda: self.con.sql(st.query, params=params or None).to_arrow_table())
+        return self._call(run, lambda: self.con.sql(st.query, params=_params(params)).to_arrow_table())
 
     def head(self, query: str, max_rows: int, *, timeout_s: float | None = _DEFAULT,
              on_wait: Callable[[float], None] | None = None) -> QueryHead:

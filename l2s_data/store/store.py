@@ -211,13 +211,18 @@ class Store:
         return take_snapshot(self._backend, lambda r: self.resolve_recipe(r, must_exist=False))
 
     # -- SQL and loading -------------------------------------------------------------------------
-    def sql(self, query: str, *, snapshot: Snapshot | None = None, **limits: Any) -> pa.Table:
-        """Run one read-only SELECT on the sandboxed catalog (DESIGN 4.4); SQLRefusedError else."""
+    def sql(self, query: str, *, params: Sequence[Any] | Mapping[str, Any] | None = None,
+            snapshot: Snapshot | None = None, **limits: Any) -> pa.Table:
+        """Run one read-only SELECT on the sandboxed catalog; SQLRefusedError for anything else.
+
+        ``params`` binds the statement's ``?`` (a sequence) or ``$name`` (a mapping) parameters,
+        so values are never quoted into the text: ``store.sql("SELECT * FROM recipes WHERE
+        name = ?", params=["tiny"])``."""
         from l2s_data.store.catalog import Catalog, parse_one
 
         parse_one(query)  # refuse before paying for a snapshot and a catalog
         with Catalog(self._tables, snapshot or self.snapshot(), **limits) as cat:
-            return cat.query(query)
+            return cat.query(query, params)
 
     def catalog(self, *, snapshot: Snapshot | None = None, **limits: Any):
         """A sandboxed catalog over one snapshot (a context manager; see ``catalog.Catalog``)."""

@@ -52,6 +52,18 @@ def test_views_answer_queries_over_committed_tables(filled):
     assert filled.sql("SELECT count(*) AS n FROM evaluations")["n"][0].as_py() == 0
 
 
+def test_sql_binds_parameters_instead_of_quoting(filled):
+    # A value holding a quote is bound, never spliced: it matches nothing and escapes nothing.
+    q = "SELECT count(*) AS n FROM memberships WHERE split = ?"
+    assert filled.sql(q, params=["train"])["n"][0].as_py() == 9
+    assert filled.sql(q, params=("test",))["n"][0].as_py() == 3
+    assert filled.sql(q, params=["x' OR '1'='1"])["n"][0].as_py() == 0
+    named = "SELECT count(*) AS n FROM memberships WHERE split = $split"
+    assert filled.sql(named, params={"split": "test"})["n"][0].as_py() == 3
+    with pytest.raises(SQLRefusedError, match="pass \\[value\\]"):
+        filled.sql(q, params="train")
+
+
 ESCAPES = [
     "COPY (SELECT 1) TO '{root}/out.csv'",
     "COPY (SELECT * FROM manifests) TO '{root}/store/manifests/evil.parquet' (FORMAT parquet)",
