@@ -29,7 +29,7 @@ import posixpath
 import stat
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -76,6 +76,10 @@ class Backend:
 
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(self.path(rel))
+
+    def open_file(self, rel: str) -> BinaryIO:
+        """A binary file object reading ``rel`` (the caller closes it)."""
+        return self.fs.open(self.path(rel), "rb")
 
     def listdir(self, rel: str) -> list[str]:
         """Names (not paths) of the entries directly inside ``rel``; [] when absent."""
@@ -258,11 +262,16 @@ class LocalBackend(Backend):
         return fd
 
     def read_bytes(self, rel: str) -> bytes:
-        fd = self.open_read(rel)
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise _outside(self.path(rel), "is not a regular file")
+        with self.open_file(rel) as f:
             return f.read()
+
+    def open_file(self, rel: str) -> BinaryIO:
+        """The real, regular file ``rel`` opened for reading, links refused (see ``open_read``)."""
+        f = os.fdopen(self.open_read(rel), "rb")
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            f.close()
+            raise _outside(self.path(rel), "is not a regular file")
+        return f
 
     def entries(self, rel: str) -> list[tuple[str, str]]:
         self._check_real_dir(rel)

@@ -20,6 +20,7 @@ exactly the data a training run read, and survives ``compact``.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 from dataclasses import dataclass
@@ -29,14 +30,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from l2s_data.errors import CorruptChunkError, KeyNotFoundError
+from l2s_data.errors import CorruptChunkError, KeyNotFoundError, StoreError
 from l2s_data.schemas import MANIFESTS
 from l2s_data.store._backend import Backend
 from l2s_data.store._chunks import ArrayInfo, load_array_info, read_chunk
 from l2s_data.store.contract import COMPACTED_PREFIX, TOMBSTONE_PREFIX, crc32c, manifest_path, to_float32
 from l2s_data.store.manifests import ManifestInfo, check_rows, list_names, read_infos, superseded
 
-__all__ = ["Key", "Snapshot", "take_snapshot", "commit_of"]
+__all__ = ["Key", "Snapshot", "take_snapshot", "commit_of", "counting_commit"]
 
 
 @dataclass(frozen=True)
@@ -54,35 +55,51 @@ class Key:
 
 def take_snapshot(backend: Backend, resolve: Callable[[str], str],
                   only: Callable[[str], bool] | None = None) -> Snapshot:
-    """The committed manifests now (``only``: of the manifest files whose names it accepts).
+    """The committed manifests now (``only``: of the manifest files whose names it accepts)."""
+    return Snapshot(backend, _consistent_infos(backend, only), resolve)
+
+
+def _consistent_infos(backend: Backend, only: Callable[[str], bool] | None) -> list[ManifestInfo]:
+    """The headers of the manifest files listed now (those ``only`` accepts).
 
     A file listed but gone when read is fine if a file that was read supersedes it (a
     compaction committed its replacement first); otherwise the listing is taken again.
     """
-    import time
-
     for attempt in range(200):
         names = list_names(backend)
         infos, gone = read_infos(backend, names if only is None else [n for n in names if only(n)])
         if not gone or set(gone) <= {n for i in infos for n in (*i.supersedes, *i.replaces)}:
-            return Snapshot(backend, infos, resolve)
+            return infos
         time.sleep(min(0.05, 0.001 * (attempt + 1)))  # a compaction or delete is mid-way: list again
-    from l2s_data.errors import StoreError
-
     raise StoreError(f"store {backend.url}: manifests kept changing while being read; retry.")
 
 
 def commit_of(backend: Backend, shard: str) -> str | None:
     """The attempt whose commit of ``shard`` counts now, or None: the snapshot rules applied to
     the shard's own manifest, the compactions and the tombstones (no other file can commit or
-    hide it). Tombstones apply: a deleted shard is not committed."""
+    hide it). Tombstones apply: a deleted shard is not committed.
+
+    It reads those files' headers only (cached), and looks at this one shard: its cost does not
+    grow with the number of shards or loose manifests in the store, beyond listing their names."""
     own = manifest_path(shard)
 
     def relevant(name: str) -> bool:
         base = name.split("/", 1)[1]
         return name == own or base.startswith((COMPACTED_PREFIX, TOMBSTONE_PREFIX))
 
-    return take_snapshot(backend, lambda r: r, only=relevant).shards.get(shard)
+    return counting_commit(_consistent_infos(backend, relevant), shard)
+
+
+def counting_commit(infos: Sequence[ManifestInfo], shard: str) -> str | None:
+    """The attempt of ``shard`` that counts among ``infos`` (the rule :class:`Snapshot` applies
+    to every shard: not superseded, not tombstoned, a compacted commit before a loose one, then
+    the earliest), or None."""
+    gone = superseded(infos)
+    live = [i for i in infos if not gone(i)]
+    deleted = {a for i in live for a in i.deletes}
+    candidates = [(i.kind != "compacted", i.committed_at.get(shard, ""), i.shards[shard])
+                  for i in live if i.is_data and shard in i.shards and i.shards[shard] not in deleted]
+    return min(candidates)[2] if candidates else None
 
 
 class Snapshot:
@@ -180,8 +197,6 @@ class Snapshot:
         """Move to the manifest files that hold this snapshot's rows now (a compaction folds
         files into one and removes them). The rows stay this snapshot's: commits made since are
         hidden. StoreError if one of its attempts is no longer committed (deleted since)."""
-        from l2s_data.errors import StoreError
-
         new = take_snapshot(self.backend, self._resolve)
         if not self.attempts <= new.attempts:
             raise StoreError(

@@ -27,7 +27,7 @@ import pyarrow.dataset as pads
 
 from l2s_data.errors import L2SError, StoreAccessError, StoreError, StoreNotFoundError
 from l2s_data.schemas import FORMAT_VERSION, MEMBERSHIPS, SAMPLES
-from l2s_data.store import ops
+from l2s_data.store import compaction, ops
 from l2s_data.store._backend import Backend, open_backend
 from l2s_data.store.contract import MARKER, conform, now
 from l2s_data.store.snapshot import Key, Snapshot, commit_of, take_snapshot
@@ -191,11 +191,12 @@ class Store:
             # A `delete` of this recipe that ran meanwhile must not leave these rows without
             # their recipe: register it again (a no-op when it is still there).
             self._tables.register_again(registration)
-            ops.maybe_compact(self._backend, self.snapshot)
+            # Bounded: folds loose files once there are many, never the whole store.
+            compaction.step(self._backend, self.snapshot)
 
         return ShardWriter(self._backend, shard_id, rid, sample_ids, chunk_bytes=chunk_bytes,
                            zarr_writer=zarr_writer, on_commit=on_commit,
-                           settle=lambda: ops.compact(self._backend, self.snapshot, min_files=1))
+                           settle=lambda: compaction.compact(self._backend, self.snapshot, min_files=1))
 
     def is_committed(self, shard_id: str) -> bool:
         """Whether a commit of ``shard_id`` counts now (its own manifest or a compacted one,
@@ -267,7 +268,8 @@ class Store:
         return ops.gc(self._backend, self.snapshot, grace_s=grace_s, dry_run=dry_run)
 
     def compact(self, *, min_files: int = 2) -> tuple[int, str | None]:
-        return ops.compact(self._backend, self.snapshot, min_files=min_files)
+        """Fold every manifest file and tombstone into one sorted part (``l2s store compact``)."""
+        return compaction.compact(self._backend, self.snapshot, min_files=min_files)
 
     def delete_recipe(self, recipe: str, *, force: bool = False) -> ops.DeleteResult:
         return ops.delete_recipe(self._backend, self._tables, self.snapshot, recipe, force=force)

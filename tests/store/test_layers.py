@@ -19,7 +19,7 @@ LAYERS = {
     "_backend": 1,
     "_zarr_write": 2, "_chunks": 2, "manifests": 2, "leases": 2, "tables": 2, "attempts": 2,
     "snapshot": 3,
-    "writer": 4, "catalog": 4, "loader": 4, "ops": 4,
+    "writer": 4, "catalog": 4, "loader": 4, "ops": 4, "compaction": 4,
     "store": 5,
 }
 
