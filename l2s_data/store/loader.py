@@ -71,9 +71,6 @@ class Store(Protocol):
 
     def catalog(self, *, snapshot: Any = None) -> Any: ...
 
-#: Accepted values of ``verify``. Every read is checked either way: "once" is kept so that
-#: code written for an earlier reader (which trusted a file it had checked) still runs.
-VERIFY_MODES = ("always", "once")
 
 
 class KeyedDataset(torch.utils.data.IterableDataset):
@@ -94,8 +91,6 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         in_memory: True / False / None (= when the selection fits ``memory_budget`` bytes).
         dtype: "float32" (default) or "stored" (float16 / bfloat16 tensors as stored).
         missing: "error" if a selected sample lacks a key, or "skip" it.
-        verify: "always" (default) or "once": either way every chunk read is checked against
-            its crc32c (the reader copies what it checked, so the check cannot be skipped).
         prefetch: read the next round's chunks in a background thread while batches go out
             (the reads and their crc checks let go of the GIL). None (default) = when this
             process may run on two cores or more.
@@ -107,7 +102,7 @@ class KeyedDataset(torch.utils.data.IterableDataset):
                  buffer_rows: int | None = None, in_memory: bool | None = None,
                  memory_budget: int = 2 << 30, dtype: str = "float32", with_ids: bool = False,
                  missing: str = "error", rank: int = 0, world_size: int = 1, epoch: int = 0,
-                 cache_chunks: int = 64, prefetch: bool | None = None, verify: str = "always"):
+                 cache_chunks: int = 64, prefetch: bool | None = None):
         super().__init__()
         keys = tuple(keys)
         if not keys or not all(isinstance(k, Key) for k in keys):
@@ -116,8 +111,6 @@ class KeyedDataset(torch.utils.data.IterableDataset):
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
         if dtype not in ("float32", "stored"):
             raise ValueError(f"dtype must be 'float32' or 'stored', got {dtype!r}.")
-        if verify not in VERIFY_MODES:
-            raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}.")
         if missing not in ("error", "skip"):
             raise ValueError(f"missing must be 'error' or 'skip', got {missing!r}.")
         if not (0 <= rank < world_size):
@@ -133,7 +126,6 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         self._epoch = _SharedEpoch(int(epoch))
         self.cache_chunks = cache_chunks
         self.prefetch = _spare_core() if prefetch is None else bool(prefetch)
-        self.verify = verify
         self._backend = store.backend
         snap = store.snapshot()
         self.snapshot_id = snap.id

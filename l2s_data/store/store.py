@@ -29,7 +29,10 @@ from l2s_data.errors import L2SError, StoreAccessError, StoreError, StoreNotFoun
 from l2s_data.schemas import FORMAT_VERSION, MEMBERSHIPS, SAMPLES
 from l2s_data.store import compaction, ops
 from l2s_data.store._backend import Backend, open_backend
+from l2s_data.store.catalog import Catalog
 from l2s_data.store.contract import MARKER, conform, now
+from l2s_data.store.export import export_catalog
+from l2s_data.store.sandbox import parse_one
 from l2s_data.store.snapshot import Key, Snapshot, commit_of, take_snapshot
 from l2s_data.store.tables import Tables
 from l2s_data.store.writer import DEFAULT_CHUNK_BYTES, ShardWriter
@@ -219,22 +222,16 @@ class Store:
         ``params`` binds the statement's ``?`` (a sequence) or ``$name`` (a mapping) parameters,
         so values are never quoted into the text: ``store.sql("SELECT * FROM recipes WHERE
         name = ?", params=["tiny"])``."""
-        from l2s_data.store.catalog import Catalog, parse_one
-
         parse_one(query)  # refuse before paying for a snapshot and a catalog
         with Catalog(self._tables, snapshot or self.snapshot(), **limits) as cat:
             return cat.query(query, params)
 
     def catalog(self, *, snapshot: Snapshot | None = None, **limits: Any):
         """A sandboxed catalog over one snapshot (a context manager; see ``catalog.Catalog``)."""
-        from l2s_data.store.catalog import Catalog
-
         return Catalog(self._tables, snapshot or self.snapshot(), **limits)
 
     def export_catalog(self, path: str, *, snapshot: Snapshot | None = None, **limits: Any) -> dict[str, int]:
         """Materialise every catalog view as a table in a new DuckDB file; rows per table."""
-        from l2s_data.store.catalog import export_catalog
-
         return export_catalog(self._tables, snapshot or self.snapshot(), path, **limits)
 
     def pairs(self, x: Key, y: Key, *, where: str | None = None, batch_size: int = 64,
