@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 
 from l2s_data.errors import L2SError, StoreAccessError, StoreError, StoreNotFoundError
 from l2s_data.schemas import FORMAT_VERSION, MEMBERSHIPS, SAMPLES
@@ -131,10 +130,6 @@ class Store:
         return self._backend
 
     # -- tables ----------------------------------------------------------------------------------
-    def dataset(self, table_name: str) -> pads.Dataset:
-        """A lazily scanned pyarrow dataset over the committed parts of one table."""
-        return self._tables.dataset(table_name)
-
     def table(self, table_name: str) -> pa.Table:
         """Every committed row of one table (rows may repeat across parts; the SQL views dedupe)."""
         if table_name == "manifests":
@@ -263,6 +258,13 @@ class Store:
 
     def gc(self, *, grace_s: float = 3600.0, dry_run: bool = False) -> ops.GcResult:
         return ops.gc(self._backend, self.snapshot, grace_s=grace_s, dry_run=dry_run)
+
+    def maintain(self, *, gc: bool = False, grace_s: float = 3600.0) -> tuple[int, ops.GcResult | None]:
+        """Fold every manifest into one part (what an extraction run's end or a cron job calls;
+        commits only fold small files), then, with ``gc``, remove crashed and losing attempts
+        older than ``grace_s``. Returns (files folded, the gc result or None)."""
+        folded, _ = self.compact(min_files=2)
+        return folded, self.gc(grace_s=grace_s) if gc else None
 
     def compact(self, *, min_files: int = 2) -> tuple[int, str | None]:
         """Fold every manifest file and tombstone into one sorted part (``l2s store compact``)."""

@@ -160,3 +160,17 @@ def test_a_commit_reads_no_other_shard_s_manifest(store, monkeypatch, loose):
         for view, pos, layer in KEYS:
             w.write(view, pos, layer, np.zeros((2, 8), np.float32), "float32")
     assert w.won is True
+
+
+def test_maintain_folds_every_file_and_can_collect_garbage(store):
+    rid = store.put_recipe({"r": 1}, name="r")
+    written = _write(store, rid, 0, 3)
+    before = store.snapshot().id
+    orphan = store.shard_writer("m000", rid, written["m000"])  # an attempt that never commits
+    orphan.__enter__()
+    orphan.write("input", "prompt_last", 1, np.zeros((4, 8), np.float32), "float32")
+    folded, gc = store.maintain(gc=True, grace_s=0)
+    assert folded == 3 and len(_names(store)) == 1 and _names(store)[0].startswith("_compacted-")
+    assert store.snapshot().id == before
+    assert gc is not None and any(orphan.attempt in r for r in gc.removed)
+    assert store.maintain() == (0, None)  # one part already: nothing to fold
