@@ -101,6 +101,11 @@ class Backend:
             names.append(posixpath.basename(e))
         return sorted(names)
 
+    def listdir_prefix(self, rel: str, prefix: str) -> list[str]:
+        """Names inside ``rel`` that start with ``prefix`` (an object store lists only those)."""
+        base = self.path(rel).rstrip("/")
+        return [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.glob(f"{base}/{prefix}*")]
+
     def size(self, rel: str) -> int:
         return int(self.fs.size(self.path(rel)))
 
@@ -333,6 +338,9 @@ class LocalBackend(Backend):
             return sorted(n for n in os.listdir(self.path(rel)) if not n.startswith("."))
         except (FileNotFoundError, NotADirectoryError):
             return []
+
+    def listdir_prefix(self, rel: str, prefix: str) -> list[str]:
+        return [n for n in os.listdir(self.path(rel)) if n.startswith(prefix)] if os.path.isdir(self.path(rel)) else []
 
     def size(self, rel: str) -> int:
         return os.lstat(self.path(rel)).st_size

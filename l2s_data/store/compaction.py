@@ -32,8 +32,8 @@ from l2s_data.store._backend import Backend
 from l2s_data.store.contract import sha256_hex
 from l2s_data.store.leases import Lease
 from l2s_data.store.manifests import (
-    KEY_ORDER, ManifestInfo, concat_rows, drop_attempts, encode_manifest, list_names, manifest_name,
-    order_by, read_info, read_rows, superseded,
+    KEY_ORDER, ManifestInfo, concat_rows, drop_attempts, encode_manifest, manifest_name, order_by,
+    read_info, read_rows, superseded,
 )
 from l2s_data.store.snapshot import Snapshot
 
@@ -72,7 +72,8 @@ def step(backend: Backend, take: Take, *, loose_files: int | None = None, fanout
     loose_files = LOOSE_FILES if loose_files is None else loose_files
     fanout = FANOUT if fanout is None else fanout
     step_rows = STEP_ROWS if step_rows is None else step_rows
-    if sum(1 for n in list_names(backend) if not n.split("/", 1)[1].startswith("_")) <= loose_files:
+    loose = sum(1 for n in backend.listdir_prefix("manifests", "") if n.endswith(".parquet") and n[0] not in "_.")
+    if loose <= loose_files:
         return 0
     try:
         with Lease(backend, op="auto-compact"):

@@ -59,14 +59,16 @@ def take_snapshot(backend: Backend, resolve: Callable[[str], str],
     return Snapshot(backend, _consistent_infos(backend, only), resolve)
 
 
-def _consistent_infos(backend: Backend, only: Callable[[str], bool] | None) -> list[ManifestInfo]:
-    """The headers of the manifest files listed now (those ``only`` accepts).
+def _consistent_infos(backend: Backend, only: Callable[[str], bool] | None,
+                      listing: Callable[[], list[str]] | None = None) -> list[ManifestInfo]:
+    """The headers of the manifest files listed now (those ``only`` accepts; ``listing``: the
+    names to consider, instead of every manifest's).
 
     A file listed but gone when read is fine if a file that was read supersedes it (a
     compaction committed its replacement first); otherwise the listing is taken again.
     """
     for attempt in range(200):
-        names = list_names(backend)
+        names = list_names(backend) if listing is None else listing()
         infos, gone = read_infos(backend, names if only is None else [n for n in names if only(n)])
         if not gone or set(gone) <= {n for i in infos for n in (*i.supersedes, *i.replaces)}:
             return infos
@@ -83,11 +85,15 @@ def commit_of(backend: Backend, shard: str) -> str | None:
     grow with the number of shards or loose manifests in the store, beyond listing their names."""
     own = manifest_path(shard)
 
-    def relevant(name: str) -> bool:
-        base = name.split("/", 1)[1]
-        return name == own or base.startswith((COMPACTED_PREFIX, TOMBSTONE_PREFIX))
+    def listing() -> list[str]:
+        # Only the names that can commit or hide this shard: not one per loose manifest. Its
+        # own name first: a compaction creates the part holding it before removing it, so a
+        # name gone by then is in a part listed after.
+        mine = [own] if backend.exists(own) else []
+        return mine + [f"manifests/{n}" for n in backend.listdir_prefix("manifests", "_")
+                       if n.startswith((COMPACTED_PREFIX, TOMBSTONE_PREFIX)) and n.endswith(".parquet")]
 
-    return counting_commit(_consistent_infos(backend, relevant), shard)
+    return counting_commit(_consistent_infos(backend, None, listing), shard)
 
 
 def counting_commit(infos: Sequence[ManifestInfo], shard: str) -> str | None:
