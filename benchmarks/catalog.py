@@ -2,6 +2,8 @@
 
     python benchmarks/catalog.py                      # 100k, 1M and 3M rows
     python benchmarks/catalog.py --rows 100000        # one size
+    python benchmarks/catalog.py --scale 100000 1000000 10000000 --commits 10000
+                                                      # one store grown as an extraction writes it
 
 Each store is built through the writer (10,000 samples, rows / 10,000 keys, shards of 256
 samples; D = 8 so that manifests, not arrays, dominate), once loose (one manifest per shard)
@@ -41,8 +43,13 @@ kind, url, arg = sys.argv[1], sys.argv[2], sys.argv[3]
 import duckdb, pyarrow, torch  # imports are not what is measured: a CLI pays them once either way
 from l2s_data.store import Key, Store
 from l2s_data.store import catalog, loader, ops
+imports_mb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS:")) / 1024
 t0 = time.perf_counter()
-if kind == "sql":
+if kind == "open":  # a catalog over the store's snapshot, ready for its first statement
+    s = Store.open(url)
+    with s.catalog() as cat:
+        out = cat.query("SELECT 1").num_rows
+elif kind == "sql":
     out = Store.open(url).sql(arg).num_rows
 elif kind == "raw":
     con = duckdb.connect()
@@ -61,7 +68,7 @@ elif kind == "pairs":
         out += sum(x.shape[0] for x, _ in ds)
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child would report its parent's peak.
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-print(json.dumps({"s": time.perf_counter() - t0, "rss_mb": hwm / 1024, "out": out}))
+print(json.dumps({"s": time.perf_counter() - t0, "rss_mb": hwm / 1024, "imports_mb": imports_mb, "out": out}))
 """
 
 
@@ -102,14 +109,105 @@ def run(kind: str, url: Path, arg: str = "-") -> dict:
 
 def best(kind: str, url: Path, arg: str = "-", repeats: int = 3) -> dict:
     runs = [run(kind, url, arg) for _ in range(repeats)]
-    return {"s": min(r["s"] for r in runs), "rss_mb": max(r["rss_mb"] for r in runs), "out": runs[0]["out"]}
+    return {"s": min(r["s"] for r in runs), "rss_mb": max(r["rss_mb"] for r in runs),
+            "imports_mb": max(r["imports_mb"] for r in runs), "out": runs[0]["out"]}
+
+
+#: The layout of a 32-layer extraction: 128 keys a sample (2 views x 2 positions x 32 layers).
+SCALE_KEYS = [(v, p, layer) for v in ("input", "p2s") for p in ("prompt_last", "completion_last") for layer in range(32)]
+SCALE_SHARD = 64
+
+
+def scale(sizes: list[int], repeats: int, commits: int) -> None:
+    """Write rate, catalog opening and queries while one store grows to each size in ``sizes``,
+    written as an extraction writes it (128 keys a sample, 64-sample shards, ``shard_writer``,
+    the commit's own compaction step included); then a commit's cost at 10 and at ``commits``
+    loose manifests. Ratios are against the smallest size (write rate) and the first commits."""
+    from l2s_data.store import Store
+
+    rows_per_shard = SCALE_SHARD * len(SCALE_KEYS)
+    # The rate of the writes since the previous size: every commit and compaction step among them.
+    print(f"| manifest rows | write rows/s since the last size | / the first | open s | open RSS MB "
+          f"(imports) | count s | join s | group by s | query peak RSS MB | files |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    block = np.random.default_rng(0).standard_normal((SCALE_SHARD, 8)).astype(np.float16)
+    with tempfile.TemporaryDirectory() as tmp:
+        url = Path(tmp) / "store"
+        store = Store.open(url, create=True)
+        rid = store.put_recipe({"bench": "scale"}, name="bench")
+        _put_tables(store, [f"{i:032x}" for i in range(sizes[-1] // len(SCALE_KEYS) + SCALE_SHARD)])
+        shard, first_rate, times = 0, None, []
+        for size in sizes:
+            begin = shard
+            while shard * rows_per_shard < size:
+                ids = [f"{i:032x}" for i in range(shard * SCALE_SHARD, (shard + 1) * SCALE_SHARD)]
+                t = time.perf_counter()
+                with store.shard_writer(f"s-{shard:06d}", rid, ids) as w:
+                    for view, pos, layer in SCALE_KEYS:
+                        w.write(view, pos, layer, block, "float16")
+                times.append(time.perf_counter() - t)
+                shard += 1
+            rate = rows_per_shard * (shard - begin) / sum(times[begin:])
+            first_rate = first_rate or rate
+            o = best("open", url, "-", repeats)
+            q = {name: best("sql", url, sql, repeats) for name, sql in QUERIES.items()}
+            files = len(list((url / "manifests").glob("*.parquet")))
+            print(f"| {shard * rows_per_shard:,} | {rate:,.0f} | {rate / first_rate:.2f}x | {o['s']:.2f} | "
+                  f"{o['rss_mb']:.0f} ({o['imports_mb']:.0f}) | {q['count']['s']:.2f} | {q['join']['s']:.2f} | "
+                  f"{q['group by']['s']:.2f} | {max(r['rss_mb'] for r in q.values()):.0f} | {files} |", flush=True)
+    if commits:
+        _commit_cost(commits)
+
+
+def _put_tables(store, ids: list[str]) -> None:
+    from l2s_data.schemas import MEMBERSHIPS, SAMPLES
+
+    import pyarrow as pa
+
+    store.put_samples(
+        pa.Table.from_pylist([{"sample_id": s, "query": "q", "image_path": "i.png", "image_sha256": "0" * 64,
+                               "width": 8, "height": 8} for s in ids], schema=SAMPLES),
+        pa.Table.from_pylist([{"dataset": "bench", "subset": "all", "question_id": str(i), "sample_id": s,
+                               "category": f"c{i % 13}", "label": None, "split": "train"}
+                              for i, s in enumerate(ids)], schema=MEMBERSHIPS),
+    )
+
+
+def _commit_cost(commits: int) -> None:
+    """Median time of ``ShardWriter.commit`` (the create, the checks, the compaction step's
+    look) with 10 loose manifests present, and with ``commits``; no step folds them meanwhile."""
+    from l2s_data.store import Store, compaction
+
+    compaction.LOOSE_FILES = commits + 1  # keep every manifest loose: the worst case for a commit
+    one = np.zeros((1, 8), np.float16)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store.open(Path(tmp) / "store", create=True)
+        rid = store.put_recipe({"bench": "commit"}, name="bench")
+        cost = []
+        for k in range(commits):
+            with store.shard_writer(f"c-{k:06d}", rid, [f"{k:032x}"]) as w:
+                w.write("input", "prompt_last", 0, one, "float32")
+                t = time.perf_counter()
+                w.commit()
+                cost.append(time.perf_counter() - t)
+        early, late = float(np.median(cost[10:30])), float(np.median(cost[-20:]))
+        print(f"\ncommit: {early * 1e3:.1f} ms median at 10-30 manifests, {late * 1e3:.1f} ms at "
+              f"{commits - 20:,}-{commits:,} ({late / early:.2f}x)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="*", default=[100_000, 1_000_000, 3_000_000])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--scale", type=int, nargs="*", metavar="ROWS",
+                    help="grow one store in the layout of a 32-layer extraction through these sizes "
+                         "(e.g. 100000 1000000 10000000), printing write rate, catalog opening and queries")
+    ap.add_argument("--commits", type=int, default=0, metavar="N",
+                    help="with --scale: also time a commit at 10 and at N loose manifests")
     args = ap.parse_args()
+    if args.scale:
+        scale(sorted(args.scale), args.repeats, args.commits)
+        return
     from l2s_data.store import Store
 
     print("| rows | layout | what | l2s s | l2s peak RSS MB | read_parquet s | l2s / read_parquet |")

@@ -219,7 +219,7 @@ def _write_rows(rows, fmt: str, output: Optional[str]) -> None:
         (_write_csv if fmt == "csv" else _write_json)(sys.stdout, names, rows)
         sys.stdout.flush()
         return
-    from l2s_data.store.catalog import written_whole
+    from l2s_data.store.export import written_whole
 
     with written_whole(output) as partial:
         if fmt == "parquet":
@@ -274,7 +274,8 @@ def sql_cmd(
     """
     from pydantic import ValidationError
 
-    from l2s_data.store.catalog import SQLLimits, parse_one
+    from l2s_data.store.limits import SQLLimits
+    from l2s_data.store.sandbox import parse_one
 
     if fmt not in _FORMATS:
         fail(f"--format must be one of {', '.join(_FORMATS)}, got {fmt!r}.")

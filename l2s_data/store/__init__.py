@@ -5,9 +5,13 @@ Layers, each importing only those below it (``tests/store/test_layers.py`` check
 
     contract                      names, paths, canonical JSON, hashes, recipe ids, dtypes
     _backend                      bytes on a filesystem; create-if-absent
-    manifests, leases, tables     checked manifest files; maintenance leases; Parquet parts
+    manifests, leases, tables,    checked manifest files; maintenance leases; Parquet parts;
+    _chunks, attempts, limits,    chunk files; attempt folders; SQL limits; what user SQL may be
+    sandbox, _zarr_write
     snapshot                      the committed manifests at one moment; key lookups
-    writer, catalog, loader, ops  shard attempts; SQL; streaming reads; maintenance
+    writer, catalog, loader,      shard attempts; the SQL connection; streaming reads;
+    compaction, ops               compaction by size tier; maintenance
+    export                        a catalog written to a DuckDB file
     store                         ``Store``: a thin facade composing them
 
 The public names are imported lazily, so ``l2s_data.store.contract`` stays cheap to import.

@@ -29,7 +29,7 @@ import posixpath
 import stat
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -77,6 +77,10 @@ class Backend:
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(self.path(rel))
 
+    def open_file(self, rel: str) -> BinaryIO:
+        """A binary file object reading ``rel`` (the caller closes it)."""
+        return self.fs.open(self.path(rel), "rb")
+
     def listdir(self, rel: str) -> list[str]:
         """Names (not paths) of the entries directly inside ``rel``; [] when absent."""
         try:
@@ -96,6 +100,11 @@ class Backend:
                 continue
             names.append(posixpath.basename(e))
         return sorted(names)
+
+    def listdir_prefix(self, rel: str, prefix: str) -> list[str]:
+        """Names inside ``rel`` that start with ``prefix`` (an object store lists only those)."""
+        base = self.path(rel).rstrip("/")
+        return [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.glob(f"{base}/{prefix}*")]
 
     def size(self, rel: str) -> int:
         return int(self.fs.size(self.path(rel)))
@@ -258,11 +267,16 @@ class LocalBackend(Backend):
         return fd
 
     def read_bytes(self, rel: str) -> bytes:
-        fd = self.open_read(rel)
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise _outside(self.path(rel), "is not a regular file")
+        with self.open_file(rel) as f:
             return f.read()
+
+    def open_file(self, rel: str) -> BinaryIO:
+        """The real, regular file ``rel`` opened for reading, links refused (see ``open_read``)."""
+        f = os.fdopen(self.open_read(rel), "rb")
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            f.close()
+            raise _outside(self.path(rel), "is not a regular file")
+        return f
 
     def entries(self, rel: str) -> list[tuple[str, str]]:
         self._check_real_dir(rel)
@@ -324,6 +338,9 @@ class LocalBackend(Backend):
             return sorted(n for n in os.listdir(self.path(rel)) if not n.startswith("."))
         except (FileNotFoundError, NotADirectoryError):
             return []
+
+    def listdir_prefix(self, rel: str, prefix: str) -> list[str]:
+        return [n for n in os.listdir(self.path(rel)) if n.startswith(prefix)] if os.path.isdir(self.path(rel)) else []
 
     def size(self, rel: str) -> int:
         return os.lstat(self.path(rel)).st_size

@@ -29,15 +29,19 @@ import functools
 import json
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from l2s_data.errors import CorruptChunkError, StoreError
 from l2s_data.store._backend import Backend
 from l2s_data.store.contract import STORED_DTYPE, crc32c
 
-__all__ = ["ArrayInfo", "ChunkCache", "ChunkReader", "load_array_info", "read_chunk", "chunk_key", "chunk_crcs"]
+__all__ = ["ArrayInfo", "ChunkCache", "ChunkReader", "load_array_info", "read_chunk", "chunk_key", "chunk_crcs",
+           "expected_crcs", "gather"]
 
 
 @dataclass(frozen=True)
@@ -341,3 +345,50 @@ def _bad_crc(info: ArrayInfo, i: int) -> CorruptChunkError:
         f"{_where(info, i)} failed its crc32c checksum: the bytes on disk were altered. "
         f"Re-extract the shard (delete its manifest, then rerun extraction)."
     )
+
+
+def expected_crcs(rows: pa.Table, infos: Sequence[ArrayInfo]) -> list[np.ndarray]:
+    """Per array of ``infos``, the crc32c each chunk's data must have by the manifest rows
+    ``rows`` (columns array, row, checksum; every row of each array must be there: a committed
+    attempt's rows are all in its manifest)."""
+    paths = pa.array([i.path for i in infos], pa.string())
+    which = pc.index_in(rows["array"], value_set=paths).to_numpy(zero_copy_only=False)
+    at = rows["row"].to_numpy()
+    sums = np.array([int(x, 16) for x in rows["checksum"].to_pylist()], np.uint32)
+    out = []
+    for a, info in enumerate(infos):
+        mask = which == a
+        full = np.zeros(info.rows, np.uint32)
+        have = np.zeros(info.rows, bool)
+        r = at[mask]
+        if len(r) and r.min() >= 0 and r.max() < info.rows:
+            full[r] = sums[mask]
+            have[r] = True
+        if not have.all():
+            raise StoreError(
+                f"array {info.path} (shard {info.shard}, recipe {info.recipe_id}) has {info.rows} rows "
+                f"but its manifest describes {int(have.sum())} of them; its rows cannot be checked. "
+                f"Run `l2s store verify` and re-extract the shard."
+            )
+        out.append(chunk_crcs(info, full))
+    return out
+
+
+def gather(cache: ChunkCache, infos: Sequence[ArrayInfo], expect: Sequence[np.ndarray], loc: np.ndarray,
+           out: np.ndarray) -> None:
+    """``out[i]`` = row ``loc[i, 1]`` of array ``infos[loc[i, 0]]``, stored dtype: each chunk
+    holding one of them is read once through ``cache`` and checked against its crc32c and the
+    crc its manifest rows give (``expect``, from :func:`expected_crcs`) before a row is copied."""
+    if not len(loc):
+        return
+    chunk_rows = np.array([infos[a].chunk_rows for a in loc[:, 0]], np.int64)
+    chunk = loc[:, 1] // chunk_rows
+    order = np.lexsort((chunk, loc[:, 0]))
+    a_s, c_s = loc[order, 0], chunk[order]
+    bounds = np.flatnonzero(np.r_[True, (a_s[1:] != a_s[:-1]) | (c_s[1:] != c_s[:-1]), True])
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        a, c = int(a_s[lo]), int(c_s[lo])
+        info = infos[a]
+        block = cache.get(info, c, int(expect[a][c]))
+        dst = order[lo:hi]
+        out[dst] = block[loc[dst, 1] - c * info.chunk_rows]

@@ -23,52 +23,28 @@ by DuckDB as one expression and applied as a relation filter: see :meth:`Catalog
 
 from __future__ import annotations
 
-import math
-import os
-import re
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, field_validator
 
-from l2s_data.errors import L2SError, SQLMemoryError, SQLRefusedError, SQLTimeoutError, StoreError
+from l2s_data.errors import L2SError, SQLMemoryError, SQLTimeoutError, StoreError
 from l2s_data.schemas import TABLES, catalog_sql
+from l2s_data.store.limits import SQLLimits, parse_size, resolve_limits
+from l2s_data.store.sandbox import VIEWS, bind_params, parse_one, refuse, where_expression
 
 if TYPE_CHECKING:
     from l2s_data.store.snapshot import Snapshot
     from l2s_data.store.tables import Tables
 
-__all__ = [
-    "Catalog",
-    "SQLLimits",
-    "QueryHead",
-    "RowStream",
-    "check_where",
-    "parse_one",
-    "parse_size",
-    "export_catalog",
-    "written_whole",
-    "VIEWS",
-]
+__all__ = ["Catalog", "QueryHead", "RowStream"]
 
-#: Views a user can query.
-VIEWS = ("samples", "memberships", "recipes", "manifests", "runs", "evaluations", "errors", "extractions",
-         "shards")
-
-_READ_ONLY = {duckdb.StatementType.SELECT}
-_FIX = (
-    "Only one read-only SELECT over the catalog views "
-    f"({', '.join(VIEWS)}) is allowed; the catalog cannot write, read files, attach databases, "
-    "install extensions or change settings. To work elsewhere, `l2s catalog export FILE.duckdb`."
-)
 #: How often a waiting caller wakes up to check the deadline and report progress.
 _WAIT_SLICE_S = 0.25
 #: How long an interrupted statement may take to stop before the caller stops waiting for it.
@@ -77,99 +53,6 @@ _STOP_GRACE_S = 10.0
 _BATCH_ROWS = 65_536
 
 T = TypeVar("T")
-
-
-def _refuse(query: str, why: str) -> SQLRefusedError:
-    shown = query if len(query) <= 200 else query[:200] + "..."
-    return SQLRefusedError(f"SQL refused ({why}): {shown!r}. {_FIX}")
-
-
-# --- limits -----------------------------------------------------------------------------
-
-_UNITS = {
-    "": 1, "b": 1,
-    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
-}
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
-_SHARE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*%\s*")
-
-
-def _total_memory() -> int:
-    """Physical memory, or the cgroup's limit where one is set and smaller."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    try:
-        with open("/sys/fs/cgroup/memory.max") as f:
-            limit = f.read().strip()
-        if limit.isdigit():
-            total = min(total, int(limit))
-    except OSError:
-        pass
-    return total
-
-
-def parse_size(text: str | int, *, what: str = "size") -> int:
-    """Bytes of a size such as ``4GB``, ``512MiB``, ``1000000`` or, for memory, ``50%`` of RAM."""
-    if isinstance(text, bool) or not isinstance(text, (str, int)):
-        raise ValueError(f"{what} must be a size such as '4GB', '512MiB' or '50%', got {text!r}.")
-    if isinstance(text, int):
-        n = text
-    elif m := _SHARE.fullmatch(text):
-        share = float(m.group(1))
-        if not 0 < share <= 100:
-            raise ValueError(f"{what} {text!r}: a share of RAM must be in (0%, 100%].")
-        n = int(_total_memory() * share / 100)
-    elif (m := _SIZE.fullmatch(text)) and m.group(2).lower() in _UNITS:
-        n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    else:
-        raise ValueError(
-            f"{what} {text!r} is not a size: write a number with a unit (B, KB, MB, GB, TB, KiB, "
-            "MiB, GiB, TiB), e.g. '4GB', or a share of RAM such as '50%'."
-        )
-    if n < 1:
-        raise ValueError(f"{what} must be at least 1 byte, got {text!r}.")
-    return n
-
-
-class SQLLimits(BaseModel):
-    """What one catalog may spend. Unknown keys are refused by name.
-
-    - ``timeout_s``: seconds a statement may run, fetching its rows included; 0 or None: no limit.
-    - ``memory_limit``: DuckDB's memory limit, a size (``'4GB'``) or a share of RAM (``'50%'``).
-    - ``spill``: None keeps spilling off (a query over the limit fails with
-      :class:`SQLMemoryError`); a size lets DuckDB spill up to that much into a temporary folder
-      of this catalog's own, removed when the catalog closes.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    timeout_s: float | None = 60.0
-    memory_limit: str = "50%"
-    spill: str | None = None
-
-    @field_validator("timeout_s")
-    @classmethod
-    def _timeout(cls, v: float | None) -> float | None:
-        if v is None or v == 0:
-            return None
-        if not math.isfinite(v) or v < 0:
-            raise ValueError(f"timeout_s must be a number of seconds >= 0 (0: no limit), got {v!r}")
-        return float(v)
-
-    @field_validator("memory_limit")
-    @classmethod
-    def _memory(cls, v: str) -> str:
-        parse_size(v, what="memory_limit")
-        return v
-
-    @field_validator("spill")
-    @classmethod
-    def _spill(cls, v: str | None) -> str | None:
-        if v is not None:
-            if _SHARE.fullmatch(v):
-                raise ValueError(f"spill must be a size such as '10GB', not a share of RAM: {v!r}")
-            parse_size(v, what="spill")
-        return v
 
 
 @dataclass(frozen=True)
@@ -185,13 +68,6 @@ class QueryHead:
 
 
 _DEFAULT: Any = object()  # "use the catalog's own timeout"
-
-
-def _limits(limits: SQLLimits | None, overrides: dict[str, Any]) -> SQLLimits:
-    base = limits if limits is not None else SQLLimits()
-    if not overrides:
-        return base
-    return SQLLimits(**{**base.model_dump(), **overrides})  # unknown names refused by name
 
 
 @dataclass
@@ -220,7 +96,7 @@ class Catalog:
         (``Catalog(t, s, timeout_s=5)``); an unknown name is refused."""
         self.tables = tables
         self.snapshot = snapshot
-        self.limits = _limits(limits, overrides)
+        self.limits = resolve_limits(limits, overrides)
         self.con = duckdb.connect(":memory:")
         self._spill_dir: str | None = None
         self._running: threading.Thread | None = None
@@ -278,7 +154,7 @@ class Catalog:
         """Parse ``query``; SQLRefusedError unless it is exactly one read-only SELECT."""
         return parse_one(query, self.con)
 
-    def query(self, query: str, params: list | None = None, *, timeout_s: float | None = _DEFAULT,
+    def query(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None, *, timeout_s: float | None = _DEFAULT,
               on_wait: Callable[[float], None] | None = None) -> pa.Table:
         """Run one read-only SELECT and return every row.
 
@@ -287,7 +163,7 @@ class Catalog:
         """
         st = self.statement(query)
         run = self._start(query, timeout_s, on_wait)
-        return self._call(run, lambda: self.con.sql(st.query, params=params or None).to_arrow_table())
+        return self._call(run, lambda: self.con.sql(st.query, params=bind_params(params)).to_arrow_table())
 
     def head(self, query: str, max_rows: int, *, timeout_s: float | None = _DEFAULT,
              on_wait: Callable[[float], None] | None = None) -> QueryHead:
@@ -325,10 +201,10 @@ class Catalog:
         """Sample ids (sorted) that ``where`` selects over memberships joined with samples.
 
         ``where`` is a condition such as ``"split = 'train' AND category IN ('c0', 'c1')"`` over
-        the columns of both views. DuckDB parses it as one expression (:func:`check_where`), and it
+        the columns of both views. DuckDB parses it as one expression (``sandbox.check_where``), and it
         is applied as a relation filter, so it cannot end the query or start another one.
         """
-        expr = _where_expression(where)
+        expr = where_expression(where)
         run = self._start(where, timeout_s, None, kind="WHERE fragment")
 
         def select() -> list[str]:
@@ -476,7 +352,7 @@ def _classify(exc: BaseException, run: _Statement) -> BaseException:
     if isinstance(exc, L2SError):
         return exc
     if isinstance(exc, duckdb.PermissionException):
-        return _refuse(run.query, f"needs access outside the catalog: {exc}")
+        return refuse(run.query, f"needs access outside the catalog: {exc}")
     if isinstance(exc, duckdb.OutOfMemoryException):
         return SQLMemoryError(
             f"SQL needs more memory than the catalog's limit: {exc}. {_shown(run)}. Narrow it, "
@@ -496,110 +372,3 @@ def _classify(exc: BaseException, run: _Statement) -> BaseException:
         # Arrow's stream interface carries an error raised mid-stream without DuckDB's type.
         return StoreError(f"SQL failed while its rows streamed: {exc}. {_shown(run)}")
     return exc
-
-
-def parse_one(query: str, con: duckdb.DuckDBPyConnection | None = None) -> duckdb.Statement:
-    """Parse ``query``; SQLRefusedError unless it is exactly one read-only SELECT."""
-    if not isinstance(query, str) or not query.strip():
-        raise _refuse(str(query), "empty query")
-    own = con is None
-    con = duckdb.connect(":memory:") if own else con
-    try:
-        stmts = con.extract_statements(query)
-    except duckdb.Error as exc:
-        raise StoreError(f"SQL does not parse: {exc}. Query: {query!r}") from exc
-    finally:
-        if own:
-            con.close()
-    if len(stmts) != 1:
-        raise _refuse(query, f"{len(stmts)} statements; exactly one is allowed")
-    st = stmts[0]
-    if st.type not in _READ_ONLY:
-        raise _refuse(query, f"{st.type.name} statement")
-    return st
-
-
-def check_where(con: duckdb.DuckDBPyConnection | None, fragment: str) -> str:
-    """Check a WHERE fragment with DuckDB's own parser; return it unchanged, or refuse it.
-
-    Refused (:class:`SQLRefusedError`): an empty fragment; anything DuckDB does not read as
-    exactly one expression (a ``)`` that would close an outer parenthesis, a second statement,
-    an open quote); and, found by DuckDB's tokenizer, ``;`` and comments: a fragment is one
-    condition, not a script, and a comment would hide part of it from whoever reads it in a log.
-    ``con`` is accepted for older callers; parsing needs no connection.
-    """
-    del con
-    _where_expression(fragment)
-    return fragment
-
-
-def _where_expression(fragment: str) -> duckdb.Expression:
-    """``fragment`` parsed by DuckDB as one expression, ready for a relation's ``filter``."""
-    if not isinstance(fragment, str) or not fragment.strip():
-        raise _refuse(str(fragment), "empty WHERE fragment")
-    try:
-        fragment.encode()
-    except UnicodeEncodeError as exc:
-        raise _refuse(fragment, f"not valid text: {exc}") from exc
-    for text, kind in _token_texts(fragment):
-        if kind == duckdb.token_type.comment:
-            raise _refuse(fragment, "comments are not allowed in a WHERE fragment")
-        if kind == duckdb.token_type.operator and ";" in text:
-            raise _refuse(fragment, "';' would end the query; a WHERE fragment is one condition")
-    try:
-        return duckdb.SQLExpression(fragment)
-    except (duckdb.ParserException, duckdb.InvalidInputException) as exc:
-        raise _refuse(fragment, f"not one SQL expression: {exc}") from exc
-
-
-def _token_texts(text: str) -> list[tuple[str, Any]]:
-    """DuckDB's tokens of ``text``, each as (its text, its type); DuckDB counts UTF-8 bytes."""
-    raw = text.encode()
-    found = duckdb.tokenize(text)
-    ends = [at for at, _ in found[1:]] + [len(raw)]
-    return [(raw[at:end].decode(errors="replace").strip(), kind) for (at, kind), end in zip(found, ends)]
-
-
-def export_catalog(tables: Tables, snapshot: Snapshot, path: str, *, limits: SQLLimits | None = None,
-                   **overrides: Any) -> dict[str, int]:
-    """Materialise every catalog view as a table in a new DuckDB file; returns rows per table.
-
-    The file is written by this process, not by user SQL, so the sandbox stays closed.
-    """
-    if os.path.exists(path):
-        raise StoreError(f"{path} exists; the export never overwrites. Remove it or choose another name.")
-    with Catalog(tables, snapshot, limits=limits, **overrides) as cat:
-        views = {v: cat.query(f"SELECT * FROM {v}") for v in VIEWS}
-    counts: dict[str, int] = {}
-    with written_whole(path, extra_suffixes=(".wal",)) as partial:
-        out = duckdb.connect(partial)
-        try:
-            for v, t in views.items():
-                out.register("_t", t)
-                out.execute(f"CREATE TABLE {v} AS SELECT * FROM _t")
-                out.unregister("_t")
-                counts[v] = t.num_rows
-            out.execute("CREATE TABLE l2s_snapshot AS SELECT ? AS snapshot_id, ? AS store_url",
-                        [cat.snapshot.id, tables.backend.url])
-        finally:
-            out.close()
-        if os.path.exists(path):
-            raise StoreError(f"{path} appeared during the export; the export never overwrites. The export "
-                             f"was discarded.")
-    return counts
-
-
-@contextmanager
-def written_whole(path: str, *, extra_suffixes: tuple[str, ...] = ()) -> Iterator[str]:
-    """Yield a temporary name beside ``path`` to write to. It becomes ``path`` (replacing it) if
-    the block ends normally; what is left of it (and its ``extra_suffixes`` siblings, such as a
-    DuckDB ``.wal``) is removed either way, so an interrupted write leaves no file that looks
-    complete."""
-    partial = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.partial")
-    try:
-        yield partial
-        os.replace(partial, path)
-    finally:
-        for leftover in (partial, *(partial + x for x in extra_suffixes)):
-            if os.path.exists(leftover):
-                os.remove(leftover)

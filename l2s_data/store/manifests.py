@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -118,6 +119,8 @@ def list_names(backend: Backend) -> list[str]:
 #: damaged Parquet footer can abort the process inside the Parquet reader.
 _SUM_FIELD = b'"file_sha256": "'
 _ZEROS = b"0" * 64
+#: Bytes hashed at a time when a header is read: a snapshot's memory does not grow with a part's size.
+_BLOCK = 8 << 20
 
 
 def _write(parts: Iterable[pa.Table], header: Mapping[str, object], row_group_size: int | None) -> bytes:
@@ -193,9 +196,52 @@ def _check_sum(name: str, data: bytes) -> None:
         raise _corrupt(name, "file checksum mismatch")
 
 
+def _checked_footer(name: str, f: BinaryIO) -> bytes:
+    """The file's checksum verified by streaming it (bounded memory, whatever its size), and
+    its footer as a Parquet buffer of its own: the bytes the hash covered, never read again."""
+    size = f.seek(0, os.SEEK_END)
+    if size < 12:
+        raise _corrupt(name, "not a Parquet file: magic bytes missing")
+    f.seek(size - 8)
+    end = f.read(8)
+    footer_len = int.from_bytes(end[:4], "little")
+    if end[4:] != b"PAR1" or footer_len > size - 12:
+        raise _corrupt(name, "not a Parquet file: magic bytes missing")
+    start = size - 8 - footer_len
+    f.seek(start)
+    tail = f.read(size - start)
+    at = tail.rfind(_SUM_FIELD)
+    if at < 0:
+        raise _corrupt(name, "no l2s.manifest checksum; written by format version 1 or by another tool")
+    at += len(_SUM_FIELD)
+    want = tail[at:at + 64]
+    h = hashlib.sha256()
+    f.seek(0)
+    left = start
+    first = True
+    while left:
+        block = f.read(min(left, _BLOCK))
+        if not block:
+            raise _corrupt(name, "shorter than its footer says")
+        if first and block[:4] != b"PAR1":
+            raise _corrupt(name, "not a Parquet file: magic bytes missing")
+        first = False
+        h.update(block)
+        left -= len(block)
+    h.update(tail[:at] + _ZEROS + tail[at + 64:])
+    if h.hexdigest().encode() != want:
+        raise _corrupt(name, "file checksum mismatch")
+    return b"PAR1" + tail
+
+
 def decode_info(name: str, data: bytes) -> ManifestInfo:
     """The header of manifest bytes, after checking the file's checksum (CorruptManifestError)."""
     _check_sum(name, data)  # before any parser reads a byte of it
+    return _parse_header(name, data)
+
+
+def _parse_header(name: str, data: bytes) -> ManifestInfo:
+    """The header of checked manifest bytes (the whole file, or its footer alone)."""
     try:
         md = pq.ParquetFile(pa.BufferReader(data)).metadata
         header = json.loads((md.metadata or {})[META_KEY])
@@ -257,7 +303,8 @@ def read_info(backend: Backend, name: str) -> ManifestInfo:
             hit = _CACHE.get(ident)
         if hit is not None:
             return hit
-    info = decode_info(name, backend.read_bytes(name))
+    with backend.open_file(name) as f:
+        info = _parse_header(name, _checked_footer(name, f))
     if ident is not None:
         with _CACHE_LOCK:
             if len(_CACHE) > 100_000:
@@ -268,7 +315,8 @@ def read_info(backend: Backend, name: str) -> ManifestInfo:
 
 def read_infos(backend: Backend, names: Sequence[str]) -> tuple[list[ManifestInfo], list[str]]:
     """Headers of several manifests, and the names that vanished meanwhile (a compaction or a
-    delete removed them). Object stores read them in parallel to hide latency."""
+    delete removed them), read in parallel: on an object store to hide latency, on a local disk
+    because hashing lets go of the GIL."""
 
     def one(name: str) -> ManifestInfo | str:
         try:
@@ -276,12 +324,13 @@ def read_infos(backend: Backend, names: Sequence[str]) -> tuple[list[ManifestInf
         except FileNotFoundError:
             return name
 
-    if len(names) <= 4 or backend.is_local:
+    if len(names) <= 4:
         got = [one(n) for n in names]
     else:
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=16) as pool:
+        # sha256 lets go of the GIL: on a local disk two threads hash two parts at once.
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1) if backend.is_local else 16) as pool:
             got = list(pool.map(one, names))
     return [g for g in got if isinstance(g, ManifestInfo)], [g for g in got if isinstance(g, str)]
 

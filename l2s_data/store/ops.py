@@ -1,4 +1,5 @@
-"""Maintenance of a store: info, verify, gc, compact and delete (``l2s store ...``).
+"""Maintenance of a store: info, verify, gc, delete and migrate (``l2s store ...``; compaction
+is in ``compaction``).
 
 Each takes the store's parts explicitly (backend, tables, and a function that takes a fresh
 snapshot); ``Store`` exposes them as methods. compact, delete and gc hold the store's
@@ -38,17 +39,13 @@ from l2s_data.store.attempts import (
 from l2s_data.store.contract import PART_TABLES, attempt_dir, crc32c, now, sha256_hex
 from l2s_data.store.leases import Lease
 from l2s_data.store.manifests import (
-    KEY_ORDER, concat_rows, drop_attempts, encode_manifest, list_names, manifest_name, order_by, read_info,
-    read_rows, superseded,
+    concat_rows, drop_attempts, encode_manifest, list_names, manifest_name, order_by, read_info, read_rows,
 )
 from l2s_data.store.snapshot import Snapshot, commit_of
 from l2s_data.store.tables import Tables
 
-__all__ = ["StoreInfo", "Problem", "GcResult", "DeleteResult", "info", "verify", "gc", "compact",
-           "maybe_compact", "delete_recipe", "list_attempts", "scan_shards", "AUTO_COMPACT_FILES"]
-
-#: Loose (one-shard) manifest files after which a commit folds them into one file.
-AUTO_COMPACT_FILES = 256
+__all__ = ["StoreInfo", "Problem", "GcResult", "DeleteResult", "info", "verify", "gc", "delete_recipe",
+           "list_attempts", "scan_shards"]
 
 Take = Callable[[], Snapshot]
 
@@ -254,59 +251,6 @@ def gc(backend: Backend, take: Take, *, grace_s: float = 3600.0, dry_run: bool =
                 if not backend.entries(f"shards/{s}"):
                     backend.remove_dir(f"shards/{s}")
         return out
-
-
-def compact(backend: Backend, take: Take, *, min_files: int = 2) -> tuple[int, str | None]:
-    """Fold every live manifest and tombstone into one ``_compacted-<hash>.parquet``; returns
-    (files folded, new name). Rows of deleted or losing attempts are dropped; the snapshot id
-    does not change."""
-    with Lease(backend, op="compact"):
-        return _compact(backend, take, min_files)
-
-
-def _compact(backend: Backend, take: Take, min_files: int) -> tuple[int, str | None]:
-    snap = take()
-    gone = superseded(snap.infos)
-    folded = [i for i in snap.infos if not gone(i)]
-    if len(folded) < min_files:
-        return 0, None
-    # Held as dictionaries and written in key order a row group at a time: a whole store's rows
-    # in memory once, at about 80 bytes a row (3M rows: 0.9 GB peak RSS, against 2.7 GB as strings).
-    rows = drop_attempts(concat_rows(read_rows(backend, i, dictionary=True) for i in snap.live), snap.excluded)
-    stamps = {s: t for i in snap.live for s, t in i.committed_at.items() if snap.shards.get(s) == i.shards.get(s)}
-    byts = {s: b for i in snap.live for s, b in i.bytes.items() if snap.shards.get(s) == i.shards.get(s)}
-    replaces = {i.name: i.sha256 for i in folded}
-    name = manifest_name("compacted", sha256_hex("\n".join(f"{n} {h}" for n, h in sorted(replaces.items()))))
-    replaces.pop(name, None)
-    data = encode_manifest(rows, kind="compacted", shards=snap.shards, bytes_=byts, committed_at=stamps,
-                           supersedes=sorted(replaces), replaces=replaces, order=order_by(rows, KEY_ORDER))
-    if not backend.put_if_absent(name, data) and read_info(backend, name).replaces != replaces:
-        raise StoreError(f"store {backend.url}: {name} exists and folds other files; nothing was removed. "
-                         f"Run `l2s store verify`.")
-    # Remove every file this compaction read except the new one: the folded files (their rows
-    # are in the new file) and those an earlier compaction replaced. Each was read above, by
-    # name and content, under the lease: only a lease holder removes a manifest, so the name
-    # still holds that content (a writer only creates absent names).
-    for n in sorted({i.name for i in snap.infos} - {name}):
-        backend.remove(n)
-    return len(folded), name
-
-
-def maybe_compact(backend: Backend, take: Take, *, threshold: int | None = None) -> bool:
-    """Compact when more than ``threshold`` one-shard manifests are live and nobody holds the
-    lease; a busy store is simply left for the next commit. Returns whether it compacted."""
-    from l2s_data.errors import LeaseHeldError
-
-    threshold = AUTO_COMPACT_FILES if threshold is None else threshold
-    names = list_names(backend)
-    if sum(1 for n in names if not n.split("/", 1)[1].startswith("_")) <= threshold:
-        return False
-    try:
-        with Lease(backend, op="auto-compact"):
-            _compact(backend, take, 2)
-    except LeaseHeldError:
-        return False
-    return True
 
 
 @dataclass

@@ -20,6 +20,7 @@ exactly the data a training run read, and survives ``compact``.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 from dataclasses import dataclass
@@ -29,14 +30,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from l2s_data.errors import CorruptChunkError, KeyNotFoundError
+from l2s_data.errors import KeyNotFoundError, StoreError
 from l2s_data.schemas import MANIFESTS
 from l2s_data.store._backend import Backend
-from l2s_data.store._chunks import ArrayInfo, load_array_info, read_chunk
-from l2s_data.store.contract import COMPACTED_PREFIX, TOMBSTONE_PREFIX, crc32c, manifest_path, to_float32
+from l2s_data.store._chunks import ArrayInfo, ChunkCache, ChunkReader, expected_crcs, gather, load_array_info, read_chunk
+from l2s_data.store.contract import COMPACTED_PREFIX, TOMBSTONE_PREFIX, manifest_path, to_float32
 from l2s_data.store.manifests import ManifestInfo, check_rows, list_names, read_infos, superseded
 
-__all__ = ["Key", "Snapshot", "take_snapshot", "commit_of"]
+__all__ = ["Key", "Snapshot", "take_snapshot", "commit_of", "counting_commit"]
 
 
 @dataclass(frozen=True)
@@ -54,35 +55,57 @@ class Key:
 
 def take_snapshot(backend: Backend, resolve: Callable[[str], str],
                   only: Callable[[str], bool] | None = None) -> Snapshot:
-    """The committed manifests now (``only``: of the manifest files whose names it accepts).
+    """The committed manifests now (``only``: of the manifest files whose names it accepts)."""
+    return Snapshot(backend, _consistent_infos(backend, only), resolve)
+
+
+def _consistent_infos(backend: Backend, only: Callable[[str], bool] | None,
+                      listing: Callable[[], list[str]] | None = None) -> list[ManifestInfo]:
+    """The headers of the manifest files listed now (those ``only`` accepts; ``listing``: the
+    names to consider, instead of every manifest's).
 
     A file listed but gone when read is fine if a file that was read supersedes it (a
     compaction committed its replacement first); otherwise the listing is taken again.
     """
-    import time
-
     for attempt in range(200):
-        names = list_names(backend)
+        names = list_names(backend) if listing is None else listing()
         infos, gone = read_infos(backend, names if only is None else [n for n in names if only(n)])
         if not gone or set(gone) <= {n for i in infos for n in (*i.supersedes, *i.replaces)}:
-            return Snapshot(backend, infos, resolve)
+            return infos
         time.sleep(min(0.05, 0.001 * (attempt + 1)))  # a compaction or delete is mid-way: list again
-    from l2s_data.errors import StoreError
-
     raise StoreError(f"store {backend.url}: manifests kept changing while being read; retry.")
 
 
 def commit_of(backend: Backend, shard: str) -> str | None:
     """The attempt whose commit of ``shard`` counts now, or None: the snapshot rules applied to
     the shard's own manifest, the compactions and the tombstones (no other file can commit or
-    hide it). Tombstones apply: a deleted shard is not committed."""
+    hide it). Tombstones apply: a deleted shard is not committed.
+
+    It reads those files' headers only (cached), and looks at this one shard: its cost does not
+    grow with the number of shards or loose manifests in the store, beyond listing their names."""
     own = manifest_path(shard)
 
-    def relevant(name: str) -> bool:
-        base = name.split("/", 1)[1]
-        return name == own or base.startswith((COMPACTED_PREFIX, TOMBSTONE_PREFIX))
+    def listing() -> list[str]:
+        # Only the names that can commit or hide this shard: not one per loose manifest. Its
+        # own name first: a compaction creates the part holding it before removing it, so a
+        # name gone by then is in a part listed after.
+        mine = [own] if backend.exists(own) else []
+        return mine + [f"manifests/{n}" for n in backend.listdir_prefix("manifests", "_")
+                       if n.startswith((COMPACTED_PREFIX, TOMBSTONE_PREFIX)) and n.endswith(".parquet")]
 
-    return take_snapshot(backend, lambda r: r, only=relevant).shards.get(shard)
+    return counting_commit(_consistent_infos(backend, None, listing), shard)
+
+
+def counting_commit(infos: Sequence[ManifestInfo], shard: str) -> str | None:
+    """The attempt of ``shard`` that counts among ``infos`` (the rule :class:`Snapshot` applies
+    to every shard: not superseded, not tombstoned, a compacted commit before a loose one, then
+    the earliest), or None."""
+    gone = superseded(infos)
+    live = [i for i in infos if not gone(i)]
+    deleted = {a for i in live for a in i.deletes}
+    candidates = [(i.kind != "compacted", i.committed_at.get(shard, ""), i.shards[shard])
+                  for i in live if i.is_data and shard in i.shards and i.shards[shard] not in deleted]
+    return min(candidates)[2] if candidates else None
 
 
 class Snapshot:
@@ -126,7 +149,7 @@ class Snapshot:
         self.loose_files = sum(1 for i in self.live if i.kind == "shard")
         self._dataset: pads.Dataset | None = None
         self._index: dict[tuple[str, str, str, int], dict[str, tuple[str, int]]] = {}
-        self._sums: dict[tuple[str, str, str, int], dict[str, str]] = {}
+        self._columns: dict[tuple[str, str, str, int], _Column] = {}
         self._infos: dict[str, ArrayInfo] = {}
         self._array_recipe: dict[str, str] = {}
 
@@ -180,8 +203,6 @@ class Snapshot:
         """Move to the manifest files that hold this snapshot's rows now (a compaction folds
         files into one and removes them). The rows stay this snapshot's: commits made since are
         hidden. StoreError if one of its attempts is no longer committed (deleted since)."""
-        from l2s_data.errors import StoreError
-
         new = take_snapshot(self.backend, self._resolve)
         if not self.attempts <= new.attempts:
             raise StoreError(
@@ -223,7 +244,6 @@ class Snapshot:
             t = self.key_rows(*k)
             ids = t["sample_id"].to_pylist()
             self._index[k] = dict(zip(ids, zip(t["array"].to_pylist(), t["row"].to_pylist())))
-            self._sums[k] = dict(zip(ids, t["checksum"].to_pylist()))
         return self._index[k]
 
     def array_info(self, path: str, *, recipe_id: str | None = None) -> ArrayInfo:
@@ -239,12 +259,12 @@ class Snapshot:
 
     # -- reads -----------------------------------------------------------------------------------
     def read(self, recipe_id: str, view: str, position: str, layer: int, sample_ids: Sequence[str]) -> np.ndarray:
-        """float32 ``[len(sample_ids), D]``, row i = sample_ids[i]; whole chunks are read, each
-        checked against its crc32c, and each row returned against its manifest checksum."""
+        """float32 ``[len(sample_ids), D]``, row i = sample_ids[i]. The loader's reader reads it
+        (``_chunks.gather``): each chunk holding a requested row is read once and checked against
+        its crc32c and against the crc the manifest's row checksums give, before a row is copied."""
         rid = self.resolve(recipe_id)
-        idx = self.index(rid, view, position, layer)
-        sums = self._sums[(rid, view, position, int(layer))]
-        missing = [s for s in sample_ids if s not in idx]
+        col = self._column(rid, view, position, int(layer))
+        missing = [s for s in sample_ids if s not in col.where]
         if missing:
             raise KeyNotFoundError(
                 f"{len(missing)} of {len(sample_ids)} sample(s) have no committed row for key "
@@ -252,27 +272,38 @@ class Snapshot:
                 f"{missing[:3]}. Extract them first (`l2s extract`), or query what exists with "
                 f"`l2s sql \"SELECT ... FROM manifests\"`."
             )
-        locs = [idx[s] for s in sample_ids]
-        if not locs:
-            dim = self.key_rows(rid, view, position, layer)["dim"]
-            return np.zeros((0, int(dim[0].as_py()) if len(dim) else 0), np.float32)
-        by_chunk: dict[tuple[str, int], list[tuple[int, int]]] = {}
-        for j, (path, row) in enumerate(locs):
-            info = self.array_info(path, recipe_id=rid)
-            by_chunk.setdefault((path, row // info.chunk_rows), []).append((j, row % info.chunk_rows))
-        out = np.empty((len(locs), self.array_info(locs[0][0]).dim), np.float32)
-        for (path, c), items in by_chunk.items():
-            info = self.array_info(path)
-            block = self.chunk(path, c)
-            dst = np.fromiter((j for j, _ in items), np.int64, len(items))
-            src = np.fromiter((r for _, r in items), np.int64, len(items))
-            for j, r in items:
-                if f"{crc32c(block[r]):08x}" != sums[sample_ids[j]]:
-                    raise CorruptChunkError(
-                        f"row {c * info.chunk_rows + r} of array {path} (shard {info.shard}, recipe "
-                        f"{rid}, sample {sample_ids[j]!r}) does not match its manifest checksum: the "
-                        f"bytes on disk were replaced. Nothing was returned. Run `l2s store verify`, "
-                        f"then re-extract the shard."
-                    )
-            out[dst] = to_float32(block[src], info.logical_dtype)
-        return out
+        if not col.infos:
+            return np.zeros((0, 0), np.float32)
+        info = col.infos[0]
+        loc = np.array([col.where[s] for s in sample_ids], np.int64).reshape(-1, 2)
+        out = np.empty((len(loc), info.dim), info.stored_dtype)
+        gather(ChunkCache(ChunkReader(self.backend), 1), col.infos, col.expect, loc, out)
+        return to_float32(out, info.logical_dtype)
+
+    def _column(self, rid: str, view: str, position: str, layer: int) -> _Column:
+        """Where each sample's row of one key lives, and the crcs its chunks must have (cached)."""
+        k = (rid, view, position, layer)
+        if k not in self._columns:
+            t = self.key_rows(*k)
+            paths = sorted(set(t["array"].to_pylist()))
+            infos = tuple(self.array_info(p, recipe_id=rid) for p in paths)
+            if len({(i.dim, i.logical_dtype) for i in infos}) > 1:
+                raise StoreError(
+                    f"key ({rid}, {view}, {position}, layer {layer}) is stored with different widths "
+                    f"or dtypes in {', '.join(f'{i.path} ({i.dim} x {i.logical_dtype})' for i in infos[:4])}; "
+                    f"its rows cannot form one column. Delete and re-extract the odd shards."
+                )
+            at = {p: j for j, p in enumerate(paths)}
+            where = {s: (at[a], r) for s, a, r in zip(t["sample_id"].to_pylist(), t["array"].to_pylist(),
+                                                     t["row"].to_pylist())}
+            self._columns[k] = _Column(where, infos, tuple(expected_crcs(t, infos)))
+        return self._columns[k]
+
+
+@dataclass(frozen=True)
+class _Column:
+    """One key's rows in a snapshot: sample id -> (array index, row), the arrays, their chunk crcs."""
+
+    where: dict[str, tuple[int, int]]
+    infos: tuple[ArrayInfo, ...]
+    expect: tuple[np.ndarray, ...]

@@ -23,13 +23,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 
 from l2s_data.errors import L2SError, StoreAccessError, StoreError, StoreNotFoundError
 from l2s_data.schemas import FORMAT_VERSION, MEMBERSHIPS, SAMPLES
-from l2s_data.store import ops
+from l2s_data.store import compaction, ops
 from l2s_data.store._backend import Backend, open_backend
+from l2s_data.store.catalog import Catalog
 from l2s_data.store.contract import MARKER, conform, now
+from l2s_data.store.export import export_catalog
+from l2s_data.store.sandbox import parse_one
 from l2s_data.store.snapshot import Key, Snapshot, commit_of, take_snapshot
 from l2s_data.store.tables import Tables
 from l2s_data.store.writer import DEFAULT_CHUNK_BYTES, ShardWriter
@@ -128,10 +130,6 @@ class Store:
         return self._backend
 
     # -- tables ----------------------------------------------------------------------------------
-    def dataset(self, table_name: str) -> pads.Dataset:
-        """A lazily scanned pyarrow dataset over the committed parts of one table."""
-        return self._tables.dataset(table_name)
-
     def table(self, table_name: str) -> pa.Table:
         """Every committed row of one table (rows may repeat across parts; the SQL views dedupe)."""
         if table_name == "manifests":
@@ -191,11 +189,12 @@ class Store:
             # A `delete` of this recipe that ran meanwhile must not leave these rows without
             # their recipe: register it again (a no-op when it is still there).
             self._tables.register_again(registration)
-            ops.maybe_compact(self._backend, self.snapshot)
+            # Bounded: folds loose files once there are many, never the whole store.
+            compaction.step(self._backend, self.snapshot)
 
         return ShardWriter(self._backend, shard_id, rid, sample_ids, chunk_bytes=chunk_bytes,
                            zarr_writer=zarr_writer, on_commit=on_commit,
-                           settle=lambda: ops.compact(self._backend, self.snapshot, min_files=1))
+                           settle=lambda: compaction.compact(self._backend, self.snapshot, min_files=1))
 
     def is_committed(self, shard_id: str) -> bool:
         """Whether a commit of ``shard_id`` counts now (its own manifest or a compacted one,
@@ -211,24 +210,23 @@ class Store:
         return take_snapshot(self._backend, lambda r: self.resolve_recipe(r, must_exist=False))
 
     # -- SQL and loading -------------------------------------------------------------------------
-    def sql(self, query: str, *, snapshot: Snapshot | None = None, **limits: Any) -> pa.Table:
-        """Run one read-only SELECT on the sandboxed catalog (DESIGN 4.4); SQLRefusedError else."""
-        from l2s_data.store.catalog import Catalog, parse_one
+    def sql(self, query: str, *, params: Sequence[Any] | Mapping[str, Any] | None = None,
+            snapshot: Snapshot | None = None, **limits: Any) -> pa.Table:
+        """Run one read-only SELECT on the sandboxed catalog; SQLRefusedError for anything else.
 
+        ``params`` binds the statement's ``?`` (a sequence) or ``$name`` (a mapping) parameters,
+        so values are never quoted into the text: ``store.sql("SELECT * FROM recipes WHERE
+        name = ?", params=["tiny"])``."""
         parse_one(query)  # refuse before paying for a snapshot and a catalog
         with Catalog(self._tables, snapshot or self.snapshot(), **limits) as cat:
-            return cat.query(query)
+            return cat.query(query, params)
 
     def catalog(self, *, snapshot: Snapshot | None = None, **limits: Any):
         """A sandboxed catalog over one snapshot (a context manager; see ``catalog.Catalog``)."""
-        from l2s_data.store.catalog import Catalog
-
         return Catalog(self._tables, snapshot or self.snapshot(), **limits)
 
     def export_catalog(self, path: str, *, snapshot: Snapshot | None = None, **limits: Any) -> dict[str, int]:
         """Materialise every catalog view as a table in a new DuckDB file; rows per table."""
-        from l2s_data.store.catalog import export_catalog
-
         return export_catalog(self._tables, snapshot or self.snapshot(), path, **limits)
 
     def pairs(self, x: Key, y: Key, *, where: str | None = None, batch_size: int = 64,
@@ -261,8 +259,16 @@ class Store:
     def gc(self, *, grace_s: float = 3600.0, dry_run: bool = False) -> ops.GcResult:
         return ops.gc(self._backend, self.snapshot, grace_s=grace_s, dry_run=dry_run)
 
+    def maintain(self, *, gc: bool = False, grace_s: float = 3600.0) -> tuple[int, ops.GcResult | None]:
+        """Fold every manifest into one part (what an extraction run's end or a cron job calls;
+        commits only fold small files), then, with ``gc``, remove crashed and losing attempts
+        older than ``grace_s``. Returns (files folded, the gc result or None)."""
+        folded, _ = self.compact(min_files=2)
+        return folded, self.gc(grace_s=grace_s) if gc else None
+
     def compact(self, *, min_files: int = 2) -> tuple[int, str | None]:
-        return ops.compact(self._backend, self.snapshot, min_files=min_files)
+        """Fold every manifest file and tombstone into one sorted part (``l2s store compact``)."""
+        return compaction.compact(self._backend, self.snapshot, min_files=min_files)
 
     def delete_recipe(self, recipe: str, *, force: bool = False) -> ops.DeleteResult:
         return ops.delete_recipe(self._backend, self._tables, self.snapshot, recipe, force=force)

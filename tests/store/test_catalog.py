@@ -9,7 +9,7 @@ import pytest
 
 from l2s_data.errors import SQLRefusedError, StoreError
 from l2s_data.store import Key
-from l2s_data.store.catalog import Catalog, check_where, export_catalog
+from l2s_data.store.sandbox import check_where
 
 from .conftest import sample_ids, tables, write_shard
 
@@ -50,6 +50,18 @@ def test_views_answer_queries_over_committed_tables(filled):
     assert filled.sql("SELECT run_id FROM runs")["run_id"].to_pylist() == ["run1"]
     assert filled.sql("SELECT count(*) AS n FROM errors")["n"][0].as_py() == 0
     assert filled.sql("SELECT count(*) AS n FROM evaluations")["n"][0].as_py() == 0
+
+
+def test_sql_binds_parameters_instead_of_quoting(filled):
+    # A value holding a quote is bound, never spliced: it matches nothing and escapes nothing.
+    q = "SELECT count(*) AS n FROM memberships WHERE split = ?"
+    assert filled.sql(q, params=["train"])["n"][0].as_py() == 9
+    assert filled.sql(q, params=("test",))["n"][0].as_py() == 3
+    assert filled.sql(q, params=["x' OR '1'='1"])["n"][0].as_py() == 0
+    named = "SELECT count(*) AS n FROM memberships WHERE split = $split"
+    assert filled.sql(named, params={"split": "test"})["n"][0].as_py() == 3
+    with pytest.raises(SQLRefusedError, match="pass \\[value\\]"):
+        filled.sql(q, params="train")
 
 
 ESCAPES = [
@@ -126,9 +138,8 @@ def test_loader_where_fragments_that_escape_are_refused(filled, where):
 
 
 def test_where_fragments_with_quotes_and_parentheses_still_work(filled):
-    with filled.catalog() as cat:
-        assert check_where(cat.con, "(split = 'train') AND category IN ('c0', 'c1')")
-        assert check_where(cat.con, "query <> 'it''s; (odd'")
+    assert check_where("(split = 'train') AND category IN ('c0', 'c1')")
+    assert check_where("query <> 'it''s; (odd'")
     k = Key("r", "p2s", "completion_last", 2)
     ds = filled.pairs(k, k, where="split = 'train' AND (category = 'c0' OR category = 'c1')")
     assert ds.num_rows == len([i for i in range(12) if i % 4 and i % 3 in (0, 1)])
@@ -171,8 +182,8 @@ def test_where_fragments_that_are_not_one_condition_are_refused(filled, where):
     with filled.catalog() as cat:
         with pytest.raises(SQLRefusedError):
             cat.select_sample_ids(where)
-        with pytest.raises(SQLRefusedError):
-            check_where(cat.con, where)
+    with pytest.raises(SQLRefusedError):
+        check_where(where)
 
 
 def test_a_where_fragment_naming_an_unknown_column_lists_the_columns(filled):

@@ -232,9 +232,9 @@ def test_a_snapshot_taken_before_a_compaction_still_reads_its_rows(store):
 
 
 def test_commits_past_the_threshold_compact_automatically(store, monkeypatch):
-    from l2s_data.store import ops
+    from l2s_data.store import compaction
 
-    monkeypatch.setattr(ops, "AUTO_COMPACT_FILES", 3)
+    monkeypatch.setattr(compaction, "LOOSE_FILES", 3)
     _filled(store, 5, n=2)
     names = sorted(p.name for p in (Path(store.url) / "manifests").iterdir())
     assert any(n.startswith("_compacted-") for n in names)

@@ -18,9 +18,12 @@ LAYERS = {
     "contract": 0,
     "_backend": 1,
     "_zarr_write": 2, "_chunks": 2, "manifests": 2, "leases": 2, "tables": 2, "attempts": 2,
+    "limits": 2, "sandbox": 2,
     "snapshot": 3,
-    "writer": 4, "catalog": 4, "loader": 4, "ops": 4,
-    "store": 5,
+    "writer": 4, "catalog": 4, "layout": 4, "ops": 4, "compaction": 4,
+    "rounds": 5, "export": 5,
+    "loader": 6,
+    "store": 7,
 }
 
 

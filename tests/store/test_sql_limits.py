@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from l2s_data.cli import app
 from l2s_data.errors import SQLMemoryError, SQLRefusedError, SQLTimeoutError, StoreError
-from l2s_data.store.catalog import SQLLimits, parse_size
+from l2s_data.store.limits import SQLLimits, parse_size
 
 from .conftest import sample_ids, tables
 

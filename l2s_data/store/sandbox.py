@@ -1,0 +1,106 @@
+"""What user SQL may be: one read-only SELECT over the catalog views, values bound as parameters,
+and WHERE fragments that DuckDB reads as exactly one expression.
+
+Everything here runs before a statement reaches the catalog's connection, which is locked down
+as well (``enable_external_access = false``, ``lock_configuration = true``; see ``catalog``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import duckdb
+
+from l2s_data.errors import SQLRefusedError, StoreError
+
+__all__ = ["VIEWS", "FIX", "bind_params", "refuse", "parse_one", "check_where", "where_expression"]
+
+#: Views a user can query.
+VIEWS = ("samples", "memberships", "recipes", "manifests", "runs", "evaluations", "errors", "extractions",
+         "shards")
+
+READ_ONLY = {duckdb.StatementType.SELECT}
+FIX = (
+    "Only one read-only SELECT over the catalog views "
+    f"({', '.join(VIEWS)}) is allowed; the catalog cannot write, read files, attach databases, "
+    "install extensions or change settings. To work elsewhere, `l2s catalog export FILE.duckdb`."
+)
+
+
+def bind_params(params: Sequence[Any] | Mapping[str, Any] | None) -> list[Any] | dict[str, Any] | None:
+    """DuckDB's form of bound parameters: a list for ``?``, a dict for ``$name``; None if none."""
+    if params is None:
+        return None
+    if isinstance(params, Mapping):
+        return dict(params) or None
+    if isinstance(params, (str, bytes)):
+        raise SQLRefusedError(
+            f"params must be a sequence of values (for ?) or a mapping (for $name), not the "
+            f"{type(params).__name__} {params!r}: pass [value].")
+    return list(params) or None
+
+
+def refuse(query: str, why: str) -> SQLRefusedError:
+    shown = query if len(query) <= 200 else query[:200] + "..."
+    return SQLRefusedError(f"SQL refused ({why}): {shown!r}. {FIX}")
+
+
+def parse_one(query: str, con: duckdb.DuckDBPyConnection | None = None) -> duckdb.Statement:
+    """Parse ``query``; SQLRefusedError unless it is exactly one read-only SELECT."""
+    if not isinstance(query, str) or not query.strip():
+        raise refuse(str(query), "empty query")
+    own = con is None
+    con = duckdb.connect(":memory:") if own else con
+    try:
+        stmts = con.extract_statements(query)
+    except duckdb.Error as exc:
+        raise StoreError(f"SQL does not parse: {exc}. Query: {query!r}") from exc
+    finally:
+        if own:
+            con.close()
+    if len(stmts) != 1:
+        raise refuse(query, f"{len(stmts)} statements; exactly one is allowed")
+    st = stmts[0]
+    if st.type not in READ_ONLY:
+        raise refuse(query, f"{st.type.name} statement")
+    return st
+
+
+def check_where(fragment: str) -> str:
+    """Check a WHERE fragment with DuckDB's own parser; return it unchanged, or refuse it.
+
+    Refused (:class:`SQLRefusedError`): an empty fragment; anything DuckDB does not read as
+    exactly one expression (a ``)`` that would close an outer parenthesis, a second statement,
+    an open quote); and, found by DuckDB's tokenizer, ``;`` and comments: a fragment is one
+    condition, not a script, and a comment would hide part of it from whoever reads it in a log.
+    """
+    where_expression(fragment)
+    return fragment
+
+
+def where_expression(fragment: str) -> duckdb.Expression:
+    """``fragment`` parsed by DuckDB as one expression, ready for a relation's ``filter``."""
+    if not isinstance(fragment, str) or not fragment.strip():
+        raise refuse(str(fragment), "empty WHERE fragment")
+    try:
+        fragment.encode()
+    except UnicodeEncodeError as exc:
+        raise refuse(fragment, f"not valid text: {exc}") from exc
+    for text, kind in _token_texts(fragment):
+        if kind == duckdb.token_type.comment:
+            raise refuse(fragment, "comments are not allowed in a WHERE fragment")
+        if kind == duckdb.token_type.operator and ";" in text:
+            raise refuse(fragment, "';' would end the query; a WHERE fragment is one condition")
+    try:
+        return duckdb.SQLExpression(fragment)
+    except (duckdb.ParserException, duckdb.InvalidInputException) as exc:
+        raise refuse(fragment, f"not one SQL expression: {exc}") from exc
+
+
+def _token_texts(text: str) -> list[tuple[str, Any]]:
+    """DuckDB's tokens of ``text``, each as (its text, its type); DuckDB counts UTF-8 bytes."""
+    raw = text.encode()
+    found = duckdb.tokenize(text)
+    ends = [at for at, _ in found[1:]] + [len(raw)]
+    return [(raw[at:end].decode(errors="replace").strip(), kind) for (at, kind), end in zip(found, ends)]
