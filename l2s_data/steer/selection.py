@@ -8,7 +8,7 @@
     sel.categories     # category per row (from memberships)
     sel.snapshot_id    # the store snapshot these rows came from
 
-Goes through the store's loader (``store.columns``) and catalog (``store.catalog``) only. A key
+Goes through the store's loader (``store.columns``) and ``store.sql`` only. A key
 that has no rows, or a ``where`` that selects none, raises an error naming it and what exists.
 Values reach SQL as parameters (:func:`query`); a user's ``where`` fragment reaches it only
 through :func:`where_sql`, after the check the loader applies to it.
@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from l2s_data.errors import EmptySelectionError, KeyNotFoundError
 from l2s_data.store import Key
-from l2s_data.store.catalog import check_where
+from l2s_data.store.sandbox import check_where
 
 __all__ = ["Selection", "read_selection", "read_dataset", "open_columns", "check_key", "sample_labels", "query",
            "where_sql", "in_condition"]
@@ -33,8 +33,7 @@ __all__ = ["Selection", "read_selection", "read_dataset", "open_columns", "check
 def query(store, sql: str, params: Sequence[object] = ()) -> pa.Table:
     """Every row of one read-only SELECT, its ``?`` placeholders bound to ``params``, on the
     sandboxed catalog of the store's current snapshot."""
-    with store.catalog() as cat:
-        return cat.query(sql, list(params))
+    return store.sql(sql, params=list(params))
 
 
 def where_sql(head: str, where: str | None, tail: str = "") -> str:
@@ -42,7 +41,7 @@ def where_sql(head: str, where: str | None, tail: str = "") -> str:
     loader applies to it (one SQL expression; no ``;``, no comment), or ``head tail`` if None."""
     if where is None:
         return f"{head} {tail}".strip()
-    return " ".join(part for part in (head, "WHERE (" + check_where(None, where) + ")", tail) if part)
+    return " ".join(part for part in (head, "WHERE (" + check_where(where) + ")", tail) if part)
 
 
 def in_condition(column: str, values: Sequence[str]) -> str:
