@@ -264,7 +264,7 @@ def _steer(out: Path, cfg: Any, ex: Extraction, console: Console, *, pope: bool 
     tcfg = load_train_config(Path(__file__).parent / "train" / "configs" / "tiny-llava.toml")
     tcfg = tcfg.model_copy(update={"store": cfg.run.store, "out_dir": str(out / "train-runs")})
     store = ex.open_store(create=False)
-    done = store.sql(f"SELECT artifact, metrics_json FROM runs WHERE run_id = '{_TRAIN_RUN}'").to_pylist()
+    done = store.sql("SELECT artifact, metrics_json FROM runs WHERE run_id = ?", params=[_TRAIN_RUN]).to_pylist()
     if done and done[0]["artifact"] and Path(done[0]["artifact"]).is_file():
         artifact, m = Path(done[0]["artifact"]), json.loads(done[0]["metrics_json"] or "{}")
         console.print(f"[6/7] training {_TRAIN_RUN}: already in the store; predictor {artifact}")
@@ -331,7 +331,7 @@ def _steer_pope(out: Path, cfg: Any, ex: Extraction, console: Console) -> dict[s
                                                "test_where": "dataset = 'shapes-pope' AND split = 'test'"}),
     })
     store = ex.open_store(create=False)
-    done = store.sql(f"SELECT artifact FROM runs WHERE run_id = '{_POPE_TRAIN_RUN}'").to_pylist()
+    done = store.sql("SELECT artifact FROM runs WHERE run_id = ?", params=[_POPE_TRAIN_RUN]).to_pylist()
     if done and done[0]["artifact"] and Path(done[0]["artifact"]).is_file():
         artifact = Path(done[0]["artifact"])
         console.print(f"[pope 2/3] training {_POPE_TRAIN_RUN}: already in the store; predictor {artifact}")

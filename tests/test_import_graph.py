@@ -21,13 +21,14 @@ STORE = ROOT / "store"
 
 #: Store modules that hold the on-disk and connection machinery: only the store imports them.
 STORE_INTERNALS = {"_backend", "_chunks", "_zarr_write", "manifests", "leases", "tables", "snapshot", "writer",
+                   "attempts", "compaction", "layout", "rounds", "export",
                    "loader", "ops", "store"}
 #: Names of ``store.catalog`` that open a connection (its pure parsing helpers may be used).
 CATALOG_CONNECTIONS = {"Catalog", "export_catalog", "RowStream"}
 #: The one function outside the store that splices a (checked) ``where`` fragment into SQL.
 WHERE_SPLICE = ("steer/selection.py", "where_sql")
-#: Modules whose SQL other changes are rewriting to parameters; they leave this list with them.
-PENDING_SQL = {"evaluate/results.py", "demo.py"}
+#: Modules whose SQL is still being rewritten to parameters (none left).
+PENDING_SQL: set[str] = set()
 SQL_CALLS = {"sql", "query", "execute", "head", "stream"}
 
 

@@ -64,10 +64,6 @@ _BY_NAME = {m.name: m for m in METRICS}
 DEFAULT_SELECT = {"pope": "accuracy", "safety": "desired_rate"}
 
 
-def _sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def evaluation_runs(store: Any) -> list[str]:
     """Run ids of every evaluation the store holds."""
     t = store.sql("SELECT DISTINCT run_id FROM evaluations WHERE run_id IS NOT NULL ORDER BY run_id")
@@ -190,7 +186,7 @@ def load_results(store: Any, run_id: str) -> Results:
     if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id):
         raise KeyNotFoundError(f"run id {run_id!r} is not a valid evaluation run id (letters, digits, '.', '_', "
                                f"'-'); list them with `l2s sql \"SELECT DISTINCT run_id FROM evaluations\"`.")
-    runs = store.sql(f"SELECT config_json FROM runs WHERE run_id = {_sql_str(run_id)} AND kind = 'evaluate'")
+    runs = store.sql("SELECT config_json FROM runs WHERE run_id = ? AND kind = 'evaluate'", params=[run_id])
     if runs.num_rows == 0:
         known = evaluation_runs(store)
         raise KeyNotFoundError(
@@ -201,8 +197,8 @@ def load_results(store: Any, run_id: str) -> Results:
     split = config.get("data", {}).get("split", "test")
     q = ("SELECT e.method, e.alpha, e.sample_id, e.response, e.scores_json, m.dataset, m.subset, m.category, m.question_id, "
          "m.label FROM evaluations e JOIN memberships m ON m.sample_id = e.sample_id AND m.dataset = e.dataset "
-         f"WHERE e.run_id = {_sql_str(run_id)} AND m.split = {_sql_str(split)}")
-    rows = store.sql(q).to_pylist()
+         "WHERE e.run_id = ? AND m.split = ?")
+    rows = store.sql(q, params=[run_id, split]).to_pylist()
     return Results(run_id, config, rows)
 
 
