@@ -43,6 +43,7 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 PROCESS_FIXTURES = ("ray_address", "s3_endpoint", "demo", "demo_copy")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker hook, which reads xdist_group into node ids
 def pytest_collection_modifyitems(config, items):
     unmarked = [item.nodeid for item in items
                 if set(getattr(item, "fixturenames", ())) & set(PROCESS_FIXTURES) and item.get_closest_marker("slow") is None]

@@ -219,7 +219,7 @@ def _write_rows(rows, fmt: str, output: Optional[str]) -> None:
         (_write_csv if fmt == "csv" else _write_json)(sys.stdout, names, rows)
         sys.stdout.flush()
         return
-    from l2s_data.store.export import written_whole
+    from l2s_data.store import written_whole
 
     with written_whole(output) as partial:
         if fmt == "parquet":

@@ -157,7 +157,8 @@ class Results:
         name = select or DEFAULT_SELECT[self.task]
         if name not in _BY_NAME or _BY_NAME[name].task != self.task:
             known = [m.name for m in METRICS if m.task == self.task]
-            raise ConfigError(f"select metric {name!r} is not a {self.task} metric; expected one of {known}.")
+            raise ConfigError(f"{name!r} is not a {self.task} metric, so alpha cannot be chosen by it; expected "
+                              f"one of {known}.")
         metric = _BY_NAME[name]
         part = "validation" if self.parts()["validation"] else "test"
         out = {}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["Store", "Key", "Snapshot", "ShardWriter", "DEFAULT_CHUNK_BYTES"]
+__all__ = ["Store", "Key", "Snapshot", "ShardWriter", "DEFAULT_CHUNK_BYTES", "written_whole"]
 
 _WHERE = {
     "Store": "l2s_data.store.store",
@@ -29,11 +29,13 @@ _WHERE = {
     "Snapshot": "l2s_data.store.snapshot",
     "ShardWriter": "l2s_data.store.writer",
     "DEFAULT_CHUNK_BYTES": "l2s_data.store.writer",
+    "written_whole": "l2s_data.store.export",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from l2s_data.store.snapshot import Key, Snapshot
     from l2s_data.store.store import Store
+    from l2s_data.store.export import written_whole
     from l2s_data.store.writer import DEFAULT_CHUNK_BYTES, ShardWriter
 
 
