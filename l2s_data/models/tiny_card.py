@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -27,7 +28,7 @@ from l2s_data.models import tiny_data as td
 from l2s_data.models.loading import load_adapter
 from l2s_data.models.types import ChatInput, ContrastiveItem
 
-__all__ = ["CARD_DATA_SEED", "CARD_ALPHA", "write_card", "read_card", "rate_entry"]
+__all__ = ["CARD_DATA_SEED", "CARD_ALPHA", "write_card", "read_card", "rate_entry", "wilson"]
 
 CARD_DATA_SEED = 1
 #: The steering strength of the card's P2S* rows.
@@ -36,9 +37,19 @@ _PER_CATEGORY = 8      # held-out safety items per scenario
 _SCENES = 40           # held-out shapes-POPE scenes (the demo's kind of questions)
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson interval of a rate k/n ((0, 1) when n = 0)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+
 def rate_entry(flags: list[bool]) -> dict[str, Any]:
     """``{"rate", "k", "n", "ci95"}`` of boolean outcomes (Wilson interval)."""
-    from l2s_data.models.train_tiny import wilson
 
     k, n = sum(bool(f) for f in flags), len(flags)
     lo, hi = wilson(k, n)

@@ -43,9 +43,10 @@ from l2s_data.models.adapter import ModelAdapter
 from l2s_data.models.families import Vision, process_images
 from l2s_data.models.gather import layer_output
 from l2s_data.models.tiny import build_tiny
+from l2s_data.models.tiny_card import write_card
 from l2s_data.models.types import ChatInput
 
-__all__ = ["SHIPPED_CHECKPOINT", "TinyTrainConfig", "TrainedTiny", "train_tiny", "wilson"]
+__all__ = ["SHIPPED_CHECKPOINT", "TinyTrainConfig", "TrainedTiny", "train_tiny"]
 
 #: The checkpoint ``train_tiny(seed=0)`` writes, shipped with the package (what `l2s demo` uses).
 SHIPPED_CHECKPOINT = Path(__file__).parent / "data" / "tiny-llava-trained"
@@ -166,17 +167,6 @@ def _loss(model, hidden: torch.Tensor, ids: torch.Tensor, seqs: Sequence[_Seq]) 
     return F.cross_entropy(logits, ids[rows_t, cols_t])
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson interval of a rate k/n ((0, 1) when n = 0)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, c - h), min(1.0, c + h)
-
-
 def train_tiny(out_dir: str | Path, *, seed: int = 0, config: TinyTrainConfig | None = None,
                progress: Callable[[int, int, float], None] | None = None, card: bool = True,
                stop_after: int | None = None) -> TrainedTiny:
@@ -287,8 +277,6 @@ def _train(out: Path, cfg: TinyTrainConfig, progress, card: bool, stop_after: in
     processor.save_pretrained(out)
     result = TrainedTiny(out, cfg, losses, {"data": t_data, "train": t_train})
     if card:
-        from l2s_data.models.tiny_card import write_card
-
         t2 = time.perf_counter()
         result.card = write_card(out, cfg, losses, result.seconds)
         result.seconds["card"] = time.perf_counter() - t2
