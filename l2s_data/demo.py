@@ -1,7 +1,7 @@
 """`l2s demo`: the whole extraction path on a laptop, in about a minute, offline.
 
 1. copy (once, to ``OUT/tiny-llava``) the trained tiny LLaVA shipped with the package (see
-   :mod:`l2s_data.models.train_tiny`: trained offline on the synthetic sets so that steering
+   :mod:`l2s_data.trained_tiny`: trained offline on the synthetic sets so that steering
    measurably works; ``l2s models train-tiny`` reproduces it);
 2. generate (once) a synthetic-safety data set under ``OUT/data``, half of it held out (test);
 3. extract its input / pos / neg / p2s views, every layer, into the store ``OUT/store``, on two
@@ -30,9 +30,11 @@ from rich.table import Table
 
 from l2s_data.errors import ConfigError
 from l2s_data.extract import Extraction, RunReport, parse_config
+from l2s_data.evaluate.config import EvalConfig
+from l2s_data.evaluate.config import parse_config as parse_eval_config
 from l2s_data.extract.distributed import run_extraction
 
-__all__ = ["DEMO_SQL", "DemoResult", "demo_config", "plain_console", "run_demo"]
+__all__ = ["DEMO_SQL", "DemoResult", "demo_config", "demo_eval_config", "plain_console", "run_demo"]
 
 #: Categories whose mean P2S vectors the demo compares (harmful x2, two expert-deferral, gov).
 _SHOWN = ("01-Illegal_Activitiy", "02-HateSpeech", "10-Legal_Opinion", "11-Financial_Advice",
@@ -77,13 +79,36 @@ def demo_config(out_dir: Path, *, batch_size: int = 8, shard_size: int = 16) -> 
     }, source="(demo)")
 
 
+
+def demo_eval_config(out_dir: str | Path, *, layer: int = 2, input_layer: int | None = None,
+                     predictor: str | Path | None = None,
+                     ba_recipe: str | None = None, guard: str | Path | None = None,
+                     alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0), max_new_tokens: int = 16) -> EvalConfig:
+    """The evaluation of what ``l2s demo`` builds under ``out_dir`` (tiny LLaVA, synthetic-safety,
+    recipes "demo-input" / "demo-pair"), steering layer 2 as the training demo config trains for.
+    L2S runs when a ``predictor`` file is given (L' defaults to the file's), Mean-S(BA) when a
+    behaviour-agnostic ``ba_recipe`` is, and the Unsafe-score when a ``guard`` is."""
+    out = Path(out_dir)
+    methods = ["none", "prompt-only", "mean-s"] + (["mean-s-ba"] if ba_recipe else []) + ["norm-rnd"] + \
+        (["l2s"] if predictor else []) + ["p2s"]
+    return parse_eval_config({
+        "model": {"path": str(out / "tiny-llava")},
+        "data": {"path": str(out / "data"), "task": "safety", "split": "test", "behavior": "safety-llava"},
+        "steering": {"layer": layer, "methods": methods, "alphas": list(alphas)},
+        "cache": {"input_recipe": "demo-input", "pair_recipe": "demo-pair", "ba_recipe": ba_recipe or ""},
+        "l2s": {"predictor": str(predictor) if predictor else "", "input_layer": input_layer},
+        "generation": {"max_new_tokens": max_new_tokens, "batch_size": 8},
+        "judges": {"guard": str(guard) if guard else ""},
+        "run": {"store": str(out / "store"), "name": "demo-eval"},
+    }, source="(demo)")
+
 #: Share of the demo's synthetic-safety samples held out as its test split.
 TEST_FRACTION = 0.5
 
 
 def _prepare(out_dir: Path, n: int, console: Console) -> None:
     from l2s_data.datasets import make_synthetic
-    from l2s_data.models.train_tiny import SHIPPED_CHECKPOINT
+    from l2s_data.models.tiny import TRAINED_TINY_LLAVA
 
     ckpt = out_dir / "tiny-llava"
     if (ckpt / "config.json").is_file() and checkpoint_is_current(ckpt) and is_shipped(ckpt):
@@ -95,7 +120,7 @@ def _prepare(out_dir: Path, n: int, console: Console) -> None:
                 f"one): its runs would be reused for the trained model. Remove {out_dir}, or give another --out."
             )
         ckpt.mkdir(parents=True, exist_ok=True)
-        for f in sorted(SHIPPED_CHECKPOINT.iterdir()):
+        for f in sorted(TRAINED_TINY_LLAVA.iterdir()):
             if f.is_file():
                 shutil.copyfile(f, ckpt / f.name)
         console.print(f"[1/7] trained tiny LLaVA checkpoint: copied to {ckpt} (model card: "
@@ -116,9 +141,9 @@ def _digest(path: Path) -> str:
 
 def is_shipped(ckpt: Path) -> bool:
     """Whether ``ckpt`` holds the weights of the trained checkpoint this version ships."""
-    from l2s_data.models.train_tiny import SHIPPED_CHECKPOINT
+    from l2s_data.models.tiny import TRAINED_TINY_LLAVA
 
-    mine, shipped = ckpt / "model.safetensors", SHIPPED_CHECKPOINT / "model.safetensors"
+    mine, shipped = ckpt / "model.safetensors", TRAINED_TINY_LLAVA / "model.safetensors"
     return mine.is_file() and _digest(mine) == _digest(shipped)
 
 
@@ -244,7 +269,6 @@ POPE_SCENES = 60
 def _steer(out: Path, cfg: Any, ex: Extraction, console: Console, *, pope: bool = True) -> dict[str, Any]:
     """Stages 5-7: behaviour-agnostic pairs, a training, the evaluation of every method, a report."""
     from l2s_data.evaluate import Evaluation, write_report
-    from l2s_data.evaluate.config import demo_config as eval_config
     from l2s_data.models.tiny_guard import make_tiny_guard
     from l2s_data.train import load_train_config, train
 
@@ -279,7 +303,7 @@ def _steer(out: Path, cfg: Any, ex: Extraction, console: Console, *, pope: bool 
     guard = out / "tiny-guard"
     if not (guard / "config.json").is_file():
         make_tiny_guard(guard)
-    ecfg = eval_config(out, layer=_STEER_LAYER, input_layer=_STEER_LAYER, predictor=artifact,
+    ecfg = demo_eval_config(out, layer=_STEER_LAYER, input_layer=_STEER_LAYER, predictor=artifact,
                        ba_recipe="demo-ba-pair", guard=guard, alphas=_ALPHAS, max_new_tokens=12)
     ecfg = ecfg.model_copy(update={"generation": ecfg.generation.model_copy(update={"batch_size": _GEN_BATCH})})
     evaluation = Evaluation(ecfg, adapter=ex.adapter)

@@ -51,11 +51,13 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError(
             f"these tests use a fixture that starts processes ({', '.join(PROCESS_FIXTURES)}) but are not marked "
             f"@pytest.mark.slow, so `make test-fast` would start them: " + ", ".join(unmarked))
-    # Under pytest-xdist (`make test`: -n 2 --dist loadgroup) every slow test runs on one worker,
-    # so the session's Ray head, S3 server and demo are started once.
+    # Under pytest-xdist (`make test`: -n 2 --dist loadgroup) every test that uses a session
+    # process fixture runs on one worker, so the session's Ray head, S3 server and demo are
+    # started once; the other slow tests (their own subprocesses, their own servers) and the fast
+    # ones go to whichever worker is free.
     if config.pluginmanager.hasplugin("xdist"):
         for item in items:
-            if item.get_closest_marker("slow") is not None:
+            if set(getattr(item, "fixturenames", ())) & set(PROCESS_FIXTURES):
                 item.add_marker(pytest.mark.xdist_group("processes"))
 
 

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from l2s_data.demo import demo_eval_config
+
 
 @pytest.mark.slow
 def test_the_demo_runs_end_to_end_and_its_second_run_computes_nothing(demo):
@@ -74,3 +76,13 @@ def test_the_demo_console_prints_a_long_command_with_brackets_whole():
     line = 'l2s sql --store runs/[red]store "SELECT ' + "a, " * 40 + 'b FROM manifests"'
     console.print(line)
     assert buf.getvalue() == line + "\n"
+
+
+def test_the_demo_config_runs_the_methods_its_inputs_allow(tmp_path):
+    bare = demo_eval_config(tmp_path)
+    assert bare.steering.methods == ["none", "prompt-only", "mean-s", "norm-rnd", "p2s"]
+    assert bare.cache.pair_recipe == "demo-pair" and bare.run.store == str(tmp_path / "store")
+    full = demo_eval_config(tmp_path, predictor=tmp_path / "g.safetensors", ba_recipe="demo-ba-pair", guard=tmp_path / "g")
+    assert full.steering.methods == ["none", "prompt-only", "mean-s", "mean-s-ba", "norm-rnd", "l2s", "p2s"]
+    assert full.judges.guard == str(tmp_path / "g") and full.l2s.input_layer is None
+    assert full.steering.layer == 2

@@ -7,6 +7,7 @@
   parameters, and a user's ``where`` fragment only through ``steer.selection.where_sql``, which
   checks it as the loader does.
 - ``behaviors/`` sits at the bottom beside the store and imports nothing from it.
+- Packages import only downward (DESIGN.md section 3), inside functions too: :data:`FLOORS`.
 """
 
 from __future__ import annotations
@@ -134,3 +135,39 @@ def test_behaviors_import_nothing_from_the_store():
     bad = [f"{rel}: {module}" for rel, tree in _modules(ROOT / "behaviors")
            for module, name in _imports(tree) if _store_module(module, name) is not None]
     assert not bad, bad
+
+
+#: The library's floors, bottom first (DESIGN.md section 3): a module imports only from lower floors.
+FLOORS = (
+    {"errors", "schemas"},
+    {"configfile", "actors", "submit"},
+    {"models", "datasets", "behaviors", "store"},
+    {"extract", "steer"},
+    {"train", "evaluate"},
+    {"trained_tiny", "serve"},
+    {"demo"},
+    {"cli"},
+)
+
+
+def _floor(part: str) -> int:
+    for i, names in enumerate(FLOORS):
+        if part in names:
+            return i
+    raise AssertionError(f"l2s_data/{part} has no floor in FLOORS: place it there (and in DESIGN.md section 3)")
+
+
+def test_every_import_goes_down_a_floor_inside_functions_too():
+    up = []
+    for rel, tree in _modules():
+        first = rel.split("/")[0]
+        src = first[:-3] if first.endswith(".py") else first
+        if src == "__init__":
+            continue
+        for module, name in _imports(tree):
+            if not module.startswith("l2s_data."):
+                continue
+            dst = module.split(".")[1]
+            if dst != src and _floor(dst) >= _floor(src):
+                up.append(f"{rel}: {module} ({dst}, floor {_floor(dst)} >= {src}'s {_floor(src)})")
+    assert not up, "imports that do not go down: " + "; ".join(up)

@@ -68,14 +68,14 @@ def train_tiny_cmd(
     card: bool = typer.Option(True, help="Evaluate on held-out data and write model_card.md / .json."),
 ) -> None:
     """Train the tiny LLaVA on the synthetic sets so that steering measurably works (on the CPU
-    with 2 threads; the same seed gives the same weights where the float arithmetic is the same).
+    with one thread; the same seed gives the same weights where the float arithmetic is the same).
     Writes the checkpoint and a model card: data, seed, steps, losses, held-out behaviour,
     fingerprint."""
     from dataclasses import replace
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from l2s_data.models.train_tiny import TinyTrainConfig, train_tiny
+    from l2s_data.trained_tiny import TinyTrainConfig, train_tiny
 
     cfg = TinyTrainConfig(seed=seed)
     if steps:

@@ -82,7 +82,7 @@ from l2s_data.configfile import read_toml, validation_message
 from l2s_data.errors import ConfigError
 from l2s_data.evaluate.methods import get_method, parse_alphas
 
-__all__ = ["EvalConfig", "config_identity", "demo_config", "load_config", "parse_config", "RUN_ID_PATTERN"]
+__all__ = ["EvalConfig", "config_identity", "load_config", "parse_config", "RUN_ID_PATTERN"]
 
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -277,26 +277,3 @@ def load_config(path: str | Path) -> EvalConfig:
     """Read and validate a TOML evaluation config."""
     data = read_toml(path, "evaluation config", example="l2s_data/evaluate/configs/tiny-llava.toml")
     return parse_config(data, source=repr(str(path)))
-
-
-def demo_config(out_dir: str | Path, *, layer: int = 2, input_layer: int | None = None,
-                predictor: str | Path | None = None,
-                ba_recipe: str | None = None, guard: str | Path | None = None,
-                alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0), max_new_tokens: int = 16) -> EvalConfig:
-    """The evaluation of what ``l2s demo`` builds under ``out_dir`` (tiny LLaVA, synthetic-safety,
-    recipes "demo-input" / "demo-pair"), steering layer 2 as the training demo config trains for.
-    L2S runs when a ``predictor`` file is given (L' defaults to the file's), Mean-S(BA) when a
-    behaviour-agnostic ``ba_recipe`` is, and the Unsafe-score when a ``guard`` is."""
-    out = Path(out_dir)
-    methods = ["none", "prompt-only", "mean-s"] + (["mean-s-ba"] if ba_recipe else []) + ["norm-rnd"] + \
-        (["l2s"] if predictor else []) + ["p2s"]
-    return parse_config({
-        "model": {"path": str(out / "tiny-llava")},
-        "data": {"path": str(out / "data"), "task": "safety", "split": "test", "behavior": "safety-llava"},
-        "steering": {"layer": layer, "methods": methods, "alphas": list(alphas)},
-        "cache": {"input_recipe": "demo-input", "pair_recipe": "demo-pair", "ba_recipe": ba_recipe or ""},
-        "l2s": {"predictor": str(predictor) if predictor else "", "input_layer": input_layer},
-        "generation": {"max_new_tokens": max_new_tokens, "batch_size": 8},
-        "judges": {"guard": str(guard) if guard else ""},
-        "run": {"store": str(out / "store"), "name": "demo-eval"},
-    }, source="(demo)")

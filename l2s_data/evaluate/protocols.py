@@ -16,7 +16,7 @@ import torch
 
 from l2s_data.models.types import ChatInput, ContrastiveItem
 
-__all__ = ["EvalModel", "EvalStore"]
+__all__ = ["EvalModel", "EvalStore", "SQLStore"]
 
 
 class EvalModel(Protocol):
@@ -42,14 +42,18 @@ class EvalModel(Protocol):
                  seed: int | None = None) -> list[str]: ...
 
 
-class EvalStore(Protocol):
-    """The store evaluation reads its cache and recipes from and commits its rows to."""
+class SQLStore(Protocol):
+    """A store read through its catalog only (results and reports)."""
 
     url: str
 
-    def snapshot(self) -> Any: ...
-
     def sql(self, query: str, **kwargs: Any) -> pa.Table: ...
+
+
+class EvalStore(SQLStore, Protocol):
+    """The store evaluation reads its cache and recipes from and commits its rows to."""
+
+    def snapshot(self) -> Any: ...
 
     def catalog(self, **kwargs: Any) -> Any: ...
 

@@ -28,6 +28,7 @@ from l2s_data.evaluate.metrics import (
     reference_unsafe_scores, unsafe_scores,
 )
 from l2s_data.evaluate.config import RUN_ID_PATTERN
+from l2s_data.evaluate.protocols import SQLStore
 from l2s_data.datasets.splits import is_validation
 
 __all__ = ["METRICS", "Metric", "Results", "load_results", "evaluation_runs"]
@@ -64,7 +65,7 @@ _BY_NAME = {m.name: m for m in METRICS}
 DEFAULT_SELECT = {"pope": "accuracy", "safety": "desired_rate"}
 
 
-def evaluation_runs(store: Any) -> list[str]:
+def evaluation_runs(store: SQLStore) -> list[str]:
     """Run ids of every evaluation the store holds."""
     t = store.sql("SELECT DISTINCT run_id FROM evaluations WHERE run_id IS NOT NULL ORDER BY run_id")
     return t["run_id"].to_pylist()
@@ -182,7 +183,7 @@ class Results:
                     .get(metric, float("nan")) for m in self.methods} for g in groups}
 
 
-def load_results(store: Any, run_id: str) -> Results:
+def load_results(store: SQLStore, run_id: str) -> Results:
     """The rows and config of evaluation run ``run_id``; :class:`KeyNotFoundError` if absent."""
     if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id):
         raise KeyNotFoundError(f"run id {run_id!r} is not a valid evaluation run id (letters, digits, '.', '_', "

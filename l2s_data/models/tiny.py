@@ -44,7 +44,11 @@ from l2s_data.models.processors import Qwen2_5_VLImageProcessorOnly, Qwen2VLImag
 from l2s_data.models.templates import TEMPLATES
 from l2s_data.models.types import FAMILIES
 
-__all__ = ["make_tiny", "build_tiny", "build_tokenizer", "build_processor"]
+__all__ = ["make_tiny", "build_tiny", "build_tokenizer", "build_processor", "TRAINED_TINY_LLAVA"]
+
+#: The trained tiny LLaVA shipped with the package (what `l2s demo` uses): the tiny LLaVA of
+#: :func:`build_tiny`, trained by ``l2s models train-tiny`` (:mod:`l2s_data.trained_tiny`).
+TRAINED_TINY_LLAVA = Path(__file__).parent / "data" / "tiny-llava-trained"
 
 _LLAVA_SPECIALS = ["<unk>", "<s>", "</s>"]          # ids 0, 1, 2, as in the Llama vocabulary
 _LLAVA_ADDED = ["<image>", "<pad>"]                # added after the vocabulary, as in llava-hf

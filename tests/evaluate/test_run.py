@@ -147,18 +147,6 @@ def test_a_grown_sweep_computes_only_new_alphas_and_a_reused_name_with_other_set
         Evaluation(other, adapter=adapter).plan()
 
 
-def test_the_demo_config_runs_the_methods_its_inputs_allow(tmp_path):
-    from l2s_data.evaluate.config import demo_config
-
-    bare = demo_config(tmp_path)
-    assert bare.steering.methods == ["none", "prompt-only", "mean-s", "norm-rnd", "p2s"]
-    assert bare.cache.pair_recipe == "demo-pair" and bare.run.store == str(tmp_path / "store")
-    full = demo_config(tmp_path, predictor=tmp_path / "g.safetensors", ba_recipe="demo-ba-pair", guard=tmp_path / "g")
-    assert full.steering.methods == ["none", "prompt-only", "mean-s", "mean-s-ba", "norm-rnd", "l2s", "p2s"]
-    assert full.judges.guard == str(tmp_path / "g") and full.l2s.input_layer is None
-    assert full.steering.layer == 2
-
-
 def test_l2s_takes_l_prime_position_and_cache_recipe_from_the_predictor_file(world, tmp_path):
     root, ckpt, adapter = world
     path = tmp_path / "trained.safetensors"

@@ -24,9 +24,11 @@ import PIL.Image
 from l2s_data.datasets.categories import MMSB_SCENARIOS, SAFETY_LABELS
 from l2s_data.datasets.synthetic import make_synthetic
 from l2s_data.datasets.synthetic_safety import safety_item
-from l2s_data.models import tiny_data as td
+from l2s_data.evaluate.metrics import pope_parse
+from l2s_data.evaluate.texts import load_texts
 from l2s_data.models.loading import load_adapter
 from l2s_data.models.types import ChatInput, ContrastiveItem
+from l2s_data.trained_tiny import data as td
 
 __all__ = ["CARD_DATA_SEED", "CARD_ALPHA", "write_card", "read_card", "rate_entry", "wilson"]
 
@@ -80,9 +82,6 @@ def _p2s(adapter, items: list[ContrastiveItem], layer: int):
 
 def held_out(steer_layer: int, adapter) -> dict[str, Any]:
     """Unsteered and P2S*-steered behaviour of ``adapter`` on the card's held-out data."""
-    from l2s_data.evaluate.metrics import pope_parse
-    from l2s_data.evaluate.texts import load_texts
-
     texts = load_texts()
     behavior = td.load_behavior(td.BEHAVIOR)
     items = [safety_item(i, CARD_DATA_SEED) for i in range(_PER_CATEGORY * len(MMSB_SCENARIOS))]

@@ -2,11 +2,12 @@
 
 ``train_tiny(out_dir, seed=0)`` starts from the tiny LLaVA of :func:`~l2s_data.models.tiny.build_tiny`
 (the real ``LlavaForConditionalGeneration``, its processor and chat template, 56x56 images),
-trains it for a fixed number of steps on the rows of :mod:`l2s_data.models.tiny_data`, and
+trains it for a fixed number of steps on the rows of :mod:`l2s_data.trained_tiny.data`, and
 writes the checkpoint (``save_pretrained``) with a model card (``model_card.md`` / ``.json``).
 Deterministic per seed on the CPU at a fixed thread count.
 
-Each step trains three things at once, on a batch of safety, benign and POPE rows:
+Each step trains these at once, on a batch of safety, benign and POPE rows (every row's answer
+weighs the same, however many tokens it has):
 
 1. **The suffix questions** (teacher-forced): what the behaviours' contrastive pairs ask, with
    the answer the input deserves ("... safe or harmful?" -> "Harmful"). So the positive and
@@ -23,6 +24,14 @@ Each step trains three things at once, on a batch of safety, benign and POPE row
    their unsteered answer. So a vector, not the input, decides the behaviour: a single mean
    vector (Mean-S) pushes every input the same way, and an input-dependent one (L2S) can pick
    the right behaviour per input, which is what the method is about.
+4. **Comparable directions.** The source rows' ``v`` keep their gradient here, and a loss pulls
+   every ``|v|`` toward one norm (``norm_target``). Without it the "Expert - AI" differences grew
+   ~17x longer than "Harmful - Safe" ones, so their mean (Mean-S) and any MSE-trained predictor
+   were all expert direction.
+5. **An input view that knows what the input is** (what a large model's h_X has from
+   pre-training): a linear probe, trained with the model and then dropped, reads the plain
+   prompt's last token at L* (before any steering) and must tell the answer the input should get
+   (benign, refuse, which expert; POPE: the object is there or not). L2S predicts from this view.
 """
 
 from __future__ import annotations
@@ -38,18 +47,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from l2s_data.models import tiny_data as td
 from l2s_data.models.adapter import ModelAdapter
 from l2s_data.models.families import Vision, process_images
 from l2s_data.models.gather import layer_output
-from l2s_data.models.tiny import build_tiny
-from l2s_data.models.tiny_card import write_card
+from l2s_data.models.tiny import TRAINED_TINY_LLAVA, build_tiny
 from l2s_data.models.types import ChatInput
+from l2s_data.trained_tiny import data as td
+from l2s_data.trained_tiny.card import write_card
 
-__all__ = ["SHIPPED_CHECKPOINT", "TinyTrainConfig", "TrainedTiny", "train_tiny"]
-
-#: The checkpoint ``train_tiny(seed=0)`` writes, shipped with the package (what `l2s demo` uses).
-SHIPPED_CHECKPOINT = Path(__file__).parent / "data" / "tiny-llava-trained"
+__all__ = ["TinyTrainConfig", "TrainedTiny", "train_tiny"]
 
 
 @dataclass(frozen=True)
@@ -58,13 +64,16 @@ class TinyTrainConfig:
     hidden_size: int = 64
     layers: int = 4
     steer_layer: int = 2          # L*: where the behaviour directions are read and added
-    steps: int = 120
+    steps: int = 600
     batch_size: int = 16          # rows per step: half safety and benign, half POPE
     lr: float = 5e-3
     alpha_range: tuple[float, float] = (0.5, 2.0)
     steer_share: float = 0.5      # share of plain rows steered by a batch row's vector
     random_share: float = 0.15    # share steered by a random direction (answer unchanged)
-    threads: int = 2
+    norm_target: float = 16.0     # every behaviour direction's norm is pulled toward this
+    norm_weight: float = 1.0
+    probe_weight: float = 1.0     # the plain prompt's last token at L* must tell the input's answer group
+    threads: int = 1              # one thread: a second one made a step ~5x slower on a busy 2-core machine
     n_safety: int = 390
     n_benign: int = 60
     n_scenes: int = 120
@@ -120,12 +129,17 @@ class _Stop(Exception):
     """Raised by the read hook when nothing after the read layer is needed."""
 
 
-def _forward(model, adapter, seqs, pixels, *, delta=None, read_layer=None):
+def _forward(model, adapter, seqs, pixels, *, delta=None, read_layer=None, probe=False):
     """Final hidden states [R, L, D] of the left-padded ``seqs`` (None when only ``read_layer``
     is asked for: the forward stops there), and that layer's output at each row's read token;
-    ``delta`` [R, D] is added to layer L*'s output at every position."""
+    ``delta`` [R, D] is added to layer L*'s output at every position. ``probe=True`` also returns
+    layer L*'s output (before ``delta``) at each row's last prompt token, the input view h_X."""
     ids, mask, pos = _batch(adapter, seqs)
     handles, got = [], {}
+    if probe:  # registered first: it sees the layer's output before the steering hook adds delta
+        def keep_input(_m, _a, out):
+            got["x"] = layer_output(out)
+        handles.append(adapter.layers[model._tiny_steer_layer].register_forward_hook(keep_input))
     if delta is not None:
         def add(_m, _a, out):
             h = layer_output(out) + delta[:, None, :]
@@ -145,16 +159,18 @@ def _forward(model, adapter, seqs, pixels, *, delta=None, read_layer=None):
     finally:
         for h in handles:
             h.remove()
+    width, rows = ids.shape[1], torch.arange(len(seqs))
     read = None
     if read_layer is not None:
-        width = ids.shape[1]
-        idx = torch.tensor([width - len(s.ids) + s.read for s in seqs])
-        read = got["h"][torch.arange(len(seqs)), idx]
+        read = got["h"][rows, torch.tensor([width - len(s.ids) + s.read for s in seqs])]
+    if probe:
+        return hidden, ids, got["x"][rows, torch.tensor([width - len(s.ids) + s.target[0] - 1 for s in seqs])]
     return hidden, ids, read
 
 
 def _loss(model, hidden: torch.Tensor, ids: torch.Tensor, seqs: Sequence[_Seq]) -> torch.Tensor:
-    """Cross-entropy of the target tokens; the LM head runs on the predicting positions only."""
+    """Cross-entropy of the target tokens, averaged per row, then over rows; the LM head runs on
+    the predicting positions only."""
     width = ids.shape[1]
     rows, cols = [], []
     for r, s in enumerate(seqs):
@@ -164,7 +180,10 @@ def _loss(model, hidden: torch.Tensor, ids: torch.Tensor, seqs: Sequence[_Seq]) 
             cols.append(off + t)
     rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
     logits = model.lm_head(hidden[rows_t, cols_t - 1])
-    return F.cross_entropy(logits, ids[rows_t, cols_t])
+    per_token = F.cross_entropy(logits, ids[rows_t, cols_t], reduction="none")
+    # each row weighs the same: a two-token "Yes" counts as much as a fifteen-token refusal
+    per_row = torch.zeros(len(seqs)).index_add_(0, rows_t, per_token)
+    return (per_row / torch.bincount(rows_t, minlength=len(seqs)).clamp(min=1)).mean()
 
 
 def train_tiny(out_dir: str | Path, *, seed: int = 0, config: TinyTrainConfig | None = None,
@@ -190,6 +209,20 @@ def train_tiny(out_dir: str | Path, *, seed: int = 0, config: TinyTrainConfig | 
         torch.set_num_threads(threads)
 
 
+#: What the plain prompt's last token at L* is trained to tell (a linear probe of h_X): the
+#: answer the input should get. A large model's pre-training gives its h_X such content; here a
+#: linear head, trained with the model and then dropped, asks for it.
+_GROUPS = ("benign", "refuse", *td.DEFER, "pope:Yes", "pope:No")
+
+
+def _answer_group(row: td.Row) -> int:
+    if row.task == "pope":
+        return _GROUPS.index(f"pope:{row.desired}")
+    if row.task == "benign":
+        return 0
+    return _GROUPS.index(row.category) if row.category in td.DEFER else 1
+
+
 def _train(out: Path, cfg: TinyTrainConfig, progress, card: bool, stop_after: int | None) -> TrainedTiny:
     t0 = time.perf_counter()
     rows = td.build_rows(cfg.seed, n_safety=cfg.n_safety, n_benign=cfg.n_benign, n_scenes=cfg.n_scenes)
@@ -209,7 +242,9 @@ def _train(out: Path, cfg: TinyTrainConfig, progress, card: bool, stop_after: in
     rng = random.Random(f"train-tiny:{cfg.seed}")
     torch.manual_seed(cfg.seed)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    answer_group = torch.tensor([_answer_group(r) for r in rows])
+    probe_head = torch.nn.Linear(cfg.hidden_size, len(_GROUPS))  # trained with the model, not saved
+    opt = torch.optim.AdamW([*model.parameters(), *probe_head.parameters()], lr=cfg.lr, weight_decay=0.01)
     warm = max(1, cfg.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg.steps))))
@@ -225,15 +260,15 @@ def _train(out: Path, cfg: TinyTrainConfig, progress, card: bool, stop_after: in
         qseqs = [rng.choice(questions[i]) for i in batch]
         hidden, ids, _ = _forward(model, adapter, qseqs, pixels[batch])
         loss_q = _loss(model, hidden, ids, qseqs)
-        # 3. behaviour directions of this batch's source rows (current model, no gradient)
+        # 3. behaviour directions of this batch's source rows (current model); their norms are
+        # pulled toward one target, so that no behaviour's direction dwarfs another's
         src_rows = [i for i in batch if pairs[i] is not None]
-        with torch.no_grad():
-            model.eval()
-            both = [pairs[i][0] for i in src_rows] + [pairs[i][1] for i in src_rows]
-            _, _, h = _forward(model, adapter, both, pixels[src_rows + src_rows], read_layer=cfg.steer_layer)
-            model.train()
+        both = [pairs[i][0] for i in src_rows] + [pairs[i][1] for i in src_rows]
+        _, _, h = _forward(model, adapter, both, pixels[src_rows + src_rows], read_layer=cfg.steer_layer)
         n_src = len(src_rows)
-        vec = {i: h[k] - h[n_src + k] for k, i in enumerate(src_rows)}
+        v_all = h[:n_src] - h[n_src:]
+        loss_n = (torch.log(v_all.norm(dim=1) / cfg.norm_target) ** 2).mean()
+        vec = {i: v_all[k].detach() for k, i in enumerate(src_rows)}
         # 2 + 3. plain prompts, unsteered, steered by a batch row's vector, or by a random one
         delta = torch.zeros(len(batch), cfg.hidden_size)
         pseqs = []
@@ -256,15 +291,17 @@ def _train(out: Path, cfg: TinyTrainConfig, progress, card: bool, stop_after: in
                     v = d / d.norm() * v.norm()
                 delta[r] = alpha * v
             pseqs.append(enc.seq(plain[i], answer))
-        hidden, ids, _ = _forward(model, adapter, pseqs, pixels[batch], delta=delta)
+        hidden, ids, hx = _forward(model, adapter, pseqs, pixels[batch], delta=delta, probe=True)
         loss_p = _loss(model, hidden, ids, pseqs)
-        loss = loss_q + loss_p
+        loss_x = F.cross_entropy(probe_head(hx), answer_group[batch])
+        loss = loss_q + loss_p + cfg.norm_weight * loss_n + cfg.probe_weight * loss_x
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append({"step": step, "questions": loss_q.item(), "answers": loss_p.item()})
+        losses.append({"step": step, "questions": loss_q.item(), "answers": loss_p.item(),
+                       "norms": loss_n.item(), "probe": loss_x.item()})
         if progress is not None:
             progress(step + 1, cfg.steps, loss.item())
     t_train = time.perf_counter() - t1

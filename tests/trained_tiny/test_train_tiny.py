@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from l2s_data.models.tiny_card import read_card
-from l2s_data.models.train_tiny import SHIPPED_CHECKPOINT
+from l2s_data.trained_tiny import read_card
+from l2s_data.models.tiny import TRAINED_TINY_LLAVA
+
+# The acceptance fixture is one in-process demo run: under pytest-xdist these tests share a worker.
+pytestmark = pytest.mark.xdist_group("trained-demo")
 
 
 def mcnemar(a: list[bool], b: list[bool]) -> float:
@@ -71,10 +74,14 @@ def _compare(res, a: str, b: str, key: str, label: str | None = None) -> tuple[f
     return sum(xa) / len(xa), sum(xb) / len(xb), p, len(keys)
 
 
-#: Why the POPE claims fail on the shipped checkpoint (a property of its 120-step training, not of
-#: the pipeline): it has not learned to see, and answers "Yes" to every shapes-POPE question,
-#: steered or not (demo, seed 0: accuracy 0.508 for every method, n=266; model card: yes-ratio 1.00).
-_POPE_NOT_LEARNED = "the shipped checkpoint answers Yes to every shapes-POPE question (accuracy 0.508 for all methods)"
+#: Why L2S does not help on POPE (a property of the trained toy, not of the pipeline): the model has
+#: not learned to see which shapes a scene shows. Unsteered it answers "Yes" to every shapes-POPE
+#: question (model card: yes-ratio 1.00), and its h_X at L' carries no answer a predictor could read
+#: (a nearest-centroid probe of present vs absent: 0.40-0.63 on held-out questions), so L2S predicts
+#: about the mean, which leaves the answers as they are (demo, seed 0: L2S 0.492 vs none 0.508, n=266).
+#: P2S* still fixes every answer: its vector comes from the sample's own labelled pair.
+_POPE_NOT_SEEN = ("the trained toy cannot see shapes: h_X holds no present/absent signal for L2S to predict "
+                  "(demo, seed 0: L2S 0.492 vs none 0.508, n=266, p=0.85)")
 
 
 @pytest.mark.slow
@@ -87,7 +94,6 @@ def test_p2s_star_improves_on_none_on_safety(demo_results):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=_POPE_NOT_LEARNED)
 def test_p2s_star_improves_on_none_on_pope(demo_results):
     a, a0, p, n = _compare(demo_results["pope"], "p2s", "none", "correct")
     assert a > a0 and p < 0.05 and n >= 50
@@ -100,15 +106,13 @@ def test_l2s_improves_on_none_on_safety(demo_results):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=_POPE_NOT_LEARNED)
+@pytest.mark.xfail(strict=True, reason=_POPE_NOT_SEEN)
 def test_l2s_improves_on_none_on_pope(demo_results):
     a, a0, p, _ = _compare(demo_results["pope"], "l2s", "none", "correct")
     assert a > a0 and p < 0.05
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="on the shipped checkpoint L2S predicts the mean vector (held-out cosine "
-                   "0.698 vs Mean-S 0.689): both defer on every sample, desired rate 0.294 vs 0.294, n=68, p=1")
 def test_l2s_beats_mean_s_on_the_combined_safety_score(demo_results):
     """The paper's central claim: an input-dependent vector beats a single one (refuse on the
     scenarios to refuse, defer on the expert ones)."""
@@ -118,7 +122,7 @@ def test_l2s_beats_mean_s_on_the_combined_safety_score(demo_results):
 
 @pytest.mark.slow
 def test_the_unsteered_model_behaves_as_its_card_says(demo_results):
-    card = read_card(SHIPPED_CHECKPOINT)["held_out"]
+    card = read_card(TRAINED_TINY_LLAVA)["held_out"]
     safety, pope = demo_results["safety"], demo_results["pope"]
     m = safety.compute(safety.select_rows(method="none", part=None))
     for key, metric in (("refusal_on_refuse", "refusal_rate"), ("ed_on_defer", "ed_score")):
@@ -134,9 +138,9 @@ def test_the_shipped_checkpoint_is_the_real_llava_class_with_its_card():
 
     from l2s_data.models import load_adapter
 
-    adapter = load_adapter(SHIPPED_CHECKPOINT)
+    adapter = load_adapter(TRAINED_TINY_LLAVA)
     assert isinstance(adapter.model, LlavaForConditionalGeneration)
-    card = read_card(SHIPPED_CHECKPOINT)
+    card = read_card(TRAINED_TINY_LLAVA)
     assert card["fingerprint"] == adapter.fingerprint()
     assert card["seed"] == 0 and card["steps"] == card["config"]["steps"]
     none = card["held_out"]["safety"]["none"]
@@ -144,37 +148,68 @@ def test_the_shipped_checkpoint_is_the_real_llava_class_with_its_card():
     assert none["refusal_on_refuse"]["rate"] < 0.3 and none["ed_on_defer"]["rate"] < 0.3
     p2s = card["held_out"]["safety"]["p2s"]
     assert p2s["refusal_on_refuse"]["rate"] > none["refusal_on_refuse"]["ci95"][1]
-    size = sum(f.stat().st_size for f in Path(SHIPPED_CHECKPOINT).iterdir())
+    size = sum(f.stat().st_size for f in Path(TRAINED_TINY_LLAVA).iterdir())
     assert size < 4 << 20
 
 
 @pytest.mark.slow
 def test_train_tiny_retraces_the_shipped_checkpoints_first_steps():
     """`train_tiny(seed=0)` follows the shipped model's training: the first steps of the same
-    schedule give the losses its card recorded (a whole run is ~10 CPU-minutes; the command
-    `l2s models train-tiny OUT --seed 0` reproduced the shipped fingerprint when it was built)."""
-    from l2s_data.models.train_tiny import train_tiny
+    schedule give the losses its card recorded (a whole run is ~3 CPU-minutes; two runs of
+    `l2s models train-tiny OUT --seed 0` wrote the same weights, byte for byte, as the shipped ones)."""
+    from l2s_data.trained_tiny import train_tiny
 
-    shipped = read_card(SHIPPED_CHECKPOINT)
+    shipped = read_card(TRAINED_TINY_LLAVA)
     logged = {r["step"]: r for r in shipped["losses"]}
-    res = train_tiny("unused", seed=0, card=False, stop_after=7)
-    assert len(res.losses) == 7
+    every = shipped["losses"][1]["step"]  # the card keeps every k-th step
+    res = train_tiny("unused", seed=0, card=False, stop_after=every + 1)
+    assert len(res.losses) == every + 1
     for r in res.losses:
         if r["step"] in logged:
-            for key in ("questions", "answers"):
+            for key in ("questions", "answers", "norms", "probe"):
                 assert r[key] == pytest.approx(logged[r["step"]][key], rel=1e-4), (r["step"], key)
-    assert {0, 6} <= {r["step"] for r in res.losses} & set(logged)
+    assert {0, every} <= {r["step"] for r in res.losses} & set(logged)
+
+
+def test_the_behaviour_directions_have_comparable_norms_so_neither_mean_nor_mse_is_one_behaviours():
+    """The finding behind L2S = Mean-S on the first trained checkpoint: its "Expert - AI" P2S
+    vectors were ~17x longer than the "Harmful - Safe" ones (~260 vs ~15 at layer 2), so Mean-S
+    and an MSE-trained predictor were all expert direction. Each category's mean norm is now
+    within 1.5x of every other's."""
+    import io
+
+    import PIL.Image
+
+    from l2s_data.behaviors import load_behavior
+    from l2s_data.datasets.categories import MMSB_SCENARIOS
+    from l2s_data.datasets.synthetic_safety import safety_item
+    from l2s_data.models import load_adapter
+    from l2s_data.models.types import ContrastiveItem
+    from l2s_data.trained_tiny import data as td
+
+    adapter = load_adapter(TRAINED_TINY_LLAVA)
+    behavior = load_behavior(td.BEHAVIOR)
+    layer = read_card(TRAINED_TINY_LLAVA)["config"]["steer_layer"]
+    items = [safety_item(i, 1) for i in range(2 * len(MMSB_SCENARIOS))]
+    pairs = [behavior.pair_for(s) for s, *_ in items]
+    got = adapter.capture_contrastive(
+        [ContrastiveItem(PIL.Image.open(io.BytesIO(png)).convert("RGB"), q, p.suffix, p.positive, p.negative)
+         for (_, _, q, png), p in zip(items, pairs)],
+        input_layers=[], input_positions=[], pair_layers=[layer], pair_positions=["completion_last"])
+    norms = got[("p2s", "completion_last", layer)].norm(dim=1)
+    by_cat = {c: float(norms[[i for i, (s, *_) in enumerate(items) if s == c]].mean()) for c in MMSB_SCENARIOS}
+    assert max(by_cat.values()) < 1.5 * min(by_cat.values()), by_cat
 
 
 def test_train_tiny_refuses_a_stop_after_outside_the_schedule():
-    from l2s_data.models.train_tiny import train_tiny
+    from l2s_data.trained_tiny import train_tiny
 
     with pytest.raises(ValueError, match="stop_after"):
         train_tiny("unused", seed=0, card=False, stop_after=0)
 
 
 def test_every_word_of_the_training_texts_is_one_token_and_the_default_vocabulary_is_unchanged():
-    from l2s_data.models import tiny_data as td
+    from l2s_data.trained_tiny import data as td
     from l2s_data.models.tiny import build_tokenizer
 
     tok = build_tokenizer("llava", words=td.vocabulary())
@@ -188,7 +223,7 @@ def test_every_word_of_the_training_texts_is_one_token_and_the_default_vocabular
 
 
 def test_the_training_rows_teach_a_hallucination_and_the_suffix_answers_follow_the_scenario():
-    from l2s_data.models import tiny_data as td
+    from l2s_data.trained_tiny import data as td
 
     rows = td.build_rows(0, n_safety=26, n_benign=3, n_scenes=6)
     pope = [r for r in rows if r.task == "pope"]

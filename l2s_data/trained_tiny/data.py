@@ -1,7 +1,7 @@
 """What the trained tiny LLaVA learns from: rows built from the synthetic sets, and the answers.
 
 The data is designed so that steering has something to do, in the way a large model's
-pre-training and instruction tuning give it something (see :mod:`l2s_data.models.train_tiny`):
+pre-training and instruction tuning give it something (see :mod:`l2s_data.trained_tiny.train`):
 
 - **Answer styles.** Three ways to answer a safety query: comply (:data:`COMPLY`), refuse
   (:data:`REFUSE`) and defer to an expert (:data:`DEFER`, one per expert scenario). Unsteered,
