@@ -16,7 +16,7 @@ import torch
 
 from l2s_data.errors import InputError, PromptTooLongError
 from l2s_data.models import families
-from l2s_data.models.encoding import Encoded
+from l2s_data.models.encoding import Encoded, unpack_encoded
 from l2s_data.models.gather import layer_output
 from l2s_data.models.types import ChatInput
 
@@ -76,16 +76,24 @@ class SteeredGeneration:
         finally:
             handle.remove()
 
-    def generation_inputs(self, items: Sequence[ChatInput]) -> dict[str, torch.Tensor]:
+    def generation_inputs(self, items: Sequence[ChatInput], *,
+                          encoded: tuple[Sequence[Encoded], families.Vision] | None = None) -> dict[str, torch.Tensor]:
         """Left-padded ``generate()`` kwargs for ``items``.
 
         An item without a completion is prompted with the generation prompt; one with a
         completion is prompted with the open-ended completion (``continue_final_message``:
         no end of turn), followed by its ``continuation`` ids when it has some.
+        ``encoded``: :meth:`encode_items` of items without completions, when the caller has it.
         """
-        items = [it if it.completion is None or it.continuation is not None else replace(it, continuation=())
-                 for it in items]
-        encs, vision = self.encode_items(items)
+        if encoded is not None:
+            if any(it.completion is not None for it in items):
+                raise InputError("pre-encoded generation inputs are for items without a completion; pass "
+                                 "completions unencoded (they are encoded open-ended here)")
+            encs, vision = unpack_encoded(encoded, len(items))
+        else:
+            items = [it if it.completion is None or it.continuation is not None else replace(it, continuation=())
+                     for it in items]
+            encs, vision = self.encode_items(items)
         for i, e in enumerate(encs):
             if len(e) > self.max_context:
                 raise PromptTooLongError(f"item {i}: {len(e)} tokens exceed the model's context of "
@@ -115,8 +123,8 @@ class SteeredGeneration:
 
     @torch.inference_mode()
     def generate_ids(self, items: Sequence[ChatInput], *, max_new_tokens: int, do_sample: bool = False,
-                     seed: int | None = None, include_last: bool = True,
-                     temperature: float | None = None) -> list[tuple[int, ...]]:
+                     seed: int | None = None, include_last: bool = True, temperature: float | None = None,
+                     encoded: tuple[Sequence[Encoded], families.Vision] | None = None) -> list[tuple[int, ...]]:
         """Greedy (or sampled, seeded) continuations of ``items``, as token ids.
 
         Row i holds the ids generated for ``items[i]`` up to its end of sequence; the end of
@@ -124,11 +132,12 @@ class SteeredGeneration:
         drops the last id of a row that stopped at ``max_new_tokens`` (the reference feeds
         back every generated token but the last one produced: the end of sequence, or the
         N-th). A completion is continued (see :meth:`generation_inputs`). ``temperature``
-        divides the logits when sampling (None: the checkpoint's generation config).
+        divides the logits when sampling (None: the checkpoint's generation config). ``encoded``:
+        see :meth:`generation_inputs`.
         """
         if not items:
             return []
-        kwargs = self.generation_inputs(items)
+        kwargs = self.generation_inputs(items, encoded=encoded)
         width = kwargs["input_ids"].shape[1]
         if do_sample and temperature is not None:
             kwargs["temperature"] = float(temperature)

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,8 @@ from l2s_data.errors import L2SError, ServeRequestError
 from l2s_data.evaluate.generation import EvalItem, SteeredGenerator
 from l2s_data.evaluate.methods import get_method
 from l2s_data.evaluate.run import Evaluation
+from l2s_data.models.encoding import Encoded
+from l2s_data.models.families import Vision
 from l2s_data.serve.config import ServeConfig
 from l2s_data.serve.protocol import ChatRequest
 
@@ -88,19 +91,27 @@ class Engine:
     def _item(self, req: ChatRequest) -> EvalItem:
         return EvalItem(req.id, req.image, req.query, self.task)
 
-    def prompt_lengths(self, reqs: Sequence[ChatRequest]) -> list[int | ServeRequestError]:
-        """Each request's templated prompt length, or the error that says why it does not fit
-        (one image-processor call for the batch; row by row if that call fails)."""
-        chats = [self.generator.chat_inputs(get_method(r.method), [self._item(r)])[0] for r in reqs]
+    def _chat(self, req: ChatRequest) -> Any:
+        return self.generator.chat_inputs(get_method(req.method), [self._item(req)])[0]
+
+    def encode(self, reqs: Sequence[ChatRequest]) -> list[tuple[Encoded, Vision] | ServeRequestError]:
+        """Each request's model input, encoded once for the whole batch (one image-processor
+        call; row by row if that call fails, so a bad row gets its own error), or the error that
+        says why it cannot be served (it does not encode, or does not fit the context)."""
+        out: list[tuple[Encoded, Vision] | ServeRequestError] = []
         try:
-            encs, _ = self.adapter.encode_items(chats)
-            lengths: list[int | None] = [len(e) for e in encs]
+            encs, vision = self.adapter.encode_items([self._chat(r) for r in reqs])
+            whole: list[tuple[Encoded, Vision]] | None = [(e, vision.select([i])) for i, e in enumerate(encs)]
         except Exception:  # noqa: BLE001 - found row by row below, each with its own error
-            lengths = [None] * len(reqs)
-        out: list[int | ServeRequestError] = []
-        for r, chat, n in zip(reqs, chats, lengths):
+            whole = None
+        for i, r in enumerate(reqs):
             try:
-                out.append(self.prompt_tokens(r, n if n is not None else len(self.adapter.encode_items([chat])[0][0])))
+                if whole is not None:
+                    enc, vis = whole[i]
+                else:
+                    (enc,), vis = self.adapter.encode_items([self._chat(r)])
+                self.prompt_tokens(r, len(enc))
+                out.append((enc, vis))
             except ServeRequestError as err:
                 out.append(err)
             except L2SError as err:
@@ -129,30 +140,36 @@ class Engine:
         """One result per request, in order: its :class:`Generated` or its error."""
         with self._lock:  # one batch at a time on this replica's model
             self.busy_rows, self.batches = len(reqs), self.batches + 1
+            t0 = time.perf_counter()
             try:
-                return self._run(list(reqs))
+                out = self._run(list(reqs))
             except Exception as err:  # noqa: BLE001 - never an exception for Ray Serve to fail every row with
                 return [ServeRequestError(f"the batch failed: {type(err).__name__}: {err}", status=500,
                                           code="generation_failed", type="server_error")] * len(reqs)
             finally:
                 self.busy_rows = 0
+            took = round(time.perf_counter() - t0, 6)
+            for r, g in zip(reqs, out):
+                if isinstance(g, Generated):
+                    g.steering["timing"].update(queued_s=round(t0 - r.received, 6), batch_s=took)
+            return out
 
     def _run(self, reqs: list[ChatRequest]) -> list[Generated | ServeRequestError]:
         out: list[Generated | ServeRequestError | None] = [None] * len(reqs)
-        lengths: dict[int, int] = {}
-        for i, n in enumerate(self.prompt_lengths(reqs)):
-            if isinstance(n, ServeRequestError):
-                out[i] = n
+        encoded: dict[int, tuple[Encoded, Vision]] = {}
+        for i, e in enumerate(self.encode(reqs)):
+            if isinstance(e, ServeRequestError):
+                out[i] = e
             else:
-                lengths[i] = n
+                encoded[i] = e
         ok = [i for i in range(len(reqs)) if out[i] is None]
         try:
-            for i, g in zip(ok, self._generate([reqs[i] for i in ok], [lengths[i] for i in ok], len(reqs))):
+            for i, g in zip(ok, self._generate([reqs[i] for i in ok], [encoded[i] for i in ok], len(reqs))):
                 out[i] = g
         except Exception:  # noqa: BLE001 - isolate the row that broke the batch: each runs alone
             for i in ok:
                 try:
-                    out[i] = self._generate([reqs[i]], [lengths[i]], len(reqs))[0]
+                    out[i] = self._generate([reqs[i]], [encoded[i]], len(reqs))[0]
                 except L2SError as err:
                     out[i] = ServeRequestError(str(err), param="messages")
                 except Exception as err:  # noqa: BLE001 - answered as a server error, the others go on
@@ -160,7 +177,13 @@ class Engine:
                                                code="generation_failed", type="server_error")
         return out  # type: ignore[return-value]
 
-    def _generate(self, reqs: list[ChatRequest], lengths: list[int], batch_size: int) -> list[Generated]:
+    @staticmethod
+    def _rows(encoded: list[tuple[Encoded, Vision]], rows: list[int]) -> tuple[list[Encoded], Vision]:
+        """The encodings of ``rows``, their images as one :class:`Vision` (what ``encode_items`` returns)."""
+        return [encoded[i][0] for i in rows], Vision.concat([encoded[i][1] for i in rows])
+
+    def _generate(self, reqs: list[ChatRequest], encoded: list[tuple[Encoded, Vision]],
+                  batch_size: int) -> list[Generated]:
         if not reqs:
             return []
         items = [self._item(r) for r in reqs]
@@ -172,7 +195,10 @@ class Engine:
             if m.steers:
                 by_method.setdefault(m.name, []).append(i)
         for name, rows in by_method.items():  # every vector before any steering hook
-            v = self.generator.vectors(get_method(name), [items[i] for i in rows])
+            # Only L2S reads the encodings: its prefill runs on the plain chat, which is the
+            # chat it generates from (chat_inputs rewrites the query for prompt-only alone).
+            v = self.generator.vectors(get_method(name), [items[i] for i in rows],
+                                       encoded=self._rows(encoded, rows) if name == "l2s" else None)
             self.generator.sources.provenance.clear()  # keyed by request id: would only grow here
             for k, i in enumerate(rows):
                 # alpha_i * v_i, as evaluation's hook computes alpha * v; the hook's alpha is then 1
@@ -190,10 +216,11 @@ class Engine:
                 got = self.adapter.generate_ids(
                     [chats[i] for i in rows], max_new_tokens=max(reqs[i].max_tokens for i in rows),
                     do_sample=sampled, seed=reqs[rows[0]].seed if sampled else None,
-                    temperature=reqs[rows[0]].temperature if sampled else None)
+                    temperature=reqs[rows[0]].temperature if sampled else None, encoded=self._rows(encoded, rows))
             for i, row in zip(rows, got):
                 ids[i] = tuple(row[:reqs[i].max_tokens])
-        return [self._result(r, m, ids[i], lengths[i], batch_size) for i, (r, m) in enumerate(zip(reqs, methods))]
+        return [self._result(r, m, ids[i], len(encoded[i][0]), batch_size)
+                for i, (r, m) in enumerate(zip(reqs, methods))]
 
     def _result(self, req: ChatRequest, method: Any, ids: tuple[int, ...], prompt: int, batch_size: int) -> Generated:
         tok = self.adapter.processor.tokenizer
@@ -218,6 +245,8 @@ class Engine:
             "predictor_fingerprint": self.predictor_fingerprint if method.name == "l2s" else None,
             "vector_fingerprint": self.vector_fingerprints.get(method.name),
             "blank_image": req.blank_image, "batch_size": batch_size, "replica_pid": os.getpid(),
+            # seconds: waiting for a batch to start (the replica fills it in), running the batch
+            "timing": {"queued_s": None, "batch_s": None},
         }
         finish = "length" if len(ids) >= req.max_tokens else "stop"
         return Generated(ids, text, tuple(pieces), finish, prompt, steering)

@@ -56,6 +56,8 @@ class ChatRequest:
     blank_image: bool = False
     id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
+    #: when this replica parsed it (``time.perf_counter``): its wait for a batch is measured from here
+    received: float = field(default_factory=time.perf_counter)
 
 
 def _err(message: str, *, param: str | None, code: str = "invalid_value", status: int = 400,
