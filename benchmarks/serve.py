@@ -100,9 +100,11 @@ def _bodies(work: Path, args) -> list[dict]:
     return out
 
 
-def _run(url: str, bodies: list[dict], clients: int) -> tuple[float, list[float], float]:
-    """Wall time, per-request latencies and the mean batch size a request was answered in, of
-    ``bodies`` sent by ``clients`` closed-loop clients."""
+def _run(url: str, bodies: list[dict], clients: int) -> tuple[float, list[float], float, dict[str, float]]:
+    """Wall time, per-request latencies, the mean batch size a request was answered in, and
+    where a request's time went (medians: waiting for its batch, the batch's run, and the rest:
+    HTTP, Ray Serve's proxy, parsing, the clients), of ``bodies`` sent by ``clients`` closed-loop
+    clients."""
     import httpx
 
     queue = list(enumerate(bodies))
@@ -110,6 +112,7 @@ def _run(url: str, bodies: list[dict], clients: int) -> tuple[float, list[float]
     lat: list[float] = []
     errors: list[str] = []
     batch_sizes: list[int] = []
+    spans: dict[str, list[float]] = {"parse": [], "queued": [], "batch": [], "outside": []}
 
     def client() -> None:
         with httpx.Client(timeout=600) as c:
@@ -126,18 +129,25 @@ def _run(url: str, bodies: list[dict], clients: int) -> tuple[float, list[float]
                     if r.status_code != 200:
                         errors.append(r.text[:200])
                     else:
-                        batch_sizes.append(r.json()["l2s"]["batch_size"])
+                        info = r.json()["l2s"]
+                        batch_sizes.append(info["batch_size"])
+                        t = info["timing"]
+                        spans["parse"].append(t["parse_s"])
+                        spans["queued"].append(t["queued_s"])
+                        spans["batch"].append(t["batch_s"])
+                        spans["outside"].append(dt - t["parse_s"] - t["queued_s"] - t["batch_s"])
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    spans["client_cpu"] = [(time.process_time() - cpu0) / len(bodies)]
     if errors:
         raise SystemExit(f"{len(errors)} request(s) failed, e.g. {errors[0]}")
-    return wall, lat, statistics.mean(batch_sizes)
+    return wall, lat, statistics.mean(batch_sizes), {k: statistics.median(v) for k, v in spans.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         svc = deploy(cfg, port=_free_port())
         _run(svc.url, bodies[: min(8, len(bodies))], 1)              # warm-up: first calls, caches
         _run(svc.url, bodies[: min(2 * args.clients, len(bodies))], args.clients)
-        seq_wall, seq_lat, seq_b = _run(svc.url, bodies, 1)
-        par_wall, par_lat, par_b = _run(svc.url, bodies, args.clients)
+        seq_wall, seq_lat, seq_b, seq_t = _run(svc.url, bodies, 1)
+        par_wall, par_lat, par_b, par_t = _run(svc.url, bodies, args.clients)
     finally:
         from ray import serve
 
@@ -175,11 +185,16 @@ def main(argv: list[str] | None = None) -> int:
     p50_alone = statistics.median(seq_lat)
     print(f"tiny LLaVA, one CPU replica (1 torch thread), {n} image requests of at most {args.tokens} tokens, "
           f"greedy, methods none/prompt-only/L2S in turn; max_batch_size {args.batch}, wait {args.wait} s")
-    print(f"{'':14}{'req/s':>8}{'p50 s':>8}{'p90 s':>8}{'p99 s':>8}{'batch':>8}")
-    for name, rps, lat, b in (("alone", seq_rps, seq_lat, seq_b), (f"{args.clients} clients", par_rps, par_lat, par_b)):
+    cols = ("req/s", "p50 s", "p90 s", "p99 s", "batch", "parse", "queued", "run", "outside", "client")
+    print(f"{'':14}" + "".join(f"{c:>8}" for c in cols))
+    for name, rps, lat, b, t in (("alone", seq_rps, seq_lat, seq_b, seq_t),
+                                 (f"{args.clients} clients", par_rps, par_lat, par_b, par_t)):
         print(f"{name:14}{rps:8.2f}{_percentile(lat, 50):8.3f}{_percentile(lat, 90):8.3f}{_percentile(lat, 99):8.3f}"
-              f"{b:8.1f}")
-    print("(batch: the mean number of rows of the batch that answered a request)")
+              f"{b:8.1f}{t['parse']:8.3f}{t['queued']:8.3f}{t['batch']:8.3f}{t['outside']:8.3f}{t['client_cpu']:8.3f}")
+    print("(batch: the mean number of rows of the batch that answered a request; parse / queued / run / outside: "
+          "medians, in s, of the replica reading and parsing a request, its wait for its batch to start, its batch's "
+          "run, and the rest of its latency: HTTP, Ray Serve's proxy, the clients; client: CPU seconds the clients' "
+          "process spent per request, on the same cores)")
     print(f"throughput ratio ({args.clients} clients / alone): {par_rps / seq_rps:.2f}x (target >= 3x)")
     print(f"p50 under load / p50 alone: {_percentile(par_lat, 50) / p50_alone:.2f}x (target <= 2x)")
     print(f"uptime: {os.popen('uptime').read().strip()}")

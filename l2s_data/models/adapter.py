@@ -213,7 +213,8 @@ class ModelAdapter(SteeredGeneration):
 
     @torch.inference_mode()
     def capture(self, items: Sequence[ChatInput], *, layers: Sequence[int], positions: Sequence[str],
-                encoded: tuple[Sequence[Encoded], families.Vision] | None = None) -> dict[tuple[str, int], torch.Tensor]:
+                encoded: tuple[Sequence[Encoded], families.Vision] | None = None
+                ) -> dict[tuple[str, int], torch.Tensor]:
         """Layer outputs at named positions: key (position, layer) -> float32 [B, D] on CPU.
 
         Row i is ``items[i]``; layer k is the output of decoder layer k (0-based). One

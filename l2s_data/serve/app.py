@@ -8,6 +8,9 @@ Routes:
 - ``GET /v1/models``: one model id per served method;
 - ``GET /v1/l2s/replica``: the answering replica's pid, batches run and rows in progress.
 
+Batching: Ray Serve's ``@serve.batch`` forms the batches; those it hands over while the model
+is busy wait and run together (:class:`~l2s_data.serve.joined.JoinedRuns`; ``README.md``, "How a batch is computed").
+
 Build it from a config (:func:`build_app`), or let Ray Serve build it from arguments
 (:func:`app_builder`: ``serve run l2s_data.serve.app:app_builder config=serve.toml``, and the
 ``import_path`` of a KubeRay ``RayService``).
@@ -31,6 +34,7 @@ from l2s_data.actors import FORWARDED_ENV
 from l2s_data.errors import ConfigError, ServeRequestError
 from l2s_data.serve.config import ServeConfig, load_serve_config, parse_serve_config
 from l2s_data.serve.engine import Engine
+from l2s_data.serve.joined import JoinedRuns
 from l2s_data.serve.protocol import completion_body, error_body, models_body, parse_request, stream_chunks
 
 __all__ = ["SteeredChat", "build_app", "app_builder", "deployment_options"]
@@ -40,6 +44,10 @@ api = FastAPI(title="l2s-data steered chat", docs_url=None, redoc_url=None)
 
 def _error(err: ServeRequestError) -> JSONResponse:
     return JSONResponse(error_body(err), status_code=err.status)
+
+
+#: Batches Ray Serve may hand over at once (they wait in :class:`JoinedRuns`, not in Ray Serve).
+_CONCURRENT_BATCHES = 64
 
 
 @serve.deployment(name="SteeredChat")
@@ -52,6 +60,7 @@ class SteeredChat:
         if not self.cfg.evaluation.model.device.startswith("cuda"):
             torch.set_num_threads(self.cfg.serve.cpus_per_replica)
         self.engine = Engine(self.cfg)
+        self.joined = JoinedRuns(self.engine.run_batch, self.cfg.serve.max_batch_size)
         self.created = int(time.time())
 
     def reconfigure(self, user_config: dict) -> None:
@@ -62,12 +71,15 @@ class SteeredChat:
         """Rows per batch, and how long a batch waits to fill (also callable through a handle)."""
         self.generate.set_max_batch_size(int(max_batch_size))
         self.generate.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
+        self.joined.max_rows = int(max_batch_size)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    # Ray Serve forms the next batch while one runs, closing it when full or after the wait:
+    # under load, a run of the model is followed by several small batches, each waiting for
+    # the one before. The batches Ray Serve hands over while the model is busy therefore join
+    # up (:class:`~l2s_data.serve.joined.JoinedRuns`) and run as one, up to max_batch_size rows.
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02, max_concurrent_batches=_CONCURRENT_BATCHES)
     async def generate(self, reqs: list[Any]) -> list[Any]:
-        # The model runs in a worker thread, so this replica keeps parsing (and batching) the
-        # requests that arrive meanwhile; the engine runs one batch at a time.
-        return await asyncio.to_thread(self.engine.run_batch, reqs)
+        return await self.joined.run(reqs)
 
     @api.get("/v1/models")
     async def models(self) -> JSONResponse:
@@ -82,6 +94,7 @@ class SteeredChat:
     @api.post("/v1/chat/completions")
     async def chat(self, request: Request) -> Any:
         rid = f"chatcmpl-{uuid.uuid4().hex}"
+        arrived = time.perf_counter()
         try:
             body = await request.json()
         except ValueError:
@@ -90,9 +103,11 @@ class SteeredChat:
             req = parse_request(body, self.cfg, request_id=rid)
         except ServeRequestError as err:
             return _error(err)
+        parsed = req.received - arrived
         result = await self.generate(req)
         if isinstance(result, ServeRequestError):
             return _error(result)
+        result.steering["timing"]["parse_s"] = round(parsed, 6)
         if not req.stream:
             return JSONResponse(completion_body(req, result))
         chunks = stream_chunks(req, result)

@@ -245,8 +245,9 @@ class Engine:
             "predictor_fingerprint": self.predictor_fingerprint if method.name == "l2s" else None,
             "vector_fingerprint": self.vector_fingerprints.get(method.name),
             "blank_image": req.blank_image, "batch_size": batch_size, "replica_pid": os.getpid(),
-            # seconds: waiting for a batch to start (the replica fills it in), running the batch
-            "timing": {"queued_s": None, "batch_s": None},
+            # seconds: reading and parsing the request (filled in by the replica's route), waiting
+            # for its batch to start, running the batch
+            "timing": {"parse_s": None, "queued_s": None, "batch_s": None},
         }
         finish = "length" if len(ids) >= req.max_tokens else "stop"
         return Generated(ids, text, tuple(pieces), finish, prompt, steering)
