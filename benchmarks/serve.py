@@ -14,9 +14,15 @@ request (a data URL) with its own method (none / prompt-only / L2S, in turn), gr
 - ``N clients``  the same requests sent by N clients at once, each sending its next request
                  when its last one is answered (Ray Serve batches them, up to ``--batch`` rows).
 
+The clients are threads of this process on the same cores as the server: standard-library HTTP
+with one keep-alive connection each and bodies serialised before the clock starts, so they take
+little of the CPU the server needs.
+
 Printed: requests/s of each and their ratio, latency p50/p90/p99, and the p50 under load
-against the p50 alone. The targets: >= 3x the sequential throughput with 16 clients, p50 within
-2x of a request alone.
+against the p50 alone; where a request's time went (medians of the ``timing`` each response
+carries: parsing, waiting for its batch, the batch's run, and the rest: HTTP, proxy, clients);
+the CPU per request of the replica, Ray Serve's proxy, Ray's other processes and the clients.
+The targets: >= 3x the sequential throughput with 16 clients, p50 within 2x of a request alone.
 """
 
 from __future__ import annotations

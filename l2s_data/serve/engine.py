@@ -6,9 +6,12 @@ the :class:`~l2s_data.evaluate.generation.VectorSources` from the same config se
 one difference: a request is no sample of the store, so L2S always reads h_X from an
 unsteered prefill of the request itself (at L', before any steering hook is installed).
 
-A batch (what Ray Serve's batching hands over) mixes methods and alphas. Row i is steered by
-``alpha_i * v_i`` at L* (rows of unsteered methods add nothing), so every row gets its own
-vector and alpha in one forward. Greedy rows share one ``generate`` call, made for the largest
+Each request is encoded once per batch (one image-processor call, the chat template,
+tokenisation): the context check, the L2S prefill and the generation all read that encoding.
+
+A batch (what Ray Serve's batching hands over, joined by :mod:`.joined`) mixes methods and
+alphas. Row i is steered by ``alpha_i * v_i`` at L* (rows of unsteered methods add nothing), so
+every row gets its own vector and alpha in one forward. Greedy rows share one ``generate`` call, made for the largest
 ``max_tokens`` of the batch and cut per row (a greedy token never depends on later ones);
 a sampled row runs alone, so its seed alone decides its tokens.
 
