@@ -11,9 +11,9 @@ tokenisation): the context check, the L2S prefill and the generation all read th
 
 A batch (what Ray Serve's batching hands over, joined by :mod:`.joined`) mixes methods and
 alphas. Row i is steered by ``alpha_i * v_i`` at L* (rows of unsteered methods add nothing), so
-every row gets its own vector and alpha in one forward. Greedy rows share one ``generate`` call, made for the largest
-``max_tokens`` of the batch and cut per row (a greedy token never depends on later ones);
-a sampled row runs alone, so its seed alone decides its tokens.
+every row gets its own vector and alpha in one forward. Greedy rows share one ``generate``
+call, made for the largest ``max_tokens`` of the batch and cut per row (a greedy token never
+depends on later ones); a sampled row runs alone, so its seed alone decides its tokens.
 
 Faults stay with their row: a row whose prompt does not fit the context is answered with its
 error and left out; if the batch's computation still fails, every row is run alone, so one bad
