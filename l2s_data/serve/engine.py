@@ -42,7 +42,7 @@ from l2s_data.models.families import Vision
 from l2s_data.serve.config import ServeConfig
 from l2s_data.serve.protocol import ChatRequest
 
-__all__ = ["Engine", "Generated"]
+__all__ = ["Engine", "Generated", "TextPieces"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,7 @@ class Engine:
             m: hashlib.sha256(v.float().contiguous().numpy().tobytes()).hexdigest()
             for m, v in (("mean-s", sources.mean_s), ("mean-s-ba", sources.mean_s_ba)) if v is not None}
         self._lock = threading.Lock()
+        self._started = time.perf_counter()  # when the batch in progress (or the last one) started
         self.busy_rows = 0
         self.batches = 0
 
@@ -143,7 +144,7 @@ class Engine:
         """One result per request, in order: its :class:`Generated` or its error."""
         with self._lock:  # one batch at a time on this replica's model
             self.busy_rows, self.batches = len(reqs), self.batches + 1
-            t0 = time.perf_counter()
+            t0 = self._started = time.perf_counter()
             try:
                 out = self._run(list(reqs))
             except Exception as err:  # noqa: BLE001 - never an exception for Ray Serve to fail every row with
@@ -154,7 +155,7 @@ class Engine:
             took = round(time.perf_counter() - t0, 6)
             for r, g in zip(reqs, out):
                 if isinstance(g, Generated):
-                    g.steering["timing"].update(queued_s=round(t0 - r.received, 6), batch_s=took)
+                    g.steering["timing"]["batch_s"] = took
             return out
 
     def _run(self, reqs: list[ChatRequest]) -> list[Generated | ServeRequestError]:
@@ -179,6 +180,30 @@ class Engine:
                     out[i] = ServeRequestError(f"generation failed: {type(err).__name__}: {err}", status=500,
                                                code="generation_failed", type="server_error")
         return out  # type: ignore[return-value]
+
+    def _streaming(self, reqs: list[ChatRequest]) -> Any:
+        """The ``on_step`` that hands each streamed row its tokens as they are generated (up to
+        its end of sequence and its own ``max_tokens``), or None when no row streams. A row run
+        again alone (its batch failed) is handed only the tokens past those it was already sent."""
+        if all(r.on_token is None for r in reqs):
+            return None
+        eos = self.adapter.eos_token_ids
+        taken = [0] * len(reqs)
+        ended = [r.on_token is None for r in reqs]
+
+        def on_step(tokens: list[int]) -> None:
+            for j, (r, t) in enumerate(zip(reqs, tokens)):
+                if ended[j]:
+                    continue
+                if t in eos or taken[j] >= r.max_tokens:
+                    ended[j] = True
+                    continue
+                taken[j] += 1
+                if taken[j] > r.streamed:
+                    r.streamed += 1
+                    r.on_token(t)
+
+        return on_step
 
     @staticmethod
     def _rows(encoded: list[tuple[Encoded, Vision]], rows: list[int]) -> tuple[list[Encoded], Vision]:
@@ -215,32 +240,23 @@ class Engine:
             sampled = reqs[rows[0]].temperature > 0
             steer = (self.adapter.steering(self.layer, deltas[rows], 1.0) if any(methods[i].steers for i in rows)
                      else contextlib.nullcontext())
+            for i in rows:
+                if reqs[i].on_token is not None:  # what the stream's chunks say until the batch ends
+                    reqs[i].live = self.steering(reqs[i], methods[i], batch_size)
             with steer:
                 got = self.adapter.generate_ids(
                     [chats[i] for i in rows], max_new_tokens=max(reqs[i].max_tokens for i in rows),
                     do_sample=sampled, seed=reqs[rows[0]].seed if sampled else None,
-                    temperature=reqs[rows[0]].temperature if sampled else None, encoded=self._rows(encoded, rows))
+                    temperature=reqs[rows[0]].temperature if sampled else None, encoded=self._rows(encoded, rows),
+                    on_step=self._streaming([reqs[i] for i in rows]))
             for i, row in zip(rows, got):
                 ids[i] = tuple(row[:reqs[i].max_tokens])
         return [self._result(r, m, ids[i], len(encoded[i][0]), batch_size)
                 for i, (r, m) in enumerate(zip(reqs, methods))]
 
-    def _result(self, req: ChatRequest, method: Any, ids: tuple[int, ...], prompt: int, batch_size: int) -> Generated:
-        tok = self.adapter.processor.tokenizer
-        text = tok.decode(list(ids), skip_special_tokens=True)
-        pieces: list[str] = [text]
-        if req.stream:  # the text each token adds, for the stream's chunks
-            pieces, shown = [], ""
-            for k in range(1, len(ids) + 1):
-                t = tok.decode(list(ids[:k]), skip_special_tokens=True)
-                if t.startswith(shown) and not t.endswith("\ufffd"):  # hold back a half-decoded character
-                    pieces.append(t[len(shown):])
-                    shown = t
-            if text.startswith(shown):
-                pieces.append(text[len(shown):])
-            else:  # a decode that rewrote earlier text: one piece, so the stream still adds up to it
-                pieces = [text]
-        steering = {
+    def steering(self, req: ChatRequest, method: Any, batch_size: int) -> dict[str, Any]:
+        """What a response says of the steering applied to ``req`` (its ``l2s`` object)."""
+        return {
             "method": method.name, "label": method.label, "alpha": req.alpha if method.steers else None,
             "layer": self.layer if method.steers else None,
             "input_layer": self.input_layer if method.name == "l2s" else None,
@@ -249,9 +265,42 @@ class Engine:
             "vector_fingerprint": self.vector_fingerprints.get(method.name),
             "blank_image": req.blank_image, "batch_size": batch_size, "replica_pid": os.getpid(),
             # seconds: reading and parsing the request (filled in by the replica's route), waiting
-            # for its batch to start, running the batch
-            "timing": {"parse_s": None, "queued_s": None, "batch_s": None},
+            # for its batch to start, running the batch (None while it runs)
+            "timing": {"parse_s": None, "queued_s": round(self._started - req.received, 6), "batch_s": None},
         }
-        finish = "length" if len(ids) >= req.max_tokens else "stop"
-        return Generated(ids, text, tuple(pieces), finish, prompt, steering)
 
+    def _result(self, req: ChatRequest, method: Any, ids: tuple[int, ...], prompt: int, batch_size: int) -> Generated:
+        tok = self.adapter.processor.tokenizer
+        text = tok.decode(list(ids), skip_special_tokens=True)
+        pieces: list[str] = [text]
+        if req.stream:  # the text each token adds, for the stream's chunks
+            shown = TextPieces(tok)
+            pieces = [p for p in (shown.add(t) for t in ids) if p]
+            rest = shown.rest(text)
+            # a decode that rewrote earlier text: one piece, so the stream still adds up to it
+            pieces = pieces + [rest] if rest is not None else [text]
+        finish = "length" if len(ids) >= req.max_tokens else "stop"
+        return Generated(ids, text, tuple(pieces), finish, prompt, self.steering(req, method, batch_size))
+
+
+class TextPieces:
+    """The text each token of an answer adds, as a stream sends it: the answer's ids decoded so
+    far, less what was shown; a token that ends in half a character adds nothing until the
+    character is whole."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.shown = ""
+
+    def add(self, token: int) -> str:
+        self.ids.append(int(token))
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.startswith(self.shown) and not text.endswith("\ufffd"):
+            piece, self.shown = text[len(self.shown):], text
+            return piece
+        return ""
+
+    def rest(self, text: str) -> str | None:
+        """What ``text`` (the whole answer) adds to what was shown; None if it does not extend it."""
+        return text[len(self.shown):] if text.startswith(self.shown) else None
