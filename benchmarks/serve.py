@@ -14,16 +14,24 @@ request (a data URL) with its own method (none / prompt-only / L2S, in turn), gr
 - ``N clients``  the same requests sent by N clients at once, each sending its next request
                  when its last one is answered (Ray Serve batches them, up to ``--batch`` rows).
 
+The clients are threads of this process on the same cores as the server: standard-library HTTP
+with one keep-alive connection each and bodies serialised before the clock starts, so they take
+little of the CPU the server needs.
+
 Printed: requests/s of each and their ratio, latency p50/p90/p99, and the p50 under load
-against the p50 alone. The targets: >= 3x the sequential throughput with 16 clients, p50 within
-2x of a request alone.
+against the p50 alone; where a request's time went (medians of the ``timing`` each response
+carries: parsing, waiting for its batch, the batch's run, and the rest: HTTP, proxy, clients);
+the CPU per request of the replica, Ray Serve's proxy, Ray's other processes and the clients.
+The targets: >= 3x the sequential throughput with 16 clients, p50 within 2x of a request alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import http.client
 import io
+import json
 import os
 import shutil
 import socket
@@ -32,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -100,44 +109,83 @@ def _bodies(work: Path, args) -> list[dict]:
     return out
 
 
-def _run(url: str, bodies: list[dict], clients: int) -> tuple[float, list[float], float]:
-    """Wall time, per-request latencies and the mean batch size a request was answered in, of
-    ``bodies`` sent by ``clients`` closed-loop clients."""
-    import httpx
+def _cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far of this process (the clients) and of the Ray processes it started, by role."""
+    import psutil
 
-    queue = list(enumerate(bodies))
+    me = psutil.Process()
+    t = me.cpu_times()
+    out = {"replica": 0.0, "proxy": 0.0, "ray": 0.0, "clients": t.user + t.system}
+    for p in me.children(recursive=True):
+        try:
+            title = " ".join(p.cmdline())
+            t = p.cpu_times()
+        except psutil.Error:  # a worker that ended meanwhile
+            continue
+        role = "replica" if "ServeReplica" in title else "proxy" if "ProxyActor" in title else "ray"
+        out[role] += t.user + t.system
+    return out
+
+
+def _run(url: str, bodies: list[dict], clients: int) -> tuple[float, list[float], float, dict[str, float]]:
+    """Wall time, per-request latencies, the mean batch size a request was answered in, and
+    where a request's time went (medians: waiting for its batch, the batch's run, and the rest:
+    HTTP, Ray Serve's proxy, parsing, the clients), of ``bodies`` sent by ``clients`` closed-loop
+    clients."""
+    # Light clients (the standard library's HTTP client, one keep-alive connection each, bodies
+    # serialised before the clock starts): they share the server's cores, and their CPU is
+    # time the server does not get.
+    where = urllib.parse.urlsplit(url)
+    queue = [json.dumps(b).encode() for b in bodies]
     lock = threading.Lock()
     lat: list[float] = []
     errors: list[str] = []
     batch_sizes: list[int] = []
+    spans: dict[str, list[float]] = {"parse": [], "queued": [], "batch": [], "outside": []}
 
     def client() -> None:
-        with httpx.Client(timeout=600) as c:
+        c = http.client.HTTPConnection(where.hostname, where.port, timeout=600)
+        try:
             while True:
                 with lock:
                     if not queue:
                         return
-                    _, body = queue.pop(0)
+                    body = queue.pop(0)
                 t0 = time.perf_counter()
-                r = c.post(f"{url}/chat/completions", json=body)
+                c.request("POST", f"{where.path}/chat/completions", body=body,
+                          headers={"Content-Type": "application/json"})
+                r = c.getresponse()
+                text = r.read()
                 dt = time.perf_counter() - t0
                 with lock:
                     lat.append(dt)
-                    if r.status_code != 200:
-                        errors.append(r.text[:200])
+                    if r.status != 200:
+                        errors.append(text[:200].decode(errors="replace"))
                     else:
-                        batch_sizes.append(r.json()["l2s"]["batch_size"])
+                        info = json.loads(text)["l2s"]
+                        batch_sizes.append(info["batch_size"])
+                        t = info["timing"]
+                        spans["parse"].append(t["parse_s"])
+                        spans["queued"].append(t["queued_s"])
+                        spans["batch"].append(t["batch_s"])
+                        spans["outside"].append(dt - t["parse_s"] - t["queued_s"] - t["batch_s"])
+        finally:
+            c.close()
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    cpu1 = _cpu_seconds()
+    for role in cpu1:  # CPU seconds per request, each role; and how many of the cores were busy
+        spans[f"cpu_{role}"] = [(cpu1[role] - cpu0.get(role, 0.0)) / len(bodies)]
+    spans["cores_busy"] = [sum(cpu1[r] - cpu0.get(r, 0.0) for r in cpu1) / wall]
     if errors:
         raise SystemExit(f"{len(errors)} request(s) failed, e.g. {errors[0]}")
-    return wall, lat, statistics.mean(batch_sizes)
+    return wall, lat, statistics.mean(batch_sizes), {k: statistics.median(v) for k, v in spans.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         svc = deploy(cfg, port=_free_port())
         _run(svc.url, bodies[: min(8, len(bodies))], 1)              # warm-up: first calls, caches
         _run(svc.url, bodies[: min(2 * args.clients, len(bodies))], args.clients)
-        seq_wall, seq_lat, seq_b = _run(svc.url, bodies, 1)
-        par_wall, par_lat, par_b = _run(svc.url, bodies, args.clients)
+        seq_wall, seq_lat, seq_b, seq_t = _run(svc.url, bodies, 1)
+        par_wall, par_lat, par_b, par_t = _run(svc.url, bodies, args.clients)
     finally:
         from ray import serve
 
@@ -175,13 +223,26 @@ def main(argv: list[str] | None = None) -> int:
     p50_alone = statistics.median(seq_lat)
     print(f"tiny LLaVA, one CPU replica (1 torch thread), {n} image requests of at most {args.tokens} tokens, "
           f"greedy, methods none/prompt-only/L2S in turn; max_batch_size {args.batch}, wait {args.wait} s")
-    print(f"{'':14}{'req/s':>8}{'p50 s':>8}{'p90 s':>8}{'p99 s':>8}{'batch':>8}")
-    for name, rps, lat, b in (("alone", seq_rps, seq_lat, seq_b), (f"{args.clients} clients", par_rps, par_lat, par_b)):
+    cols = ("req/s", "p50 s", "p90 s", "p99 s", "batch", "parse", "queued", "run", "outside")
+    print(f"{'':14}" + "".join(f"{c:>8}" for c in cols))
+    runs = (("alone", seq_rps, seq_lat, seq_b, seq_t), (f"{args.clients} clients", par_rps, par_lat, par_b, par_t))
+    for name, rps, lat, b, t in runs:
         print(f"{name:14}{rps:8.2f}{_percentile(lat, 50):8.3f}{_percentile(lat, 90):8.3f}{_percentile(lat, 99):8.3f}"
-              f"{b:8.1f}")
-    print("(batch: the mean number of rows of the batch that answered a request)")
+              f"{b:8.1f}{t['parse']:8.3f}{t['queued']:8.3f}{t['batch']:8.3f}{t['outside']:8.3f}")
+    print("(batch: the mean number of rows of the batch that answered a request; parse / queued / run / outside: "
+          "medians, in s, of the replica reading and parsing a request, its wait for its batch to start, its batch's "
+          "run, and the rest of its latency: HTTP, Ray Serve's proxy, the clients)")
+    roles = ("replica", "proxy", "ray", "clients")
+    print(f"{'CPU ms/request':14}" + "".join(f"{r:>8}" for r in roles) + f"{'cores':>8}")
+    for name, _, _, _, t in runs:
+        print(f"{name:14}" + "".join(f"{1e3 * t['cpu_' + r]:8.1f}" for r in roles) + f"{t['cores_busy']:8.2f}")
+    print("(CPU per request of the replica, Ray Serve's proxy, Ray's other processes and this process's clients; "
+          "cores: CPU seconds of all of them per second of the run, on a 2-core machine shared with other work)")
     print(f"throughput ratio ({args.clients} clients / alone): {par_rps / seq_rps:.2f}x (target >= 3x)")
     print(f"p50 under load / p50 alone: {_percentile(par_lat, 50) / p50_alone:.2f}x (target <= 2x)")
+    print(f"(closed loop: mean latency = {args.clients} clients / throughput, so a mean under load within 2x of "
+          f"alone needs {args.clients / 2:g}x the sequential throughput; measured mean ratio "
+          f"{statistics.mean(par_lat) / statistics.mean(seq_lat):.2f}x)")
     print(f"uptime: {os.popen('uptime').read().strip()}")
     return 0
 

@@ -96,12 +96,21 @@ class SteeredGenerator:
 
     # --- vectors (always computed unsteered) ----------------------------------------------
 
-    def input_states(self, items: Sequence[EvalItem]) -> torch.Tensor:
-        """h_X ``[B, D]``: the input view at L', from the cache or an unsteered prefill."""
+    def input_states(self, items: Sequence[EvalItem], *, encoded: Any = None) -> torch.Tensor:
+        """h_X ``[B, D]``: the input view at L', from the cache or an unsteered prefill.
+
+        ``encoded``: the adapter's ``encode_items`` of the items' plain chats (``chat_inputs``
+        of method ``none``), when the caller has it: the prefill then encodes nothing again."""
         src = self.sources
         if src.input_layer is None:
             raise ConfigError("L2S needs the predictor's input layer L' (input_layer); set it in the config.")
-        return self._cached_or(items, "input", src.input_position, src.input_layer, self._prefill)
+
+        def prefill(rows: list[int], position: str, layer: int) -> torch.Tensor:
+            chats = self.chat_inputs(_PLAIN, [items[i] for i in rows])
+            kw = {} if encoded is None else {"encoded": ([encoded[0][i] for i in rows], encoded[1].select(rows))}
+            return self.adapter.capture(chats, layers=[layer], positions=[position], **kw)[(position, layer)]
+
+        return self._cached_or(items, "input", src.input_position, src.input_layer, prefill)
 
     def p2s(self, items: Sequence[EvalItem]) -> torch.Tensor:
         """The samples' own P2S vectors ``[B, D]`` at L*, from the cache or their pairs."""
@@ -110,10 +119,11 @@ class SteeredGenerator:
         for i, it in enumerate(items):
             by.setdefault(src.pair_position_of.get(it.sample_id, src.pair_position), []).append(i)
         if len(by) == 1:
-            return self._cached_or(items, "p2s", next(iter(by)), src.steer_layer, self._contrast)
+            return self._cached_or(items, "p2s", next(iter(by)), src.steer_layer, self._contrast_of(items))
         out = torch.empty(len(items), self.adapter.hidden_size)
         for pos, idx in by.items():
-            out[idx] = self._cached_or([items[i] for i in idx], "p2s", pos, src.steer_layer, self._contrast)
+            some = [items[i] for i in idx]
+            out[idx] = self._cached_or(some, "p2s", pos, src.steer_layer, self._contrast_of(some))
         return out
 
     def _cached_or(self, items, view, position, layer, compute) -> torch.Tensor:
@@ -128,15 +138,14 @@ class SteeredGenerator:
                                   f"{self.sources.cache.recipes[view]!r} belongs to another model.")
             out[torch.tensor(found)] = cached.float()
         rest = [i for i, f in enumerate(found) if not f]
-        if rest:
-            out[rest] = compute([items[i] for i in rest], position, layer).float()
+        if rest:  # compute(rows of items, position, layer)
+            out[rest] = compute(rest, position, layer).float()
         for i, sid in enumerate(ids):
             self.sources.provenance[sid] = "cache" if found[i] else "prefill"
         return out
 
-    def _prefill(self, items, position, layer) -> torch.Tensor:
-        chats = self.chat_inputs(_PLAIN, items)
-        return self.adapter.capture(chats, layers=[layer], positions=[position])[(position, layer)]
+    def _contrast_of(self, items):
+        return lambda rows, position, layer: self._contrast([items[i] for i in rows], position, layer)
 
     def _contrast(self, items, position, layer) -> torch.Tensor:
         missing = [it.sample_id for it in items if it.pair is None]
@@ -151,8 +160,10 @@ class SteeredGenerator:
                                                pair_positions=[position])
         return got[("p2s", position, layer)]
 
-    def vectors(self, method: Method, items: Sequence[EvalItem]) -> torch.Tensor | None:
-        """The steering vectors ``[B, D]`` of ``method`` for ``items`` (None: no steering)."""
+    def vectors(self, method: Method, items: Sequence[EvalItem], *, encoded: Any = None) -> torch.Tensor | None:
+        """The steering vectors ``[B, D]`` of ``method`` for ``items`` (None: no steering).
+
+        ``encoded``: see :meth:`input_states` (read by L2S only)."""
         src = self.sources
         if not method.steers:
             return None
@@ -170,7 +181,7 @@ class SteeredGenerator:
         if method.name == "l2s":
             if src.predictor is None:
                 raise ConfigError("method L2S needs a trained predictor; give its file in the config.")
-            h = self.input_states(items)
+            h = self.input_states(items, encoded=encoded)
             with torch.no_grad():
                 v = src.predictor.predict(h)
             v = torch.as_tensor(v, dtype=torch.float32)

@@ -29,8 +29,8 @@ class EvalModel(Protocol):
 
     def check_layers(self, layers: Sequence[int]) -> list[int]: ...
 
-    def capture(self, items: Sequence[ChatInput], *, layers: Sequence[int],
-                positions: Sequence[str]) -> dict[tuple[str, int], torch.Tensor]: ...
+    def capture(self, items: Sequence[ChatInput], *, layers: Sequence[int], positions: Sequence[str],
+                **kwargs: Any) -> dict[tuple[str, int], torch.Tensor]: ...
 
     def capture_contrastive(self, items: Sequence[ContrastiveItem], *, input_layers: Sequence[int],
                             input_positions: Sequence[str], pair_layers: Sequence[int],

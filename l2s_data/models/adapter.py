@@ -17,7 +17,7 @@ import torch
 
 from l2s_data.errors import InputError, LayerIndexError, PositionError, PromptTooLongError
 from l2s_data.models import families
-from l2s_data.models.encoding import Encoded, EncodedItems, encode, plan_sequences, position_weights
+from l2s_data.models.encoding import Encoded, EncodedItems, encode, plan_sequences, position_weights, unpack_encoded
 from l2s_data.models.gather import Gather, StopForward, layer_hooks, to_cpu
 from l2s_data.models.prefix import run_prefix_shared
 from l2s_data.models.steering import SteeredGeneration
@@ -212,19 +212,23 @@ class ModelAdapter(SteeredGeneration):
             self.forward(ids, mask, pos, vision_kwargs=vision.take(images))
 
     @torch.inference_mode()
-    def capture(self, items: Sequence[ChatInput], *, layers: Sequence[int],
-                positions: Sequence[str]) -> dict[tuple[str, int], torch.Tensor]:
+    def capture(self, items: Sequence[ChatInput], *, layers: Sequence[int], positions: Sequence[str],
+                encoded: tuple[Sequence[Encoded], families.Vision] | None = None
+                ) -> dict[tuple[str, int], torch.Tensor]:
         """Layer outputs at named positions: key (position, layer) -> float32 [B, D] on CPU.
 
         Row i is ``items[i]``; layer k is the output of decoder layer k (0-based). One
         left-padded forward for the whole batch (two when ``user_last`` is not a token of the
         sequences: see :func:`plan_sequences`).
+
+        ``encoded``: :meth:`encode_items` of these items, when the caller encoded them already
+        (a server reuses one encoding for the prompt check, the capture and the generation).
         """
         layers = self.check_layers(layers)
         positions = self.check_positions(positions)
         if not items:
             return {}
-        encs, vision = self.encode_items(items)
+        encs, vision = self.encode_items(items) if encoded is None else unpack_encoded(encoded, len(items))
         for i, enc in enumerate(encs):
             self._check_encoded(enc, positions, f"item {i}")
         gather = Gather({(p,): (layers, len(items)) for p in positions}, self.hidden_size, self.device,
@@ -299,3 +303,4 @@ class ModelAdapter(SteeredGeneration):
                     # float32 on the device: the difference of close vectors keeps its precision.
                     out[("p2s", p, layer)] = out[("pos", p, layer)] - out[("neg", p, layer)]
         return to_cpu(out)
+

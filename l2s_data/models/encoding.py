@@ -36,7 +36,8 @@ from l2s_data.models.types import POSITIONS, ChatInput
 if TYPE_CHECKING:  # families brings in transformers; the encodings need only its Vision type
     from l2s_data.models.families import Vision
 
-__all__ = ["Encoded", "EncodedItems", "messages_for", "render", "encode", "position_weights", "plan_sequences"]
+__all__ = ["Encoded", "EncodedItems", "messages_for", "render", "encode", "position_weights", "plan_sequences",
+           "unpack_encoded"]
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,15 @@ def plan_sequences(encs: dict[str, list[Encoded]], want: dict[str, list[str]], *
         if not reads[v]:  # every position of the view is read on its user turn
             del seqs[v], reads[v]
     return seqs, reads
+
+
+def unpack_encoded(encoded: tuple[Sequence[Encoded], Vision], n: int) -> tuple[list[Encoded], Vision]:
+    """An ``encode_items`` result handed back by a caller, checked to hold ``n`` items."""
+    encs, vision = encoded
+    if len(encs) != n or len(vision.n_tokens) != n:
+        raise InputError(f"encoded inputs hold {len(encs)} sequences and {len(vision.n_tokens)} images for {n} "
+                         "items; encode the same items (encode_items) and pass the result unchanged")
+    return list(encs), vision
 
 
 @dataclass(frozen=True)

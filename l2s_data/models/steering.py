@@ -8,15 +8,16 @@ Shapes: B items, D hidden size; steering vectors are ``[B, D]`` or ``[D]``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
 import torch
+from transformers.generation.streamers import BaseStreamer
 
 from l2s_data.errors import InputError, PromptTooLongError
 from l2s_data.models import families
-from l2s_data.models.encoding import Encoded
+from l2s_data.models.encoding import Encoded, unpack_encoded
 from l2s_data.models.gather import layer_output
 from l2s_data.models.types import ChatInput
 
@@ -76,16 +77,24 @@ class SteeredGeneration:
         finally:
             handle.remove()
 
-    def generation_inputs(self, items: Sequence[ChatInput]) -> dict[str, torch.Tensor]:
+    def generation_inputs(self, items: Sequence[ChatInput], *,
+                          encoded: tuple[Sequence[Encoded], families.Vision] | None = None) -> dict[str, torch.Tensor]:
         """Left-padded ``generate()`` kwargs for ``items``.
 
         An item without a completion is prompted with the generation prompt; one with a
         completion is prompted with the open-ended completion (``continue_final_message``:
         no end of turn), followed by its ``continuation`` ids when it has some.
+        ``encoded``: :meth:`encode_items` of items without completions, when the caller has it.
         """
-        items = [it if it.completion is None or it.continuation is not None else replace(it, continuation=())
-                 for it in items]
-        encs, vision = self.encode_items(items)
+        if encoded is not None:
+            if any(it.completion is not None for it in items):
+                raise InputError("pre-encoded generation inputs are for items without a completion; pass "
+                                 "completions unencoded (they are encoded open-ended here)")
+            encs, vision = unpack_encoded(encoded, len(items))
+        else:
+            items = [it if it.completion is None or it.continuation is not None else replace(it, continuation=())
+                     for it in items]
+            encs, vision = self.encode_items(items)
         for i, e in enumerate(encs):
             if len(e) > self.max_context:
                 raise PromptTooLongError(f"item {i}: {len(e)} tokens exceed the model's context of "
@@ -115,8 +124,9 @@ class SteeredGeneration:
 
     @torch.inference_mode()
     def generate_ids(self, items: Sequence[ChatInput], *, max_new_tokens: int, do_sample: bool = False,
-                     seed: int | None = None, include_last: bool = True,
-                     temperature: float | None = None) -> list[tuple[int, ...]]:
+                     seed: int | None = None, include_last: bool = True, temperature: float | None = None,
+                     encoded: tuple[Sequence[Encoded], families.Vision] | None = None,
+                     on_step: Callable[[list[int]], None] | None = None) -> list[tuple[int, ...]]:
         """Greedy (or sampled, seeded) continuations of ``items``, as token ids.
 
         Row i holds the ids generated for ``items[i]`` up to its end of sequence; the end of
@@ -124,11 +134,13 @@ class SteeredGeneration:
         drops the last id of a row that stopped at ``max_new_tokens`` (the reference feeds
         back every generated token but the last one produced: the end of sequence, or the
         N-th). A completion is continued (see :meth:`generation_inputs`). ``temperature``
-        divides the logits when sampling (None: the checkpoint's generation config).
+        divides the logits when sampling (None: the checkpoint's generation config). ``encoded``:
+        see :meth:`generation_inputs`. ``on_step``: called after every decoding step with the
+        token each row took (a row past its end of sequence takes padding), as it is generated.
         """
         if not items:
             return []
-        kwargs = self.generation_inputs(items)
+        kwargs = self.generation_inputs(items, encoded=encoded)
         width = kwargs["input_ids"].shape[1]
         if do_sample and temperature is not None:
             kwargs["temperature"] = float(temperature)
@@ -136,9 +148,10 @@ class SteeredGeneration:
         with torch.random.fork_rng(devices=devices):
             if seed is not None:
                 torch.manual_seed(seed)
+            streamer = None if on_step is None else _Steps(on_step)
             out = self.model.generate(**kwargs, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                       pad_token_id=self.pad_token_id, use_cache=True,
-                                      suppress_tokens=self.placeholder_token_ids())
+                                      suppress_tokens=self.placeholder_token_ids(), streamer=streamer)
         eos = self.eos_token_ids
         rows = []
         for row in out[:, width:].tolist():
@@ -154,3 +167,21 @@ class SteeredGeneration:
         """:meth:`generate_ids`, decoded without special tokens (for display only)."""
         ids = self.generate_ids(items, max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed)
         return self.processor.tokenizer.batch_decode([list(r) for r in ids], skip_special_tokens=True)
+
+
+class _Steps(BaseStreamer):
+    """Hands each decoding step's tokens (one per row) to a callback; ``generate`` first puts
+    the prompt, which is not a step."""
+
+    def __init__(self, on_step: Callable[[list[int]], None]):
+        self.on_step = on_step
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.on_step([int(t) for t in value.reshape(-1).tolist()])
+
+    def end(self) -> None:
+        pass

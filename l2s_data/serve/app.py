@@ -4,9 +4,12 @@ HTTP proxy, with a FastAPI ingress for the OpenAI routes and ``@serve.batch`` fo
 Routes:
 
 - ``POST /v1/chat/completions``: the OpenAI chat-completions API (:mod:`.protocol`), JSON or
-  server-sent events (``stream``);
+  server-sent events (``stream``: each token as its batch generates it);
 - ``GET /v1/models``: one model id per served method;
 - ``GET /v1/l2s/replica``: the answering replica's pid, batches run and rows in progress.
+
+Batching: Ray Serve's ``@serve.batch`` forms the batches; those it hands over while the model
+is busy wait and run together (:class:`~l2s_data.serve.joined.JoinedRuns`; ``README.md``, "How a batch is computed").
 
 Build it from a config (:func:`build_app`), or let Ray Serve build it from arguments
 (:func:`app_builder`: ``serve run l2s_data.serve.app:app_builder config=serve.toml``, and the
@@ -30,8 +33,10 @@ from ray import serve
 from l2s_data.actors import FORWARDED_ENV
 from l2s_data.errors import ConfigError, ServeRequestError
 from l2s_data.serve.config import ServeConfig, load_serve_config, parse_serve_config
-from l2s_data.serve.engine import Engine
-from l2s_data.serve.protocol import completion_body, error_body, models_body, parse_request, stream_chunks
+from l2s_data.serve.engine import Engine, TextPieces
+from l2s_data.serve.joined import JoinedRuns
+from l2s_data.serve.protocol import (completion_body, error_body, models_body, parse_request, stream_chunk,
+                                     stream_chunks, stream_end)
 
 __all__ = ["SteeredChat", "build_app", "app_builder", "deployment_options"]
 
@@ -40,6 +45,18 @@ api = FastAPI(title="l2s-data steered chat", docs_url=None, redoc_url=None)
 
 def _error(err: ServeRequestError) -> JSONResponse:
     return JSONResponse(error_body(err), status_code=err.status)
+
+
+def _event(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data)}\n\n"
+
+
+#: The end of a stream's events (its batch has answered).
+_END = object()
+
+
+#: Batches Ray Serve may hand over at once (they wait in :class:`JoinedRuns`, not in Ray Serve).
+_CONCURRENT_BATCHES = 64
 
 
 @serve.deployment(name="SteeredChat")
@@ -52,6 +69,7 @@ class SteeredChat:
         if not self.cfg.evaluation.model.device.startswith("cuda"):
             torch.set_num_threads(self.cfg.serve.cpus_per_replica)
         self.engine = Engine(self.cfg)
+        self.joined = JoinedRuns(self.engine.run_batch, self.cfg.serve.max_batch_size)
         self.created = int(time.time())
 
     def reconfigure(self, user_config: dict) -> None:
@@ -62,12 +80,15 @@ class SteeredChat:
         """Rows per batch, and how long a batch waits to fill (also callable through a handle)."""
         self.generate.set_max_batch_size(int(max_batch_size))
         self.generate.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
+        self.joined.max_rows = int(max_batch_size)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    # Ray Serve forms the next batch while one runs, closing it when full or after the wait:
+    # under load, a run of the model is followed by several small batches, each waiting for
+    # the one before. The batches Ray Serve hands over while the model is busy therefore join
+    # up (:class:`~l2s_data.serve.joined.JoinedRuns`) and run as one, up to max_batch_size rows.
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02, max_concurrent_batches=_CONCURRENT_BATCHES)
     async def generate(self, reqs: list[Any]) -> list[Any]:
-        # The model runs in a worker thread, so this replica keeps parsing (and batching) the
-        # requests that arrive meanwhile; the engine runs one batch at a time.
-        return await asyncio.to_thread(self.engine.run_batch, reqs)
+        return await self.joined.run(reqs)
 
     @api.get("/v1/models")
     async def models(self) -> JSONResponse:
@@ -82,6 +103,7 @@ class SteeredChat:
     @api.post("/v1/chat/completions")
     async def chat(self, request: Request) -> Any:
         rid = f"chatcmpl-{uuid.uuid4().hex}"
+        arrived = time.perf_counter()
         try:
             body = await request.json()
         except ValueError:
@@ -90,19 +112,63 @@ class SteeredChat:
             req = parse_request(body, self.cfg, request_id=rid)
         except ServeRequestError as err:
             return _error(err)
+        parsed = req.received - arrived
+        if req.stream:
+            return await self._stream(req, parsed)
         result = await self.generate(req)
         if isinstance(result, ServeRequestError):
             return _error(result)
-        if not req.stream:
-            return JSONResponse(completion_body(req, result))
-        chunks = stream_chunks(req, result)
+        result.steering["timing"]["parse_s"] = round(parsed, 6)
+        return JSONResponse(completion_body(req, result))
 
-        async def events():
-            for c in chunks:
-                yield f"data: {json.dumps(c)}\n\n"
+    async def _stream(self, req: Any, parsed: float) -> Any:
+        """Server-sent events: each token's text as the batch generates it. The response starts
+        with the first token, so a request refused in its batch still gets its error status."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        req.on_token = lambda token: loop.call_soon_threadsafe(events.put_nowait, token)
+        task = asyncio.ensure_future(self.generate(req))
+        # Done after every token: each was queued (from the model's thread) before the batch returned.
+        task.add_done_callback(lambda _: events.put_nowait(_END))
+        first = await events.get()
+        if first is _END:
+            result = task.result()
+            if isinstance(result, ServeRequestError):
+                return _error(result)
+            result.steering["timing"]["parse_s"] = round(parsed, 6)
+            chunks = stream_chunks(req, result)  # no token was generated (an empty answer)
+
+            async def whole():
+                for c in chunks:
+                    yield _event(c)
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(whole(), media_type="text/event-stream")
+        pieces = TextPieces(self.engine.adapter.processor.tokenizer)
+        live = {**req.live, "timing": {**req.live["timing"], "parse_s": round(parsed, 6)}}
+
+        async def tokens():
+            yield _event(stream_chunk(req, live, {"role": "assistant", "content": ""}))
+            event = first
+            while event is not _END:
+                piece = pieces.add(event)
+                if piece:
+                    yield _event(stream_chunk(req, live, {"content": piece}))
+                event = await events.get()
+            try:
+                result = task.result()
+            except Exception as err:  # noqa: BLE001 - the stream has begun: the error is its last event
+                result = ServeRequestError(f"generation failed: {type(err).__name__}: {err}", status=500,
+                                           code="generation_failed", type="server_error")
+            if isinstance(result, ServeRequestError):
+                yield _event(error_body(result))
+            else:
+                result.steering["timing"]["parse_s"] = round(parsed, 6)
+                for c in stream_end(req, result, pieces.rest(result.text) or ""):
+                    yield _event(c)
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return StreamingResponse(tokens(), media_type="text/event-stream")
 
 
 def deployment_options(cfg: ServeConfig, *, replicas: int | None = None) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import binascii
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,8 @@ import PIL.Image
 from l2s_data.errors import ConfigError, ServeRequestError
 from l2s_data.evaluate.methods import METHOD_NAMES, get_method
 
-__all__ = ["ChatRequest", "parse_request", "error_body", "completion_body", "stream_chunks", "models_body",
-           "BLANK_SIZE"]
+__all__ = ["ChatRequest", "parse_request", "error_body", "completion_body", "stream_chunk", "stream_chunks",
+           "stream_end", "models_body", "BLANK_SIZE"]
 
 #: Side of the gray stand-in image of a text-only request (``text_only = "blank"``).
 BLANK_SIZE = 336
@@ -56,6 +57,13 @@ class ChatRequest:
     blank_image: bool = False
     id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
+    #: when this replica parsed it (``time.perf_counter``): its wait for a batch is measured from here
+    received: float = field(default_factory=time.perf_counter)
+    #: a stream's tokens, as they are generated: called from the model's thread with each token id
+    on_token: Callable[[int], None] | None = field(default=None, repr=False, compare=False)
+    #: tokens handed to ``on_token`` so far, and the ``l2s`` object its chunks carry meanwhile
+    streamed: int = 0
+    live: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
 
 def _err(message: str, *, param: str | None, code: str = "invalid_value", status: int = 400,
@@ -275,21 +283,30 @@ def completion_body(req: ChatRequest, result: Any) -> dict[str, Any]:
     }
 
 
-def stream_chunks(req: ChatRequest, result: Any) -> list[dict[str, Any]]:
-    """The ``chat.completion.chunk`` objects of a finished request: the role, one chunk per token
-    (its text as decoded after it), the finish reason, then the usage when asked for."""
-    def chunk(delta: dict, finish: str | None = None) -> dict[str, Any]:
-        return {"id": req.id, "object": "chat.completion.chunk", "created": req.created, "model": req.model_id,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-                "l2s": result.steering}
+def stream_chunk(req: ChatRequest, steering: dict[str, Any] | None, delta: dict[str, Any],
+                 finish: str | None = None) -> dict[str, Any]:
+    """One ``chat.completion.chunk`` of ``req``'s stream."""
+    return {"id": req.id, "object": "chat.completion.chunk", "created": req.created, "model": req.model_id,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], "l2s": steering}
 
-    out = [chunk({"role": "assistant", "content": ""})]
-    out += [chunk({"content": piece}) for piece in result.pieces if piece]
-    out.append(chunk({}, result.finish_reason))
+
+def stream_end(req: ChatRequest, result: Any, rest: str) -> list[dict[str, Any]]:
+    """The last chunks of a stream whose tokens were sent as they came: the text the whole answer
+    adds to them (``rest``), the finish reason, then the usage when asked for."""
+    out = [stream_chunk(req, result.steering, {"content": rest})] if rest else []
+    out.append(stream_chunk(req, result.steering, {}, result.finish_reason))
     if req.include_usage:
         out.append({"id": req.id, "object": "chat.completion.chunk", "created": req.created, "model": req.model_id,
                     "choices": [], "usage": _usage(result.prompt_tokens, len(result.token_ids))})
     return out
+
+
+def stream_chunks(req: ChatRequest, result: Any) -> list[dict[str, Any]]:
+    """The ``chat.completion.chunk`` objects of a finished request: the role, one chunk per token
+    (its text as decoded after it), the finish reason, then the usage when asked for."""
+    out = [stream_chunk(req, result.steering, {"role": "assistant", "content": ""})]
+    out += [stream_chunk(req, result.steering, {"content": piece}) for piece in result.pieces if piece]
+    return out + stream_end(req, result, "")
 
 
 def models_body(cfg: Any, created: int) -> dict[str, Any]:

@@ -136,6 +136,11 @@ def test_l2s_with_l_prime_deeper_than_l_star_uses_the_unsteered_cached_h(llava, 
     torch.testing.assert_close(h_used[2:], plain[2:], atol=1e-5, rtol=1e-5)  # unsteered prefill
     assert src.provenance == {"s00": "cache", "s01": "cache", "s02": "prefill", "s03": "prefill"}
     torch.testing.assert_close(v, h_used @ src.predictor.weight)
+    # The items' encodings handed in (a server encodes a batch once): the prefilled rows read
+    # their own encodings (rows 2 and 3 of four), the vectors are the same.
+    src.provenance.clear()
+    assert torch.equal(gen.vectors(m, items, encoded=llava.encode_items(chats)), v)
+    assert torch.equal(src.predictor.seen[-1], h_used)
     # Generating reuses no steered state: the same vectors come out on a second call.
     gen.generate(m, 3.0, items, vectors=v)
     torch.testing.assert_close(gen.vectors(m, items), v)
