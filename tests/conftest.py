@@ -61,6 +61,17 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.xdist_group("processes"))
 
 
+def pytest_configure(config):
+    # pytest 9.2 keeps node ids where pytest-xdist 3.8 cannot tag them with their xdist_group, so
+    # `--dist loadgroup` would silently build every session fixture (Ray head, demo) on each worker.
+    if getattr(config.option, "dist", "no") == "loadgroup":
+        major, minor = (int(x) for x in pytest.__version__.split(".")[:2])
+        if (major, minor) >= (9, 2):
+            raise pytest.UsageError(
+                f"pytest {pytest.__version__} cannot group tests under pytest-xdist's loadgroup (each worker would "
+                f"start its own Ray head and demo); pyproject.toml asks for pytest<9.2: run `make venv`.")
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     from l2s_data.models import make_tiny
