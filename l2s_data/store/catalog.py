@@ -2,9 +2,11 @@
 
 Each :class:`Catalog` opens a fresh in-memory connection, registers the committed Parquet parts
 as pyarrow datasets (read through fsspec, never through DuckDB extensions) and the snapshot's
-manifest rows, creates the views of ``schemas/catalog.sql``, sets its resource limits
-(:class:`SQLLimits`), and only then locks it down::
+manifest rows (on a local disk, read by DuckDB's own Parquet reader from exactly the snapshot's
+files, the only paths it may open), creates the views of ``schemas/catalog.sql``, sets its
+resource limits (:class:`SQLLimits`), and only then locks it down::
 
+    SET allowed_paths = [the snapshot's manifest files]   -- local stores
     SET memory_limit = ...               -- a share of RAM by default
     SET temp_directory = ''              -- no spilling, unless asked, then a private folder
     SET enable_external_access = false   -- no file reads, COPY, ATTACH, INSTALL/LOAD
@@ -99,6 +101,7 @@ class Catalog:
         self.limits = resolve_limits(limits, overrides)
         self.con = duckdb.connect(":memory:")
         self._spill_dir: str | None = None
+        self._readable: frozenset[str] = frozenset()
         self._running: threading.Thread | None = None
         try:
             self._build()
@@ -109,10 +112,15 @@ class Catalog:
     def _build(self) -> None:
         con = self.con
         con.execute("SET threads TO 2")
+        backend = self.tables.backend
+        if backend.is_local and self.snapshot.files:
+            # DuckDB reads the snapshot's manifest files itself, and only those very files:
+            # nothing else, in the store or outside it, once external access is off.
+            self._readable = frozenset(backend.path(f) for f in self.snapshot.files)
+            con.execute("SET allowed_paths = ?", [sorted(self._readable)])
         for name in TABLES:
             if name == "manifests":  # scanned lazily, live rows only (the view filters too)
-                con.register("_manifests", self.snapshot.visible_dataset())
-                con.register("_excluded", self.snapshot.excluded_table())
+                self._register_manifests()
             else:
                 con.register(f"_{name}", self.tables.dataset(name))
         for stmt in con.extract_statements(catalog_sql()):
@@ -120,6 +128,25 @@ class Catalog:
         self._apply_limits()
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
+
+    def _register_manifests(self) -> None:
+        """``_manifests``: the live rows of the snapshot's files, ``_excluded``: the attempts
+        whose rows do not count. On a local disk DuckDB's own Parquet reader scans the files
+        (parallel, reading only the columns and row groups a statement needs); elsewhere a
+        pyarrow dataset read through fsspec."""
+        con, snap, backend = self.con, self.snapshot, self.tables.backend
+        con.register("_excluded", snap.excluded_table())
+        con.unregister("_manifests")
+        paths = [backend.path(f) for f in snap.files]
+        if not (backend.is_local and paths and set(paths) <= self._readable):
+            # Elsewhere, or files that a compaction wrote since the catalog was locked (its
+            # readable paths are fixed then): the same rows through a pyarrow dataset.
+            con.register("_manifests", snap.visible_dataset())
+            return
+        rel = con.read_parquet(paths)
+        if snap.excluded:  # an anti join keeps exactly the left side's columns
+            rel = rel.join(con.table("_excluded"), "attempt", how="anti")
+        rel.create_view("_manifests", replace=True)
 
     def _apply_limits(self) -> None:
         """Memory and spilling; must run before the configuration is locked."""
@@ -291,8 +318,7 @@ class Catalog:
         if all(backend.exists(f) for f in self.snapshot.files):
             return False  # the statement failed for another reason
         self.snapshot.follow()  # StoreError if the snapshot's rows were deleted meanwhile
-        self.con.register("_manifests", self.snapshot.visible_dataset())
-        self.con.register("_excluded", self.snapshot.excluded_table())
+        self._register_manifests()
         return True
 
     def _stop(self, done: threading.Event) -> None:

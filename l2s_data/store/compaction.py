@@ -9,8 +9,9 @@ loose files pile up and every snapshot reads one header per file, so they are fo
   ``FANOUT`` parts of one size tier exist and together hold at most ``STEP_ROWS`` rows, merges
   them into one (and so on up the tiers, a few merges at most). Its cost depends on those limits, not on the size of the store: a part of
   ``STEP_ROWS`` rows is never read again by a step. A writer runs it after its commit
-  (``Store.shard_writer``), once its ``won`` is settled; it skips when another process holds
-  the maintenance lease.
+  (``Store.shard_writer``), once its ``won`` is settled, on its process's first commit and then
+  once every ``LOOSE_FILES // LOOK_SHARE`` commits (:func:`due`), since counting the loose files
+  lists the folder; it skips when another process holds the maintenance lease.
 - :func:`compact` (``l2s store compact``, ``Store.maintain()``) folds every live file and
   tombstone into one part: what an extraction run does at its end, or a cron job.
 
@@ -37,7 +38,7 @@ from l2s_data.store.manifests import (
 )
 from l2s_data.store.snapshot import Snapshot
 
-__all__ = ["compact", "step", "LOOSE_FILES", "FANOUT", "STEP_ROWS"]
+__all__ = ["compact", "step", "due", "LOOSE_FILES", "LOOK_SHARE", "FANOUT", "STEP_ROWS"]
 
 #: Loose (one-shard) manifest files after which a step folds them into one part.
 LOOSE_FILES = 256
@@ -45,6 +46,11 @@ LOOSE_FILES = 256
 FANOUT = 8
 #: The most rows one step writes: larger parts are merged only by :func:`compact`.
 STEP_ROWS = 4_000_000
+
+#: A process looks at the number of loose files on its first commit and then once every
+#: ``LOOSE_FILES // LOOK_SHARE`` commits (every commit when that is below 1): counting them
+#: lists ``manifests/``, which on a local disk reads every loose file's name.
+LOOK_SHARE = 16
 
 #: Merges one step may make, one tier after another.
 _MAX_MERGES = 8
@@ -62,6 +68,11 @@ def compact(backend: Backend, take: Take, *, min_files: int = 2) -> tuple[int, s
         if len(folded) < min_files:
             return 0, None
         return len(folded), _fold(backend, snap, folded)
+
+
+def due(commits: int) -> bool:
+    """Whether a process's commit number ``commits`` (0, 1, ...) runs a :func:`step`."""
+    return commits % max(1, LOOSE_FILES // LOOK_SHARE) == 0
 
 
 def step(backend: Backend, take: Take, *, loose_files: int | None = None, fanout: int | None = None,

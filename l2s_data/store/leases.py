@@ -26,7 +26,7 @@ from l2s_data.errors import LeaseHeldError
 from l2s_data.store._backend import Backend
 from l2s_data.store.contract import now
 
-__all__ = ["Lease", "DEFAULT_TTL_S"]
+__all__ = ["Lease", "DEFAULT_TTL_S", "idle_stamp"]
 
 DEFAULT_TTL_S = 3600.0
 _KEEP = 4  # released leases kept for the record
@@ -95,3 +95,20 @@ class Lease:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def idle_stamp(backend: Backend, name: str = "maintenance") -> tuple[str, ...] | None:
+    """The names in ``leases/`` while no ``name`` lease is held (its latest one released), or
+    None while one is held (or may be: taken, not released). Lease numbers only grow, so the
+    same stamp read twice means no maintenance operation took the lease in between: no
+    compaction or tombstone was created, and no manifest removed (only a lease holder does)."""
+    entries = tuple(sorted(backend.listdir("leases")))
+    pattern = re.compile(rf"^{re.escape(name)}-(\d{{8}})\.(json|released)$")
+    taken, released = set(), set()
+    for entry in entries:
+        m = pattern.match(entry)
+        if m:
+            (taken if m.group(2) == "json" else released).add(int(m.group(1)))
+    if taken and max(taken) not in released:
+        return None
+    return entries

@@ -7,6 +7,8 @@ as well (``enable_external_access = false``, ``lock_configuration = true``; see 
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,18 +55,55 @@ def parse_one(query: str, con: duckdb.DuckDBPyConnection | None = None) -> duckd
     own = con is None
     con = duckdb.connect(":memory:") if own else con
     try:
-        stmts = con.extract_statements(query)
-    except duckdb.Error as exc:
-        raise StoreError(f"SQL does not parse: {exc}. Query: {query!r}") from exc
+        try:
+            stmts = con.extract_statements(query)
+        except duckdb.Error as exc:
+            raise StoreError(f"SQL does not parse: {exc}. Query: {query!r}") from exc
+        if len(stmts) != 1:
+            raise refuse(query, f"{len(stmts)} statements; exactly one is allowed")
+        st = stmts[0]
+        if st.type not in READ_ONLY:
+            raise refuse(query, f"{st.type.name} statement")
+        _refuse_sources(query, con)
     finally:
         if own:
             con.close()
-    if len(stmts) != 1:
-        raise refuse(query, f"{len(stmts)} statements; exactly one is allowed")
-    st = stmts[0]
-    if st.type not in READ_ONLY:
-        raise refuse(query, f"{st.type.name} statement")
     return st
+
+
+#: Table functions a statement may call: they make rows, never read a file.
+TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
+_NAME = re.compile(r"^\w+$")
+
+
+def _refuse_sources(query: str, con: duckdb.DuckDBPyConnection) -> None:
+    """Refuse a SELECT that reads from anything but named relations: a table function other
+    than :data:`TABLE_FUNCTIONS` (``read_parquet``, ``glob``, ``query``...) or a quoted path
+    (``FROM 'x.parquet'``), wherever it appears (subqueries and CTEs included). DuckDB's own
+    syntax tree says what each FROM item is; a statement it cannot serialise is refused."""
+    try:
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchall()[0][0])
+    except (duckdb.Error, ValueError, TypeError) as exc:
+        raise refuse(query, f"its sources cannot be checked: {exc}") from exc
+    if tree.get("error"):
+        raise refuse(query, f"its sources cannot be checked: {tree.get('error_message', tree)}")
+    stack: list[Any] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        kind = node.get("type")
+        if kind == "TABLE_FUNCTION":
+            fn = node.get("function") or {}
+            name = str(fn.get("function_name", "?")) if isinstance(fn, dict) else "?"
+            if name.lower() not in TABLE_FUNCTIONS:
+                raise refuse(query, f"table function {name}() reads outside the catalog views")
+        elif kind == "BASE_TABLE" and not _NAME.match(str(node.get("table_name", ""))):
+            raise refuse(query, f"{node.get('table_name')!r} is not a view name (files are not read)")
+        stack.extend(node.values())
 
 
 def check_where(fragment: str) -> str:

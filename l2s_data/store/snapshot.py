@@ -20,7 +20,9 @@ exactly the data a training run read, and survives ``compact``.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 from dataclasses import dataclass
@@ -35,9 +37,10 @@ from l2s_data.schemas import MANIFESTS
 from l2s_data.store._backend import Backend
 from l2s_data.store._chunks import ArrayInfo, ChunkCache, ChunkReader, expected_crcs, gather, load_array_info, read_chunk
 from l2s_data.store.contract import COMPACTED_PREFIX, TOMBSTONE_PREFIX, manifest_path, to_float32
+from l2s_data.store.leases import idle_stamp
 from l2s_data.store.manifests import ManifestInfo, check_rows, list_names, read_infos, superseded
 
-__all__ = ["Key", "Snapshot", "take_snapshot", "commit_of", "counting_commit"]
+__all__ = ["Key", "Snapshot", "take_snapshot", "commit_of", "counting_commit", "part_names"]
 
 
 @dataclass(frozen=True)
@@ -76,22 +79,51 @@ def _consistent_infos(backend: Backend, only: Callable[[str], bool] | None,
     raise StoreError(f"store {backend.url}: manifests kept changing while being read; retry.")
 
 
+#: backend -> (the lease stamp it was listed under, names of its parts and tombstones)
+_PARTS: weakref.WeakKeyDictionary[Backend, tuple[tuple[str, ...], list[str]]] = weakref.WeakKeyDictionary()
+_PARTS_LOCK = threading.Lock()
+
+
+def part_names(backend: Backend, *, cached: bool = True) -> list[str]:
+    """Names of the compacted parts and tombstones in ``manifests/``.
+
+    Only a maintenance lease holder creates or removes one, so the names listed while no lease
+    is held stay right for as long as the lease folder does not change (``leases.idle_stamp``):
+    this process then answers from its last listing, after one look at ``leases/``, and never
+    lists ``manifests/`` (on a local disk a listing reads every loose manifest's name too)."""
+    stamp = idle_stamp(backend)
+    if cached and stamp is not None:
+        with _PARTS_LOCK:
+            hit = _PARTS.get(backend)
+        if hit is not None and hit[0] == stamp:
+            return list(hit[1])
+    names = [f"manifests/{n}" for n in backend.listdir_prefix("manifests", "_")
+             if n.startswith((COMPACTED_PREFIX, TOMBSTONE_PREFIX)) and n.endswith(".parquet")]
+    if stamp is not None and idle_stamp(backend) == stamp:  # no lease taken while listing
+        with _PARTS_LOCK:
+            _PARTS[backend] = (stamp, names)
+    return list(names)
+
+
 def commit_of(backend: Backend, shard: str) -> str | None:
     """The attempt whose commit of ``shard`` counts now, or None: the snapshot rules applied to
     the shard's own manifest, the compactions and the tombstones (no other file can commit or
     hide it). Tombstones apply: a deleted shard is not committed.
 
-    It reads those files' headers only (cached), and looks at this one shard: its cost does not
-    grow with the number of shards or loose manifests in the store, beyond listing their names."""
+    It reads those files' headers only (cached), and looks at this one shard: one look for its
+    own name, one at ``leases/``, and the parts' names from :func:`part_names`. Its cost does
+    not grow with the number of shards or loose manifests in the store."""
     own = manifest_path(shard)
+    looks = 0
 
     def listing() -> list[str]:
         # Only the names that can commit or hide this shard: not one per loose manifest. Its
         # own name first: a compaction creates the part holding it before removing it, so a
-        # name gone by then is in a part listed after.
+        # name gone by then is in a part listed after. A second look lists afresh.
+        nonlocal looks
+        looks += 1
         mine = [own] if backend.exists(own) else []
-        return mine + [f"manifests/{n}" for n in backend.listdir_prefix("manifests", "_")
-                       if n.startswith((COMPACTED_PREFIX, TOMBSTONE_PREFIX)) and n.endswith(".parquet")]
+        return mine + part_names(backend, cached=looks == 1)
 
     return counting_commit(_consistent_infos(backend, None, listing), shard)
 

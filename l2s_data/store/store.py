@@ -17,6 +17,7 @@ gets what it needs as arguments. See DESIGN.md section 4 for the invariants.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -57,6 +58,7 @@ class Store:
         self._backend = backend
         self._tables = Tables(backend)
         self.url: str = backend.url
+        self._commits = itertools.count()  # this process's commits through this store
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
@@ -189,8 +191,10 @@ class Store:
             # A `delete` of this recipe that ran meanwhile must not leave these rows without
             # their recipe: register it again (a no-op when it is still there).
             self._tables.register_again(registration)
-            # Bounded: folds loose files once there are many, never the whole store.
-            compaction.step(self._backend, self.snapshot)
+            # Bounded: folds loose files once there are many, never the whole store; and it
+            # looks for them only now and then (counting them lists the manifests).
+            if compaction.due(next(self._commits)):
+                compaction.step(self._backend, self.snapshot)
 
         return ShardWriter(self._backend, shard_id, rid, sample_ids, chunk_bytes=chunk_bytes,
                            zarr_writer=zarr_writer, on_commit=on_commit,
