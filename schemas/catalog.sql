@@ -1,6 +1,7 @@
 -- Catalog views of an l2s-data store (format version 2).
 -- The store registers each committed table as a raw relation named _<table> (pyarrow datasets
--- over the committed Parquet parts, scanned lazily), then runs this file on an in-memory DuckDB
+-- over the committed Parquet parts; the manifests of a local store through DuckDB's own Parquet
+-- reader, over exactly the snapshot's files; all scanned lazily), then runs this file on an in-memory DuckDB
 -- connection before locking it. Parts are content-addressed and may repeat rows (the same
 -- samples put twice), so those views deduplicate. Manifests never repeat a key: the snapshot
 -- registers only live files, and _excluded lists the attempts whose rows do not count
