@@ -163,8 +163,11 @@ def plain_console() -> Console:
 
 
 def run_demo(out_dir: str | Path = "demo-out", *, n: int = 260, console: Console | None = None,
-             workers: int = 2, steer: bool = True) -> DemoResult:
-    """Run the demo into ``out_dir`` and print as it goes; returns what it printed, as data."""
+             workers: int = 2, steer: bool = True, guard: bool = True) -> DemoResult:
+    """Run the demo into ``out_dir`` and print as it goes; returns what it printed, as data.
+
+    ``guard=False`` leaves out the Unsafe-score (a tiny *random* guard, whose scores are noise and
+    take most of the evaluation's time: 43 of 62 s at the default ``n``)."""
     console = console or plain_console()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,7 +253,7 @@ def run_demo(out_dir: str | Path = "demo-out", *, n: int = 260, console: Console
     console.print(st)
     result = DemoResult(out, first, second, layer, norms, cats, cos, sql, res)
     if steer:
-        result.steering = _steer(out, cfg, ex, console)
+        result.steering = _steer(out, cfg, ex, console, guard=guard)
     return result
 
 
@@ -261,12 +264,13 @@ _TRAIN_RUN = "demo-train"
 _POPE_TRAIN_RUN = "demo-train-pope"
 #: The alphas every steering method is evaluated at (one is chosen on the validation part).
 _ALPHAS = (1.0, 2.0, 4.0)
-_GEN_BATCH = 32
+_GEN_BATCH = 128
 #: Scenes of the demo's shapes-POPE set (up to 6 questions each, in each of 3 subsets).
 POPE_SCENES = 60
 
 
-def _steer(out: Path, cfg: Any, ex: Extraction, console: Console, *, pope: bool = True) -> dict[str, Any]:
+def _steer(out: Path, cfg: Any, ex: Extraction, console: Console, *, pope: bool = True,
+           guard: bool = True) -> dict[str, Any]:
     """Stages 5-7: behaviour-agnostic pairs, a training, the evaluation of every method, a report."""
     from l2s_data.evaluate import Evaluation, write_report
     from l2s_data.models.tiny_guard import make_tiny_guard
@@ -300,11 +304,11 @@ def _steer(out: Path, cfg: Any, ex: Extraction, console: Console, *, pope: bool 
                       f"cosine(prediction, P2S) {m.get('val_cosine', float('nan')):.3f} "
                       f"(Mean-S {m.get('mean_s_cosine', float('nan')):.3f}); predictor {artifact}")
 
-    guard = out / "tiny-guard"
-    if not (guard / "config.json").is_file():
-        make_tiny_guard(guard)
+    guard_dir = out / "tiny-guard" if guard else None
+    if guard_dir is not None and not (guard_dir / "config.json").is_file():
+        make_tiny_guard(guard_dir)
     ecfg = demo_eval_config(out, layer=_STEER_LAYER, input_layer=_STEER_LAYER, predictor=artifact,
-                       ba_recipe="demo-ba-pair", guard=guard, alphas=_ALPHAS, max_new_tokens=12)
+                       ba_recipe="demo-ba-pair", guard=guard_dir, alphas=_ALPHAS, max_new_tokens=12)
     ecfg = ecfg.model_copy(update={"generation": ecfg.generation.model_copy(update={"batch_size": _GEN_BATCH})})
     evaluation = Evaluation(ecfg, adapter=ex.adapter)
     with console.status("generating with every method and alpha on the test split..."):

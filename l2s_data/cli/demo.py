@@ -15,6 +15,8 @@ def demo(
                                                              "data sets, store, predictors, reports."),
     n: int = typer.Option(260, "--n", min=39, help="Synthetic-safety samples (13 scenarios, half held out; at least 39 so that training keeps validation rows; used "
                                                    "when first built)."),
+    guard: bool = typer.Option(True, help="Score the safety answers with a tiny random guard (the Unsafe "
+                                          "columns: noise, and most of the evaluation's time)."),
 ) -> None:
     """Run every stage of the pipeline offline on a CPU, into OUT.
 
@@ -31,7 +33,7 @@ def demo(
 
     hf_logging.disable_progress_bar()  # the demo prints its own steps
     try:
-        run_demo(out, n=n, console=plain_console())
+        run_demo(out, n=n, console=plain_console(), guard=guard)
     except L2SError as err:
         fail(err, code=2)
 
