@@ -14,16 +14,16 @@ weighs the same, however many tokens it has):
    negative completions mean something, and their activations differ along "this is harmful"
    (or "an expert should answer", or "the object is there").
 2. **The unsteered answers**: comply to every safety query; POPE by colour (the hallucination).
-3. **What a behaviour direction does** (the part a large model gets from pre-training): a
-   batch row's contrastive difference at layer L*, ``v = h(pos) - h(neg)`` at the completion's
-   last token, computed by the current model (detached where it is added), is added as
-   ``alpha * v`` at every position of layer L*'s output of another (or the same) row's plain
-   prompt, with alpha drawn from [0.5, 2]; the target is the answer the *vector's* row should get (a refusal for a
-   "Harmful - Safe" vector, the vector row's expert for "Expert - AI" / "Consult - Ignore", the
-   vector row's true "Yes" / "No" on POPE). Rows given a random direction of the same norm keep
-   their unsteered answer. So a vector, not the input, decides the behaviour: a single mean
-   vector (Mean-S) pushes every input the same way, and an input-dependent one (L2S) can pick
-   the right behaviour per input, which is what the method is about.
+3. **What a behaviour direction does** (the part a large model gets from pre-training): a batch
+   row's contrastive difference at layer L*, ``v = h(pos) - h(neg)`` at the completion's last
+   token, computed by the current model (detached where it is added), is added as ``alpha * v``
+   at every position of layer L*'s output of another (or the same) row's plain prompt, with
+   alpha drawn from [0.5, 2]; the target is the answer the *vector's* row should get (a refusal
+   for a "Harmful - Safe" vector, the vector row's expert for "Expert - AI" / "Consult -
+   Ignore", the vector row's true "Yes" / "No" on POPE). Rows given a random direction of the
+   same norm keep their unsteered answer. So a vector, not the input, decides the behaviour: a
+   single mean vector (Mean-S) pushes every input the same way, and an input-dependent one (L2S)
+   can pick the right behaviour per input, which is what the method is about.
 4. **Comparable directions.** The source rows' ``v`` keep their gradient here, and a loss pulls
    every ``|v|`` toward one norm (``norm_target``). Without it the "Expert - AI" differences grew
    ~17x longer than "Harmful - Safe" ones, so their mean (Mean-S) and any MSE-trained predictor
