@@ -73,10 +73,7 @@ print(json.dumps({"s": time.perf_counter() - t0, "rss_mb": hwm / 1024, "imports_
 
 
 def build(url: Path, rows: int, n_samples: int = 10_000) -> None:
-    from l2s_data.schemas import MEMBERSHIPS, SAMPLES
     from l2s_data.store import Store
-
-    import pyarrow as pa
 
     n_keys = max(2, rows // n_samples)
     keys = [("input" if j % 2 == 0 else "p2s", "prompt_last" if j % 2 == 0 else "completion_last", j // 2)
@@ -84,13 +81,7 @@ def build(url: Path, rows: int, n_samples: int = 10_000) -> None:
     store = Store.open(url, create=True)
     rid = store.put_recipe({"bench": rows}, name="bench")
     ids = [f"{i:032x}" for i in range(n_samples)]
-    store.put_samples(
-        pa.Table.from_pylist([{"sample_id": s, "query": "q", "image_path": "i.png", "image_sha256": "0" * 64,
-                               "width": 8, "height": 8} for s in ids], schema=SAMPLES),
-        pa.Table.from_pylist([{"dataset": "bench", "subset": "all", "question_id": str(i), "sample_id": s,
-                               "category": f"c{i % 13}", "label": None, "split": "train"}
-                              for i, s in enumerate(ids)], schema=MEMBERSHIPS),
-    )
+    _put_tables(store, ids)
     block = np.random.default_rng(0).standard_normal((256, 8)).astype(np.float16)
     for k, lo in enumerate(range(0, n_samples, 256)):
         part = ids[lo:lo + 256]

@@ -303,4 +303,3 @@ class ModelAdapter(SteeredGeneration):
                     # float32 on the device: the difference of close vectors keeps its precision.
                     out[("p2s", p, layer)] = out[("pos", p, layer)] - out[("neg", p, layer)]
         return to_cpu(out)
-

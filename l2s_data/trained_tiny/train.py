@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from l2s_data.models.adapter import ModelAdapter
 from l2s_data.models.families import Vision, process_images
 from l2s_data.models.gather import layer_output
-from l2s_data.models.tiny import TRAINED_TINY_LLAVA, build_tiny
+from l2s_data.models.tiny import build_tiny
 from l2s_data.models.types import ChatInput
 from l2s_data.trained_tiny import data as td
 from l2s_data.trained_tiny.card import write_card
@@ -130,10 +130,11 @@ class _Stop(Exception):
 
 
 def _forward(model, adapter, seqs, pixels, *, delta=None, read_layer=None, probe=False):
-    """Final hidden states [R, L, D] of the left-padded ``seqs`` (None when only ``read_layer``
-    is asked for: the forward stops there), and that layer's output at each row's read token;
-    ``delta`` [R, D] is added to layer L*'s output at every position. ``probe=True`` also returns
-    layer L*'s output (before ``delta``) at each row's last prompt token, the input view h_X."""
+    """``(hidden, ids, read, h_x)``: the final hidden states [R, L, D] of the left-padded ``seqs``
+    (None when ``read_layer`` is asked for: the forward stops there), their ids, that layer's
+    output at each row's read token (or None), and with ``probe=True`` layer L*'s output (before
+    ``delta``) at each row's last prompt token, the input view h_X (or None). ``delta`` [R, D] is
+    added to layer L*'s output at every position."""
     ids, mask, pos = _batch(adapter, seqs)
     handles, got = [], {}
     if probe:  # registered first: it sees the layer's output before the steering hook adds delta
@@ -160,12 +161,12 @@ def _forward(model, adapter, seqs, pixels, *, delta=None, read_layer=None, probe
         for h in handles:
             h.remove()
     width, rows = ids.shape[1], torch.arange(len(seqs))
-    read = None
+    read = h_x = None
     if read_layer is not None:
         read = got["h"][rows, torch.tensor([width - len(s.ids) + s.read for s in seqs])]
     if probe:
-        return hidden, ids, got["x"][rows, torch.tensor([width - len(s.ids) + s.target[0] - 1 for s in seqs])]
-    return hidden, ids, read
+        h_x = got["x"][rows, torch.tensor([width - len(s.ids) + s.target[0] - 1 for s in seqs])]
+    return hidden, ids, read, h_x
 
 
 def _loss(model, hidden: torch.Tensor, ids: torch.Tensor, seqs: Sequence[_Seq]) -> torch.Tensor:
@@ -258,13 +259,13 @@ def _train(out: Path, cfg: TinyTrainConfig, progress, card: bool, stop_after: in
         batch = safe_rows + rng.sample(by_task["pope"], cfg.batch_size - half)
         # 1. the suffix questions
         qseqs = [rng.choice(questions[i]) for i in batch]
-        hidden, ids, _ = _forward(model, adapter, qseqs, pixels[batch])
+        hidden, ids, _, _ = _forward(model, adapter, qseqs, pixels[batch])
         loss_q = _loss(model, hidden, ids, qseqs)
         # 3. behaviour directions of this batch's source rows (current model); their norms are
         # pulled toward one target, so that no behaviour's direction dwarfs another's
         src_rows = [i for i in batch if pairs[i] is not None]
         both = [pairs[i][0] for i in src_rows] + [pairs[i][1] for i in src_rows]
-        _, _, h = _forward(model, adapter, both, pixels[src_rows + src_rows], read_layer=cfg.steer_layer)
+        _, _, h, _ = _forward(model, adapter, both, pixels[src_rows + src_rows], read_layer=cfg.steer_layer)
         n_src = len(src_rows)
         v_all = h[:n_src] - h[n_src:]
         loss_n = (torch.log(v_all.norm(dim=1) / cfg.norm_target) ** 2).mean()
@@ -291,7 +292,7 @@ def _train(out: Path, cfg: TinyTrainConfig, progress, card: bool, stop_after: in
                     v = d / d.norm() * v.norm()
                 delta[r] = alpha * v
             pseqs.append(enc.seq(plain[i], answer))
-        hidden, ids, hx = _forward(model, adapter, pseqs, pixels[batch], delta=delta, probe=True)
+        hidden, ids, _, hx = _forward(model, adapter, pseqs, pixels[batch], delta=delta, probe=True)
         loss_p = _loss(model, hidden, ids, pseqs)
         loss_x = F.cross_entropy(probe_head(hx), answer_group[batch])
         loss = loss_q + loss_p + cfg.norm_weight * loss_n + cfg.probe_weight * loss_x
