@@ -4,6 +4,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
+# Tests start many Python processes (pytest workers, Ray workers, jobs, servers); each one would
+# compile l2s_data and rewrite the test modules again where the environment turns bytecode caches
+# off. The caches live in __pycache__ folders of this clone (ignored by git).
+unexport PYTHONDONTWRITEBYTECODE
+
 .PHONY: venv demo test test-fast bench-store bench-extract bench-train bench-evaluate clean
 
 $(STAMP): pyproject.toml

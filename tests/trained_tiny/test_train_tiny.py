@@ -1,8 +1,8 @@
 """The trained tiny LLaVA: steering measurably works on held-out data, and `train-tiny` reproduces it.
 
-The acceptance tests run the demo's whole pipeline once (a session fixture, in-process), on the
-shipped checkpoint, and read the evaluation back from the store: alpha chosen on the validation
-part, metrics on the test part, paired (exact McNemar) tests on the same samples.
+The acceptance tests read the session's demo (``demo``: `l2s demo --no-guard` on the shipped
+checkpoint, run once for the demo, README and acceptance tests) back from its store: alpha chosen
+on the validation part, metrics on the test part, paired (exact McNemar) tests on the same samples.
 """
 
 from __future__ import annotations
@@ -11,13 +11,10 @@ import math
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
 from l2s_data.trained_tiny import read_card
 from l2s_data.models.tiny import TRAINED_TINY_LLAVA
 
-# The acceptance fixture is one in-process demo run: under pytest-xdist these tests share a worker.
-pytestmark = pytest.mark.xdist_group("trained-demo")
 
 
 def mcnemar(a: list[bool], b: list[bool]) -> float:
@@ -32,20 +29,15 @@ def mcnemar(a: list[bool], b: list[bool]) -> float:
 
 
 @pytest.fixture(scope="session")
-def demo_results(tmp_path_factory):
+def demo_results(demo):
     """The demo's evaluations (safety and shapes-POPE) on the shipped trained checkpoint."""
-    from l2s_data.demo import run_demo
     from l2s_data.evaluate.results import load_results
     from l2s_data.store import Store
 
-    out = tmp_path_factory.mktemp("trained-demo") / "demo"
-    with (out.parent / "demo.log").open("w") as log:  # what the demo printed, kept for a look
-        # no guard: the acceptance reads no Unsafe score, and the tiny guard is most of the time
-        res = run_demo(out, console=Console(file=log, width=160, markup=False, highlight=False), workers=0,
-                       guard=False)
-    store = Store.open(out / "store")
-    return {"safety": load_results(store, res.steering["eval_run"]),
-            "pope": load_results(store, res.steering["pope"]["eval_run"])}
+    store = Store.open(demo.out / "store")
+    steering = demo.result.steering
+    return {"safety": load_results(store, steering["eval_run"]),
+            "pope": load_results(store, steering["pope"]["eval_run"])}
 
 
 def _outcomes(res, method: str, alpha, key: str) -> dict[str, bool]:
