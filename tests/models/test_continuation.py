@@ -59,19 +59,25 @@ class _SeenIds:
 @pytest.fixture(scope="module")
 def sampled(tiny_adapter):
     """Per family, computed once for both prefix-sharing modes: the items, their prompt ids, and
-    the ids sampled for every seed of SEEDS (seeded sampling: the same in both modes)."""
+    for every draw of SEEDS a sampled continuation per item and side (even draws keep the last
+    generated id, odd ones drop it). The draws come from one batched, seeded generation per side
+    and ``include_last`` setting (the items repeated): what the test checks is that a forward sees
+    the given ids, however they were drawn."""
     done: dict[str, tuple] = {}
 
     def get(family: str):
         if family not in done:
             adapter = tiny_adapter(family)
             items = _items(image)
+            b, half = len(items), len(SEEDS) // 2
             chats = {side: [ChatInput(it.image, it.query, it.suffix, getattr(it, side)) for it in items]
                      for side in ("positive", "negative")}
             prompts = {side: _unpadded(adapter.generation_inputs(c)) for side, c in chats.items()}
-            gens = {seed: {side: adapter.generate_ids(c, max_new_tokens=NEW, do_sample=True, seed=seed,
-                                                      include_last=seed % 2 == 0)
-                           for side, c in chats.items()} for seed in SEEDS}
+            drawn = {(side, last): adapter.generate_ids(c * half, max_new_tokens=NEW, do_sample=True, seed=int(last),
+                                                        include_last=last)
+                     for side, c in chats.items() for last in (True, False)}
+            gens = {seed: {side: drawn[(side, seed % 2 == 0)][(seed // 2) * b:(seed // 2 + 1) * b] for side in chats}
+                    for seed in SEEDS}
             done[family] = (items, prompts, gens)
         return done[family]
 

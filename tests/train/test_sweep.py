@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from l2s_data.cli import app
 from l2s_data.errors import ConfigError
 from l2s_data.store import Store
-from l2s_data.train.sweep import draw_trials, parse_sweep_config, run_sweep
+from l2s_data.train.sweep import draw_trials, parse_sweep_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -122,43 +122,31 @@ def test_a_sweep_param_that_names_no_config_key_is_refused_up_front(planted, pla
 
 
 @pytest.mark.slow
-def test_an_asha_sweep_commits_every_trial_completed_or_stopped_with_its_epochs(
+def test_l2s_sweep_runs_an_asha_sweep_file_and_commits_every_trial_completed_or_stopped_with_its_epochs(
         planted, planted_mod, tmp_path, ray_address):
-    cfg = _sweep(planted, planted_mod, tmp_path, {"trainer.lr": [1e-5, 3e-5, 1e-3, 3e-3]},
-                 scheduler="asha", grace_epochs=1)
-    res = run_sweep(cfg, ray_address=ray_address)
-    t = Store.open(planted.url).sql(f"SELECT run_id, status, metrics_json, artifact FROM runs "
-                                    f"WHERE sweep_id = '{res.sweep_id}'")
-    assert sorted(t["run_id"].to_pylist()) == sorted(res.run_ids)
-    for rid, status, metrics, artifact in zip(*(t[c].to_pylist() for c in ("run_id", "status", "metrics_json", "artifact"))):
-        hist = json.loads(metrics)["history"]
-        if status == "stopped":
-            assert rid in res.stopped and artifact is None and 1 <= len(hist) < 6
-        else:
-            assert status == "completed" and len(hist) == 6 and artifact
-
-
-@pytest.mark.slow
-def test_l2s_sweep_runs_a_sweep_file_and_prints_the_best_run(planted, planted_mod, tmp_path, ray_address):
-    from typer.testing import CliRunner
-
-    from l2s_data.cli import app
-
-    base = planted_mod.train_config(planted.url, tmp_path / "runs", trainer={"epochs": 3, "hidden_size": 8})
-    lines = [f'store = "{base["store"]}"', f'out_dir = "{base["out_dir"]}"', 'name = "cli"']
-    for table in ("input", "target", "split", "trainer"):
-        lines.append(f"[{table}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in base[table].items()]
-    (tmp_path / "base.toml").write_text("\n".join(lines) + "\n")
-    (tmp_path / "sweep.toml").write_text('name = "cli-sweep"\nbase = "base.toml"\n[sweep]\nmax_concurrent = 2\n'
-                                         '[sweep.params]\n"seed" = [0, 1]\n')
+    """`l2s sweep FILE` (a sweep whose base is another TOML file) with the ASHA scheduler: every
+    trial lands in runs, a stopped one with the epochs it ran and no predictor; the best is printed."""
+    base = planted_mod.train_config(planted.url, tmp_path / "runs", trainer={"epochs": 6, "hidden_size": 16})
+    (tmp_path / "base.toml").write_text("\n".join(_toml(base)) + "\n")
+    (tmp_path / "sweep.toml").write_text(
+        'name = "cli-sweep"\nbase = "base.toml"\n[sweep]\nmax_concurrent = 2\nscheduler = "asha"\ngrace_epochs = 1\n'
+        '[sweep.params]\n"trainer.lr" = [1e-5, 3e-5, 1e-3, 3e-3]\n')
     res = CliRunner().invoke(app, ["sweep", str(tmp_path / "sweep.toml"), "--ray-address", ray_address])
     assert res.exit_code == 0, res.output
-    sweep_id = res.output.split("sweep cli-sweep-")[1].split(":")[0]
-    rows = Store.open(planted.url).sql(f"SELECT run_id, config_json FROM runs WHERE sweep_id = 'cli-sweep-{sweep_id}'")
-    assert rows.num_rows == 2
-    assert sorted(json.loads(c)["seed"] for c in rows["config_json"].to_pylist()) == [0, 1]
-    assert "best: cli-sweep-" in res.output
+    sweep_id = "cli-sweep-" + res.output.split("sweep cli-sweep-")[1].split(":")[0]
+    assert f"best: {sweep_id}" in res.output
+    t = Store.open(planted.url).sql("SELECT run_id, status, config_json, metrics_json, artifact FROM runs "
+                                    "WHERE sweep_id = ?", params=[sweep_id])
+    assert sorted(json.loads(c)["trainer"]["lr"] for c in t["config_json"].to_pylist()) == [1e-5, 3e-5, 1e-3, 3e-3]
+    stopped = 0
+    for status, metrics, artifact in zip(*(t[c].to_pylist() for c in ("status", "metrics_json", "artifact"))):
+        hist = json.loads(metrics)["history"]
+        if status == "stopped":
+            stopped += 1
+            assert artifact is None and 1 <= len(hist) < 6
+        else:
+            assert status == "completed" and len(hist) == 6 and artifact
+    assert (f"{stopped} stopped early" in res.output) == (stopped > 0)
 
 
 def test_the_shipped_sweep_config_draws_eight_trials_over_the_demo_store():
