@@ -28,11 +28,18 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from l2s_data.datasets import make_synthetic
 from l2s_data.errors import ConfigError
-from l2s_data.extract import Extraction, RunReport, parse_config
+from l2s_data.evaluate import Evaluation, write_report
 from l2s_data.evaluate.config import EvalConfig
 from l2s_data.evaluate.config import parse_config as parse_eval_config
+from l2s_data.evaluate.report import summary_tables
+from l2s_data.extract import Extraction, RunReport, parse_config
 from l2s_data.extract.distributed import run_extraction
+from l2s_data.models.templates import TEMPLATES
+from l2s_data.models.tiny import TRAINED_TINY_LLAVA
+from l2s_data.models.tiny_guard import make_tiny_guard
+from l2s_data.train import load_train_config, train
 
 __all__ = ["DEMO_SQL", "DemoResult", "demo_config", "demo_eval_config", "plain_console", "run_demo"]
 
@@ -107,9 +114,6 @@ TEST_FRACTION = 0.5
 
 
 def _prepare(out_dir: Path, n: int, console: Console) -> None:
-    from l2s_data.datasets import make_synthetic
-    from l2s_data.models.tiny import TRAINED_TINY_LLAVA
-
     ckpt = out_dir / "tiny-llava"
     if (ckpt / "config.json").is_file() and checkpoint_is_current(ckpt) and is_shipped(ckpt):
         console.print(f"[1/7] trained tiny LLaVA checkpoint: cached at {ckpt}")
@@ -141,8 +145,6 @@ def _digest(path: Path) -> str:
 
 def is_shipped(ckpt: Path) -> bool:
     """Whether ``ckpt`` holds the weights of the trained checkpoint this version ships."""
-    from l2s_data.models.tiny import TRAINED_TINY_LLAVA
-
     mine, shipped = ckpt / "model.safetensors", TRAINED_TINY_LLAVA / "model.safetensors"
     return mine.is_file() and _digest(mine) == _digest(shipped)
 
@@ -150,8 +152,6 @@ def is_shipped(ckpt: Path) -> bool:
 def checkpoint_is_current(ckpt: Path) -> bool:
     """Whether a cached tiny checkpoint has this version's chat template (an older one is
     rebuilt: its fingerprint, and so its recipes, differ; the store keeps both)."""
-    from l2s_data.models.templates import TEMPLATES
-
     template = ckpt / "chat_template.jinja"
     return template.is_file() and template.read_text().strip() == TEMPLATES["llava"].strip()
 
@@ -272,10 +272,6 @@ POPE_SCENES = 60
 def _steer(out: Path, cfg: Any, ex: Extraction, console: Console, *, pope: bool = True,
            guard: bool = True) -> dict[str, Any]:
     """Stages 5-7: behaviour-agnostic pairs, a training, the evaluation of every method, a report."""
-    from l2s_data.evaluate import Evaluation, write_report
-    from l2s_data.models.tiny_guard import make_tiny_guard
-    from l2s_data.train import load_train_config, train
-
     ba_cfg = parse_config({
         "model": cfg.model.model_dump(), "data": cfg.data.model_dump(),
         "behavior": {"behavior": "safety-agnostic"},
@@ -326,11 +322,6 @@ def _steer(out: Path, cfg: Any, ex: Extraction, console: Console, *, pope: bool 
 
 def _steer_pope(out: Path, cfg: Any, ex: Extraction, console: Console) -> dict[str, Any]:
     """The same pipeline on shapes-POPE: extraction, an L2S training, the evaluation, a report."""
-    from l2s_data.datasets import make_synthetic
-    from l2s_data.evaluate import Evaluation, write_report
-    from l2s_data.evaluate.config import parse_config as parse_eval_config
-    from l2s_data.train import load_train_config, train
-
     data = out / "pope-data"
     if not (data / "samples.parquet").is_file():
         with console.status("generating the shapes-POPE data set..."):
@@ -393,8 +384,6 @@ def _steer_pope(out: Path, cfg: Any, ex: Extraction, console: Console) -> dict[s
 def _print_summary(console: Console, files: Any, title: str) -> None:
     """The report's table on the console, cut into 80-column tables (method, alpha and n in each)
     so that no metric name is cut; intervals and paired tests are in the report files."""
-    from l2s_data.evaluate.report import summary_tables
-
     if files.identity.get("warning"):
         console.print(files.identity["warning"])
     for k, (header, rows) in enumerate(summary_tables(files.header, files.rows, files.ns)):

@@ -26,6 +26,7 @@ With no token found, requests go without one (a cluster started with ``RAY_AUTH_
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +84,6 @@ class JobSpec:
     @property
     def argv(self) -> list[str]:
         """The entrypoint as arguments: ``["python", "jobs/<kind>.py", *ARGS]``."""
-        import shlex
-
         return shlex.split(self.entrypoint)
 
 
@@ -92,8 +91,6 @@ def job_spec(kind: str, args: Sequence[str], *, env: Mapping[str, str] | None = 
              working_dir: Path | None = None) -> JobSpec:
     """The entrypoint and runtime_env that :meth:`JobClient.submit` sends for ``jobs/<kind>.py ARGS``
     (nothing is contacted: ``l2s submit ... --dry-run`` prints it)."""
-    import shlex
-
     if kind not in ENTRYPOINTS:
         raise ConfigError(f"unknown job kind {kind!r}; expected one of {sorted(ENTRYPOINTS)}")
     root = working_dir or project_root()
@@ -122,7 +119,7 @@ class JobClient:
     def __init__(self, address: str, *, token: str | None = None):
         if not address:
             raise ConfigError("no Ray dashboard address: pass --address http://HEAD:8265 (or set RAY_API_SERVER_ADDRESS)")
-        from ray.job_submission import JobSubmissionClient
+        from ray.job_submission import JobSubmissionClient  # ~1.8 s of import: only when a job is sent
 
         tok = find_token(token)
         headers = {"Authorization": f"Bearer {tok}"} if tok else None

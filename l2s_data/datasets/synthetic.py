@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from l2s_data.datasets.shapes_pope import make_shapes_pope
+from l2s_data.datasets.synthetic_safety import make_synthetic_safety
 from l2s_data.datasets.tables import DatasetTables, write_dataset
 from l2s_data.errors import DataSourceError
 
@@ -28,12 +30,8 @@ def make_synthetic(name: str, out_dir: str | os.PathLike, *, n: int = 100, seed:
         raise DataSourceError(f"{name}: n must be a positive integer (number of images), got {n!r}.")
     out = Path(out_dir)
     if name == "synthetic-safety":
-        from l2s_data.datasets.synthetic_safety import make_synthetic_safety
-
         tables = make_synthetic_safety(out, n=n, seed=seed, test_fraction=test_fraction)
     else:
-        from l2s_data.datasets.shapes_pope import make_shapes_pope
-
         tables = make_shapes_pope(out, n=n, seed=seed, test_fraction=test_fraction)
     write_dataset(tables, out)
     return tables

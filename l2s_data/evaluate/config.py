@@ -78,8 +78,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from l2s_data.behaviors import load_preset
 from l2s_data.configfile import read_toml, validation_message
-from l2s_data.errors import ConfigError
+from l2s_data.errors import BehaviorError, ConfigError
 from l2s_data.evaluate.methods import get_method, parse_alphas
 
 __all__ = ["EvalConfig", "config_identity", "load_config", "parse_config", "RUN_ID_PATTERN"]
@@ -246,9 +247,6 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def preset_defaults(name: str, task: str) -> dict[str, Any]:
     """What preset ``name`` decides of an evaluation of ``task``: the generation settings
     (sampling, new tokens steered and unsteered, dtype), alpha and L*."""
-    from l2s_data.behaviors import load_preset
-    from l2s_data.errors import BehaviorError
-
     try:
         t = load_preset(name).task(task)
     except BehaviorError as exc:

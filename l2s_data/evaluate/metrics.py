@@ -43,6 +43,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
 from l2s_data.errors import InputError
 
 __all__ = [
@@ -191,8 +192,6 @@ def reference_f1(accuracy: float) -> float:
 def reference_thresholds(tau: float) -> list[float]:
     """The paper's code's thresholds: ``np.arange(tau, 1.0, 0.02)``, float rounding included
     (16 values at tau = 0.7, the last one 1.0000000000000002)."""
-    import numpy as np
-
     return [float(t) for t in np.arange(tau, 1.0, _STEP)]
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from l2s_data.errors import ConfigError, KeyNotFoundError
+from l2s_data.steer import load_predictor
 
 __all__ = ["PairPositions", "resolve_pair_positions", "trained_pair_positions", "missing_p2s", "live_p2s_count"]
 
@@ -54,8 +55,6 @@ def trained_pair_positions(predictor: Any) -> tuple[str | None, dict[str, str]]:
     if predictor is None:
         return None, {}
     if isinstance(predictor, (str, bytes)) or hasattr(predictor, "__fspath__"):
-        from l2s_data.steer import load_predictor
-
         _, meta = load_predictor(predictor)
         key, overrides = meta.target_key, meta.config.get("target", {}).get("position_overrides", {})
     else:

@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from l2s_data.evaluate.identity import describe_identity, model_identity
-from l2s_data.evaluate.metrics import pope_parse
+from l2s_data.evaluate.metrics import pope_parse, reference_f1
+from l2s_data.evaluate.plots import has_data, plot_group_bars, plot_metric_vs_alpha
 from l2s_data.evaluate.protocols import EvalStore
 from l2s_data.evaluate.results import METRICS, Results, fmt_value, load_results, method_label, table_rows
 from l2s_data.evaluate.stats import LEVEL, N_BOOT, bootstrap_ratios, mcnemar, percentile_interval
@@ -101,8 +102,6 @@ def cell_stats(res: Results, rows: list[dict[str, Any]], names: list[str], *, n_
                seed: int = 0) -> dict[str, dict[str, float]]:
     """Per metric: value, n and the ``LEVEL`` bootstrap interval (lo, hi) over ``rows``
     (:func:`~.stats.bootstrap_ratios`: every metric on the same resamples of the rows)."""
-    from l2s_data.evaluate.metrics import reference_f1
-
     point = res.compute(rows)
     boots = bootstrap_ratios(_ratio_columns(res, rows, names), len(rows), n_boot=n_boot, seed=seed)
     if res.task == "pope":
@@ -222,8 +221,6 @@ def _stat_rows(res: Results, chosen: dict[str, float | None], names: list[str], 
 def write_report(store: EvalStore, run_id: str, out_dir: str | os.PathLike, *, select: str | None = None,
                  n_boot: int = N_BOOT) -> ReportFiles:
     """Write the report of evaluation run ``run_id`` into ``out_dir`` (made if absent)."""
-    from l2s_data.evaluate.plots import has_data, plot_group_bars, plot_metric_vs_alpha
-
     res: Results = load_results(store, run_id)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ import torch
 from l2s_data.errors import InputError, LayerIndexError, PositionError, PromptTooLongError
 from l2s_data.models import families
 from l2s_data.models.encoding import Encoded, EncodedItems, encode, plan_sequences, position_weights, unpack_encoded
+from l2s_data.models.fingerprint import digest, fingerprint_spec
 from l2s_data.models.gather import Gather, StopForward, layer_hooks, to_cpu
 from l2s_data.models.prefix import run_prefix_shared
 from l2s_data.models.steering import SteeredGeneration
@@ -71,15 +72,11 @@ class ModelAdapter(SteeredGeneration):
 
     def fingerprint_spec(self) -> dict:
         """The JSON-able components the fingerprint hashes (see :mod:`.fingerprint`)."""
-        from l2s_data.models.fingerprint import fingerprint_spec
-
         return fingerprint_spec(self)
 
     def fingerprint(self) -> str:
         """Hex digest of :meth:`fingerprint_spec`; stable across processes."""
         if self._fingerprint is None:
-            from l2s_data.models.fingerprint import digest
-
             self._fingerprint = digest(self.fingerprint_spec())
         return self._fingerprint
 

@@ -33,6 +33,8 @@ P2S vector), which a chat request does not carry.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -152,8 +154,6 @@ class ServeConfig:
 
     def check_files(self) -> None:
         """Refuse (before anything starts) a model or predictor path that names nothing here."""
-        import os
-
         for what, p in (("[model] path", self.evaluation.model.path), ("[l2s] predictor", self.evaluation.l2s.predictor)):
             if p and "://" not in p and not Path(p).exists():
                 raise ConfigError(f"{what} = {p!r} does not exist (relative paths are read from the folder you run "
@@ -175,8 +175,6 @@ class ServeConfig:
     @property
     def identity(self) -> str:
         """A short hash of the resolved config (logged with the deployment)."""
-        import json
-
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 

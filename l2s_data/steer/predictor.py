@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from l2s_data.errors import PredictorMismatchError
@@ -97,8 +99,6 @@ class PredictorMeta:
 
 def save_predictor(path: str | Path, model: Predictor, meta: PredictorMeta) -> Path:
     """Write ``model``'s weights and ``meta`` to one safetensors file; returns the path."""
-    from safetensors.torch import save_file
-
     if (model.d_in, model.d_out, model.hidden) != (meta.d_in, meta.d_out, meta.hidden):
         raise PredictorMismatchError(
             f"predictor dims (d_in={model.d_in}, d_out={model.d_out}, hidden={model.hidden}) differ from "
@@ -140,8 +140,6 @@ def load_predictor(path: str | Path, *, d_in: int | None = None, d_out: int | No
         input_key, target_key: partial keys (``{"recipe": id, "layer": 14}``, any of recipe /
             view / position / layer) the predictor must have been trained on.
     """
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if not path.is_file():
         raise PredictorMismatchError(f"no predictor file at {path}; train one with `l2s train CONFIG`.")

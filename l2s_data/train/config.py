@@ -51,7 +51,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from l2s_data.behaviors import TargetScaling, TrainerSettings
+from l2s_data.behaviors import TargetScaling, TrainerSettings, load_preset
 from l2s_data.configfile import read_toml, validation_message
 from l2s_data.errors import BehaviorError, ConfigError
 from l2s_data.store import Key
@@ -152,8 +152,6 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _preset_defaults(name: str, task: str) -> dict[str, Any]:
-    from l2s_data.behaviors import load_preset
-
     try:
         t = load_preset(name).task(task)
     except BehaviorError as exc:

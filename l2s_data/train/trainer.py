@@ -39,8 +39,10 @@ import torch.nn.functional as F
 from l2s_data.behaviors import TrainerSettings
 from l2s_data.errors import TrainingError
 from l2s_data.steer.predictor import Predictor, PredictorMeta, save_predictor
+from l2s_data.store import Store
 from l2s_data.train.config import TrainConfig
 from l2s_data.train.data import TrainData, load_data, resolve_recipe_ids
+from l2s_data.train.evaluate import evaluate_offline
 
 __all__ = ["TrainResult", "train", "fit", "commit_run", "loss_terms", "criterion", "batch_weights", "lr_factor",
            "init_decoder", "new_run_id"]
@@ -256,9 +258,6 @@ def train(cfg: TrainConfig, *, store=None, data: TrainData | None = None, run_id
     ``data`` skips reading the store (a sweep passes rows it read once); ``save=False`` writes
     no file and commits no row (benchmarks).
     """
-    from l2s_data.store import Store
-    from l2s_data.train.evaluate import evaluate_offline
-
     t0 = time.perf_counter()
     store = store if store is not None else Store.open(cfg.store)
     data = data if data is not None else load_data(cfg, store)
