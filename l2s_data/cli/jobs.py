@@ -169,6 +169,7 @@ def submit_serve(
                                                      "this shell's value (store credentials, endpoints). Repeatable."),
     token_file: Optional[Path] = _TokenFile,
     wait: bool = typer.Option(False, "--wait", help="Wait for the job (the deployment) to end, then print its logs."),
+    dry_run: bool = _DryRun,
 ) -> None:
     """Run `jobs/serve.py CONFIG` on a cluster: deploys the Ray Serve application, which keeps serving after the job ends."""
     args = [_job_path(config), "--address", "auto", "--host", host]
@@ -176,7 +177,7 @@ def submit_serve(
         args += ["--replicas", str(replicas)]
     if port:
         args += ["--port", str(port)]
-    _submit("serve", args, address, token_file, env, wait)
+    _submit("serve", args, address, token_file, env, wait, dry_run)
 
 
 def _when(t: Optional[float]) -> str:
