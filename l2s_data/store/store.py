@@ -1,18 +1,22 @@
 """The activation store: a folder at a URL holding Zarr shard attempts and committed Parquet.
 
-::
+``Store`` is a facade of five verbs, and nothing else (the store guide's table of them is
+checked against this class by ``tests/store/test_facade.py``)::
 
-    store = Store.open("runs/store", create=True)          # or "s3://bucket/store"
-    rid = store.put_recipe({"model": "...", "layers": [14]}, name="llava-safety")
+    store = Store.open("runs/store", create=True)                  # open (or "s3://bucket/store")
+    rid = store.put_recipe({"model": "...", "layers": [14]}, name="llava-safety")   # write
+    store.put("samples", samples, memberships=memberships)
     with store.shard_writer("s-0", rid, ids) as w:
-        w.write("p2s", "completion_last", 14, v, "float32")   # [len(ids), D]
-    snap = store.snapshot()
-    x = snap.read(rid, "p2s", "completion_last", 14, ids)     # float32 [len(ids), D]
-    store.sql("SELECT view, count(*) FROM manifests GROUP BY view")
+        w.write("p2s", "completion_last", 14, v, "float32")      # [len(ids), D]
+    store.sql("SELECT view, count(*) FROM manifests GROUP BY view")   # sql (also catalog())
+    x = store.snapshot().read(rid, "p2s", "completion_last", 14, ids)  # read / stream
+    ds = store.columns((x_key, y_key), where="split = 'train'")
+    store.maintain(gc=True)                                          # maintain
+    store.admin.verify()                                             # info, gc, compact, ...
 
-``Store`` is a thin facade: it opens the backend and composes the layers below it (tables,
-snapshots, the writer, the catalog, the loader and the maintenance operations), each of which
-gets what it needs as arguments. See DESIGN.md section 4 for the invariants.
+It opens the backend and composes the layers below it (tables, snapshots, the writer, the
+catalog, the loader and ``admin``), each of which gets what it needs as arguments. See DESIGN.md
+section 4 for the invariants.
 """
 
 from __future__ import annotations
