@@ -148,9 +148,9 @@ class Store:
     def put(self, table: str, rows: pa.Table | Sequence[Mapping[str, Any]], *,
             memberships: pa.Table | Sequence[Mapping[str, Any]] | None = None) -> bool:
         """Commit rows of one table (its schema in ``l2s_data.schemas``; ``created_at`` defaults
-        to now) as a content-addressed part: ``samples`` (with their ``memberships=``, both
-        checked before either is written), ``memberships``, ``errors``, ``runs``, ``extractions``
-        or ``evaluations``. Recipes go through :meth:`put_recipe`, activations through
+        to now) as one immutable part, named by its content (``evaluations``: by its keys):
+        ``samples`` (with their ``memberships=``, both checked before either is written),
+        ``memberships``, ``errors``, ``runs``, ``extractions`` or ``evaluations``. Recipes go through :meth:`put_recipe`, activations through
         :meth:`shard_writer`.
 
         Returns False only for ``evaluations`` whose very keys (``evaluation_id``) another
