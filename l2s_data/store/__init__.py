@@ -23,12 +23,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["Store", "Admin", "Key", "Recipe", "Snapshot", "ShardWriter", "DEFAULT_CHUNK_BYTES", "written_whole"]
+__all__ = ["Store", "Admin", "Key", "StoredRecipe", "Snapshot", "ShardWriter", "DEFAULT_CHUNK_BYTES", "written_whole"]
 
 _WHERE = {
     "Store": "l2s_data.store.store",
     "Admin": "l2s_data.store.admin",
-    "Recipe": "l2s_data.store.tables",
+    "StoredRecipe": "l2s_data.store.tables",
     "Key": "l2s_data.store.snapshot",
     "Snapshot": "l2s_data.store.snapshot",
     "ShardWriter": "l2s_data.store.writer",
@@ -38,7 +38,7 @@ _WHERE = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from l2s_data.store.admin import Admin
-    from l2s_data.store.tables import Recipe
+    from l2s_data.store.tables import StoredRecipe
     from l2s_data.store.snapshot import Key, Snapshot
     from l2s_data.store.store import Store
     from l2s_data.store.export import written_whole

@@ -40,7 +40,7 @@ from l2s_data.store.catalog import Catalog
 from l2s_data.store.contract import MARKER, conform, now
 from l2s_data.store.sandbox import parse_one
 from l2s_data.store.snapshot import Key, Snapshot, take_snapshot
-from l2s_data.store.tables import Recipe, Tables
+from l2s_data.store.tables import StoredRecipe, Tables
 from l2s_data.store.writer import DEFAULT_CHUNK_BYTES, ShardWriter
 
 if TYPE_CHECKING:
@@ -216,7 +216,7 @@ class Store:
         (CorruptManifestError names a damaged manifest)."""
         return take_snapshot(self._backend, lambda r: self._tables.resolve_recipe(r, must_exist=False))
 
-    def recipe(self, recipe: str) -> Recipe:
+    def recipe(self, recipe: str) -> StoredRecipe:
         """The recipe with this id or registered name: ``.id``, ``.spec``, ``.names``
         (KeyNotFoundError naming how to list them if neither)."""
         return self._tables.recipe(recipe)

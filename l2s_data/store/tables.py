@@ -31,7 +31,7 @@ from l2s_data.store.contract import (
     sha256_hex,
 )
 
-__all__ = ["Recipe", "Tables"]
+__all__ = ["StoredRecipe", "Tables"]
 
 
 #: Tables whose parts are named by the key column's values (see the module docstring).
@@ -43,7 +43,7 @@ def _recipe_part(rid: str, name: str | None) -> str:
 
 
 @dataclass(frozen=True)
-class Recipe:
+class StoredRecipe:
     """A registered recipe: its id, its spec and the names it was registered under."""
 
     id: str
@@ -163,10 +163,10 @@ class Tables:
             f"list them with `l2s sql \"SELECT recipe_id, name FROM recipes\"`."
         )
 
-    def recipe(self, recipe: str) -> Recipe:
+    def recipe(self, recipe: str) -> StoredRecipe:
         """The recipe with this id or registered name (KeyNotFoundError if neither)."""
         rid = self.resolve_recipe(recipe)
         t = self.read("recipes")
         mine = t.filter(pc.equal(t["recipe_id"], rid))
         names = tuple(sorted({n for n in mine["name"].to_pylist() if n is not None}))
-        return Recipe(rid, json.loads(mine["spec_json"][0].as_py()), names)
+        return StoredRecipe(rid, json.loads(mine["spec_json"][0].as_py()), names)
