@@ -56,12 +56,12 @@ elif kind == "raw":
     con.execute("SET threads TO 2")
     out = con.sql(arg).fetchall()[0][0]
 elif kind == "info":
-    out = Store.open(url).info().rows
+    out = Store.open(url).admin.info().rows
 elif kind == "compact":
-    out = Store.open(url).compact()[0]
-elif kind == "pairs":
-    ds = Store.open(url).pairs(Key("bench", "input", "prompt_last", 0), Key("bench", "p2s", "completion_last", 0),
-                               batch_size=256, seed=0)
+    out = Store.open(url).admin.compact()[0]
+elif kind == "columns":
+    ds = Store.open(url).columns((Key("bench", "input", "prompt_last", 0), Key("bench", "p2s", "completion_last", 0)),
+                                 batch_size=256, seed=0)
     out = 0
     for epoch in range(2):
         ds.set_epoch(epoch)
@@ -155,12 +155,13 @@ def _put_tables(store, ids: list[str]) -> None:
 
     import pyarrow as pa
 
-    store.put_samples(
+    store.put(
+        "samples",
         pa.Table.from_pylist([{"sample_id": s, "query": "q", "image_path": "i.png", "image_sha256": "0" * 64,
                                "width": 8, "height": 8} for s in ids], schema=SAMPLES),
-        pa.Table.from_pylist([{"dataset": "bench", "subset": "all", "question_id": str(i), "sample_id": s,
-                               "category": f"c{i % 13}", "label": None, "split": "train"}
-                              for i, s in enumerate(ids)], schema=MEMBERSHIPS),
+        memberships=pa.Table.from_pylist([{"dataset": "bench", "subset": "all", "question_id": str(i), "sample_id": s,
+                                           "category": f"c{i % 13}", "label": None, "split": "train"}
+                                          for i, s in enumerate(ids)], schema=MEMBERSHIPS),
     )
 
 
@@ -236,8 +237,8 @@ def main() -> None:
                           f"{a['s'] / b['s']:.1f}x |", flush=True)
                 i = best("info", url, repeats=args.repeats)
                 print(f"| {rows:,} | {layout} | `store info` | {i['s']:.2f} | {i['rss_mb']:.0f} | | |", flush=True)
-                p = best("pairs", url, repeats=args.repeats)
-                print(f"| {rows:,} | {layout} | `pairs()` one key, set-up + 2 epochs | {p['s']:.2f} | "
+                p = best("columns", url, repeats=args.repeats)
+                print(f"| {rows:,} | {layout} | `columns()` one key, set-up + 2 epochs | {p['s']:.2f} | "
                       f"{p['rss_mb']:.0f} | | |", flush=True)
             print(f"<!-- built {rows:,} rows in {built:.0f} s -->", flush=True)
 

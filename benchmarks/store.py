@@ -82,12 +82,13 @@ def main() -> None:
         # store
         store = Store.open(work / "store", create=True)
         rid = store.put_recipe({"bench": "store", "rows": n, "dim": d}, name="bench")
-        store.put_samples(
+        store.put(
+            "samples",
             pa.table({"sample_id": ids, "query": [""] * n, "image_path": [""] * n, "image_sha256": ["0" * 64] * n,
                       "width": pa.array([1] * n, pa.int32()), "height": pa.array([1] * n, pa.int32())}),
-            pa.table({"dataset": ["bench"] * n, "subset": ["all"] * n, "question_id": ids, "sample_id": ids,
-                      "category": ["c"] * n, "label": [None] * n,
-                      "split": ["test" if i % 5 == 0 else "train" for i in range(n)]}),
+            memberships=pa.table({"dataset": ["bench"] * n, "subset": ["all"] * n, "question_id": ids, "sample_id": ids,
+                                  "category": ["c"] * n, "label": [None] * n,
+                                  "split": ["test" if i % 5 == 0 else "train" for i in range(n)]}),
         )
         for s in range(0, n, SHARD_ROWS):
             with store.shard_writer(f"s{s // SHARD_ROWS:05d}", rid, ids[s : s + SHARD_ROWS]) as w:

@@ -13,7 +13,7 @@
    LLaVA-7B layer, 10% held out, H = 100, batch 64, 100 epochs): a sweep's fixed costs (worker
    processes importing torch and Tune, 4-5 s here) are paid once, so trainings of a few
    seconds each (``--quick``) cannot show the scaling.
-3. ``epoch``: training epochs whose batches stream from the store (``store.pairs``, chunked,
+3. ``epoch``: training epochs whose batches stream from the store (``store.columns``, chunked,
    shuffled) vs the same epochs from tensors in memory (target: at least 0.8x).
 """
 
@@ -115,7 +115,7 @@ def _write_store(url: Path, n: int, d: int, dtype: str = "float16"):
                        schema=SAMPLES)
     mem = pa.table({"dataset": ["bench"] * n, "subset": ["all"] * n, "question_id": ids, "sample_id": ids,
                     "category": ["c"] * n, "label": [None] * n, "split": split.tolist()}, schema=MEMBERSHIPS)
-    store.put_samples(samples, mem)
+    store.put("samples", samples, memberships=mem)
 
 
 def bench_epoch(root: Path, n: int, d: int, epochs: int) -> None:

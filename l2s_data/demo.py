@@ -200,7 +200,7 @@ def run_demo(out_dir: str | Path = "demo-out", *, n: int = 260, console: Console
     cat_of = dict(zip(mem["sample_id"].to_pylist(), mem["category"].to_pylist()))
     query_of = dict(zip(samples["sample_id"].to_pylist(), samples["query"].to_pylist()))
     snap = store.snapshot()
-    have = store.committed_keys(rpair)
+    have = snap.committed_keys(rpair)
     ids = sorted(set(have["sample_id"].to_pylist()) & set(cat_of))
     p2s = snap.read(rpair, "p2s", "completion_last", layer, ids)  # float32 [n, D]
 

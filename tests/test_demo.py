@@ -21,7 +21,7 @@ def test_the_demo_runs_end_to_end_and_its_second_run_computes_nothing(demo):
     from l2s_data.store import Store
 
     assert "on 2 Ray worker(s)" in out
-    ext = Store.open(demo.out / "store").table("extractions").to_pylist()
+    ext = Store.open(demo.out / "store").sql("SELECT * FROM _extractions").to_pylist()
     assert [(r["workers"], r["devices"], r["samples_computed"]) for r in ext] == [(2, ["cpu", "cpu"], demo.n)]
     # p2s norms were taken in float32 and are non-zero; the cosine matrix is a real one
     assert all(r["p2s"] > 0 for r in res.norms) and len(res.norms) == 4

@@ -74,7 +74,7 @@ def test_the_readme_own_extraction_sequence_runs_and_uses_what_it_made(tmp_path,
     # the config reads exactly the model and the data set that the first two commands made
     assert f'path = "{made_model}"' in cfg_text and f'path = "{made_data}"' in cfg_text
     store_url = re.search(r'store = "([^"]+)"', cfg_text).group(1)
-    ext = Store.open(tmp_path / store_url).table("extractions").to_pylist()
+    ext = Store.open(tmp_path / store_url).sql("SELECT * FROM _extractions").to_pylist()
     # the first run computed every sample of the made data set, the second (the rerun) none
     assert sorted(r["samples_computed"] for r in ext) == [0, n] and len(extracts) == 3
     recipes = Store.open(tmp_path / store_url).sql("SELECT spec_json FROM recipes")["spec_json"].to_pylist()

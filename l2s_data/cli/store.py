@@ -76,7 +76,7 @@ def _human(n: int) -> str:
 def info_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=_STORE_HELP)) -> None:
     """Recipes, rows, bytes, committed shards and orphaned attempts."""
     try:
-        i = _open(store).info()
+        i = _open(store).admin.info()
     except (L2SError, OSError) as exc:
         _fail(exc, store)
     say(f"store      {i.url}")
@@ -99,7 +99,7 @@ def verify_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=_
         s = _open(store)
         with Progress(console=console, transient=True) as bar:
             task = bar.add_task("verifying arrays", total=None)
-            problems = s.verify(progress=lambda done, total: bar.update(task, completed=done, total=total))
+            problems = s.admin.verify(progress=lambda done, total: bar.update(task, completed=done, total=total))
     except (L2SError, OSError) as exc:
         _fail(exc, store)
     if not problems:
@@ -125,7 +125,7 @@ def gc_cmd(
     Only folders the store wrote are removed; links, stray files and unknown names are listed
     and kept."""
     try:
-        r = _open(store).gc(grace_s=grace, dry_run=dry_run)
+        r = _open(store).admin.gc(grace_s=grace, dry_run=dry_run)
     except (L2SError, OSError) as exc:
         _fail(exc, store)
     verb = "would remove" if dry_run else "removed"
@@ -142,7 +142,7 @@ def gc_cmd(
 def compact_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=_STORE_HELP)) -> None:
     """Fold all manifest files into one (atomically; readers stay correct, the snapshot id stays)."""
     try:
-        n, name = _open(store).compact()
+        n, name = _open(store).admin.compact()
     except (L2SError, OSError) as exc:
         _fail(exc, store)
     say(f"folded {n} manifest file(s) into {name}" if name else "nothing to compact")
@@ -151,10 +151,10 @@ def compact_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=
 @app.command("migrate")
 def migrate_cmd(store: Optional[str] = typer.Option(None, "--store", "-s", help=_STORE_HELP)) -> None:
     """Upgrade a store written by an older l2s-data in place (rewrites its manifests only)."""
-    from l2s_data.store import Store
+    from l2s_data.store import Admin
 
     try:
-        n = Store.migrate(_store_url(store))
+        n = Admin.migrate(_store_url(store))
     except L2SError as exc:
         _fail(exc)
     say(f"migrated: folded {n} manifest file(s) into one checked manifest" if n else "already current")
@@ -168,7 +168,7 @@ def delete_cmd(
 ) -> None:
     """Delete every stored row of a recipe (refused while runs reference it, unless --force)."""
     try:
-        r = _open(store).delete_recipe(recipe, force=force)
+        r = _open(store).admin.delete_recipe(recipe, force=force)
     except (L2SError, OSError) as exc:
         _fail(exc, store)
     say(f"deleted recipe {r.recipe_id}: {r.rows} rows in {len(set(r.shards))} shard(s), {_human(r.bytes)}")
@@ -325,7 +325,7 @@ def export_cmd(
 ) -> None:
     """Materialise the catalog views as tables in FILE.duckdb, for the DuckDB CLI and other tools."""
     try:
-        counts = _open(store).export_catalog(file, timeout_s=timeout)
+        counts = _open(store).admin.export_catalog(file, timeout_s=timeout)
     except L2SError as exc:
         _fail(exc)
     except KeyboardInterrupt:

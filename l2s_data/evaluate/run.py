@@ -294,13 +294,13 @@ class Evaluation:
     def _recipe_id(self, name: str) -> str | None:
         """The id of the recipe with this id or name, None if the store has none."""
         try:
-            return self.store.resolve_recipe(name)
+            return self.store.recipe(name).id
         except KeyNotFoundError:
             return None
 
     def _check_recipe_model(self, key: str, name: str, rid: str) -> None:
         """A cache recipe must come from the evaluated model: the same weights and processor."""
-        model = self.store.recipe_spec(rid).get("model")
+        model = self.store.recipe(rid).spec.get("model")
         theirs = model.get("fingerprint") if isinstance(model, dict) else None
         if theirs is not None and theirs != self.adapter.fingerprint():
             raise ConfigError(
@@ -362,14 +362,14 @@ class Evaluation:
     def record(self) -> None:
         """Commit the run's config and its samples' tables (idempotent)."""
         samples, mem = self.selection
-        self.store.put_samples(samples, mem)
+        self.store.put("samples", samples, memberships=mem)
         pair = self._recipe_id(self.config.cache.pair_recipe) if self.config.cache.pair_recipe else None
         self.live_p2s = self._live_p2s(self.store.snapshot(), pair, self._pair_positions())
         rids = []
         for r in (self.config.cache.input_recipe, self.config.cache.pair_recipe, self.config.cache.ba_recipe):
             if r:
                 rids.append(self._recipe_id(r) or r)
-        self.store.put_runs([{
+        self.store.put("runs", [{
             "run_id": self.run_id, "kind": "evaluate", "recipe_ids": sorted(set(rids)),
             "snapshot_id": self.store.snapshot().id, "status": "started",
             "config_json": json.dumps(self.config.to_dict(), sort_keys=True),

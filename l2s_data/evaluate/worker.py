@@ -133,4 +133,4 @@ class EvalWorker:
                 "scores_json": json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v)
                                            for k, v in s.items()}, sort_keys=True),
             })
-        self.store.put_evaluations(rows)
+        self.store.put("evaluations", rows)

@@ -262,4 +262,4 @@ def _record(ex: Extraction, report: RunReport, workers: int, devices: Sequence[s
             status: str, error: str | None, retried: int) -> None:
     row = extraction_row(ex, report, workers=workers, devices=devices, started=started,
                          ended=datetime.now(timezone.utc), status=status, error=error, retried=retried)
-    ex.open_store(create=True).put_extractions([row])
+    ex.open_store(create=True).put("extractions", [row])

@@ -107,7 +107,7 @@ def complete_samples(committed: Iterable[tuple[str, str, int, str]], recipe: Rec
     """Sample ids for which every (view, position, layer) key of ``recipe`` is committed.
 
     ``committed`` yields (view, position, layer, sample_id), e.g. the rows of
-    ``Store.committed_keys(recipe_id)``.
+    ``store.snapshot().committed_keys(recipe_id)``.
     """
     wanted = set(recipe.recipe.keys())
     have: dict[str, set[tuple[str, str, int]]] = {}

@@ -37,7 +37,7 @@ from l2s_data.extract.worker import ExtractionWorker
 
 if TYPE_CHECKING:  # transformers and DuckDB: imported when a model or a store is opened
     from l2s_data.models import ModelAdapter
-    from l2s_data.store import Store
+    from l2s_data.store import Snapshot, Store
 
 __all__ = ["Extraction", "DryRun", "RunReport"]
 
@@ -261,13 +261,14 @@ class Extraction:
         complete: dict[str, set[str]] = {}
         quarantined: dict[str, set[str]] = {k: set() for k in refs}
         if store is not None:
+            snap = store.snapshot()
             for kind, ref in refs.items():
-                t = store.committed_keys(ref.recipe_id)
+                t = snap.committed_keys(ref.recipe_id)
                 rows = zip(t["view"].to_pylist(), t["position"].to_pylist(), t["layer"].to_pylist(),
                            t["sample_id"].to_pylist())
                 complete[kind] = complete_samples(rows, ref)
             if not self.config.run.retry_errors:
-                for kind, got in _quarantined(store, refs).items():
+                for kind, got in _quarantined(store, refs, snap).items():
                     quarantined[kind] |= got
         if "pair" in refs:
             quarantined["pair"] |= set(self._resolved.conflicts)
@@ -312,11 +313,11 @@ class Extraction:
         refs = {k: RecipeRef(r, store.put_recipe(r.spec(), name=f"{name}-{k}" if name else None))
                 for k, r in self.recipes.items()}
         samples, mem = self.selection
-        store.put_samples(samples, mem)
+        store.put("samples", samples, memberships=mem)
         plan = self.plan(store=store, refs=refs)
         new_conflicts = _new_conflicts(store, refs, self._resolved.conflicts)
         if new_conflicts:
-            store.put_errors(new_conflicts)
+            store.put("errors", new_conflicts)
         return store, refs, plan
 
     def run(self, *, on_done: Callable[[ShardOutcome], None] | None = None,
@@ -334,14 +335,11 @@ class Extraction:
                          plan, tuple(outcomes), time.perf_counter() - t0, tuple(self.notes()))
 
 
-def _quarantined(store: Store, refs: Mapping[str, RecipeRef]) -> dict[str, set[str]]:
-    """Samples with a recorded error per recipe kind (skipped unless ``retry_errors``).
-
-    Reads the committed errors parts directly: no catalog (and no manifest snapshot) needed.
-    """
+def _quarantined(store: Store, refs: Mapping[str, RecipeRef], snap: Snapshot | None = None) -> dict[str, set[str]]:
+    """Samples with a recorded error per recipe kind (skipped unless ``retry_errors``)."""
     kinds = {r.recipe_id: k for k, r in refs.items()}
     out: dict[str, set[str]] = {k: set() for k in refs}
-    t = store.table("errors")
+    t = store.sql("SELECT recipe_id, sample_id FROM errors WHERE sample_id IS NOT NULL", snapshot=snap)
     for rid, sid in zip(t["recipe_id"].to_pylist(), t["sample_id"].to_pylist()):
         if sid is not None and rid in kinds:
             out[kinds[rid]].add(sid)

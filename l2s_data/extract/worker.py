@@ -338,6 +338,6 @@ class ExtractionWorker:
             won[part.kind] = bool(w.won)
             keys += len(ids) * ref.recipe.keys_per_sample
         if result.errors:
-            self.store.put_errors(result.errors)
+            self.store.put("errors", result.errors)
         return ShardOutcome(result.shard.shard_id, result.samples, keys, result.quarantined,
                             won, result.compute_s, time.perf_counter() - t0)

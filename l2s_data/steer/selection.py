@@ -72,7 +72,10 @@ class Selection:
 
 def check_key(store, key: Key) -> None:
     """Raise KeyNotFoundError naming what exists if ``key`` has no committed rows."""
-    rid = store.resolve_recipe(key.recipe, must_exist=False)
+    try:
+        rid = store.recipe(key.recipe).id
+    except KeyNotFoundError:
+        rid = key.recipe  # no such recipe: the errors below say what the store holds
     layers = query(store, "SELECT DISTINCT layer FROM manifests WHERE recipe_id = ? AND view = ? AND position = ? "
                    "ORDER BY 1", [rid, key.view, key.position])["layer"].to_pylist()
     if int(key.layer) in layers:

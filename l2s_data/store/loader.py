@@ -2,9 +2,9 @@
 
 ::
 
-    ds = store.pairs(Key("input-llava", "input", "prompt_last", 14),
-                     Key("safety-llava", "p2s", "completion_last", 14),
-                     where="dataset = 'mmsb' AND split = 'train'", batch_size=64, seed=0)
+    ds = store.columns((Key("input-llava", "input", "prompt_last", 14),
+                        Key("safety-llava", "p2s", "completion_last", 14)),
+                       where="dataset = 'mmsb' AND split = 'train'", batch_size=64, seed=0)
     for epoch in range(100):
         ds.set_epoch(epoch)
         for x, y in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2):
@@ -31,6 +31,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
+from multiprocessing.context import get_spawning_popen
 from typing import Any, Protocol
 
 import numpy as np
@@ -45,12 +46,9 @@ __all__ = ["KeyedDataset"]
 
 
 class Store(Protocol):
-    """What the loader uses of the store facade that builds it (``Store.pairs``/``columns``)."""
+    """What the loader uses of the store facade that builds it (``Store.columns``)."""
 
     url: str
-
-    @property
-    def backend(self) -> Any: ...
 
     def snapshot(self) -> Any: ...
 
@@ -110,8 +108,8 @@ class KeyedDataset(torch.utils.data.IterableDataset):
         self._epoch = _SharedEpoch(int(epoch))
         self.cache_chunks = cache_chunks
         self.prefetch = _spare_core() if prefetch is None else bool(prefetch)
-        self.backend = store.backend
         snap = store.snapshot()
+        self.backend = snap.backend
         self.snapshot_id = snap.id
 
         selected = None if where is None else _select(store, snap, where)
@@ -201,8 +199,6 @@ class _SharedEpoch:
         self._box.value = epoch
 
     def __getstate__(self) -> dict[str, Any]:
-        from multiprocessing.context import get_spawning_popen
-
         return {"box": self._box} if get_spawning_popen() is not None else {"epoch": self.get()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -36,6 +36,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -327,8 +328,6 @@ def read_infos(backend: Backend, names: Sequence[str]) -> tuple[list[ManifestInf
     if len(names) <= 4:
         got = [one(n) for n in names]
     else:
-        from concurrent.futures import ThreadPoolExecutor
-
         # sha256 lets go of the GIL: on a local disk two threads hash two parts at once.
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1) if backend.is_local else 16) as pool:
             got = list(pool.map(one, names))

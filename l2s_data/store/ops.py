@@ -2,7 +2,7 @@
 is in ``compaction``).
 
 Each takes the store's parts explicitly (backend, tables, and a function that takes a fresh
-snapshot); ``Store`` exposes them as methods. compact, delete and gc hold the store's
+snapshot); ``Store.admin`` (``admin.Admin``) exposes them. compact, delete and gc hold the store's
 maintenance lease (``leases``), so two of them never interleave, and each is safe alongside
 running writers and readers:
 
@@ -28,24 +28,26 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from l2s_data.errors import CorruptManifestError, ReferencedRecipeError, StoreError
-from l2s_data.schemas import ZARR_ATTRIBUTES_KEY
+from l2s_data.schemas import FORMAT_VERSION, MANIFESTS, ZARR_ATTRIBUTES_KEY
 from l2s_data.store._backend import Backend
 from l2s_data.store._chunks import load_array_info, read_chunk
 from l2s_data.store.attempts import (
     attempt_files, files_bytes, list_attempts, recorded_age_s, remove_attempt, scan_shards,
 )
-from l2s_data.store.contract import PART_TABLES, attempt_dir, crc32c, now, sha256_hex
+from l2s_data.store.contract import MARKER, PART_TABLES, attempt_dir, check_exact, crc32c, now, sha256_hex
 from l2s_data.store.leases import Lease
 from l2s_data.store.manifests import (
-    concat_rows, drop_attempts, encode_manifest, list_names, manifest_name, order_by, read_info, read_rows,
+    check_rows, concat_rows, drop_attempts, encode_manifest, list_names, manifest_name, order_by, read_info,
+    read_rows,
 )
 from l2s_data.store.snapshot import Snapshot, commit_of
 from l2s_data.store.tables import Tables
 
 __all__ = ["StoreInfo", "Problem", "GcResult", "DeleteResult", "info", "verify", "gc", "delete_recipe",
-           "list_attempts", "scan_shards"]
+           "migrate", "list_attempts", "scan_shards"]
 
 Take = Callable[[], Snapshot]
 
@@ -311,12 +313,6 @@ def migrate(backend: Backend) -> int:
     """Upgrade a format-1 store in place: its manifests (plain Parquet, no header) are folded
     into one checked, compacted manifest; arrays, tables and recipe ids do not change (format 2
     keeps their bytes). Returns the number of format-1 manifests folded. Safe to rerun."""
-    import pyarrow.parquet as pq
-
-    from l2s_data.schemas import FORMAT_VERSION, MANIFESTS
-    from l2s_data.store.contract import MARKER, check_exact
-    from l2s_data.store.manifests import check_rows
-
     marker = json.loads(backend.read_bytes(MARKER))
     if int(marker.get("format_version", -1)) == FORMAT_VERSION:
         return 0

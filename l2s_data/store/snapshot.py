@@ -266,8 +266,9 @@ class Snapshot:
         return t
 
     def committed_keys(self, recipe: str) -> pa.Table:
-        """Columns view, position, layer, sample_id of every committed key of one recipe."""
-        return self.rows(pc.field("recipe_id") == recipe, ["view", "position", "layer", "sample_id"])
+        """Columns view, position, layer, sample_id of every committed key of one recipe (an id
+        or a registered name): what a rerun need not compute again."""
+        return self.rows(pc.field("recipe_id") == self.resolve(recipe), ["view", "position", "layer", "sample_id"])
 
     def index(self, recipe: str, view: str, position: str, layer: int) -> dict[str, tuple[str, int]]:
         """sample_id -> (array path, row) for one key column."""

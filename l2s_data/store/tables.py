@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -30,7 +31,7 @@ from l2s_data.store.contract import (
     sha256_hex,
 )
 
-__all__ = ["Tables"]
+__all__ = ["StoredRecipe", "Tables"]
 
 
 #: Tables whose parts are named by the key column's values (see the module docstring).
@@ -39,6 +40,15 @@ _KEYED = {"evaluations": "evaluation_id"}
 
 def _recipe_part(rid: str, name: str | None) -> str:
     return rid if name is None else f"{rid}-{sha256_hex(name, 16)}"
+
+
+@dataclass(frozen=True)
+class StoredRecipe:
+    """A registered recipe: its id, its spec and the names it was registered under."""
+
+    id: str
+    spec: dict[str, Any]
+    names: tuple[str, ...] = ()
 
 
 class Tables:
@@ -153,7 +163,10 @@ class Tables:
             f"list them with `l2s sql \"SELECT recipe_id, name FROM recipes\"`."
         )
 
-    def recipe_spec(self, recipe: str) -> dict[str, Any]:
+    def recipe(self, recipe: str) -> StoredRecipe:
+        """The recipe with this id or registered name (KeyNotFoundError if neither)."""
         rid = self.resolve_recipe(recipe)
         t = self.read("recipes")
-        return json.loads(t.filter(pc.equal(t["recipe_id"], rid))["spec_json"][0].as_py())
+        mine = t.filter(pc.equal(t["recipe_id"], rid))
+        names = tuple(sorted({n for n in mine["name"].to_pylist() if n is not None}))
+        return StoredRecipe(rid, json.loads(mine["spec_json"][0].as_py()), names)

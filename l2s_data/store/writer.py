@@ -215,6 +215,7 @@ class ShardWriter:
 
     def _write_zarr_python(self, name: str, stored: np.ndarray, chunk_rows: int,
                            attrs: dict[str, Any]) -> None:
+        # Only the zarr-python writer pays zarr's import (0.4 s); the default writer needs none.
         import zarr
         from zarr.codecs import Crc32cCodec
 

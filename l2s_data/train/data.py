@@ -63,12 +63,12 @@ class TrainData:
 
 def resolve_recipe_ids(store, recipes: list[str]) -> list[str]:
     """The recipe id of each id or registered name in ``recipes`` (the store's resolver)."""
-    return [store.resolve_recipe(r) for r in recipes]
+    return [store.recipe(r).id for r in recipes]
 
 
 def resolve_recipe_id(store, recipe: str) -> str:
     """The recipe id for an id or a registered name (the store's resolver)."""
-    return store.resolve_recipe(recipe)
+    return store.recipe(recipe).id
 
 
 def target_scales(spec: TargetScaling, categories: np.ndarray, targets: np.ndarray) -> dict[str, float]:
@@ -213,8 +213,8 @@ def load_data(cfg: TrainConfig, store) -> TrainData:
         scales = target_scales(cfg.target_scaling, train.categories, train.columns[1])
         weights = label_weights(train.labels) if cfg.trainer.balance_labels else {}
         return TrainData(train, val, train.snapshot_id, scales, weights, val_overlaps_test=overlap)
-    stream = store.pairs(x, y, where=sp.train_where, batch_size=cfg.trainer.batch_size, seed=cfg.seed,
-                         with_ids=True, in_memory=False)
+    stream = store.columns((x, y), where=sp.train_where, batch_size=cfg.trainer.batch_size, seed=cfg.seed,
+                           with_ids=True, in_memory=False)
     info = sample_labels(store, sp.train_where)
     exclude: frozenset[str] = frozenset()
     if sp.val_where.strip():
@@ -238,8 +238,8 @@ def load_data(cfg: TrainConfig, store) -> TrainData:
     scales: dict[str, float] = {}
     if cfg.target_scaling.method != "none":  # norms of the training targets, one streamed pass
         targets, cats = [], []
-        for _, yb, bid in store.pairs(x, y, where=sp.train_where, batch_size=4096, shuffle=False,
-                                      with_ids=True, in_memory=False):
+        for _, yb, bid in store.columns((x, y), where=sp.train_where, batch_size=4096, shuffle=False,
+                                        with_ids=True, in_memory=False):
             keep = [i for i, s in enumerate(bid) if s not in exclude]
             targets.append(yb.numpy()[keep])
             cats.extend(info.get(bid[i], (None, None))[0] for i in keep)

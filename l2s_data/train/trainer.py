@@ -292,7 +292,7 @@ def commit_run(store, cfg: TrainConfig, run_id: str, *, kind: str, sweep_id: str
     """Commit one row to the store's ``runs`` table (metrics per epoch in ``metrics_json``)."""
     if recipe_ids is None:
         recipe_ids = sorted(set(resolve_recipe_ids(store, [cfg.input.recipe, cfg.target.recipe])))
-    store.put_runs([{
+    store.put("runs", [{
         "run_id": run_id, "kind": kind, "recipe_ids": recipe_ids, "snapshot_id": snapshot_id,
         "status": status, "config_json": json.dumps(cfg.to_dict(), sort_keys=True),
         "metrics_json": json.dumps({"final": metrics, "history": history, "seconds": seconds}),

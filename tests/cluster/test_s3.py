@@ -47,12 +47,12 @@ def test_an_extraction_on_ray_into_s3_is_read_back_by_sql_and_a_loader_epoch(s3_
     rin, rpair = report.recipe_ids["input"], report.recipe_ids["pair"]
     x, y = Key(rin, "input", "prompt_last", 1), Key(rpair, "p2s", "completion_last", 1)
     seen_x, seen_y = [], []
-    for xb, yb in store.pairs(x, y, batch_size=5, shuffle=True, seed=3):
+    for xb, yb in store.columns((x, y), batch_size=5, shuffle=True, seed=3):
         seen_x.append(np.asarray(xb))
         seen_y.append(np.asarray(yb))
     xs, ys = np.concatenate(seen_x), np.concatenate(seen_y)
     assert xs.shape[0] == ys.shape[0] == N  # one epoch: every sample once
-    ids = sorted(store.committed_keys(rin)["sample_id"].to_pylist())
+    ids = sorted(store.snapshot().committed_keys(rin)["sample_id"].to_pylist())
     snap = store.snapshot()
     want_x = snap.read(rin, "input", "prompt_last", 1, ids)
     want_y = snap.read(rpair, "p2s", "completion_last", 1, ids)

@@ -28,11 +28,11 @@ def test_the_same_keys_committed_twice_count_once_and_the_first_commit_wins(tmp_
     store = Store.open(tmp_path / "store", create=True)
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     ids = [f"s{i}" for i in range(6)]
-    assert store.put_evaluations([_row("r", s, "first", t0) for s in ids]) is True
+    assert store.put("evaluations", [_row("r", s, "first", t0) for s in ids]) is True
     # a second process, same batch: loses the create, writes nothing
-    assert store.put_evaluations([_row("r", s, "second", t0 + dt.timedelta(seconds=1)) for s in ids]) is False
+    assert store.put("evaluations", [_row("r", s, "second", t0 + dt.timedelta(seconds=1)) for s in ids]) is False
     # a third, batched differently (overlapping keys): commits, and the view keeps the first rows
-    assert store.put_evaluations([_row("r", s, "third", t0 + dt.timedelta(seconds=2)) for s in ids[3:] + ["s9"]])
+    assert store.put("evaluations", [_row("r", s, "third", t0 + dt.timedelta(seconds=2)) for s in ids[3:] + ["s9"]])
     t = store.sql("SELECT sample_id, response FROM evaluations WHERE run_id = 'r' ORDER BY sample_id").to_pylist()
     assert t == [{"sample_id": s, "response": "first"} for s in ids] + [{"sample_id": "s9", "response": "third"}]
     dup = store.sql("SELECT count(*) AS n FROM (SELECT method, alpha, sample_id FROM evaluations "

@@ -51,7 +51,7 @@ def _all_keys(store: Store, rids) -> dict[tuple, np.ndarray]:
     snap = store.snapshot()
     out = {}
     for kind, rid in rids.items():
-        t = store.committed_keys(rid)
+        t = store.snapshot().committed_keys(rid)
         groups: dict[tuple, list[str]] = {}
         for v, p, layer, s in zip(t["view"].to_pylist(), t["position"].to_pylist(), t["layer"].to_pylist(),
                                   t["sample_id"].to_pylist()):
@@ -107,7 +107,7 @@ def test_two_actors_store_the_same_keys_and_values_as_the_in_process_run(ray_add
     assert sorted(first["recipe_ids"]) == sorted(remote.recipe_ids.values())
     assert '"shard_size": 4' in first["config_json"]
     # the in-process run has its row too, with its one device
-    local_rows = Store.open(tmp_path / "local").table("extractions").to_pylist()
+    local_rows = Store.open(tmp_path / "local").sql("SELECT * FROM _extractions").to_pylist()
     assert [(r["workers"], r["devices"], r["keys_written"]) for r in local_rows] == [(0, ["cpu"], total)]
 
 
@@ -133,7 +133,7 @@ def test_an_actor_killed_mid_run_is_restarted_and_nothing_is_lost_or_duplicated(
     keys = _manifest_keys(store)
     assert len(keys) == len(set(keys)) == report.plan.total_keys  # nothing lost, nothing duplicated
     assert set(store.snapshot().shards) == {p.shard_id for s in report.plan.shards for p in s.parts}
-    row = store.table("extractions").to_pylist()[0]
+    row = store.sql("SELECT * FROM _extractions").to_pylist()[0]
     assert row["status"] == "completed" and row["shards_retried"] >= 1
     # the restarted actor is a new process, and it computed the rest of the run
     assert set(pids_seen[pids_seen.index(killed[0]) + 1:]) - {killed[0]}
@@ -208,7 +208,7 @@ def test_a_shard_failing_on_every_attempt_ends_the_run_with_its_name_and_keeps_t
     committed = set(Store.open(tmp_path / "store").snapshot().shards)
     others = {p.shard_id for s in shards if s.shard_id != bad for p in s.parts}
     assert others <= committed and blocked not in committed
-    row = Store.open(tmp_path / "store").table("extractions").to_pylist()[0]
+    row = Store.open(tmp_path / "store").sql("SELECT * FROM _extractions").to_pylist()[0]
     assert row["status"] == "failed" and bad in row["error"] and row["workers"] == 1
     assert row["samples_computed"] == N - len(shards[1].items)  # the failed shard computed nothing that counts
 
@@ -228,7 +228,7 @@ def test_a_failed_run_in_process_is_recorded_in_extractions_with_its_error(tiny_
 
     with pytest.raises(ExtractionError, match=f"writing shard {shards[1].shard_id}") as err:
         run_extraction(ex)
-    rows = Store.open(tmp_path / "store").table("extractions").to_pylist()
+    rows = Store.open(tmp_path / "store").sql("SELECT * FROM _extractions").to_pylist()
     assert len(rows) == 1, rows
     row = rows[0]
     assert row["status"] == "failed" and row["workers"] == 0 and type(err.value).__name__ in row["error"]
@@ -258,7 +258,7 @@ def test_a_sample_whose_memberships_conflict_is_quarantined_in_both_modes(worker
     ex = Extraction(_config(tiny_checkpoint("llava"), data, tmp_path / "store", layers=[0]),
                     adapter=tiny_adapter("llava") if workers == 0 else None)
     report = run_extraction(ex, workers=workers, address=ray_address if workers else None)
-    errors = Store.open(tmp_path / "store").table("errors").to_pylist()
+    errors = Store.open(tmp_path / "store").sql("SELECT * FROM _errors").to_pylist()
     assert [(e["sample_id"], e["error_type"], e["recipe_id"]) for e in errors] == [
         (row["sample_id"], "ConflictingPairs", report.recipe_ids["pair"])]
     assert "2 different contrastive pairs" in errors[0]["message"]

@@ -41,9 +41,9 @@ def test_a_submitted_extraction_fills_the_store_and_its_logs_show_the_run(ray_ad
 
     # the job's result is in the store: every key of the config, one extractions row
     s = Store.open(store)
-    runs = s.table("extractions").to_pylist()
+    runs = s.sql("SELECT * FROM _extractions").to_pylist()
     assert len(runs) == 1 and runs[0]["workers"] == 1 and runs[0]["samples_computed"] == N
-    assert sum(s.committed_keys(rid).num_rows for rid in runs[0]["recipe_ids"]) == runs[0]["keys_written"] > 0
+    assert sum(s.snapshot().committed_keys(rid).num_rows for rid in runs[0]["recipe_ids"]) == runs[0]["keys_written"] > 0
 
     logs = runner.invoke(app, ["jobs", "logs", job_id, "--address", dashboard])
     assert logs.exit_code == 0, logs.output

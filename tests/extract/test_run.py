@@ -49,7 +49,7 @@ def test_a_second_run_of_the_same_config_computes_nothing(llava, data_dir, tmp_p
     assert first.written_keys == N * (layers + 3 * layers) == first.plan.total_keys
     store = Store.open(tmp_path / "store")
     for kind, rid in first.recipe_ids.items():
-        assert store.committed_keys(rid).num_rows == N * (layers if kind == "input" else 3 * layers)
+        assert store.snapshot().committed_keys(rid).num_rows == N * (layers if kind == "input" else 3 * layers)
 
     second = Extraction(cfg, adapter=adapter).run()
     assert second.computed_samples == 0 and second.outcomes == ()
@@ -94,7 +94,7 @@ def test_p2s_is_pos_minus_neg_taken_in_float32_before_the_down_cast(llava, data_
     r16 = Extraction(_config(ckpt, data_dir, tmp_path / "s16", layers=[layer], store_dtype="float16"),
                      adapter=adapter).run()
     s32, s16 = Store.open(tmp_path / "s32").snapshot(), Store.open(tmp_path / "s16").snapshot()
-    ids = sorted(Store.open(tmp_path / "s32").committed_keys(r32.recipe_ids["pair"])["sample_id"].unique().to_pylist())
+    ids = sorted(Store.open(tmp_path / "s32").snapshot().committed_keys(r32.recipe_ids["pair"])["sample_id"].unique().to_pylist())
     read = lambda snap, rid, view: snap.read(rid, view, "completion_last", layer, ids)  # noqa: E731
     pos, neg, p2s = (read(s32, r32.recipe_ids["pair"], v) for v in ("pos", "neg", "p2s"))
     assert p2s.dtype == np.float32
@@ -124,7 +124,7 @@ def test_a_corrupt_image_is_quarantined_and_the_rest_is_stored(llava, data_dir, 
     assert {e["recipe_id"] for e in errors} == set(report.recipe_ids.values())
     assert all(e["sample_id"] == bad and e["stage"] == "load" and e["error_type"] == "ImageError" for e in errors)
     assert bad in errors[0]["message"] and errors[0]["shard"]
-    stored = set(store.committed_keys(report.recipe_ids["pair"])["sample_id"].to_pylist())
+    stored = set(store.snapshot().committed_keys(report.recipe_ids["pair"])["sample_id"].to_pylist())
     assert stored == set(ds.sample_ids) - {bad}
     # the quarantined sample is not retried (and not re-recorded) by a plain rerun
     again = Extraction(cfg, adapter=adapter).run()
@@ -165,7 +165,7 @@ def test_the_reference_llava_preset_extracts_at_its_own_positions(llava, data_di
         ("input", "user_last"), ("pos", "sequence_last"), ("neg", "sequence_last"), ("p2s", "sequence_last")}
     # the stored input row is the user_last capture of the same sample
     ds = read_dataset(data_dir)
-    sid = sorted(set(store.committed_keys(report.recipe_ids["input"])["sample_id"].to_pylist()))[0]
+    sid = sorted(set(store.snapshot().committed_keys(report.recipe_ids["input"])["sample_id"].to_pylist()))[0]
     want = adapter.capture([ChatInput(ds.load_image(sid), ds.query(sid))], layers=[2], positions=["user_last"])
     got_row = store.snapshot().read(report.recipe_ids["input"], "input", "user_last", 2, [sid])
     np.testing.assert_allclose(got_row, want[("user_last", 2)].numpy(), rtol=1e-5, atol=1e-5)
@@ -231,7 +231,7 @@ def test_sampled_continuation_extends_the_completions_reproducibly(llava, data_d
             for name in ("a", "b")]
     plain = Extraction(_config(ckpt, data_dir, tmp_path / "plain", **kw), adapter=adapter).run()
     assert runs[0].recipe_ids == runs[1].recipe_ids != plain.recipe_ids  # settings are part of the recipe
-    spec = Store.open(tmp_path / "a").recipe_spec(runs[0].recipe_ids["pair"])
+    spec = Store.open(tmp_path / "a").recipe(runs[0].recipe_ids["pair"]).spec
     assert spec["completion"] == {**comp, "include_last_generated": False} and "input" not in runs[0].recipe_ids
     read = lambda name, r: Store.open(tmp_path / name).snapshot().read(  # noqa: E731
         r.recipe_ids["pair"], "pos", "completion_mean", 1, sorted(i.sample_id for s in r.plan.shards for i in s.items))
@@ -266,9 +266,9 @@ def test_a_qwen2_vl_model_extracts_through_the_same_path(tiny_checkpoint, tiny_a
     report = Extraction(cfg, adapter=adapter).run()
     assert report.computed_samples == N and report.quarantined == 0
     store = Store.open(tmp_path / "store")
-    assert store.recipe_spec(report.recipe_ids["pair"])["model"]["family"] == "qwen2-vl"
+    assert store.recipe(report.recipe_ids["pair"]).spec["model"]["family"] == "qwen2-vl"
     rid = report.recipe_ids["pair"]
-    ids = sorted(set(store.committed_keys(rid)["sample_id"].to_pylist()))
+    ids = sorted(set(store.snapshot().committed_keys(rid)["sample_id"].to_pylist()))
     snap = store.snapshot()
     pos, neg, p2s = (snap.read(rid, v, "completion_last", 2, ids) for v in ("pos", "neg", "p2s"))
     np.testing.assert_array_equal(p2s, pos - neg)

@@ -70,7 +70,7 @@ def build(root: Path, *, seed: int = 0) -> Planted:
     mem = pa.Table.from_pylist([{"dataset": "planted", "subset": "all", "question_id": i, "sample_id": i,
                                  "category": str(category[k]), "label": str(label[k]), "split": str(split[k])}
                                 for k, i in enumerate(ids)], schema=MEMBERSHIPS)
-    store.put_samples(samples, mem)
+    store.put("samples", samples, memberships=mem)
     return Planted(root, ids, {0: x0, 1: x1}, {0: y0, 1: y1}, ag, split, category, label)
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from l2s_data.schemas import MEMBERSHIPS, SAMPLES
 from l2s_data.store import Store
+from l2s_data.store.snapshot import commit_of
 
 
 @pytest.fixture
@@ -34,6 +35,12 @@ def write_shard(store: Store, shard: str, rid: str, ids, *, d: int = 8, seed: in
             out[(view, pos, layer)] = a
     assert w.won
     return out
+
+
+def committed(store: Store, shard: str) -> bool:
+    """Whether a commit of ``shard`` counts now, as the writer's own check sees it (its own
+    manifest or a compacted one, tombstones applied)."""
+    return commit_of(store.admin.backend, shard) is not None
 
 
 def tables(ids, *, split=lambda i: "train" if i % 4 else "test", category=lambda i: f"c{i % 3}"):
@@ -63,7 +70,7 @@ class Crashing:
     MUTATING = ("put_if_absent", "write_bytes", "remove_files", "remove_dir", "makedirs")
 
     def __init__(self, store: Store, at: int | None):
-        self.backend = store.backend
+        self.backend = store.admin.backend
         self.at = at
         self.calls = 0
         self.dead = False

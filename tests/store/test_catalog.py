@@ -25,9 +25,9 @@ def filled(tmp_path_factory):
     write_shard(store, "a", rid, ids[:6])
     write_shard(store, "b", rid, ids[6:])
     s, m = tables(ids)
-    store.put_samples(s, m)
-    store.put_samples(s, m)  # same content again: same part, the views dedupe anyway
-    store.put_runs([{"run_id": "run1", "kind": "train", "recipe_ids": [rid], "status": "done", "config_json": "{}"}])
+    store.put("samples", s, memberships=m)
+    store.put("samples", s, memberships=m)  # same content again: same part, the views dedupe anyway
+    store.put("runs", [{"run_id": "run1", "kind": "train", "recipe_ids": [rid], "status": "done", "config_json": "{}"}])
     return store
 
 
@@ -132,7 +132,7 @@ def test_loader_where_fragments_that_escape_are_refused(filled, where):
     before = _snapshot_of_files(filled.url)
     k = Key("r", "p2s", "completion_last", 2)
     with pytest.raises(SQLRefusedError):
-        filled.pairs(k, k, where=where)
+        filled.columns((k, k), where=where)
     assert _snapshot_of_files(filled.url) == before
     assert not os.path.exists("/tmp/l2s-escape.csv")
 
@@ -141,18 +141,18 @@ def test_where_fragments_with_quotes_and_parentheses_still_work(filled):
     assert check_where("(split = 'train') AND category IN ('c0', 'c1')")
     assert check_where("query <> 'it''s; (odd'")
     k = Key("r", "p2s", "completion_last", 2)
-    ds = filled.pairs(k, k, where="split = 'train' AND (category = 'c0' OR category = 'c1')")
+    ds = filled.columns((k, k), where="split = 'train' AND (category = 'c0' OR category = 'c1')")
     assert ds.num_rows == len([i for i in range(12) if i % 4 and i % 3 in (0, 1)])
 
 
 def test_sql_errors_name_the_query(filled):
     with pytest.raises(StoreError, match="no_such_table"):
-        filled.sql("SELECT * FROM no_such_table")
+        filled.sql("SELECT * FROM _no_such_table")
 
 
 def test_catalog_export_writes_a_duckdb_file_with_every_view(filled, tmp_path):
     out = tmp_path / "catalog.duckdb"
-    counts = filled.export_catalog(str(out))
+    counts = filled.admin.export_catalog(str(out))
     assert counts["manifests"] == 12 and counts["samples"] == 12
     con = duckdb.connect(str(out), read_only=True)
     try:
@@ -161,7 +161,7 @@ def test_catalog_export_writes_a_duckdb_file_with_every_view(filled, tmp_path):
     finally:
         con.close()
     with pytest.raises(StoreError, match="never overwrites"):
-        filled.export_catalog(str(out))
+        filled.admin.export_catalog(str(out))
 
 
 def test_select_sample_ids_filters_memberships_joined_with_samples(filled):

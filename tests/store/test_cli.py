@@ -51,12 +51,12 @@ def test_store_commands_info_verify_gc_compact_delete(store):
     assert r.exit_code == 0 and "removed 1 attempt" in r.output
     r = _l2s("store", "compact", "--store", store.url)
     assert r.exit_code == 0 and "folded 2" in r.output
-    store.put_runs([{"run_id": "run-7", "kind": "train", "recipe_ids": [rid], "status": "done", "config_json": "{}"}])
+    store.put("runs", [{"run_id": "run-7", "kind": "train", "recipe_ids": [rid], "status": "done", "config_json": "{}"}])
     r = _l2s("store", "delete", "cli", "--store", store.url)
     assert r.exit_code == 1 and "run-7" in r.output
     r = _l2s("store", "delete", "cli", "--store", store.url, "--force")
     assert r.exit_code == 0 and "6 rows" in r.output
-    assert store.info().rows == 0
+    assert store.admin.info().rows == 0
 
 
 def test_verify_exits_nonzero_on_a_flipped_byte(store):

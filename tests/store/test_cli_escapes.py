@@ -29,7 +29,7 @@ def test_sql_table_prints_control_bytes_escaped(store):
     ids = sample_ids(2)
     samples, memberships = tables(ids)
     samples = samples.set_column(samples.schema.get_field_index("query"), "query", pa.array([EVIL, "plain"]))
-    store.put_samples(samples, memberships)
+    store.put("samples", samples, memberships=memberships)
     r = CliRunner().invoke(app, ["sql", "SELECT query FROM samples ORDER BY sample_id", "--store", store.url])
     assert r.exit_code == 0, r.output
     assert "\x1b" not in r.output and "\x07" not in r.output and "\x9b" not in r.output

@@ -44,7 +44,7 @@ def _identity(path: Path) -> tuple:
 def test_a_commit_folds_the_loose_files_and_leaves_the_large_part_alone(store, monkeypatch):
     rid = store.put_recipe({"r": 1}, name="r")
     written = _write(store, rid, 0, 6)
-    store.compact()
+    store.admin.compact()
     [big] = _names(store)
     before = _identity(Path(store.url) / "manifests" / big)
     monkeypatch.setattr(compaction, "LOOSE_FILES", 3)
@@ -54,7 +54,7 @@ def test_a_commit_folds_the_loose_files_and_leaves_the_large_part_alone(store, m
     assert big in names and _identity(Path(store.url) / "manifests" / big) == before  # not rewritten
     parts = [n for n in names if n.startswith("_compacted-")]
     assert len(parts) == 2 and not [n for n in names if not n.startswith("_")]
-    new = read_info(store.backend, f"manifests/{next(p for p in parts if p != big)}")
+    new = read_info(store.admin.backend, f"manifests/{next(p for p in parts if p != big)}")
     assert sorted(new.shards) == [f"m{k:03d}" for k in range(6, 10)]  # only the loose files' shards
     snap = store.snapshot()
     assert sorted(snap.shards) == sorted(written)
@@ -75,7 +75,7 @@ def test_parts_of_one_tier_merge_and_the_snapshot_id_does_not_change(store, monk
     # 4 parts of 16 rows were made; pairs of one tier merged as they appeared: 16+16 -> 32, twice,
     # then 32+32 -> 64: one part holds everything, and no loose file is left.
     assert len(parts) == 1 and len(_names(store)) == 1
-    assert read_info(store.backend, f"manifests/{parts[0]}").rows == 8 * 4 * len(KEYS)
+    assert read_info(store.admin.backend, f"manifests/{parts[0]}").rows == 8 * 4 * len(KEYS)
     assert sorted(store.snapshot().shards) == sorted(written)
     store2 = Store.open(store.url)
     assert store2.snapshot().id == ids_seen[-1]
@@ -89,16 +89,16 @@ def test_a_step_never_merges_past_its_row_cap(store, monkeypatch):
     _write(store, rid, 0, 6)
     parts = [n for n in _names(store) if n.startswith("_compacted-")]
     assert len(parts) == 3
-    assert {read_info(store.backend, f"manifests/{p}").rows for p in parts} == {2 * 4 * len(KEYS)}
-    assert store.compact()[0] == 3 and len(_names(store)) == 1  # the full compaction still folds all
+    assert {read_info(store.admin.backend, f"manifests/{p}").rows for p in parts} == {2 * 4 * len(KEYS)}
+    assert store.admin.compact()[0] == 3 and len(_names(store)) == 1  # the full compaction still folds all
 
 
 def test_a_step_keeps_the_tombstone_that_hides_rows_of_a_part_it_did_not_rewrite(store, monkeypatch):
     gone = store.put_recipe({"r": "gone"}, name="gone")
     kept = store.put_recipe({"r": "kept"}, name="kept")
     _write(store, gone, 0, 2)
-    store.compact()  # the deleted rows now sit in a part
-    store.delete_recipe("gone")
+    store.admin.compact()  # the deleted rows now sit in a part
+    store.admin.delete_recipe("gone")
     tombs = [n for n in _names(store) if n.startswith("_tombstone-")]
     assert tombs
     monkeypatch.setattr(compaction, "LOOSE_FILES", 2)
@@ -119,7 +119,7 @@ def test_a_loser_of_a_double_commit_is_folded_away_and_the_winner_keeps_counting
     rid = store.put_recipe({"r": 1}, name="r")
     ids = sample_ids(4, prefix="dup-")
     first = write_shard(store, "dup", rid, ids, keys=KEYS, seed=1)
-    store.compact()  # the first commit is now in a part, its loose name is free
+    store.admin.compact()  # the first commit is now in a part, its loose name is free
     real, calls = writer_mod.commit_of, []
 
     def stale_first_check(backend, shard):  # the check ran before the compaction folded it

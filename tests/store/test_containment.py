@@ -75,7 +75,7 @@ def test_gc_never_deletes_through_a_symlinked_shard_folder(store, tmp_path, grac
     before = _tree(out)
     (Path(store.url) / "shards" / "s-999").symlink_to(out, target_is_directory=True)
 
-    r = store.gc(grace_s=grace)
+    r = store.admin.gc(grace_s=grace)
 
     assert _tree(out) == before  # nothing outside the store was touched
     assert (Path(store.url) / "shards" / "s-999").is_symlink()  # nor the link itself
@@ -95,7 +95,7 @@ def test_a_committed_shard_moved_to_another_disk_and_linked_back_is_refused_not_
     shard.symlink_to(moved, target_is_directory=True)
     before = _tree(moved)
 
-    r = store.gc(grace_s=0)
+    r = store.admin.gc(grace_s=0)
     assert _tree(moved) == before and r.removed == []
     assert any("shards/s-000" in k for k in r.kept_unknown)
     # The rule: a symlinked shard folder is not part of the store; its rows are never read.
@@ -103,11 +103,11 @@ def test_a_committed_shard_moved_to_another_disk_and_linked_back_is_refused_not_
         store.snapshot().read(rid, *KEY, ids[:2])
     with pytest.raises(OutsideStoreError):
         _epoch(store, rid)
-    problems = store.verify()
+    problems = store.admin.verify()
     assert problems and all(p.shard == "s-000" for p in problems)
     assert any("symbolic link" in p.message for p in problems)
     # delete never follows it either
-    store.delete_recipe(rid, force=True)
+    store.admin.delete_recipe(rid, force=True)
     assert _tree(moved) == before
 
 
@@ -118,7 +118,7 @@ def test_gc_in_a_store_whose_shards_folder_is_a_link_stops_with_a_clear_error(tm
     shutil.rmtree(tmp_path / "store" / "shards", ignore_errors=True)
     (tmp_path / "store" / "shards").symlink_to(out, target_is_directory=True)
     with pytest.raises(OutsideStoreError, match="symbolic link"):
-        store.gc(grace_s=0)
+        store.admin.gc(grace_s=0)
     assert _tree(out) == before
 
 
@@ -133,7 +133,7 @@ def test_a_symlinked_orphan_attempt_folder_is_kept_and_what_it_points_to_untouch
     (Path(store.url) / "shards" / "s-new").mkdir()
     (Path(store.url) / "shards" / "s-new" / ATTEMPT_LIKE).symlink_to(out, target_is_directory=True)
 
-    r = store.gc(grace_s=0)
+    r = store.admin.gc(grace_s=0)
     assert _tree(out) == before and r.removed == []
     assert sum("symbolic link" in k for k in r.kept_unknown) == 2
 
@@ -150,7 +150,7 @@ def test_a_committed_attempt_folder_linked_outside_is_never_read_nor_reported_ok
         store.snapshot().read(rid, *KEY, ids)
     with pytest.raises(OutsideStoreError):
         _epoch(store, rid)
-    problems = store.verify()
+    problems = store.admin.verify()
     assert problems and any("symbolic link" in p.message for p in problems)
     r = CliRunner().invoke(app, ["store", "verify", "--store", store.url])
     assert r.exit_code == 1 and "ok" not in r.output.split()
@@ -168,7 +168,7 @@ def test_a_chunk_file_linked_outside_is_never_served(store, tmp_path):
         _epoch(store, rid)
     with pytest.raises(OutsideStoreError):
         store.snapshot().read(rid, *KEY, ids)
-    assert any("symbolic link" in p.message for p in store.verify())
+    assert any("symbolic link" in p.message for p in store.admin.verify())
 
 
 def test_a_chunk_linked_to_a_system_file_is_not_opened_and_its_size_not_revealed(store, tmp_path):
@@ -198,7 +198,7 @@ def test_a_chunk_link_inside_an_orphan_attempt_keeps_the_attempt_and_its_target(
     chunk.unlink()
     chunk.symlink_to(target)
 
-    r = store.gc(grace_s=0)
+    r = store.admin.gc(grace_s=0)
     assert target.read_bytes() == b"t" * 40 and chunk.is_symlink()
     assert r.removed == [] and any(w.dir in k for k in r.kept_unknown)
 
@@ -232,13 +232,13 @@ def _stray_store(store: Store) -> tuple[Path, list[Path]]:
 
 def test_gc_keeps_and_reports_stray_files_at_every_level(store):
     root, strays = _stray_store(store)
-    r = store.gc(grace_s=0)  # even at no grace at all
+    r = store.admin.gc(grace_s=0)  # even at no grace at all
     assert all(p.read_bytes() == b"stray" for p in strays)
     for p in (strays[0], strays[1], strays[2], strays[3].parent, strays[4].parent):
         assert any(str(p.relative_to(root)) in k for k in r.kept_unknown), p
     assert any("s-lonely" in k for k in r.kept_unknown)
     assert r.removed == ["shards/s-orphan/" + r.removed[0].rsplit("/", 1)[1]]  # only the real orphan
-    assert store.verify() == []
+    assert store.admin.verify() == []
 
 
 def test_a_stray_file_inside_an_orphan_attempt_or_array_keeps_the_attempt(store):
@@ -257,7 +257,7 @@ def test_a_stray_file_inside_an_orphan_attempt_or_array_keeps_the_attempt(store)
         d = json.loads((f / "attempt.json").read_text())
         d["started_at"] = "2000-01-01T00:00:00+00:00"
         (f / "attempt.json").write_text(json.dumps(d))
-    r = store.gc(grace_s=60)
+    r = store.admin.gc(grace_s=60)
     assert r.removed == [] and all(f.is_dir() for f in folders)
     assert sum("mine.txt" in k for k in r.kept_unknown) == 2
 
@@ -267,14 +267,14 @@ def test_an_attempt_without_a_record_is_never_infinitely_old(store):
     lonely = Path(store.url) / "shards" / "s-new" / ATTEMPT_LIKE
     (lonely / "p2s.completion_last.L2").mkdir(parents=True)
     (lonely / "p2s.completion_last.L2" / "zarr.json").write_text("{}")
-    r = store.gc()  # the default grace: before, no attempt.json counted as infinitely old
+    r = store.admin.gc()  # the default grace: before, no attempt.json counted as infinitely old
     assert lonely.is_dir() and r.removed == []
     assert any(ATTEMPT_LIKE in k for k in r.kept_unknown)
 
 
 def test_info_and_the_gc_command_report_what_they_keep(store):
     root, strays = _stray_store(store)
-    info = store.info()
+    info = store.admin.info()
     assert len(info.unrecognised) >= 5 and len(info.orphans) == 2  # by name: s-orphan and s-lonely
     r = CliRunner().invoke(app, ["store", "gc", "--store", store.url, "--grace", "0"])
     assert r.exit_code == 0, r.output
@@ -286,7 +286,7 @@ def test_delete_leaves_an_attempt_holding_a_stray_file_and_the_file(store):
     rid, _, _ = _committed(store)
     stray = _attempt_dir(store, "s-000") / "mine.txt"
     stray.write_text("user file")
-    r = store.delete_recipe(rid)
+    r = store.admin.delete_recipe(rid)
     assert stray.read_text() == "user file" and any("mine.txt" in k for k in r.kept_unknown)
     assert store.snapshot().shards == {}
 
@@ -297,5 +297,5 @@ def test_removal_never_follows_a_link_to_a_folder_inside_an_attempt(store, tmp_p
     out = _outside(tmp_path)
     before = _tree(out)
     os.symlink(out, _attempt_dir(store, "s-000") / "p2s.completion_last.L9", target_is_directory=True)
-    store.delete_recipe(rid)
+    store.admin.delete_recipe(rid)
     assert _tree(out) == before

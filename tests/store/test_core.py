@@ -12,7 +12,7 @@ from l2s_data.errors import (
 )
 from l2s_data.store import Store
 
-from .conftest import rows, sample_ids, write_shard
+from .conftest import committed, rows, sample_ids, write_shard
 
 
 def test_open_refuses_a_missing_store_and_creates_one_when_asked(tmp_path):
@@ -25,12 +25,12 @@ def test_open_refuses_a_missing_store_and_creates_one_when_asked(tmp_path):
 def test_recipe_ids_are_stable_hashes_and_names_resolve(store):
     rid = store.put_recipe({"b": [1, 2], "a": "x"}, name="mine")
     assert rid == store.put_recipe({"a": "x", "b": [1, 2]})
-    assert len(rid) == 32 and store.resolve_recipe("mine") == rid
-    assert store.recipe_spec("mine") == {"a": "x", "b": [1, 2]}
+    assert len(rid) == 32 and store.recipe("mine").id == rid
+    assert store.recipe("mine").spec == {"a": "x", "b": [1, 2]}
     with pytest.raises(SchemaMismatchError, match="already names"):
         store.put_recipe({"other": 1}, name="mine")
     with pytest.raises(KeyNotFoundError, match="nope"):
-        store.resolve_recipe("nope")
+        store.recipe("nope")
 
 
 @pytest.mark.parametrize("dtype,tol", [("float32", 0), ("float16", 1e-3), ("bfloat16", 1e-2)])
@@ -59,7 +59,7 @@ def test_bfloat16_is_stored_as_uint16_bits_that_match_torch(store):
 def test_committed_keys_list_every_row_of_a_recipe(store):
     rid = store.put_recipe({"r": 1})
     write_shard(store, "a", rid, sample_ids(3), keys=(("input", "prompt_last", 1), ("p2s", "completion_last", 2)))
-    keys = store.committed_keys(rid)
+    keys = store.snapshot().committed_keys(rid)
     assert keys.column_names == ["view", "position", "layer", "sample_id"]
     assert keys.num_rows == 6
 
@@ -97,7 +97,7 @@ def test_an_exception_inside_the_block_leaves_an_invisible_orphan(store):
             raise RuntimeError("boom")
     assert w.won is None
     assert store.snapshot().row_count == 0
-    assert not store.is_committed("a")
+    assert not committed(store, "a")
 
 
 @pytest.mark.parametrize(
@@ -115,11 +115,11 @@ def test_shape_or_dtype_mismatch_is_refused_before_anything_is_written(store, ar
     with pytest.raises(WriteMismatchError, match=match):
         with store.shard_writer("a", rid, sample_ids(4)) as w:
             w.write("p2s", "completion_last", 2, array, dtype)
-    attempt = store.backend.listdir("shards/a")
+    attempt = store.admin.backend.listdir("shards/a")
     assert len(attempt) == 1
     # Only the attempt's own marker exists: no array folder was started.
-    assert store.backend.listdir(f"shards/a/{attempt[0]}") == ["attempt.json"]
-    assert not store.is_committed("a")
+    assert store.admin.backend.listdir(f"shards/a/{attempt[0]}") == ["attempt.json"]
+    assert not committed(store, "a")
 
 
 def test_a_second_array_with_another_width_is_refused(store):
@@ -147,25 +147,25 @@ def test_a_manifest_that_does_not_match_the_schema_is_refused(store):
     bad = pa.table({"recipe_id": ["r"], "sample_id": ["s"]})
     import pyarrow.parquet as pq
 
-    store.backend.makedirs("manifests")
-    pq.write_table(bad, store.backend.path("manifests/evil.parquet"))
+    store.admin.backend.makedirs("manifests")
+    pq.write_table(bad, store.admin.backend.path("manifests/evil.parquet"))
     with pytest.raises(CorruptManifestError, match="manifests/evil.parquet"):
         store.snapshot()
-    store.backend.write_bytes("manifests/evil.parquet", b"not parquet at all")
+    store.admin.backend.write_bytes("manifests/evil.parquet", b"not parquet at all")
     with pytest.raises(CorruptManifestError, match="not a Parquet file"):
         store.snapshot()
 
 
 def test_put_tables_validate_their_schema(store):
     with pytest.raises(SchemaMismatchError, match="unknown column"):
-        store.put_errors([{"stage": "x", "error_type": "E", "message": "m", "oops": 1}])
+        store.put("errors", [{"stage": "x", "error_type": "E", "message": "m", "oops": 1}])
     with pytest.raises(SchemaMismatchError, match="stage"):
-        store.put_errors([{"error_type": "E", "message": "m"}])
-    store.put_errors([{"recipe_id": "r", "sample_id": "s", "stage": "capture", "error_type": "PromptTooLongError",
+        store.put("errors", [{"error_type": "E", "message": "m"}])
+    store.put("errors", [{"recipe_id": "r", "sample_id": "s", "stage": "capture", "error_type": "PromptTooLongError",
                        "message": "too long", "shard": "a"}])
-    store.put_errors([{"recipe_id": "r", "sample_id": "s", "stage": "capture", "error_type": "PromptTooLongError",
+    store.put("errors", [{"recipe_id": "r", "sample_id": "s", "stage": "capture", "error_type": "PromptTooLongError",
                        "message": "too long", "shard": "a"}])
-    assert store.table("errors").num_rows == 2  # two parts (different created_at), two rows
+    assert store.sql("SELECT * FROM _errors").num_rows == 2  # two parts (different created_at), two rows
 
 
 def test_memory_urls_work_through_fsspec():

@@ -22,7 +22,7 @@ KEYS = [("input", "prompt_last", 0), ("p2s", "completion_last", 13), ("neg", "se
 def _write(url: str, writer: str, a: np.ndarray, dtype: str, chunk_bytes: int) -> Store:
     """One shard of ``len(KEYS)`` arrays written by ``writer``, with a fixed attempt id."""
     store = Store.open(url, create=True)
-    w = ShardWriter(store.backend, "s-1", "rid", [f"id{i}" for i in range(a.shape[0])],
+    w = ShardWriter(store.admin.backend, "s-1", "rid", [f"id{i}" for i in range(a.shape[0])],
                     chunk_bytes=chunk_bytes, zarr_writer=writer)
     # The attempt id is random per writer and is in every zarr.json: pin it to compare bytes.
     w.attempt, w.dir = ATTEMPT, attempt_dir("s-1", ATTEMPT)
@@ -35,7 +35,7 @@ def _write(url: str, writer: str, a: np.ndarray, dtype: str, chunk_bytes: int) -
 
 def _files(store: Store) -> dict[str, bytes]:
     """Every file of the attempt folder, by path relative to it, except attempt.json."""
-    b = store.backend
+    b = store.admin.backend
     root = b.path(attempt_dir("s-1", ATTEMPT)).rstrip("/")
     out = {}
     for p in b.fs.find(root):
@@ -95,9 +95,9 @@ def test_fsspec_backend_direct_files_equal_zarr_python(dtype):
     got = s_direct.snapshot().read("rid", "input", "prompt_last", 0, [f"id{i}" for i in range(11)])
     want = s_zarr.snapshot().read("rid", "input", "prompt_last", 0, [f"id{i}" for i in range(11)])
     np.testing.assert_array_equal(got, want)
-    arr = zarr.open_array(s_direct.backend.zarr_store(f"shards/s-1/{ATTEMPT}/input.prompt_last.L0", read_only=True),
+    arr = zarr.open_array(s_direct.admin.backend.zarr_store(f"shards/s-1/{ATTEMPT}/input.prompt_last.L0", read_only=True),
                           mode="r")
-    ref = zarr.open_array(s_zarr.backend.zarr_store(f"shards/s-1/{ATTEMPT}/input.prompt_last.L0", read_only=True),
+    ref = zarr.open_array(s_zarr.admin.backend.zarr_store(f"shards/s-1/{ATTEMPT}/input.prompt_last.L0", read_only=True),
                           mode="r")
     assert np.array_equal(arr[...].view(np.uint8), ref[...].view(np.uint8))
 
@@ -115,10 +115,10 @@ def test_threaded_direct_writes_read_back_through_the_direct_reader(tmp_path):
     snap = store.snapshot()
     for layer, a in want.items():
         path = f"{w.dir}/input.prompt_last.L{layer}"
-        info = load_array_info(store.backend, path)
-        got = np.concatenate([read_chunk(store.backend, info, c) for c in range(info.n_chunks)])
+        info = load_array_info(store.admin.backend, path)
+        got = np.concatenate([read_chunk(store.admin.backend, info, c) for c in range(info.n_chunks)])
         np.testing.assert_array_equal(got, a.astype(np.float16))
-        np.testing.assert_array_equal(zarr.open_array(store.backend.path(path), mode="r")[...], got)
+        np.testing.assert_array_equal(zarr.open_array(store.admin.backend.path(path), mode="r")[...], got)
         np.testing.assert_array_equal(snap.read("rid", "input", "prompt_last", layer, ids),
                                       a.astype(np.float16).astype(np.float32))
 
@@ -127,7 +127,7 @@ def test_the_writer_is_selectable_and_an_unknown_one_is_refused(tmp_path, monkey
     store = Store.open(tmp_path / "s", create=True)
     monkeypatch.setenv("L2S_ZARR_WRITER", "zarr-python")
     assert store.shard_writer("a", "rid", ["x"]).zarr_writer == "zarr-python"
-    assert ShardWriter(store.backend, "a", "rid", ["x"], zarr_writer="direct").zarr_writer == "direct"
+    assert ShardWriter(store.admin.backend, "a", "rid", ["x"], zarr_writer="direct").zarr_writer == "direct"
     monkeypatch.setenv("L2S_ZARR_WRITER", "zarrr")
     with pytest.raises(StoreError, match="zarrr"):
         store.shard_writer("a", "rid", ["x"])

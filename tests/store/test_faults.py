@@ -15,7 +15,7 @@ import pytest
 
 from l2s_data.store import Store, ops
 
-from .conftest import rows, sample_ids
+from .conftest import committed, rows, sample_ids
 
 # A child writes shards into a store; it prints a line after each step and can wait for a file.
 CHILD = textwrap.dedent(
@@ -73,8 +73,8 @@ def test_a_writer_killed_mid_shard_leaves_nothing_visible_and_a_rerun_completes(
     p.wait(timeout=30)
     assert p.returncode == -signal.SIGKILL
     snap = store.snapshot()
-    assert snap.row_count == 0 and not store.is_committed("k")
-    assert len(store.info().orphans) == 1
+    assert snap.row_count == 0 and not committed(store, "k")
+    assert len(store.admin.info().orphans) == 1
     # The rerun writes the whole shard again, in this process, and commits it.
     ids = [f"k-{i:04d}" for i in range(20)]
     with store.shard_writer("k", "r", ids) as w:
@@ -82,9 +82,9 @@ def test_a_writer_killed_mid_shard_leaves_nothing_visible_and_a_rerun_completes(
             w.write("p2s", "completion_last", layer, _expected("k", layer), "float32")
     assert w.won
     np.testing.assert_array_equal(store.snapshot().read("r", "p2s", "completion_last", 2, ids), _expected("k", 2))
-    removed = store.gc(grace_s=0).removed
+    removed = store.admin.gc(grace_s=0).removed
     assert len(removed) == 1 and removed[0].startswith("shards/k/")
-    assert store.verify() == []
+    assert store.admin.verify() == []
 
 
 @pytest.mark.slow
@@ -102,11 +102,11 @@ def test_two_attempts_racing_to_commit_one_shard_exactly_one_wins(store):
     assert sorted(outs) == ["lost x", "won x"], outs
     snap = store.snapshot()
     assert len(snap.attempts) == 1 and snap.row_count == 60
-    info = store.info()
+    info = store.admin.info()
     assert len(info.orphans) == 1  # the loser
-    gone = store.gc(grace_s=3600).removed  # a loser goes at once, whatever the grace
+    gone = store.admin.gc(grace_s=3600).removed  # a loser goes at once, whatever the grace
     assert gone == info.orphans
-    assert store.verify() == []
+    assert store.admin.verify() == []
 
 
 @pytest.mark.slow

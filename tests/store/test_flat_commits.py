@@ -21,7 +21,7 @@ from l2s_data.errors import SQLRefusedError
 from l2s_data.store import Store, compaction
 from l2s_data.store.leases import Lease, idle_stamp
 
-from .conftest import sample_ids, tables, write_shard
+from .conftest import committed, sample_ids, tables, write_shard
 
 KEYS = (("input", "prompt_last", 1), ("p2s", "completion_last", 2))
 
@@ -82,7 +82,7 @@ def test_the_step_still_counts_the_loose_files_now_and_then(monkeypatch):
     ListingMemoryFS.listed.clear()
     for k in range(80):
         assert _commit(store, rid, f"c{k:03d}")
-    names = [n for n in store.backend.listdir("manifests")]
+    names = [n for n in store.admin.backend.listdir("manifests")]
     loose = [n for n in names if not n.startswith("_")]
     assert any(n.startswith("_compacted-") for n in names)  # a step folded them
     assert len(loose) <= 64 + 64 // compaction.LOOK_SHARE
@@ -96,13 +96,13 @@ def test_a_compaction_by_another_process_is_seen_by_the_next_commit(tmp_path, mo
     other = Store.open(tmp_path / "store")
     rid = writer.put_recipe({"r": 1}, name="r")
     assert _commit(writer, rid, "s0") and _commit(writer, rid, "s1")  # the writer's cache: no part
-    other.compact()  # folds s0 and s1 into a part; manifests/s0.parquet is gone, its name free
+    other.admin.compact()  # folds s0 and s1 into a part; manifests/s0.parquet is gone, its name free
     assert not (Path(writer.url) / "manifests" / "s0.parquet").exists()
     # A rerun of s0 in the writer's process: its cached names (no part) are stale, and the lease
     # folder says so. With the stale names it would create s0.parquet again and report won=True
     # although the compacted commit counts (invariant 4).
     assert _commit(writer, rid, "s0") is False
-    assert writer.is_committed("s0") and other.snapshot().shards["s0"] == writer.snapshot().shards["s0"]
+    assert committed(writer, "s0") and other.snapshot().shards["s0"] == writer.snapshot().shards["s0"]
 
 
 def test_a_tombstone_by_another_process_is_seen_by_the_next_commit(tmp_path, monkeypatch):
@@ -111,27 +111,28 @@ def test_a_tombstone_by_another_process_is_seen_by_the_next_commit(tmp_path, mon
     other = Store.open(tmp_path / "store")
     rid = writer.put_recipe({"r": "gone"}, name="gone")
     assert _commit(writer, rid, "s0")
-    other.compact()
-    assert writer.is_committed("s0")  # fills the writer's cache with the part
-    other.delete_recipe("gone")
-    assert not writer.is_committed("s0")  # the tombstone is seen
+    other.admin.compact()
+    assert committed(writer, "s0")  # fills the writer's cache with the part
+    other.admin.delete_recipe("gone")
+    assert not committed(writer, "s0")  # the tombstone is seen
     rid = writer.put_recipe({"r": "gone"}, name="gone")
     assert _commit(writer, rid, "s0") is True  # and the shard commits again
 
 
 def test_the_lease_stamp_is_none_while_a_lease_is_held(store):
-    before = idle_stamp(store.backend)
+    before = idle_stamp(store.admin.backend)
     assert before == ()
-    with Lease(store.backend, op="test"):
-        assert idle_stamp(store.backend) is None  # a holder may be creating parts: no cache
-    after = idle_stamp(store.backend)
+    with Lease(store.admin.backend, op="test"):
+        assert idle_stamp(store.admin.backend) is None  # a holder may be creating parts: no cache
+    after = idle_stamp(store.admin.backend)
     assert after is not None and after != before
 
 
 @pytest.fixture
 def filled(store):
     ids = sample_ids(12)
-    store.put_samples(*tables(ids))
+    samples, memberships = tables(ids)
+    store.put("samples", samples, memberships=memberships)
     rid = store.put_recipe({"r": 1}, name="r")
     write_shard(store, "m0", rid, ids[:6], keys=KEYS)
     write_shard(store, "m1", rid, ids[6:], keys=KEYS, seed=1)
@@ -162,8 +163,8 @@ def test_the_native_catalog_hides_a_tombstoned_attempt_inside_a_live_part(filled
     store = filled
     keep = store.put_recipe({"r": "keep"}, name="keep")
     write_shard(store, "k0", keep, sample_ids(3, prefix="k-"), keys=KEYS)
-    store.compact()  # one part holds both recipes' rows
-    store.delete_recipe("r")  # a tombstone hides r's attempts inside that part
+    store.admin.compact()  # one part holds both recipes' rows
+    store.admin.delete_recipe("r")  # a tombstone hides r's attempts inside that part
     n = store.sql("SELECT recipe_id, count(*) AS n FROM _manifests GROUP BY ALL").to_pylist()
     assert n == [{"recipe_id": keep, "n": 3 * len(KEYS)}]
     assert store.sql("SELECT count(*) AS n FROM manifests")["n"][0].as_py() == 3 * len(KEYS)

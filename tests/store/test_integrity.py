@@ -19,11 +19,11 @@ import pyarrow.compute as pc
 import pytest
 
 from l2s_data.errors import CorruptManifestError, LeaseHeldError, StoreError, StoreNotFoundError
-from l2s_data.store import Store
+from l2s_data.store import Admin, Store
 from l2s_data.store import manifests as mf
 from l2s_data.store.leases import Lease
 
-from .conftest import rows, sample_ids, write_shard
+from .conftest import committed, rows, sample_ids, write_shard
 
 KEYS = (("input", "prompt_last", 1), ("p2s", "completion_last", 2))
 
@@ -57,11 +57,11 @@ def test_every_single_bit_flip_in_a_manifest_is_an_error_naming_the_file(store):
         path.write_bytes(bytes(bad))
         with pytest.raises(CorruptManifestError, match="manifests/m0.parquet"):
             store.snapshot()
-        problems = store.verify()
+        problems = store.admin.verify()
         assert problems and problems[0].what == "manifests/m0.parquet", f"verify missed bit {bit}"
     path.write_bytes(good)
     assert _all_rows(store).equals(reference)
-    assert store.verify() == []
+    assert store.admin.verify() == []
 
 
 def test_a_flipped_attempt_stops_gc_before_it_removes_anything(store):
@@ -73,7 +73,7 @@ def test_a_flipped_attempt_stops_gc_before_it_removes_anything(store):
     assert raw.count(attempt.encode()) >= 1
     path.write_bytes(raw.replace(attempt.encode(), flipped.encode()))
     with pytest.raises(CorruptManifestError, match="manifests/m0.parquet"):
-        store.gc(grace_s=0)
+        store.admin.gc(grace_s=0)
     assert (Path(store.url) / "shards" / "m0" / attempt).is_dir()
     path.write_bytes(raw)
     ids, arrays = data["m0"]
@@ -112,17 +112,17 @@ def test_dot_dot_in_any_path_column_is_refused_and_nothing_outside_the_store_is_
     (Path(store.url) / "manifests" / "m0.parquet").unlink()
     shards = {"m0": attempt} if column != "shard" else {"../../../x": attempt}
     _forge(store, "manifests/m0.parquet", table, shards)
-    for action in (lambda: store.snapshot().rows(), lambda: store.delete_recipe("r", force=True),
+    for action in (lambda: store.snapshot().rows(), lambda: store.admin.delete_recipe("r", force=True),
                    lambda: store.snapshot().read("r", evil if column == "view" else "p2s",
                                                  evil if column == "position" else "completion_last", 2, ["a"])):
         with pytest.raises(CorruptManifestError, match="manifests/m0.parquet|snapshot"):
             action()
     if column == "shard":  # a forged header stops gc; forged rows do not concern it (it lists folders)
         with pytest.raises(CorruptManifestError, match="manifests/m0.parquet"):
-            store.gc(grace_s=0)
+            store.admin.gc(grace_s=0)
     else:
-        assert store.gc(grace_s=0).removed == []
-    assert store.verify(), "verify must report the forged manifest"
+        assert store.admin.gc(grace_s=0).removed == []
+    assert store.admin.verify(), "verify must report the forged manifest"
     assert (victim / "keep.txt").read_text() == "precious"
 
 
@@ -150,19 +150,19 @@ def test_compact_racing_delete_never_resurrects_deleted_rows(store):
                     errors.append(exc)
                     return None
 
-        threads = [threading.Thread(target=run, args=(store.compact,)),
-                   threading.Thread(target=run, args=(lambda: store.delete_recipe(f"drop{trial}"),))]
+        threads = [threading.Thread(target=run, args=(store.admin.compact,)),
+                   threading.Thread(target=run, args=(lambda: store.admin.delete_recipe(f"drop{trial}"),))]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         assert not errors, errors
-        store.compact()
+        store.admin.compact()
         snap = store.snapshot()
         by_recipe = snap.rows(columns=["recipe_id"])["recipe_id"].to_pylist()
         assert drop not in by_recipe, f"trial {trial}: deleted rows came back"
         assert by_recipe.count(keep) == 4 * 3 * (trial + 1)
-    assert store.verify() == []
+    assert store.admin.verify() == []
 
 
 def test_gc_during_an_extraction_never_removes_what_the_extraction_commits(store):
@@ -172,14 +172,14 @@ def test_gc_during_an_extraction_never_removes_what_the_extraction_commits(store
     with pytest.raises(StoreError, match="claimed by `l2s store gc`|vanished"):
         with store.shard_writer("a", rid, ids) as w:
             w.write("p2s", "completion_last", 0, rows(5, 4), "float32")
-            assert store.gc(grace_s=0).removed == [w.dir]
-    assert not store.is_committed("a") and store.verify() == []
+            assert store.admin.gc(grace_s=0).removed == [w.dir]
+    assert not committed(store, "a") and store.admin.verify() == []
     # The writer claims first: gc, run at once after, keeps the committed attempt.
     with store.shard_writer("b", rid, ids) as w2:
         w2.write("p2s", "completion_last", 0, rows(5, 4), "float32")
-    assert store.gc(grace_s=0).removed == []
+    assert store.admin.gc(grace_s=0).removed == []
     np.testing.assert_array_equal(store.snapshot().read(rid, "p2s", "completion_last", 0, ids), rows(5, 4))
-    assert store.verify() == []
+    assert store.admin.verify() == []
 
 
 def test_gc_keeps_an_attempt_a_writer_has_claimed_but_not_yet_committed(store):
@@ -187,8 +187,8 @@ def test_gc_keeps_an_attempt_a_writer_has_claimed_but_not_yet_committed(store):
     w = store.shard_writer("c", rid, sample_ids(3))
     with w:
         w.write("p2s", "completion_last", 0, rows(3, 4), "float32")
-        store.backend.put_if_absent(f"{w.dir}/claim", json.dumps({"by": "writer", "at": "2999-01-01T00:00:00+00:00"}).encode())
-        assert store.gc(grace_s=0).removed == []
+        store.admin.backend.put_if_absent(f"{w.dir}/claim", json.dumps({"by": "writer", "at": "2999-01-01T00:00:00+00:00"}).encode())
+        assert store.admin.gc(grace_s=0).removed == []
         w.commit = lambda: None  # this attempt's own claim is already made by hand above
     assert (Path(store.url) / w.dir).is_dir()
 
@@ -198,33 +198,33 @@ def test_delete_during_an_extraction_leaves_no_row_without_its_recipe(store):
     write_shard(store, "old", rid, sample_ids(4, prefix="o"))
     with store.shard_writer("new", rid, sample_ids(4, prefix="n")) as w:
         w.write("p2s", "completion_last", 2, rows(4, 8), "float32")
-        r = store.delete_recipe("victim")
+        r = store.admin.delete_recipe("victim")
         assert r.rows == 4 and r.shards == ["old"]
     assert w.won
-    recipes = set(store.table("recipes")["recipe_id"].to_pylist())
+    recipes = set(store.sql("SELECT * FROM _recipes")["recipe_id"].to_pylist())
     committed = set(store.snapshot().rows(columns=["recipe_id"])["recipe_id"].to_pylist())
     assert committed == {rid} and committed <= recipes
     assert store.snapshot().rows(pc.field("shard") == "old").num_rows == 0
-    assert store.verify() == []
+    assert store.admin.verify() == []
 
 
 def test_a_second_maintenance_operation_is_refused_while_the_lease_is_held(store):
     _filled(store, 1)
-    with Lease(store.backend, op="test", ttl_s=600):
+    with Lease(store.admin.backend, op="test", ttl_s=600):
         with pytest.raises(LeaseHeldError, match="test by pid"):
-            store.compact()
-    store.compact()  # released: it goes through
-    with Lease(store.backend, op="crashed", ttl_s=0):
+            store.admin.compact()
+    store.admin.compact()  # released: it goes through
+    with Lease(store.admin.backend, op="crashed", ttl_s=0):
         pass  # a zero-length lease is expired at once, like a holder that died
-    expired = Lease(store.backend, op="dead", ttl_s=-1).acquire()  # never released
+    expired = Lease(store.admin.backend, op="dead", ttl_s=-1).acquire()  # never released
     assert expired.number is not None
-    store.compact(min_files=1)  # an expired lease does not block
+    store.admin.compact(min_files=1)  # an expired lease does not block
 
 
 def test_a_snapshot_taken_before_a_compaction_still_reads_its_rows(store):
     data = _filled(store, 3)
     before = store.snapshot()
-    store.compact()
+    store.admin.compact()
     assert len(list((Path(store.url) / "manifests").iterdir())) == 1  # the files `before` listed are gone
     ids, arrays = data["m1"]
     np.testing.assert_array_equal(before.read("r", "input", "prompt_last", 1, ids), arrays[("input", "prompt_last", 1)])
@@ -281,14 +281,14 @@ def test_migrate_upgrades_a_format_1_store_and_keeps_every_row(tmp_path):
     pq.write_table(old_run, root / "runs" / "old.parquet")
     with pytest.raises(StoreError, match="l2s store migrate"):
         Store.open(root)
-    assert Store.migrate(root) == 3
-    assert Store.migrate(root) == 0  # a rerun does nothing
+    assert Admin.migrate(root) == 3
+    assert Admin.migrate(root) == 0  # a rerun does nothing
     after = Store.open(root).snapshot()
     assert after.id == before.id
     ids, arrays = data["m2"]
     np.testing.assert_array_equal(after.read("r", "p2s", "completion_last", 2, ids), arrays[("p2s", "completion_last", 2)])
-    assert Store.open(root).verify() == []
-    runs = Store.open(root).table("runs").to_pylist()
+    assert Store.open(root).admin.verify() == []
+    runs = Store.open(root).sql("SELECT * FROM _runs").to_pylist()
     assert [(r["run_id"], r["sweep_id"]) for r in runs] == [("r1", None)]
     with pytest.raises(StoreError, match="referenced by 1 run"):
-        Store.open(root).delete_recipe("r")  # the old run still protects its recipe
+        Store.open(root).admin.delete_recipe("r")  # the old run still protects its recipe

@@ -22,7 +22,7 @@ LAYERS = {
     "snapshot": 3,
     "writer": 4, "catalog": 4, "layout": 4, "ops": 4, "compaction": 4,
     "rounds": 5, "export": 5,
-    "loader": 6,
+    "loader": 6, "admin": 6,
     "store": 7,
 }
 

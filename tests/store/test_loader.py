@@ -33,7 +33,8 @@ def paired(tmp_path_factory):
         d = write_shard(store, f"beh{j}", rbeh, part2, keys=[("p2s", "completion_last", 2)], seed=10 + j,
                         dtype="float16", chunk_bytes=8 * 2 * 5)
         ys.update(zip(part2, d[("p2s", "completion_last", 2)].astype(np.float16).astype(np.float32)))
-    store.put_samples(*tables(ids))
+    samples, memberships = tables(ids)
+    store.put("samples", samples, memberships=memberships)
     return store, xs, ys
 
 
@@ -45,7 +46,7 @@ def _epoch(ds, epoch=0):
 @pytest.mark.parametrize("in_memory", [False, True])
 def test_every_selected_row_comes_exactly_once_with_matching_x_and_y(paired, in_memory):
     store, xs, ys = paired
-    ds = store.pairs(X, Y, where="split = 'train'", batch_size=8, with_ids=True, in_memory=in_memory, buffer_rows=16)
+    ds = store.columns((X, Y), where="split = 'train'", batch_size=8, with_ids=True, in_memory=in_memory, buffer_rows=16)
     assert ds.in_memory is in_memory
     seen = []
     for x, y, ids in _epoch(ds):
@@ -61,28 +62,28 @@ def test_every_selected_row_comes_exactly_once_with_matching_x_and_y(paired, in_
 def test_order_is_a_function_of_seed_and_epoch(paired, in_memory):
     store, _, _ = paired
     kw = dict(batch_size=8, with_ids=True, in_memory=in_memory, buffer_rows=16)
-    a, b = store.pairs(X, Y, seed=3, **kw), store.pairs(X, Y, seed=3, **kw)
+    a, b = store.columns((X, Y), seed=3, **kw), store.columns((X, Y), seed=3, **kw)
     order = lambda ds, e: [s for _, _, ids in _epoch(ds, e) for s in ids]  # noqa: E731
     assert order(a, 0) == order(b, 0)
     assert order(a, 1) == order(b, 1)
     assert order(a, 0) != order(a, 1)
-    assert order(a, 0) != order(store.pairs(X, Y, seed=4, **kw), 0)
+    assert order(a, 0) != order(store.columns((X, Y), seed=4, **kw), 0)
     assert sorted(order(a, 1)) == sorted(order(a, 0))
 
 
 def test_no_shuffle_keeps_storage_order_and_drop_last_drops_the_tail(paired):
     store, _, _ = paired
-    ds = store.pairs(X, Y, shuffle=False, batch_size=7, with_ids=True, in_memory=False)
+    ds = store.columns((X, Y), shuffle=False, batch_size=7, with_ids=True, in_memory=False)
     ids = [s for _, _, b in _epoch(ds) for s in b]
     assert ids == sample_ids(N)
-    ds = store.pairs(X, Y, batch_size=7, drop_last=True, in_memory=False)
+    ds = store.columns((X, Y), batch_size=7, drop_last=True, in_memory=False)
     assert [len(x) for x, _ in ds] == [7] * (N // 7)
 
 
 @pytest.mark.slow
 def test_two_dataloader_workers_split_the_epoch_without_overlap(paired):
     store, xs, _ = paired
-    ds = store.pairs(X, Y, batch_size=8, with_ids=True, in_memory=False, seed=1)
+    ds = store.columns((X, Y), batch_size=8, with_ids=True, in_memory=False, seed=1)
     assert sum(len(x) for x, _, _ in ds) == N  # this process maps the chunks; forked workers map their own
     ds.set_epoch(2)
     dl = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
@@ -99,7 +100,7 @@ def test_ranks_split_the_epoch_too(paired):
     store, _, _ = paired
     parts = []
     for rank in range(3):
-        ds = store.pairs(X, Y, batch_size=4, with_ids=True, rank=rank, world_size=3, in_memory=False)
+        ds = store.columns((X, Y), batch_size=4, with_ids=True, rank=rank, world_size=3, in_memory=False)
         parts.append([s for _, _, ids in ds for s in ids])
     assert sorted(sum(parts, [])) == sample_ids(N)
     assert all(parts)
@@ -120,16 +121,16 @@ def test_missing_keys_are_an_error_unless_skipped(paired):
     write_shard(store, "partial", rid, sample_ids(N)[:10], keys=[("p2s", "completion_last", 2)])
     part = Key("partial", "p2s", "completion_last", 2)
     with pytest.raises(KeyNotFoundError, match="missing='skip'"):
-        store.pairs(X, part)
-    ds = store.pairs(X, part, missing="skip")
+        store.columns((X, part))
+    ds = store.columns((X, part), missing="skip")
     assert ds.num_rows == 10 and ds.skipped == N - 10
     with pytest.raises(KeyNotFoundError, match="no committed rows"):
-        store.pairs(X, Key("in", "input", "prompt_last", 99))
+        store.columns((X, Key("in", "input", "prompt_last", 99)))
 
 
 def test_the_dataset_pickles_small_and_records_its_snapshot(paired):
     store, _, _ = paired
-    ds = store.pairs(X, Y, in_memory=True)
+    ds = store.columns((X, Y), in_memory=True)
     list(ds)  # loads the in-memory copy
     blob = pickle.dumps(ds)
     assert len(blob) < 50_000

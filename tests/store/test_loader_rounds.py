@@ -124,7 +124,8 @@ def test_a_where_selection_and_keys_chunked_differently_give_the_same_batches_on
     store = Store.open(tmp_path / "s", create=True)
     rid = store.put_recipe({"w": 2}, name="r")
     ids = sample_ids(64)
-    store.put_samples(*tables(ids))
+    samples, memberships = tables(ids)
+    store.put("samples", samples, memberships=memberships)
     x = random_rows(64, 12, 1).astype(np.float16)
     y = random_rows(64, 12, 2)  # float32: half as many rows per chunk as x
     with store.shard_writer("s0", rid, ids, chunk_bytes=16 * 12 * 2) as w:
@@ -147,7 +148,9 @@ def test_a_where_that_selects_no_sample_is_a_clear_error(chunked, in_memory):
     store, _ = chunked
     from .conftest import tables
 
-    store.put_samples(*tables(sample_ids(N)))
+    samples, memberships = tables(sample_ids(N))
+
+    store.put("samples", samples, memberships=memberships)
     with pytest.raises(EmptySelectionError, match="selects no sample") as err:
         store.columns([K], where="split = 'nowhere'", in_memory=in_memory)
     assert "split = 'nowhere'" in str(err.value) and isinstance(err.value, ValueError)
@@ -247,8 +250,8 @@ def test_chunk_reader_matches_zarr_python_on_an_edge_chunk(tmp_path):
     snap = store.snapshot()
     path = snap.key_rows("r", "p2s", "completion_last", 2)["array"][0].as_py()
     info = snap.array_info(path)
-    z = zarr.open_array(store=store.backend.zarr_store(path, read_only=True), mode="r")
-    reader = _chunks.ChunkReader(store.backend)
+    z = zarr.open_array(store=store.admin.backend.zarr_store(path, read_only=True), mode="r")
+    reader = _chunks.ChunkReader(store.admin.backend)
     got = np.concatenate([reader.read(info, i) for i in range(info.n_chunks)])
     np.testing.assert_array_equal(got, z[:])
     with pytest.raises(ValueError, match="destination"):

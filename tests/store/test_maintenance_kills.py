@@ -46,7 +46,7 @@ def _store(path) -> tuple[Store, dict[str, int]]:
     for k, (shard, recipe) in enumerate([("a-0", "a"), ("b-0", "b"), ("a-1", "a")]):
         assert _write(store, shard, recipe, k).won
         seeds[shard] = k
-    store.compact()
+    store.admin.compact()
     for k, (shard, recipe) in enumerate([("a-2", "a"), ("b-1", "b")], start=3):
         assert _write(store, shard, recipe, k).won
         seeds[shard] = k
@@ -61,7 +61,7 @@ def _run_killed(url: str, op: str, at: int) -> bool:
 
     def child() -> None:
         store = Store.open(url)
-        backend = store.backend
+        backend = store.admin.backend
         count = [0]
         for name in Crashing.MUTATING:
             real = getattr(backend, name)
@@ -74,11 +74,11 @@ def _run_killed(url: str, op: str, at: int) -> bool:
 
             setattr(backend, name, wrapped)
         if op == "delete":
-            store.delete_recipe("a", force=True)
+            store.admin.delete_recipe("a", force=True)
         elif op == "compact":
-            store.compact(min_files=1)
+            store.admin.compact(min_files=1)
         else:
-            store.gc(grace_s=0)
+            store.admin.gc(grace_s=0)
         os._exit(0)
 
     p = mp.get_context("fork").Process(target=child)
@@ -93,7 +93,7 @@ def _check(store: Store, seeds: dict[str, int]) -> None:
     snap = store.snapshot()
     assert set(snap.shards) == set(seeds)
     for shard, seed in seeds.items():
-        rid = store.resolve_recipe(shard[0], must_exist=False)
+        rid = snap.resolve(shard[0])
         np.testing.assert_array_equal(snap.read(rid, *KEY, sample_ids(N, prefix=f"{shard}-")), rows(N, D, seed))
 
 
@@ -117,13 +117,13 @@ def test_maintenance_killed_at_every_step_loses_nothing_and_resurrects_nothing(t
         # The lease of the dead process holds until it expires (its first step takes it).
         if at > 1:
             with pytest.raises(LeaseHeldError):
-                store.compact(min_files=1)
+                store.admin.compact(min_files=1)
             _check(store, expect)
         with monkeypatch.context() as m:
             m.setattr(leases, "now", lambda: now() + dt.timedelta(hours=2))
-            store.gc(grace_s=0)
+            store.admin.gc(grace_s=0)
             _check(store, expect)
-            store.compact(min_files=1)
+            store.admin.compact(min_files=1)
             _check(store, expect)
             # re-extraction: every shard of a that is gone commits again and is visible
             for k in range(3):
@@ -134,14 +134,14 @@ def test_maintenance_killed_at_every_step_loses_nothing_and_resurrects_nothing(t
                     assert w.won is True
                     expect[f"a-{k}"] = 50 + k
             _check(store, expect)
-            store.delete_recipe("b", force=True)
+            store.admin.delete_recipe("b", force=True)
             for s in ("b-0", "b-1"):
                 del expect[s]
             _check(store, expect)
-            store.compact(min_files=1)
-            store.gc(grace_s=0)
+            store.admin.compact(min_files=1)
+            store.admin.gc(grace_s=0)
             _check(store, expect)
-            assert store.verify() == []
-            info = store.info()
-            assert info.orphans == [], (info.orphans, store.gc(grace_s=0))
+            assert store.admin.verify() == []
+            info = store.admin.info()
+            assert info.orphans == [], (info.orphans, store.admin.gc(grace_s=0))
     assert len(killed_at) >= 2, f"{op} was never killed mid-way"

@@ -13,7 +13,7 @@ from l2s_data.errors import CorruptChunkError, ReferencedRecipeError
 from l2s_data.store import ops
 from l2s_data.store.manifests import KEY_ORDER, order_by
 
-from .conftest import sample_ids, write_shard
+from .conftest import committed, sample_ids, write_shard
 
 
 def _flip_a_byte(store, path: str, offset: int = 10) -> None:
@@ -31,7 +31,7 @@ def test_info_counts_recipes_rows_shards_bytes_and_orphans(store):
         with store.shard_writer("c", rid, ["x"]) as w:
             w.write("p2s", "completion_last", 2, np.ones((1, 8), np.float32), "float32")
             raise RuntimeError("crash")
-    i = store.info()
+    i = store.admin.info()
     assert (i.rows, i.committed_shards, len(i.orphans)) == (12, 2, 1)
     assert i.bytes > i.orphan_bytes > 0
     assert i.recipes.to_pylist() == [{"recipe_id": rid, "name": "named", "keys": 3, "rows": 12, "shards": 2}]
@@ -42,10 +42,10 @@ def test_verify_finds_a_flipped_byte_and_reading_that_chunk_names_shard_and_reci
     ids = sample_ids(10)
     write_shard(store, "good", rid, ids[:5])
     write_shard(store, "bad", rid, ids[5:], chunk_bytes=64)  # 2 rows (of 8 float32) per chunk
-    assert store.verify() == []
+    assert store.admin.verify() == []
     attempt = store.snapshot().shards["bad"]
     _flip_a_byte(store, f"shards/bad/{attempt}/p2s.completion_last.L2/c/1/0")
-    problems = store.verify()
+    problems = store.admin.verify()
     assert len(problems) == 1
     assert problems[0].shard == "bad" and problems[0].recipe_id == rid and "c/1/0" in problems[0].what
     snap = store.snapshot()
@@ -61,9 +61,9 @@ def test_verify_reports_a_missing_chunk_and_a_truncated_one(store):
     write_shard(store, "a", rid, sample_ids(6), chunk_bytes=64)
     attempt = store.snapshot().shards["a"]
     base = f"shards/a/{attempt}/p2s.completion_last.L2"
-    store.backend.remove(f"{base}/c/0/0")
-    store.backend.write_bytes(f"{base}/c/2/0", b"short")
-    problems = store.verify()
+    store.admin.backend.remove(f"{base}/c/0/0")
+    store.admin.backend.write_bytes(f"{base}/c/2/0", b"short")
+    problems = store.admin.verify()
     assert sorted(p.what.rsplit("/", 3)[-2] for p in problems) == ["0", "2"]
     with pytest.raises(CorruptChunkError, match="missing"):
         store.snapshot().read(rid, "p2s", "completion_last", 2, sample_ids(1))
@@ -74,11 +74,11 @@ def test_gc_removes_orphans_but_keeps_a_recent_uncommitted_attempt(store):
     write_shard(store, "a", rid, sample_ids(3))
     w = store.shard_writer("live", rid, sample_ids(3)).__enter__()  # a writer still at work
     w.write("p2s", "completion_last", 2, np.ones((3, 8), np.float32), "float32")
-    r = store.gc(grace_s=3600)
+    r = store.admin.gc(grace_s=3600)
     assert r.removed == [] and r.kept_recent == [w.dir]
-    assert store.gc(grace_s=0, dry_run=True).removed == [w.dir]
-    assert store.gc(grace_s=0).removed == [w.dir]
-    assert store.backend.listdir("shards") == ["a"]
+    assert store.admin.gc(grace_s=0, dry_run=True).removed == [w.dir]
+    assert store.admin.gc(grace_s=0).removed == [w.dir]
+    assert store.admin.backend.listdir("shards") == ["a"]
     np.testing.assert_array_equal(store.snapshot().read(rid, "p2s", "completion_last", 2, sample_ids(3)).shape, (3, 8))
 
 
@@ -89,9 +89,9 @@ def test_compact_folds_manifests_into_one_and_keeps_every_key_and_the_snapshot_i
         ids = sample_ids(3, f"s{j}-")
         data.update(zip(ids, write_shard(store, f"m{j}", rid, ids, seed=j)[("p2s", "completion_last", 2)]))
     before = store.snapshot()
-    n, name = store.compact()
+    n, name = store.admin.compact()
     assert n == 6 and name.startswith("manifests/_compacted-")
-    assert store.backend.listdir("manifests") == [name.split("/")[1]]
+    assert store.admin.backend.listdir("manifests") == [name.split("/")[1]]
     after = store.snapshot()
     assert after.id == before.id and after.rows().equals(before.rows())
     ids = sorted(data)
@@ -99,9 +99,9 @@ def test_compact_folds_manifests_into_one_and_keeps_every_key_and_the_snapshot_i
     # A committed shard folded away still counts as committed: a new attempt loses.
     with store.shard_writer("m0", rid, sample_ids(3, "s0-")) as w:
         w.write("p2s", "completion_last", 2, np.zeros((3, 8), np.float32), "float32")
-    assert w.won is False and store.is_committed("m0")
+    assert w.won is False and committed(store, "m0")
     write_shard(store, "m9", rid, sample_ids(3, "s9-"))
-    assert store.compact()[0] == 2  # the compacted file plus the new one
+    assert store.admin.compact()[0] == 2  # the compacted file plus the new one
 
 
 def test_compact_writes_the_rows_a_plain_sort_by_key_gives(store):
@@ -111,13 +111,13 @@ def test_compact_writes_the_rows_a_plain_sort_by_key_gives(store):
     keys = (("p2s", "completion_last", 2), ("input", "prompt_last", 10), ("input", "prompt_last", 3))
     for j in range(8):
         if j == 5:
-            store.compact()  # later files fold into an earlier compaction's file
+            store.admin.compact()  # later files fold into an earlier compaction's file
         write_shard(store, f"m{j}", r1 if j % 2 else r2, sample_ids(4, f"z{9 - j}-"), keys=keys, seed=j)
-    store.delete_recipe(r2, force=True)  # a tombstone: its rows must not come back
+    store.admin.delete_recipe(r2, force=True)  # a tombstone: its rows must not come back
     write_shard(store, "m8", r2, sample_ids(3, "a-"), keys=keys)
     plain = store.snapshot().rows()
     assert set(plain["recipe_id"].to_pylist()) == {r1, r2} and plain.num_rows == 4 * 4 * 3 + 3 * 3
-    _, name = store.compact()
+    _, name = store.admin.compact()
     got = pq.read_table(f"{store.url}/{name}")
     want = plain.sort_by([(c, "ascending") for c in KEY_ORDER])
     assert got.replace_schema_metadata(None).equals(want.replace_schema_metadata(None))
@@ -149,7 +149,7 @@ def test_readers_stay_correct_while_compaction_runs(store):
 
     t = threading.Thread(target=read_loop)
     t.start()
-    store.compact()
+    store.admin.compact()
     t.join()
     assert errors == []
     assert set(seen) == {(want.id, 40)}
@@ -160,29 +160,29 @@ def test_delete_is_refused_while_runs_reference_the_recipe_unless_forced(store):
     drop = store.put_recipe({"drop": 1}, name="drop")
     write_shard(store, "k", keep, sample_ids(3))
     write_shard(store, "d", drop, sample_ids(3))
-    store.compact()  # mixed manifests: delete must rewrite, not just remove
+    store.admin.compact()  # mixed manifests: delete must rewrite, not just remove
     write_shard(store, "d2", drop, sample_ids(3, "x"))
-    store.put_runs([{"run_id": "r1", "kind": "train", "recipe_ids": [drop], "status": "done", "config_json": "{}"}])
+    store.put("runs", [{"run_id": "r1", "kind": "train", "recipe_ids": [drop], "status": "done", "config_json": "{}"}])
     with pytest.raises(ReferencedRecipeError, match="r1"):
-        store.delete_recipe("drop")
+        store.admin.delete_recipe("drop")
     assert store.snapshot().row_count == 9
-    r = store.delete_recipe("drop", force=True)
+    r = store.admin.delete_recipe("drop", force=True)
     assert r.rows == 6 and sorted(set(r.shards)) == ["d", "d2"]
     snap = store.snapshot()
     assert set(snap.rows()["recipe_id"].to_pylist()) == {keep}
-    assert store.backend.listdir("shards") == ["k"]
+    assert store.admin.backend.listdir("shards") == ["k"]
     assert snap.read("keep", "p2s", "completion_last", 2, sample_ids(3)).shape == (3, 8)
     assert store.sql("SELECT recipe_id FROM recipes")["recipe_id"].to_pylist() == [keep]
-    assert store.verify() == []
+    assert store.admin.verify() == []
 
 
 def test_gc_removes_temporaries_left_by_an_interrupted_commit(store):
     rid = store.put_recipe({"r": 1})
     write_shard(store, "a", rid, sample_ids(2))
-    store.backend.write_bytes("manifests/.b.parquet.dead.tmp", b"half")
+    store.admin.backend.write_bytes("manifests/.b.parquet.dead.tmp", b"half")
     assert store.snapshot().row_count == 2  # invisible to readers
-    assert store.gc(grace_s=0).removed == ["manifests/.b.parquet.dead.tmp"]
-    assert store.backend.stale_temporaries("manifests", 0) == []
+    assert store.admin.gc(grace_s=0).removed == ["manifests/.b.parquet.dead.tmp"]
+    assert store.admin.backend.stale_temporaries("manifests", 0) == []
 
 
 def test_a_catalog_opened_before_a_compaction_still_answers_after_it(store):
@@ -191,12 +191,12 @@ def test_a_catalog_opened_before_a_compaction_still_answers_after_it(store):
         write_shard(store, f"m{j}", rid, sample_ids(2, f"s{j}-"))
     with store.catalog() as cat:
         before = cat.query("SELECT count(*) AS n FROM manifests")["n"][0].as_py()
-        store.compact()
+        store.admin.compact()
         write_shard(store, "late", rid, sample_ids(2, "late-"))
-        store.compact()  # twice: a reader may outlive more than one compaction
+        store.admin.compact()  # twice: a reader may outlive more than one compaction
         after = cat.query("SELECT count(*) AS n FROM manifests")["n"][0].as_py()
         write_shard(store, "later", rid, sample_ids(2, "later-"))
-        store.compact()
+        store.admin.compact()
         head = cat.head("SELECT sample_id FROM manifests ORDER BY sample_id", 3)  # a streamed statement
     assert before == after == head.total_rows == 12  # the catalog's snapshot: the late shards are not in it
     assert head.table["sample_id"].to_pylist() == ["s0-00000", "s0-00001", "s1-00000"]

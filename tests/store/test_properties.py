@@ -76,8 +76,8 @@ def test_the_direct_chunk_reader_agrees_with_zarr_python(n, d, chunk_bytes, dtyp
         with store.shard_writer("a", "r", [f"{i}" for i in range(n)], chunk_bytes=chunk_bytes) as w:
             w.write("neg", "sequence_last-1", 0, a, dtype)
         path = store.snapshot().rows()["array"][0].as_py()
-        info = load_array_info(store.backend, path)
-        ours = np.concatenate([read_chunk(store.backend, info, c) for c in range(info.n_chunks)])
+        info = load_array_info(store.admin.backend, path)
+        ours = np.concatenate([read_chunk(store.admin.backend, info, c) for c in range(info.n_chunks)])
         arr = zarr.open_array(f"{tmp}/s/{path}", mode="r")
         theirs = arr[...]
         assert theirs.dtype == ours.dtype and np.array_equal(theirs, ours)

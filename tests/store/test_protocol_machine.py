@@ -13,7 +13,7 @@ The model is a dict shard -> (attempt, seed of its rows). Rules:
 A crash (``conftest.Crashing``) makes the backend's n-th mutating call and every later one
 raise, as if the process had died there: its lease is never released, so the next step lets
 the lease expire first. The checks after every step: the snapshot's shards and attempts are the
-model's, every row reads back as written, ``is_committed`` agrees; at the end of each run SQL
+model's, every row reads back as written, the writer's own check (``commit_of``) agrees; at the end of each run SQL
 (``manifests`` and ``_manifests``), gc and a full ``verify`` agree too.
 """
 
@@ -31,7 +31,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from l2s_data.errors import StoreError
 from l2s_data.store import Store
 
-from .conftest import Crashing, rows, sample_ids
+from .conftest import Crashing, committed, rows, sample_ids
 
 KEY = ("p2s", "completion_last", 2)
 N, D = 6, 4
@@ -41,9 +41,9 @@ CRASH = st.one_of(st.none(), st.integers(1, 9))
 
 def _release_dead_leases(store: Store) -> None:
     """The holder of every unreleased lease died: mark it released (what its expiry does)."""
-    for name in store.backend.listdir("leases"):
+    for name in store.admin.backend.listdir("leases"):
         if name.endswith(".json"):
-            store.backend.put_if_absent(f"leases/{name[:-5]}.released", b"")
+            store.admin.backend.put_if_absent(f"leases/{name[:-5]}.released", b"")
 
 
 class StoreProtocol(RuleBasedStateMachine):
@@ -60,9 +60,9 @@ class StoreProtocol(RuleBasedStateMachine):
             n = self.store.sql("SELECT count(*) AS n FROM manifests")["n"][0].as_py()
             raw = self.store.sql("SELECT count(*) AS n FROM _manifests")["n"][0].as_py()
             assert n == raw == N * len(self.model)
-            self.store.gc(grace_s=0)
+            self.store.admin.gc(grace_s=0)
             self.check()
-            assert self.store.verify() == []
+            assert self.store.admin.verify() == []
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -97,14 +97,14 @@ class StoreProtocol(RuleBasedStateMachine):
     @rule(crash=CRASH)
     def compact(self, crash: int | None) -> None:
         with Crashing(self.store, crash) as c:
-            self.store.compact(min_files=1)
+            self.store.admin.compact(min_files=1)
         self._after(c)
 
     @rule(recipe=st.sampled_from("ab"), crash=CRASH)
     def delete(self, recipe: str, crash: int | None) -> None:
         rid = self._rid(recipe)
         with Crashing(self.store, crash) as c:
-            self.store.delete_recipe(rid, force=True)
+            self.store.admin.delete_recipe(rid, force=True)
         self._after(c)
         mine = {s for s in self.model if s.startswith(recipe)}
         left = set(self.store.snapshot().shards) & mine
@@ -117,7 +117,7 @@ class StoreProtocol(RuleBasedStateMachine):
     @rule(crash=CRASH)
     def gc(self, crash: int | None) -> None:
         with Crashing(self.store, crash) as c:
-            self.store.gc(grace_s=0)
+            self.store.admin.gc(grace_s=0)
         self._after(c)
 
     @invariant()
@@ -128,7 +128,7 @@ class StoreProtocol(RuleBasedStateMachine):
             got = snap.read(self._rid(shard[0]), *KEY, sample_ids(N, prefix=f"{shard}-"))
             np.testing.assert_array_equal(got, rows(N, D, seed))
         for shard in SHARDS:
-            assert self.store.is_committed(shard) == (shard in self.model)
+            assert committed(self.store, shard) == (shard in self.model)
 
 
 StoreProtocol.TestCase.settings = settings(
@@ -145,7 +145,7 @@ def test_a_write_blocked_only_by_a_dead_lease_is_a_clear_error_not_a_silent_loss
     with store.shard_writer("a-0", rid, sample_ids(N), chunk_bytes=64) as w:
         w.write(*KEY, rows(N, D, 0), "float32")
     with Crashing(store, 3):
-        store.delete_recipe(rid, force=True)
+        store.admin.delete_recipe(rid, force=True)
     w = store.shard_writer("a-0", rid, sample_ids(N), chunk_bytes=64)
     try:
         with w:

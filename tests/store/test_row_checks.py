@@ -27,27 +27,28 @@ def _store(tmp_path, url: str | None = None, n: int = 40) -> tuple[Store, str, l
     store = Store.open(url or tmp_path / "store", create=True)
     rid = store.put_recipe({"r": 1}, name="r")
     ids = sample_ids(n)
-    store.put_samples(*tables(ids))
+    samples, memberships = tables(ids)
+    store.put("samples", samples, memberships=memberships)
     write_shard(store, "s-0", rid, ids, keys=(KEY, ("input", "prompt_last", 1)), chunk_bytes=8 * 4 * 8)
     return store, rid, ids
 
 
 def _chunks(store: Store) -> list[str]:
     path = store.snapshot().rows()["array"][0].as_py()
-    return sorted(f"{path}/c/{i}/0" for i in range(load_array_info(store.backend, path).n_chunks))
+    return sorted(f"{path}/c/{i}/0" for i in range(load_array_info(store.admin.backend, path).n_chunks))
 
 
 def _forge(store: Store, rel: str, seed: int = 1) -> None:
     """Replace a chunk file by same-size garbage that ends in its own valid crc32c."""
-    size = len(store.backend.read_bytes(rel))
+    size = len(store.admin.backend.read_bytes(rel))
     body = np.random.default_rng(seed).standard_normal(size // 4).astype(np.float32).tobytes()[: size - 4]
-    store.backend.write_bytes(rel, body + crc32c(body).to_bytes(4, "little"))
+    store.admin.backend.write_bytes(rel, body + crc32c(body).to_bytes(4, "little"))
 
 
 def _swap(store: Store, a: str, b: str) -> None:
-    da, db = store.backend.read_bytes(a), store.backend.read_bytes(b)
-    store.backend.write_bytes(a, db)
-    store.backend.write_bytes(b, da)
+    da, db = store.admin.backend.read_bytes(a), store.admin.backend.read_bytes(b)
+    store.admin.backend.write_bytes(a, db)
+    store.admin.backend.write_bytes(b, da)
 
 
 def _epoch(store: Store, rid: str, **kw) -> list:
@@ -72,7 +73,7 @@ def test_a_chunk_replaced_with_a_valid_crc_is_never_served(tmp_path, kw):
         _epoch(store, rid, **kw)
     with pytest.raises(CorruptChunkError):
         store.snapshot().read(rid, *KEY, ids)
-    assert any(p.what.endswith("c/1/0") for p in store.verify())
+    assert any(p.what.endswith("c/1/0") for p in store.admin.verify())
 
 
 @pytest.mark.parametrize("kw", PATHS[:2], ids=["stream", "memory"])
@@ -124,7 +125,7 @@ def test_chunk_crcs_from_row_checksums_equal_each_chunk_files_crc(tmp_path, n, d
     itemsize = 4 if dtype == "float32" else 2
     write_shard(store, "s", rid, sample_ids(n), d=d, dtype=dtype, chunk_bytes=chunk_rows * d * itemsize)
     t = store.snapshot().rows()
-    info = load_array_info(store.backend, t["array"][0].as_py())
+    info = load_array_info(store.admin.backend, t["array"][0].as_py())
     assert info.chunk_rows == chunk_rows
     sums = np.array([int(x, 16) for x in t.sort_by("row")["checksum"].to_pylist()], np.uint32)
     got = chunk_crcs(info, sums)

@@ -221,7 +221,7 @@ def test_values_that_look_like_markup_print_verbatim_in_every_format(store):
     ids = sample_ids(len(MARKUP))
     s, m = tables(ids)
     s = s.set_column(s.schema.get_field_index("query"), "query", [[*MARKUP]])
-    store.put_samples(s, m)
+    store.put("samples", s, memberships=m)
     q = "SELECT query AS \"[b]q[/b]\" FROM samples ORDER BY sample_id"
     r = _l2s("sql", q, "--store", store.url)
     assert r.exit_code == 0, r.output

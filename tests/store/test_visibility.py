@@ -2,7 +2,7 @@
 protocol, invariants 1-6).
 
 Reproduced against the previous store: after compact then delete, re-extracting a recipe
-committed nothing ("committed first by another run") because ``is_committed`` found the shard
+committed nothing ("committed first by another run") because the writer's own check (``commit_of``) found the shard
 in the compacted file without applying the tombstone; a delete that died after its tombstone,
 then a compaction, then the shard written again gave ``won=True`` with 0 rows visible, and the
 next compaction removed the new manifest (the compaction had recorded the reused file name).
@@ -17,7 +17,7 @@ from l2s_data.errors import StoreError
 from l2s_data.store import Store
 from l2s_data.store import writer as writer_mod
 
-from .conftest import Crashing, expire_leases, rows, sample_ids, write_shard
+from .conftest import Crashing, committed, expire_leases, rows, sample_ids, write_shard
 
 KEY = ("p2s", "completion_last", 2)
 
@@ -39,9 +39,9 @@ def test_after_compact_then_delete_a_rerun_commits_every_shard(store):
     rid = store.put_recipe({"r": 1}, name="r")
     for k in range(4):
         _write(store, f"s-{k}", rid, k)
-    store.compact()
-    store.delete_recipe(rid)
-    assert not store.is_committed("s-0")  # the tombstone applies
+    store.admin.compact()
+    store.admin.delete_recipe(rid)
+    assert not committed(store, "s-0")  # the tombstone applies
     rid = store.put_recipe({"r": 1}, name="r")
     for k in range(4):
         w, ids, want = _write(store, f"s-{k}", rid, 10 + k)
@@ -55,33 +55,33 @@ def test_a_delete_that_died_after_its_tombstone_then_compact_then_rewrite_stays_
     _write(store, "s-0", rid, 0)
     _write(store, "s-1", rid, 1)
     with Crashing(store, at=3) as c:  # lease, tombstone, then dies before removing anything
-        store.delete_recipe(rid)
+        store.admin.delete_recipe(rid)
     assert c.dead and store.snapshot().shards == {}
     expire_leases_now(store)
-    store.compact()
+    store.admin.compact()
     w, ids, want = _write(store, "s-0", store.put_recipe({"r": 1}, name="r"), 7)
     assert w.won is True
     _visible(store, "s-0", rid, ids, want)
-    assert w.dir not in store.info().orphans
-    store.compact()  # before, this removed the new manifest
+    assert w.dir not in store.admin.info().orphans
+    store.admin.compact()  # before, this removed the new manifest
     _visible(store, "s-0", rid, ids, want)
-    store.gc(grace_s=0)  # ...and gc then removed its attempt
+    store.admin.gc(grace_s=0)  # ...and gc then removed its attempt
     _visible(store, "s-0", rid, ids, want)
-    assert store.verify() == []
+    assert store.admin.verify() == []
 
 
 def expire_leases_now(store: Store) -> None:
     """Mark every held lease released: its holder died (what expiry does an hour later)."""
-    for name in store.backend.listdir("leases"):
+    for name in store.admin.backend.listdir("leases"):
         if name.endswith(".json"):
-            store.backend.put_if_absent(f"leases/{name[:-5]}.released", b"")
+            store.admin.backend.put_if_absent(f"leases/{name[:-5]}.released", b"")
 
 
 def test_a_rewrite_blocked_by_a_dead_manifest_settles_it_and_wins(store):
     rid = store.put_recipe({"r": 1}, name="r")
     _write(store, "s-0", rid, 0)
     with Crashing(store, at=3):
-        store.delete_recipe(rid)
+        store.admin.delete_recipe(rid)
     expire_leases_now(store)
     # manifests/s-0.parquet still holds the deleted commit: the writer compacts it away
     w, ids, want = _write(store, "s-0", store.put_recipe({"r": 1}, name="r"), 5)
@@ -93,7 +93,7 @@ def test_a_rewrite_blocked_while_a_dead_delete_holds_the_lease_says_so_then_wins
     rid = store.put_recipe({"r": 1}, name="r")
     _write(store, "s-0", rid, 0)
     with Crashing(store, at=3):
-        store.delete_recipe(rid)
+        store.admin.delete_recipe(rid)
     before = store.snapshot().id
     with pytest.raises(StoreError, match="held by a commit that was deleted"):
         _write(store, "s-0", rid, 5)
@@ -109,7 +109,7 @@ def test_a_writer_whose_check_raced_a_compaction_reports_that_it_lost(store, mon
     the compacted commit counts, and the writer says it lost."""
     rid = store.put_recipe({"r": 1}, name="r")
     first, ids, want = _write(store, "s-0", rid, 0)
-    store.compact()
+    store.admin.compact()
     real = writer_mod.commit_of
     calls = []
 
@@ -122,7 +122,7 @@ def test_a_writer_whose_check_raced_a_compaction_reports_that_it_lost(store, mon
     assert late.won is False
     _visible(store, "s-0", rid, ids, want)
     assert store.snapshot().shards["s-0"] == first.attempt
-    store.compact()
+    store.admin.compact()
     _visible(store, "s-0", rid, ids, want)
 
 
@@ -137,11 +137,11 @@ def test_every_won_commit_is_in_the_next_snapshot_through_compactions_and_delete
         w, ids, want = _write(store, f"b-{k}", rid_b, 50 + k)
         assert w.won
         live[f"b-{k}"] = (rid_b, ids, want)
-    store.compact()
-    store.delete_recipe(rid_a)
+    store.admin.compact()
+    store.admin.delete_recipe(rid_a)
     for k in range(3):
         del live[f"a-{k}"]
-    store.compact()
+    store.admin.compact()
     rid_a = store.put_recipe({"r": "a"}, name="a")
     for k in range(3):
         w, ids, want = _write(store, f"a-{k}", rid_a, 100 + k)
@@ -149,8 +149,8 @@ def test_every_won_commit_is_in_the_next_snapshot_through_compactions_and_delete
         live[f"a-{k}"] = (rid_a, ids, want)
         for shard, (rid, ids_, want_) in live.items():
             _visible(store, shard, rid, ids_, want_)
-    store.compact()
-    store.gc(grace_s=0)
+    store.admin.compact()
+    store.admin.gc(grace_s=0)
     assert set(store.snapshot().shards) == set(live)
     for shard, (rid, ids_, want_) in live.items():
         _visible(store, shard, rid, ids_, want_)
@@ -160,7 +160,7 @@ def test_a_compaction_hides_a_file_only_by_name_and_content(store):
     rid = store.put_recipe({"r": 1}, name="r")
     _write(store, "s-0", rid, 0)
     _write(store, "s-1", rid, 1)
-    _, name = store.compact()
+    _, name = store.admin.compact()
     info = store.snapshot().infos
     comp = next(i for i in info if i.name == name)
     assert set(comp.replaces) == {"manifests/s-0.parquet", "manifests/s-1.parquet"}
@@ -172,8 +172,8 @@ def test_sql_underscore_manifests_shows_only_live_rows(store):
     other = store.put_recipe({"r": 2}, name="o")
     write_shard(store, "a", rid, sample_ids(5, "a"))
     write_shard(store, "b", other, sample_ids(5, "b"))
-    store.compact()
-    store.delete_recipe(rid)
+    store.admin.compact()
+    store.admin.delete_recipe(rid)
     raw = store.sql("SELECT count(*) AS n FROM _manifests")["n"][0].as_py()
     view = store.sql("SELECT count(*) AS n FROM manifests")["n"][0].as_py()
     assert raw == view == 5

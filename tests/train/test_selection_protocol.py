@@ -163,7 +163,7 @@ def _two_position_store(root: Path) -> tuple[Path, dict[str, np.ndarray], list[s
     mem = pa.Table.from_pylist([{"dataset": "mmsb", "subset": "all", "question_id": i, "sample_id": i,
                                  "category": cat[k], "label": "refuse", "split": "train" if k % 5 else "test"}
                                 for k, i in enumerate(ids)], schema=MEMBERSHIPS)
-    store.put_samples(samples, mem)
+    store.put("samples", samples, memberships=mem)
     return root, ys, ids, cat
 
 
