@@ -198,3 +198,27 @@ def test_a_where_fragment_reading_files_is_refused_when_it_runs(filled):
     with filled.catalog() as cat:
         with pytest.raises(SQLRefusedError, match="needs access outside the catalog"):
             cat.select_sample_ids("sample_id IN (SELECT * FROM read_text('/etc/hostname'))")
+
+
+def test_the_statement_check_runs_on_one_parser_connection_per_process_and_a_forked_child_opens_its_own(filled):
+    """Store.sql checks a statement before it opens the catalog; that check reuses one parser
+    connection (opening one costs ~18 ms) and never the parent's in a forked child."""
+    import multiprocessing as mp
+
+    from l2s_data.store import sandbox
+
+    filled.sql("SELECT count(*) AS n FROM samples")
+    first = sandbox._parser()
+    filled.sql("SELECT count(*) AS n FROM recipes")
+    assert sandbox._parser() is first
+    with pytest.raises(SQLRefusedError):
+        filled.sql("SELECT * FROM read_parquet('x.parquet')")  # still refused on the shared connection
+
+    def child() -> None:
+        ok = sandbox._parser() is not first and filled.sql("SELECT count(*) AS n FROM samples").num_rows == 1
+        os._exit(0 if ok else 1)
+
+    p = mp.get_context("fork").Process(target=child)
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
