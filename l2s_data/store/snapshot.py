@@ -146,6 +146,7 @@ class Snapshot:
     def __init__(self, backend: Backend, infos: Sequence[ManifestInfo], resolve: Callable[[str], str]):
         self.backend = backend
         self._resolve = resolve
+        self._resolved: dict[str, str] = {}
         gone = superseded(infos)
         live = [i for i in infos if not gone(i)]
         deleted = {a for i in live for a in i.deletes}
@@ -252,8 +253,12 @@ class Snapshot:
 
     # -- lookup ----------------------------------------------------------------------------------
     def resolve(self, recipe: str) -> str:
-        """Recipe id for a registered recipe id or name."""
-        return self._resolve(recipe)
+        """Recipe id for a registered recipe id or name, looked up once per snapshot (each look
+        reads the recipes table; a recipe registered later has no rows in this snapshot)."""
+        if recipe not in self._resolved:
+            rid = self._resolved[recipe] = self._resolve(recipe)
+            self._resolved.setdefault(rid, rid)  # an id resolves to itself
+        return self._resolved[recipe]
 
     def key_rows(self, recipe: str, view: str, position: str, layer: int) -> pa.Table:
         """Manifest rows of one key column (all its samples), sorted by sample id."""

@@ -177,3 +177,22 @@ def test_sql_underscore_manifests_shows_only_live_rows(store):
     raw = store.sql("SELECT count(*) AS n FROM _manifests")["n"][0].as_py()
     view = store.sql("SELECT count(*) AS n FROM manifests")["n"][0].as_py()
     assert raw == view == 5
+
+
+def test_a_snapshot_reads_by_name_what_it_held_when_taken_and_looks_each_name_up_once(store, monkeypatch):
+    from l2s_data.store import tables as tables_mod
+
+    rid = store.put_recipe({"r": 1}, name="r")
+    ids = sample_ids(4)
+    want = write_shard(store, "s-0", rid, ids)[KEY]
+    snap = store.snapshot()
+    looks = []
+    real = tables_mod.Tables.resolve_recipe
+    monkeypatch.setattr(tables_mod.Tables, "resolve_recipe", lambda self, *a, **k: looks.append(a) or real(self, *a, **k))
+    for _ in range(3):
+        np.testing.assert_array_equal(snap.read("r", *KEY, ids), want)
+    assert len(looks) == 1  # the recipes table is read once, not per read
+    late = store.put_recipe({"r": 2}, name="late")  # registered and written after the snapshot
+    write_shard(store, "s-1", late, ids, seed=5)
+    assert snap.committed_keys("late").num_rows == 0
+    assert store.snapshot().committed_keys("late").num_rows == 4
