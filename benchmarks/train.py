@@ -43,7 +43,7 @@ def _train_cfg(store: Path, out: Path, *, recipe_in: str, recipe_out: str, l_in:
         "store": str(store), "out_dir": str(out), "name": "bench", "in_memory": in_memory,
         "input": {"recipe": recipe_in, "position": "prompt_last", "layer": l_in},
         "target": {"recipe": recipe_out, "position": "completion_last", "layer": l_out},
-        "split": {"train_where": "split = 'train'", "val_where": "split = 'test'"},
+        "split": {"train_where": "split = 'train'", "val_where": "", "val_fraction": 0.25},  # validation rows out of train
         "trainer": {"hidden_size": 100, "lr": 1e-3, "batch_size": 64, **trainer},
     })
 
