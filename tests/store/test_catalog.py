@@ -200,6 +200,7 @@ def test_a_where_fragment_reading_files_is_refused_when_it_runs(filled):
             cat.select_sample_ids("sample_id IN (SELECT * FROM read_text('/etc/hostname'))")
 
 
+@pytest.mark.slow  # forks a child
 def test_the_statement_check_runs_on_one_parser_connection_per_process_and_a_forked_child_opens_its_own(filled):
     """Store.sql checks a statement before it opens the catalog; that check reuses one parser
     connection (opening one costs ~18 ms) and never the parent's in a forked child."""
