@@ -149,6 +149,7 @@ def write_card(path: str | Path, config: Any, losses: list[dict[str, float]], se
         "config": asdict(config),
         "data": {"training_data_seed": 10_000 + config.seed, "behavior": td.BEHAVIOR,
                  "safety_items": config.n_safety, "benign_items": config.n_benign, "pope_scenes": config.n_scenes,
+                 "vision_data_seed": 20_000 + config.seed, "vision_scenes": config.vision_scenes,
                  "answers": {"comply": td.COMPLY, "refuse": td.REFUSE, "defer": td.DEFER},
                  "pope_unsteered_rule": "yes when an object of the asked colour is in the scene",
                  "pope_truth_suffix": td.LOOK_SUFFIX},
@@ -180,7 +181,9 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"{c['hidden_size']}, {c['layers']} decoder layers; behaviour directions read and added at layer "
         f"{c['steer_layer']} (alpha drawn from {c['alpha_range']})",
         f"- training data (data seed {card['data']['training_data_seed']}): {c['n_safety']} synthetic-safety "
-        f"items, {c['n_benign']} benign queries, shapes-POPE questions over {c['n_scenes']} scenes",
+        f"items, {c['n_benign']} benign queries, shapes-POPE questions over {c['n_scenes']} scenes; first "
+        f"{c['vision_steps']} steps of the vision tower and projector alone on the objects of "
+        f"{c['vision_scenes']} other scenes (data seed {card['data']['vision_data_seed']})",
         f"- final losses: suffix questions {last.get('questions', float('nan')):.3f}, answers "
         f"{last.get('answers', float('nan')):.3f}; seconds: {card['seconds']}",
         "",
