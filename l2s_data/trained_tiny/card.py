@@ -36,7 +36,8 @@ CARD_DATA_SEED = 1
 #: The steering strength of the card's P2S* rows.
 CARD_ALPHA = 1.0
 _PER_CATEGORY = 8      # held-out safety items per scenario
-_SCENES = 40           # held-out shapes-POPE scenes (the demo's kind of questions)
+_SCENES = 120          # held-out shapes-POPE scenes (the demo's kind of questions; the first 40 of the
+                       # card's data seed alone were easier than other sets: 0.725 vs 0.636-0.653)
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -35,7 +35,8 @@ from l2s_data.datasets.synthetic_safety import KEY_PHRASES, QUERY_TEMPLATES, saf
 
 __all__ = [
     "BEHAVIOR", "COMPLY", "REFUSE", "DEFER", "BENIGN", "BENIGN_QUERIES", "LOOK_SUFFIX",
-    "Row", "build_rows", "vision_scenes", "presence", "vocabulary", "desired_answer", "colour_answer",
+    "Row", "build_rows", "vision_scenes", "presence", "colours_present", "COLOURS", "vocabulary",
+    "desired_answer", "colour_answer",
 ]
 
 #: The behaviour whose pairs the model learns (the demo extracts with it too).
@@ -134,9 +135,11 @@ def build_rows(seed: int, *, n_safety: int = 390, n_benign: int = 60, n_scenes: 
         absent = [o for o in OBJECTS if o not in objs]
         twins = [o for o in absent if colour_answer(o, objs) == YES]
         others = [o for o in absent if o not in twins]
-        # Every present object, and as many absent ones, half of them twins where there are any.
+        # Every present object, and as many absent ones, a third of them twins where there are any
+        # (with half, "Yes" was the unsteered answer to 3 in 4 rows and the model said it to nearly
+        # every absent object, far past the colour rule).
         k = len(objs)
-        picked = srng.sample(twins, min(len(twins), (k + 1) // 2))
+        picked = srng.sample(twins, min(len(twins), round(k / 3)))
         picked += srng.sample(others, min(len(others), k - len(picked)))
         for obj in objs + picked:
             truth = YES if obj in objs else NO
@@ -154,6 +157,15 @@ def vision_scenes(seed: int, n: int) -> list[tuple[tuple[str, ...], PIL.Image.Im
         objs, png, _ = scene_item(i, 20_000 + seed)
         out.append((tuple(objs), _image(png)))
     return out
+
+
+#: The colours of :data:`~l2s_data.datasets.shapes_pope.OBJECTS`, in order of first appearance.
+COLOURS: tuple[str, ...] = tuple(dict.fromkeys(o.split()[0] for o in OBJECTS))
+
+
+def colours_present(objects: tuple[str, ...] | list[str]) -> list[float]:
+    """Which of :data:`COLOURS` a scene shows (1.0 / 0.0 each): what the colour rule answers from."""
+    return [1.0 if any(_colour(o) == c for o in objects) else 0.0 for c in COLOURS]
 
 
 def presence(objects: tuple[str, ...] | list[str]) -> list[float]:

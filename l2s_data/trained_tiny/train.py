@@ -39,7 +39,7 @@ weighs the same, however many tokens it has):
    keeps training on the POPE rows' images afterwards. The projector reads the tower's last layer.
 7. **A question bound to the image**: on POPE rows, the last prompt token at ``binding_layer``
    (below L*) must tell, through two linear heads, which object the question asks about and which
-   objects the scene shows, so the layers up to L* have both to compare. Without 6 and 7 the model
+   objects and colours the scene shows, so the layers up to L* have both to compare. Without 6 and 7 the model
    answered "Yes" to every POPE question and its h_X held no present/absent signal; with only 6 it
    still did.
 """
@@ -95,7 +95,7 @@ class TinyTrainConfig:
     vision_lr: float = 5e-3
     presence_weight: float = 1.0  # the pooled image tokens tell which objects a POPE row's scene shows
     binding_weight: float = 1.0   # POPE: the last prompt token at binding_layer tells the asked object and
-    binding_layer: int = 1        # the scene's objects (each read by a linear head, dropped after training)
+    binding_layer: int = 1        # the scene's objects and colours (linear heads, dropped after training)
 
 
 @dataclass
@@ -295,6 +295,7 @@ def _train(out: Path, cfg: TinyTrainConfig, progress, card: bool, stop_after: in
     pairs = [None if r.pair is None else (enc.seq(enc.prompt(r.query, r.pair[0]), r.pair[1]),
                                           enc.seq(enc.prompt(r.query, r.pair[0]), r.pair[2])) for r in rows]
     present = torch.tensor([td.presence(r.objects) for r in rows])
+    scene = torch.cat([present, torch.tensor([td.colours_present(r.objects) for r in rows])], 1)
     asked = torch.tensor([next((k for k, o in enumerate(OBJECTS) if question_for(o) == r.query), -1) for r in rows])
     t_data = time.perf_counter() - t0
 
@@ -304,7 +305,7 @@ def _train(out: Path, cfg: TinyTrainConfig, progress, card: bool, stop_after: in
     probe_head = torch.nn.Linear(cfg.hidden_size, len(_GROUPS))
     presence_head = torch.nn.Linear(cfg.hidden_size, len(OBJECTS))
     asked_head = torch.nn.Linear(cfg.hidden_size, len(OBJECTS))
-    scene_head = torch.nn.Linear(cfg.hidden_size, len(OBJECTS))
+    scene_head = torch.nn.Linear(cfg.hidden_size, len(OBJECTS) + len(td.COLOURS))
     t1 = time.perf_counter()
     vision_losses = _train_vision(model, processor, presence_head, cfg)
     t_vision = time.perf_counter() - t1
@@ -364,14 +365,15 @@ def _train(out: Path, cfg: TinyTrainConfig, progress, card: bool, stop_after: in
                                             bind_layer=cfg.binding_layer)
         loss_p = _loss(model, hidden, ids, pseqs)
         loss_x = F.cross_entropy(probe_head(hx), answer_group[batch])
-        # POPE rows: the scene's objects from the pooled image tokens; the asked object and the
-        # scene's objects from the last prompt token below L* (so L* can compare the two)
+        # POPE rows: the scene's objects from the pooled image tokens; the asked object, and the
+        # scene's objects and colours, from the last prompt token below L* (so that L* can compare
+        # them: the truth, and the colour rule of the unsteered answer)
         pope = [r for r, i in enumerate(batch) if rows[i].task == "pope"]
         pope_rows = [batch[r] for r in pope]
         loss_v = F.binary_cross_entropy_with_logits(
             presence_head(_image_features(model, pixels[pope_rows]).mean(1)), present[pope_rows])
         loss_b = (F.cross_entropy(asked_head(hb[pope]), asked[pope_rows])
-                  + F.binary_cross_entropy_with_logits(scene_head(hb[pope]), present[pope_rows]))
+                  + F.binary_cross_entropy_with_logits(scene_head(hb[pope]), scene[pope_rows]))
         loss = (loss_q + loss_p + cfg.norm_weight * loss_n + cfg.probe_weight * loss_x
                 + cfg.presence_weight * loss_v + cfg.binding_weight * loss_b)
         opt.zero_grad(set_to_none=True)
