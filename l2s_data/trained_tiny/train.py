@@ -39,9 +39,9 @@ weighs the same, however many tokens it has):
    keeps training on the POPE rows' images afterwards. The projector reads the tower's last layer.
 7. **A question bound to the image**: on POPE rows, the last prompt token at ``binding_layer``
    (below L*) must tell, through two linear heads, which object the question asks about and which
-   objects and colours the scene shows, so the layers up to L* have both to compare. Without 6 and 7 the model
-   answered "Yes" to every POPE question and its h_X held no present/absent signal; with only 6 it
-   still did.
+   objects and colours the scene shows, so the layers up to L* have both to compare. Without 6
+   and 7 the model answered "Yes" to every POPE question and its h_X held no present/absent
+   signal; with 6 alone it still did.
 """
 
 from __future__ import annotations
@@ -180,12 +180,12 @@ class _Stop(Exception):
 
 
 def _forward(model, adapter, seqs, pixels, *, delta=None, read_layer=None, probe=False, bind_layer=None):
-    """``(hidden, ids, read, h_x)``: the final hidden states [R, L, D] of the left-padded ``seqs``
-    (None when ``read_layer`` is asked for: the forward stops there), their ids, that layer's
-    output at each row's read token (or None), and with ``probe=True`` layer L*'s output (before
-    ``delta``) at each row's last prompt token, the input view h_X (or None). ``delta`` [R, D] is
-    added to layer L*'s output at every position. With ``bind_layer`` (below L*), h_x is the pair
-    (h_X, that layer's output at the last prompt token)."""
+    """``(hidden, ids, read, h_x, h_bind)``: the final hidden states [R, L, D] of the left-padded
+    ``seqs`` (None when ``read_layer`` is asked for: the forward stops there), their ids, that
+    layer's output at each row's read token (or None), with ``probe=True`` layer L*'s output
+    (before ``delta``) at each row's last prompt token, the input view h_X (or None), and with
+    ``bind_layer`` (below L*) that layer's output at the last prompt token (or None). ``delta``
+    [R, D] is added to layer L*'s output at every position."""
     ids, mask, pos = _batch(adapter, seqs)
     handles, got = [], {}
     if bind_layer is not None:
@@ -216,13 +216,15 @@ def _forward(model, adapter, seqs, pixels, *, delta=None, read_layer=None, probe
         for h in handles:
             h.remove()
     width, rows = ids.shape[1], torch.arange(len(seqs))
-    read = h_x = None
+    read = h_x = h_bind = None
     if read_layer is not None:
         read = got["h"][rows, torch.tensor([width - len(s.ids) + s.read for s in seqs])]
+    last = torch.tensor([width - len(s.ids) + s.target[0] - 1 for s in seqs])
     if probe:
-        last = torch.tensor([width - len(s.ids) + s.target[0] - 1 for s in seqs])
-        h_x = got["x"][rows, last] if bind_layer is None else (got["x"][rows, last], got["b"][rows, last])
-    return hidden, ids, read, h_x
+        h_x = got["x"][rows, last]
+    if bind_layer is not None:
+        h_bind = got["b"][rows, last]
+    return hidden, ids, read, h_x, h_bind
 
 
 def _loss(model, hidden: torch.Tensor, ids: torch.Tensor, seqs: Sequence[_Seq]) -> torch.Tensor:
@@ -328,13 +330,13 @@ def _train(out: Path, cfg: TinyTrainConfig, progress, card: bool, stop_after: in
         batch = safe_rows + rng.sample(by_task["pope"], cfg.batch_size - half)
         # 1. the suffix questions
         qseqs = [rng.choice(questions[i]) for i in batch]
-        hidden, ids, _, _ = _forward(model, adapter, qseqs, pixels[batch])
+        hidden, ids, _, _, _ = _forward(model, adapter, qseqs, pixels[batch])
         loss_q = _loss(model, hidden, ids, qseqs)
         # 3. behaviour directions of this batch's source rows (current model); their norms are
         # pulled toward one target, so that no behaviour's direction dwarfs another's
         src_rows = [i for i in batch if pairs[i] is not None]
         both = [pairs[i][0] for i in src_rows] + [pairs[i][1] for i in src_rows]
-        _, _, h, _ = _forward(model, adapter, both, pixels[src_rows + src_rows], read_layer=cfg.steer_layer)
+        _, _, h, _, _ = _forward(model, adapter, both, pixels[src_rows + src_rows], read_layer=cfg.steer_layer)
         n_src = len(src_rows)
         v_all = h[:n_src] - h[n_src:]
         loss_n = (torch.log(v_all.norm(dim=1) / cfg.norm_target) ** 2).mean()
@@ -361,8 +363,8 @@ def _train(out: Path, cfg: TinyTrainConfig, progress, card: bool, stop_after: in
                     v = d / d.norm() * v.norm()
                 delta[r] = alpha * v
             pseqs.append(enc.seq(plain[i], answer))
-        hidden, ids, _, (hx, hb) = _forward(model, adapter, pseqs, pixels[batch], delta=delta, probe=True,
-                                            bind_layer=cfg.binding_layer)
+        hidden, ids, _, hx, hb = _forward(model, adapter, pseqs, pixels[batch], delta=delta, probe=True,
+                                          bind_layer=cfg.binding_layer)
         loss_p = _loss(model, hidden, ids, pseqs)
         loss_x = F.cross_entropy(probe_head(hx), answer_group[batch])
         # POPE rows: the scene's objects from the pooled image tokens; the asked object, and the
