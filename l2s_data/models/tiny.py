@@ -14,6 +14,7 @@ The output is deterministic for a given (family, seed, sizes) and transformers v
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -44,11 +45,28 @@ from l2s_data.models.processors import Qwen2_5_VLImageProcessorOnly, Qwen2VLImag
 from l2s_data.models.templates import TEMPLATES
 from l2s_data.models.types import FAMILIES
 
-__all__ = ["make_tiny", "build_tiny", "build_tokenizer", "build_processor", "TRAINED_TINY_LLAVA"]
+__all__ = ["make_tiny", "build_tiny", "build_tokenizer", "build_processor", "TinyVision", "TRAINED_TINY_LLAVA"]
 
 #: The trained tiny LLaVA shipped with the package (what `l2s demo` uses): the tiny LLaVA of
 #: :func:`build_tiny`, trained by ``l2s models train-tiny`` (:mod:`l2s_data.trained_tiny`).
 TRAINED_TINY_LLAVA = Path(__file__).parent / "data" / "tiny-llava-trained"
+
+@dataclass(frozen=True)
+class TinyVision:
+    """The tiny LLaVA's vision side: image size, patch size, CLIP tower width and depth, and which
+    of its hidden states the projector reads (``feature_layer``, as ``vision_feature_layer``).
+    The default is what the random checkpoints use (56x56 images, 16 image tokens)."""
+
+    image_size: int = 56
+    patch_size: int = 14
+    hidden_size: int = 32
+    layers: int = 2
+    feature_layer: int = -2
+
+    @property
+    def n_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
 
 _LLAVA_SPECIALS = ["<unk>", "<s>", "</s>"]          # ids 0, 1, 2, as in the Llama vocabulary
 _LLAVA_ADDED = ["<image>", "<pad>"]                # added after the vocabulary, as in llava-hf
@@ -182,12 +200,14 @@ def build_tokenizer(family: str, *, words: tuple[str, ...] = ()) -> PreTrainedTo
     return fast
 
 
-def build_processor(family: str, tokenizer: PreTrainedTokenizerFast, *, patch_size: int = 14):
-    """The family's processor around ``tokenizer``, with small images (a few image tokens)."""
+def build_processor(family: str, tokenizer: PreTrainedTokenizerFast, *, patch_size: int = 14,
+                    image_size: int = 56):
+    """The family's processor around ``tokenizer``, with small images (a few image tokens);
+    ``image_size`` is LLaVA's (square) image side."""
     template = TEMPLATES[family]
     if family == "llava":
         image_processor = _ClipImages(
-            size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56},
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
             do_center_crop=True, do_convert_rgb=True,
         )  # fmt: skip
         return LlavaProcessor(
@@ -204,7 +224,7 @@ def build_processor(family: str, tokenizer: PreTrainedTokenizerFast, *, patch_si
     return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
 
 
-def _config(family: str, tok: PreTrainedTokenizerFast, hidden_size: int, layers: int):
+def _config(family: str, tok: PreTrainedTokenizerFast, hidden_size: int, layers: int, tv: TinyVision):
     heads = 4
     if hidden_size % heads or (hidden_size // heads) % 2:
         raise ConfigError(
@@ -219,13 +239,14 @@ def _config(family: str, tok: PreTrainedTokenizerFast, hidden_size: int, layers:
     )  # fmt: skip
     if family == "llava":
         vision = CLIPVisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            image_size=56, patch_size=14, projection_dim=32,
+            hidden_size=tv.hidden_size, intermediate_size=2 * tv.hidden_size, num_hidden_layers=tv.layers,
+            num_attention_heads=2, image_size=tv.image_size, patch_size=tv.patch_size,
+            projection_dim=tv.hidden_size,
         )  # fmt: skip
         return LlavaConfig(
             vision_config=vision, text_config=LlamaConfig(bos_token_id=tok.bos_token_id, **text),
-            image_token_index=tok.convert_tokens_to_ids("<image>"), image_seq_length=16,
-            vision_feature_select_strategy="default", vision_feature_layer=-2,
+            image_token_index=tok.convert_tokens_to_ids("<image>"), image_seq_length=tv.n_tokens,
+            vision_feature_select_strategy="default", vision_feature_layer=tv.feature_layer,
             pad_token_id=tok.pad_token_id,
         )  # fmt: skip
     # M-RoPE: the three sections (temporal, height, width) must sum to head_dim / 2.
@@ -260,16 +281,20 @@ _MODEL_CLASSES = {
 
 
 def build_tiny(family: str, *, seed: int = 0, hidden_size: int = 64, layers: int = 4,
-               words: tuple[str, ...] = ()):
+               words: tuple[str, ...] = (), vision: TinyVision | None = None):
     """``(model, processor)`` of a tiny random checkpoint of ``family``, in memory (see
-    :func:`make_tiny`); ``words`` adds whole-word tokens (:func:`build_tokenizer`)."""
+    :func:`make_tiny`); ``words`` adds whole-word tokens (:func:`build_tokenizer`); ``vision``
+    (LLaVA only) another vision side than the default :class:`TinyVision`."""
     if family not in FAMILIES:
         raise ConfigError(f"family={family!r}: expected one of {', '.join(FAMILIES)}.")
     if layers < 1:
         raise ConfigError(f"layers={layers}: expected at least 1 decoder layer.")
+    tv = vision or TinyVision()
+    if vision is not None and (family != "llava" or tv.image_size % tv.patch_size):
+        raise ConfigError(f"vision={vision}: only for family 'llava', with image_size a multiple of patch_size.")
     tok = build_tokenizer(family, words=words)
-    processor = build_processor(family, tok)
-    config = _config(family, tok, hidden_size, layers)
+    processor = build_processor(family, tok, patch_size=tv.patch_size, image_size=tv.image_size)
+    config = _config(family, tok, hidden_size, layers, tv)
     # A private generator keeps the caller's RNG state untouched; weights depend on seed alone.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

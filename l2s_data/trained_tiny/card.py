@@ -36,7 +36,8 @@ CARD_DATA_SEED = 1
 #: The steering strength of the card's P2S* rows.
 CARD_ALPHA = 1.0
 _PER_CATEGORY = 8      # held-out safety items per scenario
-_SCENES = 40           # held-out shapes-POPE scenes (the demo's kind of questions)
+_SCENES = 120          # held-out shapes-POPE scenes (the demo's kind of questions; the first 40 of the
+                       # card's data seed alone were easier than other sets: 0.725 vs 0.636-0.653)
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -149,6 +150,7 @@ def write_card(path: str | Path, config: Any, losses: list[dict[str, float]], se
         "config": asdict(config),
         "data": {"training_data_seed": 10_000 + config.seed, "behavior": td.BEHAVIOR,
                  "safety_items": config.n_safety, "benign_items": config.n_benign, "pope_scenes": config.n_scenes,
+                 "vision_data_seed": 20_000 + config.seed, "vision_scenes": config.vision_scenes,
                  "answers": {"comply": td.COMPLY, "refuse": td.REFUSE, "defer": td.DEFER},
                  "pope_unsteered_rule": "yes when an object of the asked colour is in the scene",
                  "pope_truth_suffix": td.LOOK_SUFFIX},
@@ -180,7 +182,9 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"{c['hidden_size']}, {c['layers']} decoder layers; behaviour directions read and added at layer "
         f"{c['steer_layer']} (alpha drawn from {c['alpha_range']})",
         f"- training data (data seed {card['data']['training_data_seed']}): {c['n_safety']} synthetic-safety "
-        f"items, {c['n_benign']} benign queries, shapes-POPE questions over {c['n_scenes']} scenes",
+        f"items, {c['n_benign']} benign queries, shapes-POPE questions over {c['n_scenes']} scenes; first "
+        f"{c['vision_steps']} steps of the vision tower and projector alone on the objects of "
+        f"{c['vision_scenes']} other scenes (data seed {card['data']['vision_data_seed']})",
         f"- final losses: suffix questions {last.get('questions', float('nan')):.3f}, answers "
         f"{last.get('answers', float('nan')):.3f}; seconds: {card['seconds']}",
         "",

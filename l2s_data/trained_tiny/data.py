@@ -35,7 +35,8 @@ from l2s_data.datasets.synthetic_safety import KEY_PHRASES, QUERY_TEMPLATES, saf
 
 __all__ = [
     "BEHAVIOR", "COMPLY", "REFUSE", "DEFER", "BENIGN", "BENIGN_QUERIES", "LOOK_SUFFIX",
-    "Row", "build_rows", "vocabulary", "desired_answer", "colour_answer",
+    "Row", "build_rows", "vision_scenes", "presence", "colours_present", "COLOURS", "vocabulary",
+    "desired_answer", "colour_answer",
 ]
 
 #: The behaviour whose pairs the model learns (the demo extracts with it too).
@@ -80,7 +81,7 @@ class Row:
     """One training item. ``questions``: (suffix, answer) pairs trained as teacher-forced turns;
     ``pair``: (suffix, positive, negative) of the item's own contrastive pair (None: the row
     is never a steering source); ``default`` the unsteered answer, ``desired`` the one its
-    behaviour asks for."""
+    behaviour asks for; ``objects`` the objects a POPE row's scene shows (empty otherwise)."""
 
     task: str                 # "safety" | "benign" | "pope"
     category: str
@@ -90,6 +91,7 @@ class Row:
     desired: str
     pair: tuple[str, str, str] | None
     questions: tuple[tuple[str, str], ...]
+    objects: tuple[str, ...] = ()
 
 
 def _image(data: bytes) -> PIL.Image.Image:
@@ -133,16 +135,42 @@ def build_rows(seed: int, *, n_safety: int = 390, n_benign: int = 60, n_scenes: 
         absent = [o for o in OBJECTS if o not in objs]
         twins = [o for o in absent if colour_answer(o, objs) == YES]
         others = [o for o in absent if o not in twins]
-        # Every present object, and as many absent ones, half of them twins where there are any.
+        # Every present object, and as many absent ones, a third of them twins where there are any
+        # (with half, "Yes" was the unsteered answer to 3 in 4 rows and the model said it to nearly
+        # every absent object, far past the colour rule).
         k = len(objs)
-        picked = srng.sample(twins, min(len(twins), (k + 1) // 2))
+        picked = srng.sample(twins, min(len(twins), round(k / 3)))
         picked += srng.sample(others, min(len(others), k - len(picked)))
         for obj in objs + picked:
             truth = YES if obj in objs else NO
             wrong = NO if truth == YES else YES
             rows.append(Row("pope", "pope", image, question_for(obj), colour_answer(obj, objs), truth,
-                            ("", truth, wrong), ((LOOK_SUFFIX, truth),)))
+                            ("", truth, wrong), ((LOOK_SUFFIX, truth),), tuple(objs)))
     return rows
+
+
+def vision_scenes(seed: int, n: int) -> list[tuple[tuple[str, ...], PIL.Image.Image]]:
+    """``n`` shape scenes (objects, image) for the vision tower's own first phase, with a data seed
+    of their own (``20_000 + seed``): neither the training rows, the card nor the demo use it."""
+    out = []
+    for i in range(n):
+        objs, png, _ = scene_item(i, 20_000 + seed)
+        out.append((tuple(objs), _image(png)))
+    return out
+
+
+#: The colours of :data:`~l2s_data.datasets.shapes_pope.OBJECTS`, in order of first appearance.
+COLOURS: tuple[str, ...] = tuple(dict.fromkeys(o.split()[0] for o in OBJECTS))
+
+
+def colours_present(objects: tuple[str, ...] | list[str]) -> list[float]:
+    """Which of :data:`COLOURS` a scene shows (1.0 / 0.0 each): what the colour rule answers from."""
+    return [1.0 if any(_colour(o) == c for o in objects) else 0.0 for c in COLOURS]
+
+
+def presence(objects: tuple[str, ...] | list[str]) -> list[float]:
+    """Which of :data:`~l2s_data.datasets.shapes_pope.OBJECTS` a scene shows (1.0 / 0.0 each)."""
+    return [1.0 if o in objects else 0.0 for o in OBJECTS]
 
 
 def vocabulary() -> tuple[str, ...]:

@@ -88,3 +88,27 @@ def test_bfloat16_adapter_reports_its_dtype_and_captures_float32(tiny_checkpoint
     assert adapter.dtype == torch.bfloat16
     out = adapter.capture([ChatInput(_img(), "Hi?")], layers=[0], positions=["prompt_last"])
     assert out[("prompt_last", 0)].dtype == torch.float32
+
+
+def test_build_tiny_takes_another_llava_vision_side_and_the_default_is_the_random_checkpoints():
+    import PIL.Image
+
+    from l2s_data.errors import ConfigError
+    from l2s_data.models.families import process_images
+    from l2s_data.models.tiny import TinyVision, build_tiny
+
+    default, _ = build_tiny("llava")
+    same, _ = build_tiny("llava", vision=TinyVision())
+    assert default.config.to_dict() == same.config.to_dict() and default.config.vision_feature_layer == -2
+    model, processor = build_tiny("llava", vision=TinyVision(patch_size=7, hidden_size=48, feature_layer=-1))
+    assert model.config.image_seq_length == 64 and model.config.vision_feature_layer == -1
+    vision = process_images("llava", processor, [PIL.Image.new("RGB", (80, 60), (200, 30, 30))])
+    assert vision.n_tokens == [64]
+    with torch.no_grad():
+        feats = model.model.get_image_features(pixel_values=vision.pixel_values, vision_feature_layer=-1,
+                                               vision_feature_select_strategy="default").pooler_output
+    assert feats[0].shape == (64, 64)
+    with pytest.raises(ConfigError, match="only for family 'llava'"):
+        build_tiny("qwen2-vl", vision=TinyVision())
+    with pytest.raises(ConfigError, match="multiple of patch_size"):
+        build_tiny("llava", vision=TinyVision(image_size=60))
