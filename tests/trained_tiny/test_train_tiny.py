@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from l2s_data.trained_tiny import read_card
 from l2s_data.models.tiny import TRAINED_TINY_LLAVA
-
+from l2s_data.trained_tiny import read_card
 
 
 def mcnemar(a: list[bool], b: list[bool]) -> float:
