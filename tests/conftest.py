@@ -7,7 +7,7 @@ that writes its own copy of it. torch runs single-threaded in the test session (
 
 A test that starts a process (Ray, a subprocess, a server) is marked ``@pytest.mark.slow``;
 ``make test-fast`` runs the others (``-m "not slow"``). A test that asks for a fixture of
-:data:`PROCESS_FIXTURES` without the mark is refused at collection, naming it.
+:data:`SLOW_FIXTURES` without the mark is refused at collection, naming it.
 """
 
 from __future__ import annotations
@@ -38,27 +38,31 @@ import torch
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-#: Session fixtures that start processes: a test that uses one (directly or through another
-#: fixture) must carry ``@pytest.mark.slow``.
-PROCESS_FIXTURES = ("ray_address", "s3_endpoint", "demo", "demo_copy")
+#: Session fixtures that start processes or run for most of a minute, and the pytest-xdist group
+#: of the tests that use them (each group runs on one worker, which builds its fixtures once). A
+#: test that uses one (directly or through another fixture) must carry ``@pytest.mark.slow``.
+SLOW_FIXTURES = {"ray_address": "processes", "s3_endpoint": "processes", "demo": "demo", "demo_copy": "demo"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's worker hook, which reads xdist_group into node ids
 def pytest_collection_modifyitems(config, items):
     unmarked = [item.nodeid for item in items
-                if set(getattr(item, "fixturenames", ())) & set(PROCESS_FIXTURES) and item.get_closest_marker("slow") is None]
+                if set(getattr(item, "fixturenames", ())) & set(SLOW_FIXTURES) and item.get_closest_marker("slow") is None]
     if unmarked:
         raise pytest.UsageError(
-            f"these tests use a fixture that starts processes ({', '.join(PROCESS_FIXTURES)}) but are not marked "
-            f"@pytest.mark.slow, so `make test-fast` would start them: " + ", ".join(unmarked))
-    # Under pytest-xdist (`make test`: -n 2 --dist loadgroup) every test that uses a session
-    # process fixture runs on one worker, so the session's Ray head, S3 server and demo are
-    # started once; the other slow tests (their own subprocesses, their own servers) and the fast
-    # ones go to whichever worker is free.
+            f"these tests use a slow session fixture ({', '.join(SLOW_FIXTURES)}) but are not marked "
+            f"@pytest.mark.slow, so `make test-fast` would run them: " + ", ".join(unmarked))
+    # Under pytest-xdist (`make test`: -n 2 --dist loadgroup) the tests of one group run on one
+    # worker, so the session's Ray head and S3 server ("processes") and the demo ("demo") are each
+    # built once; the other tests go to whichever worker is free.
     if config.pluginmanager.hasplugin("xdist"):
         for item in items:
-            if set(getattr(item, "fixturenames", ())) & set(PROCESS_FIXTURES):
-                item.add_marker(pytest.mark.xdist_group("processes"))
+            groups = {SLOW_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in SLOW_FIXTURES}
+            if len(groups) > 1:
+                raise pytest.UsageError(f"{item.nodeid} uses session fixtures of two xdist groups {sorted(groups)}: "
+                                        f"they are built on different workers")
+            if groups:
+                item.add_marker(pytest.mark.xdist_group(groups.pop()))
 
 
 def pytest_configure(config):
@@ -350,20 +354,22 @@ class DemoRun:
 
 
 @pytest.fixture(scope="session")
-def demo(tmp_path_factory, ray_address) -> DemoRun:
-    """``run_demo(out_dir, guard=False)`` once per session on the session's Ray head (through
-    RAY_ADDRESS), for the demo, README, report and acceptance tests. Tests read it; one that
-    writes takes ``demo_copy``. (The demo test runs the demo again in it: a rerun computes
-    nothing and adds one ``extractions`` row, after that test has read the first.) Without the
-    tiny random guard (``l2s demo --no-guard``): its scores are noise that no test reads, and it
-    was most of the evaluation's time; tests/evaluate scores with it."""
+def demo(tmp_path_factory) -> DemoRun:
+    """``run_demo(out_dir, workers=0, guard=False)`` once per session, in this process, for the
+    demo, README, report and acceptance tests. Tests read it; one that writes takes
+    ``demo_copy``. (The demo test runs the demo again in it: a rerun computes nothing and adds one
+    ``extractions`` row, after that test has read the first.) Without the tiny random guard
+    (``l2s demo --no-guard``): its scores are noise that no test reads, and it was most of the
+    evaluation's time; tests/evaluate scores with it. In this process rather than on the Ray head,
+    so that it builds on the other pytest worker while the Ray tests run; the demo's extraction on
+    Ray (what `make demo` does) is tested on the session's head by tests/test_demo.py."""
     from rich.console import Console
 
     from l2s_data.demo import run_demo
 
     out = tmp_path_factory.mktemp("demo") / "demo-out"
     buf = io.StringIO()
-    result = run_demo(out, n=DEMO_N, console=Console(file=buf, width=120), guard=False)
+    result = run_demo(out, n=DEMO_N, console=Console(file=buf, width=120), workers=0, guard=False)
     return DemoRun(out, result, buf.getvalue(), DEMO_N)
 
 

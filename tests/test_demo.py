@@ -9,20 +9,18 @@ import pytest
 from rich.console import Console
 
 from l2s_data.demo import demo_eval_config
+from l2s_data.store import Store
 
 
 @pytest.mark.slow
 def test_the_demo_runs_end_to_end_and_its_second_run_computes_nothing(demo):
-    res, out = demo.result, demo.printed  # run_demo(out, n=demo.n, guard=False) on the session's Ray head
+    res, out = demo.result, demo.printed  # run_demo(out, n=demo.n, workers=0, guard=False)
     assert res.first.computed_samples == demo.n and res.first.quarantined == 0
     assert res.second.computed_samples == 0 and res.second.plan.missing_keys == 0
     assert "nothing to compute" in out and "cosine between categories" in out
-    # `make demo` extracts on Ray (here the session's head, through RAY_ADDRESS), recorded as such
-    from l2s_data.store import Store
-
-    assert "on 2 Ray worker(s)" in out
+    assert "in this process" in out  # on Ray: test_the_demo_extracts_on_ray_as_make_demo_does
     ext = Store.open(demo.out / "store").sql("SELECT * FROM _extractions").to_pylist()
-    assert [(r["workers"], r["devices"], r["samples_computed"]) for r in ext] == [(2, ["cpu", "cpu"], demo.n)]
+    assert [(r["workers"], r["samples_computed"]) for r in ext] == [(0, demo.n)]
     # p2s norms were taken in float32 and are non-zero; the cosine matrix is a real one
     assert all(r["p2s"] > 0 for r in res.norms) and len(res.norms) == 4
     c = len(res.categories)
@@ -33,10 +31,10 @@ def test_the_demo_runs_end_to_end_and_its_second_run_computes_nothing(demo):
     assert [r[0] for r in st["rows"]] == ["none", "prompt-only", "Mean-S", "Mean-S(BA)", "Norm-Rnd", "L2S", "P2S*"]
     assert st["report"].is_file() and st["report"].with_suffix(".html").is_file()
     runs = Store.open(demo.out / "store").sql(
-        f"SELECT count(*) AS n FROM runs WHERE run_id = '{st['train_run']}'")["n"][0].as_py()
+        "SELECT count(*) AS n FROM runs WHERE run_id = ?", params=[st["train_run"]])["n"][0].as_py()
     assert runs == 1
     evals = Store.open(demo.out / "store").sql(
-        f"SELECT count(DISTINCT method) AS m FROM evaluations WHERE run_id = '{st['eval_run']}'")["m"][0].as_py()
+        "SELECT count(DISTINCT method) AS m FROM evaluations WHERE run_id = ?", params=[st["eval_run"]])["m"][0].as_py()
     assert evals == 7
     assert "report: " in out and "[7/7] evaluation" in out
 
@@ -44,9 +42,23 @@ def test_the_demo_runs_end_to_end_and_its_second_run_computes_nothing(demo):
     buf2 = io.StringIO()
     from l2s_data.demo import run_demo
 
-    again = run_demo(demo.out, n=demo.n, console=Console(file=buf2, width=120), guard=False)  # one extractions row
+    again = run_demo(demo.out, n=demo.n, console=Console(file=buf2, width=120), workers=0, guard=False)
     assert again.first.computed_samples == 0 and "cached" in buf2.getvalue()
     assert "evaluation demo-eval: 0 new response(s)" in buf2.getvalue()  # every row was committed
+
+
+@pytest.mark.slow
+def test_the_demo_extracts_on_ray_as_make_demo_does(ray_address, tmp_path):
+    """`make demo` extracts on two Ray workers (here the session's head, through RAY_ADDRESS), and
+    records them; the stages after the extraction are the in-process demo's (test above)."""
+    from l2s_data.demo import run_demo
+
+    buf = io.StringIO()
+    res = run_demo(tmp_path / "demo-out", n=13, console=Console(file=buf, width=120), steer=False)
+    assert "on 2 Ray worker(s)" in buf.getvalue()
+    assert res.first.computed_samples == 13 and res.second.computed_samples == 0
+    ext = Store.open(tmp_path / "demo-out" / "store").sql("SELECT * FROM _extractions").to_pylist()
+    assert [(r["workers"], r["devices"], r["samples_computed"]) for r in ext] == [(2, ["cpu", "cpu"], 13)]
 
 
 def test_the_demo_command_is_mounted():
