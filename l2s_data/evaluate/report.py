@@ -56,7 +56,7 @@ class ReportFiles:
     chosen: dict[str, float | None]
     header: list[str]
     rows: list[list[str]]
-    ns: list[int] = field(default_factory=list)            # per row of ``rows``: test samples
+    ns: list[int] = field(default_factory=list)            # per row of ``rows``: test rows
     identity: dict[str, Any] = field(default_factory=dict)
     tests: list[dict[str, Any]] = field(default_factory=list)
 
@@ -228,8 +228,9 @@ def write_report(store: EvalStore, run_id: str, out_dir: str | os.PathLike, *, s
     names = res.metric_names
     header = ["method", "alpha", *names]
     rows = table_rows(res, chosen, names)
-    ns = [len({r["sample_id"] for r in res.select_rows(method=m, alpha=chosen[m], part="test")})
-          for m in res.methods]
+    # test rows: a POPE question asked in several subsets counts once per subset, as POPE counts
+    # and as the cells' accuracy and interval do (a sample id alone would undercount them)
+    ns = [len(res.select_rows(method=m, alpha=chosen[m], part="test")) for m in res.methods]
     stat_rows, stats = _stat_rows(res, chosen, names, n_boot)
     tests = paired_tests(res, chosen)
     identity = model_identity(store, run_id, res.config)

@@ -122,6 +122,10 @@ def test_a_pope_report_has_both_parses_and_per_subset_bars(tiny_checkpoint, tiny
                      "WHERE e.run_id = 'pope' AND e.method = 'none' AND m.split = 'test'").to_pylist()
     acc = sum(pope_parse(r["response"]) == r["label"] for r in rows) / len(rows)
     assert float(files.rows[0][2]) == pytest.approx(acc, abs=5e-4)
+    # the summary's n is what that accuracy counts: one row per question and subset (a question in
+    # several subsets counts in each), not the distinct sample ids
+    ids = store.sql("SELECT DISTINCT sample_id FROM evaluations WHERE run_id = ? AND method = ?", params=["pope", "none"])
+    assert files.ns[0] == len(rows) > ids.num_rows
     saved = json.loads(files.results.read_text())
     assert set(saved["by_subset"]) == {"random", "popular", "adversarial"}
     # Per subset, the whole table: the base model's accuracy over that subset's questions.
