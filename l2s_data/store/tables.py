@@ -149,7 +149,9 @@ class Tables:
 
     def resolve_recipe(self, recipe: str, *, must_exist: bool = True) -> str:
         """Recipe id for an id or a registered name (KeyNotFoundError if neither)."""
-        t = self.read("recipes")
+        return self._resolve_in(self.read("recipes"), recipe, must_exist=must_exist)
+
+    def _resolve_in(self, t: pa.Table, recipe: str, *, must_exist: bool) -> str:
         ids = t["recipe_id"].to_pylist()
         if recipe in ids:
             return recipe
@@ -165,8 +167,8 @@ class Tables:
 
     def recipe(self, recipe: str) -> StoredRecipe:
         """The recipe with this id or registered name (KeyNotFoundError if neither)."""
-        rid = self.resolve_recipe(recipe)
         t = self.read("recipes")
+        rid = self._resolve_in(t, recipe, must_exist=True)
         mine = t.filter(pc.equal(t["recipe_id"], rid))
         names = tuple(sorted({n for n in mine["name"].to_pylist() if n is not None}))
         return StoredRecipe(rid, json.loads(mine["spec_json"][0].as_py()), names)

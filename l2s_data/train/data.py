@@ -23,8 +23,7 @@ from l2s_data.steer.selection import (
 from l2s_data.store import Key
 from l2s_data.train.config import TrainConfig
 
-__all__ = ["TrainData", "load_data", "target_scales", "label_weights", "resolve_recipe_id", "resolve_recipe_ids",
-           "test_overlap"]
+__all__ = ["TrainData", "load_data", "target_scales", "label_weights", "test_overlap"]
 
 
 @dataclass
@@ -59,16 +58,6 @@ class TrainData:
     @property
     def num_train(self) -> int:
         return len(self.train) if self.train is not None else int(self.stream.num_rows) - len(self.exclude)
-
-
-def resolve_recipe_ids(store, recipes: list[str]) -> list[str]:
-    """The recipe id of each id or registered name in ``recipes`` (the store's resolver)."""
-    return [store.recipe(r).id for r in recipes]
-
-
-def resolve_recipe_id(store, recipe: str) -> str:
-    """The recipe id for an id or a registered name (the store's resolver)."""
-    return store.recipe(recipe).id
 
 
 def target_scales(spec: TargetScaling, categories: np.ndarray, targets: np.ndarray) -> dict[str, float]:

@@ -41,7 +41,7 @@ from l2s_data.errors import TrainingError
 from l2s_data.steer.predictor import Predictor, PredictorMeta, save_predictor
 from l2s_data.store import Store
 from l2s_data.train.config import TrainConfig
-from l2s_data.train.data import TrainData, load_data, resolve_recipe_ids
+from l2s_data.train.data import TrainData, load_data
 from l2s_data.train.evaluate import evaluate_offline
 
 __all__ = ["TrainResult", "train", "fit", "commit_run", "loss_terms", "criterion", "batch_weights", "lr_factor",
@@ -263,7 +263,7 @@ def train(cfg: TrainConfig, *, store=None, data: TrainData | None = None, run_id
     data = data if data is not None else load_data(cfg, store)
     run_id = run_id or new_run_id(cfg.name)
     model, history = fit(cfg, data, on_epoch=on_epoch)
-    in_id, out_id = resolve_recipe_ids(store, [cfg.input.recipe, cfg.target.recipe])
+    in_id, out_id = (store.recipe(r).id for r in (cfg.input.recipe, cfg.target.recipe))
     meta = PredictorMeta(
         input_key={**cfg.input.model_dump(), "recipe": in_id},
         target_key={**cfg.target.model_dump(), "recipe": out_id},
@@ -291,7 +291,7 @@ def commit_run(store, cfg: TrainConfig, run_id: str, *, kind: str, sweep_id: str
                seconds: float | None = None, recipe_ids: list[str] | None = None) -> None:
     """Commit one row to the store's ``runs`` table (metrics per epoch in ``metrics_json``)."""
     if recipe_ids is None:
-        recipe_ids = sorted(set(resolve_recipe_ids(store, [cfg.input.recipe, cfg.target.recipe])))
+        recipe_ids = sorted({store.recipe(r).id for r in (cfg.input.recipe, cfg.target.recipe)})
     store.put("runs", [{
         "run_id": run_id, "kind": kind, "recipe_ids": recipe_ids, "snapshot_id": snapshot_id,
         "status": status, "config_json": json.dumps(cfg.to_dict(), sort_keys=True),
