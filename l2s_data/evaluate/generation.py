@@ -94,6 +94,12 @@ class SteeredGenerator:
             out.append(ChatInput(it.image, query))
         return out
 
+    def encode(self, method: Method, items: Sequence[EvalItem]) -> Any:
+        """The adapter's encoding of ``chat_inputs(method, items)`` (tokens and processed
+        images): hand it to :meth:`vectors` and to every :meth:`generate` of the same method
+        and items, which then encode nothing again."""
+        return self.adapter.encode_items(self.chat_inputs(method, items))
+
     # --- vectors (always computed unsteered) ----------------------------------------------
 
     def input_states(self, items: Sequence[EvalItem], *, encoded: Any = None) -> torch.Tensor:
@@ -163,7 +169,8 @@ class SteeredGenerator:
     def vectors(self, method: Method, items: Sequence[EvalItem], *, encoded: Any = None) -> torch.Tensor | None:
         """The steering vectors ``[B, D]`` of ``method`` for ``items`` (None: no steering).
 
-        ``encoded``: see :meth:`input_states` (read by L2S only)."""
+        ``encoded``: :meth:`encode` of ``method`` and ``items`` (read by L2S only, whose chats
+        are the plain ones that :meth:`input_states` prefills)."""
         src = self.sources
         if not method.steers:
             return None
@@ -203,15 +210,18 @@ class SteeredGenerator:
     # --- generation ----------------------------------------------------------------------
 
     def generate(self, method: Method, alpha: float | None, items: Sequence[EvalItem], *,
-                 vectors: torch.Tensor | None = None) -> list[str]:
+                 vectors: torch.Tensor | None = None, encoded: Any = None) -> list[str]:
         """Responses to ``items`` under ``method`` at ``alpha`` (ignored for unsteered methods).
 
-        ``vectors``: this batch's :meth:`vectors`, when the caller reuses them across alphas.
+        ``vectors``: this batch's :meth:`vectors`, and ``encoded``: its :meth:`encode`, when
+        the caller reuses them across alphas.
         """
         if not items:
             return []
         chats = self.chat_inputs(method, items)
         kw = dict(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, seed=self.seed)
+        if encoded is not None:
+            kw["encoded"] = encoded
         if not method.steers:
             return self.adapter.generate(chats, **{**kw, "max_new_tokens": self.max_new_tokens_unsteered})
         if alpha is None:

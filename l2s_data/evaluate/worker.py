@@ -101,10 +101,13 @@ class EvalWorker:
         for start in range(0, len(unit.sample_ids), self.batch_size):
             # Images are opened per batch, so a unit's size does not bound memory.
             batch = [self.load_item(s) for s in unit.sample_ids[start:start + self.batch_size]]
-            vectors = self.generator.vectors(method, batch)  # once per batch, before any steering
+            # Encoded (tokens, processed images) and their vectors made once per batch, before
+            # any steering, for every alpha.
+            encoded = self.generator.encode(method, batch)
+            vectors = self.generator.vectors(method, batch, encoded=encoded)
             for alpha in unit.alphas:
                 t0 = time.perf_counter()
-                responses = self.generator.generate(method, alpha, batch, vectors=vectors)
+                responses = self.generator.generate(method, alpha, batch, vectors=vectors, encoded=encoded)
                 self.commit(method.name, alpha, batch, responses)
                 o = UnitOutcome(method.name, alpha, len(batch), time.perf_counter() - t0)
                 outcomes.append(o)

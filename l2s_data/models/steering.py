@@ -163,9 +163,10 @@ class SteeredGeneration:
         return rows
 
     def generate(self, items: Sequence[ChatInput], *, max_new_tokens: int, do_sample: bool = False,
-                 seed: int | None = None) -> list[str]:
-        """:meth:`generate_ids`, decoded without special tokens (for display only)."""
-        ids = self.generate_ids(items, max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed)
+                 seed: int | None = None, encoded: tuple[Sequence[Encoded], families.Vision] | None = None) -> list[str]:
+        """:meth:`generate_ids`, decoded without special tokens (for display only). ``encoded``:
+        :meth:`encode_items` of ``items``, when the caller generates from them more than once."""
+        ids = self.generate_ids(items, max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed, encoded=encoded)
         return self.processor.tokenizer.batch_decode([list(r) for r in ids], skip_special_tokens=True)
 
 
