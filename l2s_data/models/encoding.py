@@ -26,9 +26,12 @@ was prompted with: generated ids are never decoded and re-encoded.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from l2s_data.errors import InputError, PositionError
 from l2s_data.models.types import POSITIONS, ChatInput
@@ -79,8 +82,50 @@ def messages_for(item: ChatInput, *, with_completion: bool = True) -> list[dict]
     return messages
 
 
+class _Memo:
+    """The last :data:`_MEMO_SIZE` rendered texts and tokenizations of one processor.
+
+    Rendering (the processor's Jinja chat template) and tokenizing with offsets cost ~0.5 ms
+    each, several per item, and the same texts come back often: a pair's positive and negative
+    share their prompt and user turn, a question asked of many images shares its text. Both are
+    pure functions of the processor and the text, which the key holds (with the template and
+    the vocabulary's size, should either be changed in place)."""
+
+    def __init__(self) -> None:
+        self._data: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key]
+        value = make()  # outside the lock; an error is raised, never kept
+        with self._lock:
+            self._data[key] = value
+            while len(self._data) > _MEMO_SIZE:
+                self._data.popitem(last=False)
+        return value
+
+
+#: Entries kept per processor (a prompt's ids and offsets: a few KB).
+_MEMO_SIZE = 2048
+_MEMOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MEMOS_LOCK = threading.Lock()
+
+
+def _memo(processor) -> _Memo:
+    with _MEMOS_LOCK:
+        memo = _MEMOS.get(processor)
+        if memo is None:
+            memo = _MEMOS[processor] = _Memo()
+        return memo
+
+
 def render(processor, messages: list[dict], **kwargs) -> str:
-    return processor.apply_chat_template(messages, tokenize=False, **kwargs)
+    """``messages`` rendered by the processor's chat template (remembered: see :class:`_Memo`)."""
+    key = ("render", getattr(processor, "chat_template", None), repr(messages), tuple(sorted(kwargs.items())))
+    return _memo(processor).get(key, lambda: processor.apply_chat_template(messages, tokenize=False, **kwargs))
 
 
 def _last_token_before(starts: list[int], end: int) -> int:
@@ -89,6 +134,12 @@ def _last_token_before(starts: list[int], end: int) -> int:
 
 
 def _tokenize(processor, text: str, image_token_id: int) -> tuple[list[int], list[int], int]:
+    key = ("tokenize", text, image_token_id, len(processor.tokenizer))
+    ids, starts, where = _memo(processor).get(key, lambda: _tokenize_now(processor, text, image_token_id))
+    return list(ids), list(starts), where
+
+
+def _tokenize_now(processor, text: str, image_token_id: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
     enc = processor.tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     where = [k for k, t in enumerate(ids) if t == image_token_id]
@@ -98,7 +149,7 @@ def _tokenize(processor, text: str, image_token_id: int) -> tuple[list[int], lis
             f"sequence, found {len(where)}: {text[:120]!r}. Put the image in the user turn only "
             "and keep image tokens out of the query text."
         )
-    return ids, [s for s, _ in enc["offset_mapping"]], where[0]
+    return tuple(ids), tuple(s for s, _ in enc["offset_mapping"]), where[0]
 
 
 def encode(processor, item: ChatInput, n_image_tokens: int, image_token_id: int) -> Encoded:

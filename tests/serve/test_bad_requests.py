@@ -8,7 +8,6 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import openai
 import pytest
 from PIL import Image
 
@@ -130,6 +129,8 @@ def _any_image(served):
 
 
 def test_the_openai_client_raises_the_matching_errors(client):
+    import openai  # here: its import (~1 s) would be paid by every worker that collects this file
+
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=_msg())
     with pytest.raises(openai.BadRequestError) as e:
