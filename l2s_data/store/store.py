@@ -234,8 +234,9 @@ class Store:
 
     # -- maintain --------------------------------------------------------------------------------
     def maintain(self, *, gc: bool = False, grace_s: float = 3600.0) -> tuple[int, ops.GcResult | None]:
-        """Fold every manifest into one part (what an extraction run's end or a cron job calls;
-        commits only fold small files), then, with ``gc``, remove crashed and losing attempts
+        """Fold every manifest into one part (for a pipeline to call after its extraction runs,
+        or a cron job: no run calls it, since commits fold small files as they go and a whole
+        fold rewrites every row), then, with ``gc``, remove crashed and losing attempts
         older than ``grace_s``. Returns (files folded, the gc result or None). The other
         operations on a whole store are on :attr:`admin`."""
         folded, _ = self.admin.compact(min_files=2)
