@@ -3,10 +3,8 @@ crash and never wrong rows."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
+import multiprocessing as mp
+import os
 
 import numpy as np
 import pytest
@@ -18,21 +16,14 @@ from .conftest import sample_ids, write_shard
 
 K = Key("r", "p2s", "completion_last", 2)
 
-# Run in its own interpreter, so that a signal (SIGBUS from a mapped file cut short) shows as a
-# non-zero exit rather than killing the test session. It streams a store, truncates every chunk
-# file to half its size after the first batch, and reports what it saw as JSON.
-_STREAM_AND_TRUNCATE = textwrap.dedent(
-    """
-    import json, os, sys
-    import numpy as np
-    from l2s_data.errors import CorruptChunkError
-    from l2s_data.store import Key, Store
 
-    root, in_memory, prefetch = sys.argv[1], sys.argv[2] == "1", sys.argv[3] == "1"
+def _stream_and_truncate(root: str, in_memory: bool, prefetch: bool, send) -> None:
+    """Stream the store, truncate every chunk file to half its size after the first batch, and
+    send what was seen. Runs in a forked child (see the test), which ends with ``os._exit``."""
     want = np.load(os.path.join(root, "..", "rows.npy"))
     store = Store.open(root)
-    ds = store.columns([Key("r", "p2s", "completion_last", 2)], batch_size=16, seed=7, with_ids=True,
-                       dtype="stored", in_memory=in_memory, prefetch=prefetch, buffer_rows=64)
+    ds = store.columns([K], batch_size=16, seed=7, with_ids=True, dtype="stored", in_memory=in_memory,
+                       prefetch=prefetch, buffer_rows=64)
     seen, wrong, error = 0, 0, None
     try:
         for i, (x, ids) in enumerate(ds):
@@ -47,9 +38,14 @@ _STREAM_AND_TRUNCATE = textwrap.dedent(
                             os.truncate(p, os.path.getsize(p) // 2)
     except CorruptChunkError as exc:
         error = str(exc)
-    print(json.dumps({"seen": seen, "wrong": wrong, "error": error}))
-    """
-)
+    send.send({"seen": seen, "wrong": wrong, "error": error})
+
+
+def _child(root: str, in_memory: bool, prefetch: bool, send) -> None:
+    try:
+        _stream_and_truncate(root, in_memory, prefetch, send)
+    finally:
+        os._exit(0)  # no test-session teardown in the child
 
 
 @pytest.fixture
@@ -66,12 +62,15 @@ def big_chunks(tmp_path):
 @pytest.mark.parametrize("in_memory,prefetch", [(False, False), (False, True), (True, False)])
 def test_truncating_chunks_while_a_loader_streams_raises_naming_the_chunk(big_chunks, in_memory, prefetch):
     root, rid = big_chunks
-    script = root.parent / "stream.py"
-    script.write_text(_STREAM_AND_TRUNCATE)
-    proc = subprocess.run([sys.executable, str(script), str(root), str(int(in_memory)), str(int(prefetch))],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"the loader process died (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    # In a forked child (the loaded modules shared, no interpreter to start), so that a signal
+    # (SIGBUS from a mapped file cut short) shows as a dead child rather than killing the session.
+    recv, send = mp.Pipe(duplex=False)
+    child = mp.get_context("fork").Process(target=_child, args=(str(root), in_memory, prefetch, send))
+    child.start()
+    send.close()
+    got = recv.recv() if recv.poll(300) else None
+    child.join(300)
+    assert child.exitcode == 0 and got is not None, f"the loader process died (exit {child.exitcode})"
     assert got["wrong"] == 0
     assert 16 <= got["seen"] < 600  # the rounds read before the cut were served, then it stopped
     assert got["error"] is not None
