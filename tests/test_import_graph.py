@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import l2s_data
@@ -35,9 +36,15 @@ PRINTED_SQL = {("demo.py", "demo_sql")}
 SQL_CALLS = {"sql", "query", "execute", "head", "stream"}
 
 
+@functools.lru_cache(maxsize=None)
+def _parsed(path: Path) -> ast.AST:
+    """A module's syntax tree, parsed once for all the tests here (they only read it)."""
+    return ast.parse(path.read_text())
+
+
 def _modules(folder: Path = ROOT):
     for path in sorted(folder.rglob("*.py")):
-        yield path.relative_to(ROOT).as_posix(), ast.parse(path.read_text())
+        yield path.relative_to(ROOT).as_posix(), _parsed(path)
 
 
 def _outside_store():
