@@ -5,6 +5,7 @@
     cfg = load_serve_config("l2s_data/serve/configs/tiny-llava.toml")
     svc = deploy(cfg, port=8000)                  # joins RAY_ADDRESS, else starts a local Ray
     print(svc.url, svc.model_ids)                 # http://127.0.0.1:8000/v1 ...
+    wait_for_stop_signal()                        # until Ctrl-C or SIGTERM
     svc.stop()                                    # deletes the application (and a local Ray started here)
 
 Ray Serve's proxy listens on ``host:port`` of every node it runs on; the application answers
@@ -15,6 +16,9 @@ under ``/v1``. Serve itself is detached: an application outlives the driver that
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +29,12 @@ from l2s_data.errors import ConfigError, L2SError, ServeError
 from l2s_data.serve.app import build_app
 from l2s_data.serve.config import ServeConfig
 
-__all__ = ["Service", "deploy"]
+__all__ = ["Service", "deploy", "wait_for_stop_signal", "STOP_TIMEOUT_S"]
+
+#: How long :meth:`Service.stop` waits for Ray Serve to confirm the deletion. Serve gives each
+#: replica ``graceful_shutdown_timeout_s`` (20 s by default) to finish its requests, then kills it.
+#: (``l2s serve --help`` names this figure.)
+STOP_TIMEOUT_S = 45.0
 
 
 @dataclass
@@ -41,17 +50,73 @@ class Service:
     #: ... and that connection started a local Ray of its own (which stops with it)
     local_ray: bool
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> bool:
         """Delete the application. On a cluster joined by :func:`deploy`, Serve and the other
-        applications stay; a local Ray that :func:`deploy` started is shut down, Serve with it."""
+        applications stay; a local Ray that :func:`deploy` started is shut down, Serve with it.
+
+        Returns within ``timeout_s``: True once Serve has confirmed the deletion (and this process
+        has left Ray, where :func:`deploy` connected it), False where that did not happen in time
+        (the deletion was asked for; Serve goes on with it, and ``serve status`` shows how far it
+        got). Serve's own wait polls the controller with no time limit, so it runs on a thread
+        of its own. Raises :class:`ServeError` where Serve refused or failed the deletion.
+        """
         if not ray.is_initialized():
-            return
-        if self.local_ray:
-            serve.shutdown()
-        else:
-            serve.delete(self.name)
-        if self.connected_here:
-            ray.shutdown()
+            return True
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                if self.local_ray:
+                    serve.shutdown()
+                else:
+                    serve.delete(self.name)
+            except BaseException as err:  # noqa: BLE001 - handed to the caller below
+                failed.append(err)
+            finally:
+                if self.connected_here:
+                    ray.shutdown()
+
+        stopping = threading.Thread(target=run, name=f"stop {self.name}", daemon=True)
+        stopping.start()
+        stopping.join(timeout_s)
+        if stopping.is_alive():
+            return False
+        if failed:
+            err = failed[0]
+            raise ServeError(f"application {self.name!r} could not be deleted: {type(err).__name__}: {err}") from err
+        return True
+
+
+def wait_for_stop_signal() -> str:
+    """Block until this process gets SIGINT (Ctrl-C) or SIGTERM; return its name ("SIGINT").
+
+    Call it from the main thread. The kernel hands a signal sent to the process to any of its
+    threads that does not block it, and Ray's threads (gRPC, the GCS client) leave both
+    unblocked. Python runs its handlers in the main thread only, and only once that thread runs
+    again: a main thread asleep on a lock (``threading.Event().wait()``) sleeps on, whichever
+    handler is set. Here it sleeps on a socket instead, into which the signal's number is
+    written by the thread that caught it, so it wakes whichever thread that was. The handlers
+    it replaced are put back before it returns.
+    """
+    wanted = (signal.SIGINT, signal.SIGTERM)
+    wake, wakeup = socket.socketpair()
+    wakeup.setblocking(False)
+    previous_fd = signal.set_wakeup_fd(wakeup.fileno(), warn_on_full_buffer=False)
+    # A handler of Python's own, so the C handler writes the number (the defaults would raise
+    # KeyboardInterrupt on the main thread, or end the process at once).
+    previous = {s: signal.signal(s, lambda *_: None) for s in wanted}
+    try:
+        while True:
+            got = [n for n in wake.recv(64) if n in wanted]
+            if got:
+                return signal.Signals(got[0]).name
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        for s, handler in previous.items():
+            if handler is not None:  # None: set outside Python, nothing to put back
+                signal.signal(s, handler)
+        wake.close()
+        wakeup.close()
 
 
 def deploy(cfg: ServeConfig, *, address: str | None = None, host: str | None = None, port: int | None = None,
