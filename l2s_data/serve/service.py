@@ -5,7 +5,7 @@
     cfg = load_serve_config("l2s_data/serve/configs/tiny-llava.toml")
     svc = deploy(cfg, port=8000)                  # joins RAY_ADDRESS, else starts a local Ray
     print(svc.url, svc.model_ids)                 # http://127.0.0.1:8000/v1 ...
-    wait_for_stop_signal()                        # until Ctrl-C or SIGTERM
+    wait_for_stop_signal()                        # until Ctrl-C or SIGTERM (l2s_data.serve.signals)
     svc.stop()                                    # deletes the application (and a local Ray started here)
 
 Ray Serve's proxy listens on ``host:port`` of every node it runs on; the application answers
@@ -16,8 +16,6 @@ under ``/v1``. Serve itself is detached: an application outlives the driver that
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +27,7 @@ from l2s_data.errors import ConfigError, L2SError, ServeError
 from l2s_data.serve.app import build_app
 from l2s_data.serve.config import ServeConfig
 
-__all__ = ["Service", "deploy", "wait_for_stop_signal", "STOP_TIMEOUT_S"]
+__all__ = ["Service", "deploy", "STOP_TIMEOUT_S"]
 
 #: How long :meth:`Service.stop` waits for Ray Serve to confirm the deletion. Serve gives each
 #: replica ``graceful_shutdown_timeout_s`` (20 s by default) to finish its requests, then kills it.
@@ -85,38 +83,6 @@ class Service:
             err = failed[0]
             raise ServeError(f"application {self.name!r} could not be deleted: {type(err).__name__}: {err}") from err
         return True
-
-
-def wait_for_stop_signal() -> str:
-    """Block until this process gets SIGINT (Ctrl-C) or SIGTERM; return its name ("SIGINT").
-
-    Call it from the main thread. The kernel hands a signal sent to the process to any of its
-    threads that does not block it, and Ray's threads (gRPC, the GCS client) leave both
-    unblocked. Python runs its handlers in the main thread only, and only once that thread runs
-    again: a main thread asleep on a lock (``threading.Event().wait()``) sleeps on, whichever
-    handler is set. Here it sleeps on a socket instead, into which the signal's number is
-    written by the thread that caught it, so it wakes whichever thread that was. The handlers
-    it replaced are put back before it returns.
-    """
-    wanted = (signal.SIGINT, signal.SIGTERM)
-    wake, wakeup = socket.socketpair()
-    wakeup.setblocking(False)
-    previous_fd = signal.set_wakeup_fd(wakeup.fileno(), warn_on_full_buffer=False)
-    # A handler of Python's own, so the C handler writes the number (the defaults would raise
-    # KeyboardInterrupt on the main thread, or end the process at once).
-    previous = {s: signal.signal(s, lambda *_: None) for s in wanted}
-    try:
-        while True:
-            got = [n for n in wake.recv(64) if n in wanted]
-            if got:
-                return signal.Signals(got[0]).name
-    finally:
-        signal.set_wakeup_fd(previous_fd)
-        for s, handler in previous.items():
-            if handler is not None:  # None: set outside Python, nothing to put back
-                signal.signal(s, handler)
-        wake.close()
-        wakeup.close()
 
 
 def deploy(cfg: ServeConfig, *, address: str | None = None, host: str | None = None, port: int | None = None,
