@@ -29,8 +29,7 @@ def serve(
 
     Each request chooses its method and alpha in the body (`extra_body={"method": "l2s", "alpha": 2.2}` with the openai client) or by model id (`GET /v1/models` lists one per method). Runs until Ctrl-C (or SIGTERM), then deletes the application (and stops a local Ray it started), waiting at most 45 s for Ray Serve to confirm it."""
     from l2s_data.serve import deploy, load_serve_config
-    from l2s_data.serve.service import STOP_TIMEOUT_S
-    from l2s_data.serve.signals import wait_for_stop_signal
+    from l2s_data.serve.stopping import STOP_TIMEOUT_S, wait_for_stop_signal
 
     try:
         cfg = load_serve_config(config)

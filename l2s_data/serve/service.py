@@ -5,7 +5,7 @@
     cfg = load_serve_config("l2s_data/serve/configs/tiny-llava.toml")
     svc = deploy(cfg, port=8000)                  # joins RAY_ADDRESS, else starts a local Ray
     print(svc.url, svc.model_ids)                 # http://127.0.0.1:8000/v1 ...
-    wait_for_stop_signal()                        # until Ctrl-C or SIGTERM (l2s_data.serve.signals)
+    wait_for_stop_signal()                        # until Ctrl-C or SIGTERM (l2s_data.serve.stopping)
     svc.stop()                                    # deletes the application (and a local Ray started here)
 
 Ray Serve's proxy listens on ``host:port`` of every node it runs on; the application answers
@@ -26,13 +26,9 @@ from ray import serve
 from l2s_data.errors import ConfigError, L2SError, ServeError
 from l2s_data.serve.app import build_app
 from l2s_data.serve.config import ServeConfig
+from l2s_data.serve.stopping import STOP_TIMEOUT_S
 
-__all__ = ["Service", "deploy", "STOP_TIMEOUT_S"]
-
-#: How long :meth:`Service.stop` waits for Ray Serve to confirm the deletion. Serve gives each
-#: replica ``graceful_shutdown_timeout_s`` (20 s by default) to finish its requests, then kills it.
-#: (``l2s serve --help`` names this figure.)
-STOP_TIMEOUT_S = 45.0
+__all__ = ["Service", "deploy"]
 
 
 @dataclass

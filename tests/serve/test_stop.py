@@ -11,7 +11,7 @@ import pytest
 
 
 def test_a_sigint_caught_by_another_thread_ends_the_wait_for_a_stop_signal():
-    from l2s_data.serve.signals import wait_for_stop_signal
+    from l2s_data.serve.stopping import wait_for_stop_signal
 
     assert threading.current_thread() is threading.main_thread()  # where Python runs signal handlers
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)

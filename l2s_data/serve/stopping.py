@@ -1,10 +1,11 @@
-"""Waiting for the signal that stops a service (Ctrl-C, ``kill PID``) in a process that runs Ray.
+"""How a service stops: the signal it waits for (Ctrl-C, ``kill PID``) in a process that runs
+Ray, and how long :meth:`~l2s_data.serve.service.Service.stop` waits for Ray Serve.
 
 ::
 
     svc = deploy(cfg)
     got = wait_for_stop_signal()   # "SIGINT" or "SIGTERM"
-    svc.stop()
+    svc.stop()                     # at most STOP_TIMEOUT_S
 
 Only the standard library: it loads without Ray.
 """
@@ -14,7 +15,12 @@ from __future__ import annotations
 import signal
 import socket
 
-__all__ = ["wait_for_stop_signal"]
+__all__ = ["wait_for_stop_signal", "STOP_TIMEOUT_S"]
+
+#: How long :meth:`Service.stop` waits for Ray Serve to confirm the deletion. Serve gives each
+#: replica ``graceful_shutdown_timeout_s`` (20 s by default) to finish its requests, then kills it.
+#: (``l2s serve --help`` names this figure; tests/test_help.py checks it.)
+STOP_TIMEOUT_S = 45.0
 
 
 def wait_for_stop_signal() -> str:
