@@ -51,8 +51,9 @@ class Service:
         Returns within ``timeout_s``: True once Serve has confirmed the deletion (and this process
         has left Ray, where :func:`deploy` connected it), False where that did not happen in time
         (the deletion was asked for; Serve goes on with it, and ``serve status`` shows how far it
-        got). Serve's own wait polls the controller with no time limit, so it runs on a thread
-        of its own. Raises :class:`ServeError` where Serve refused or failed the deletion.
+        got). Serve's own wait asks the controller with no time limit on each call (and gives up
+        only after 60 s), so it runs on a thread of its own. Raises :class:`ServeError` where Serve
+        refused or failed the deletion.
         """
         if not ray.is_initialized():
             return True
