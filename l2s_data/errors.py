@@ -233,5 +233,5 @@ class ServeRequestError(InputError):
 
 
 class ServeError(L2SError, RuntimeError):
-    """The service could not start: Ray could not be started or joined, or the application's
-    replicas did not come up."""
+    """The service could not start (Ray could not be started or joined, or the application's
+    replicas did not come up), or Ray Serve failed to delete it."""

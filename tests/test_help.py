@@ -60,3 +60,9 @@ def test_the_extract_dry_run_table_fits_80_columns_with_every_name_whole(narrow_
     for name in ("recipe", "input", "pair", "views", "positions", "layers", "samples", "missing samples",
                  "missing keys", "bytes", "pos,neg,p2s", "prompt_last", "completion_last"):
         assert name in cells, name
+
+
+def test_serve_help_names_the_time_it_waits_for_the_deletion():
+    from l2s_data.serve.stopping import STOP_TIMEOUT_S
+
+    assert f"waiting at most {STOP_TIMEOUT_S:g} s for Ray Serve to confirm it" in _help("serve")

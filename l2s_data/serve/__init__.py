@@ -12,7 +12,8 @@
 - :mod:`.protocol`: the OpenAI wire format, request validation and error bodies;
 - :mod:`.engine`: one replica's model, vectors and batched steered generation;
 - :mod:`.app`: the Ray Serve deployment (FastAPI ingress, ``@serve.batch``);
-- :mod:`.service`: deploy and stop it on a Ray cluster.
+- :mod:`.service`: deploy and stop it on a Ray cluster;
+- :mod:`.stopping`: the wait for Ctrl-C or SIGTERM in a process that runs Ray, and the stop's time limit.
 
 The Ray Serve modules are imported on first use, so the config and the protocol load without Ray.
 """

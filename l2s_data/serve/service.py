@@ -5,6 +5,7 @@
     cfg = load_serve_config("l2s_data/serve/configs/tiny-llava.toml")
     svc = deploy(cfg, port=8000)                  # joins RAY_ADDRESS, else starts a local Ray
     print(svc.url, svc.model_ids)                 # http://127.0.0.1:8000/v1 ...
+    wait_for_stop_signal()                        # until Ctrl-C or SIGTERM (l2s_data.serve.stopping)
     svc.stop()                                    # deletes the application (and a local Ray started here)
 
 Ray Serve's proxy listens on ``host:port`` of every node it runs on; the application answers
@@ -15,6 +16,7 @@ under ``/v1``. Serve itself is detached: an application outlives the driver that
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,7 @@ from ray import serve
 from l2s_data.errors import ConfigError, L2SError, ServeError
 from l2s_data.serve.app import build_app
 from l2s_data.serve.config import ServeConfig
+from l2s_data.serve.stopping import STOP_TIMEOUT_S
 
 __all__ = ["Service", "deploy"]
 
@@ -41,17 +44,42 @@ class Service:
     #: ... and that connection started a local Ray of its own (which stops with it)
     local_ray: bool
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> bool:
         """Delete the application. On a cluster joined by :func:`deploy`, Serve and the other
-        applications stay; a local Ray that :func:`deploy` started is shut down, Serve with it."""
+        applications stay; a local Ray that :func:`deploy` started is shut down, Serve with it.
+
+        Returns within ``timeout_s``: True once Serve has confirmed the deletion (and this process
+        has left Ray, where :func:`deploy` connected it), False where that did not happen in time
+        (the deletion was asked for; Serve goes on with it, and ``serve status`` shows how far it
+        got). Serve's own wait asks the controller with no time limit on each call (and gives up
+        only after 60 s), so it runs on a thread of its own. Raises :class:`ServeError` where Serve
+        refused or failed the deletion.
+        """
         if not ray.is_initialized():
-            return
-        if self.local_ray:
-            serve.shutdown()
-        else:
-            serve.delete(self.name)
-        if self.connected_here:
-            ray.shutdown()
+            return True
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                if self.local_ray:
+                    serve.shutdown()
+                else:
+                    serve.delete(self.name)
+            except BaseException as err:  # noqa: BLE001 - handed to the caller below
+                failed.append(err)
+            finally:
+                if self.connected_here:
+                    ray.shutdown()
+
+        stopping = threading.Thread(target=run, name=f"stop {self.name}", daemon=True)
+        stopping.start()
+        stopping.join(timeout_s)
+        if stopping.is_alive():
+            return False
+        if failed:
+            err = failed[0]
+            raise ServeError(f"application {self.name!r} could not be deleted: {type(err).__name__}: {err}") from err
+        return True
 
 
 def deploy(cfg: ServeConfig, *, address: str | None = None, host: str | None = None, port: int | None = None,
