@@ -172,7 +172,8 @@ class SteeredChat:
 
 
 def deployment_options(cfg: ServeConfig, *, replicas: int | None = None) -> dict[str, Any]:
-    """Ray Serve options of the deployment: replicas, their resources and the batching knobs."""
+    """Ray Serve options of the deployment: replicas, their resources, health checks and the
+    batching knobs."""
     s = cfg.serve
     gpu = cfg.evaluation.model.device.startswith("cuda")
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
@@ -181,6 +182,7 @@ def deployment_options(cfg: ServeConfig, *, replicas: int | None = None) -> dict
         env["OMP_NUM_THREADS"] = str(s.cpus_per_replica)
     actor = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": s.cpus_per_replica}
     return {"num_replicas": replicas or s.replicas, "max_ongoing_requests": s.max_ongoing_requests,
+            "health_check_period_s": s.health_check_period_s,
             "ray_actor_options": {**actor, "runtime_env": {"env_vars": env}},
             "user_config": {"max_batch_size": s.max_batch_size, "batch_wait_timeout_s": s.batch_wait_timeout_s}}
 

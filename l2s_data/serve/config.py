@@ -21,6 +21,7 @@ defaults from ``[serve]``::
     replicas = 1                    # one per GPU when [model] device is cuda, CPU replicas otherwise
     cpus_per_replica = 1            # CPU replicas: CPUs (torch threads) each
     max_ongoing_requests = 64       # queued at a replica before Ray Serve routes elsewhere
+    health_check_period_s = 10.0    # how often Ray Serve checks each replica (a dead one is replaced)
     host = "127.0.0.1"              # loopback by default
     port = 8000
     name = "l2s"                    # the Ray Serve application name ...
@@ -71,6 +72,7 @@ class ServeSection(BaseModel):
     replicas: int = Field(default=1, ge=1)
     cpus_per_replica: int = Field(default=1, ge=1)
     max_ongoing_requests: int = Field(default=64, ge=1)
+    health_check_period_s: float = Field(default=10.0, gt=0.0)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     name: str = Field(default="l2s", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

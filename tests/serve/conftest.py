@@ -75,7 +75,7 @@ def serve_config_dict(world: World, **serve: Any) -> dict[str, Any]:
         "run": {"store": str(world.store), "name": "serve-eval"},
         "serve": {"default_method": "l2s", "alpha": ALPHA, "model_name": "tiny-llava", "max_tokens": 64,
                   "image_root": str(world.data), "max_batch_size": 8, "batch_wait_timeout_s": 0.05,
-                  "name": "l2s-test", **serve},
+                  "name": "l2s-test", "health_check_period_s": 1.0, **serve},
     }
 
 

@@ -53,6 +53,7 @@ def test_the_rayservice_runs_the_application_builder_on_the_cluster_config():
     ({"method_alphas": {"l2s": "big"}}, "not a number"),
     ({"replica": 2}, "unknown key 'replica'"),
     ({"methods": ["bogus"]}, "does not exist"),
+    ({"health_check_period_s": 0}, "health_check_period_s"),
 ])
 def test_bad_serve_sections_are_refused_with_the_key_named(serve, words):
     with pytest.raises(ConfigError) as e:
@@ -82,3 +83,11 @@ def test_the_cli_mounts_serve_and_submit_serve_and_refuses_a_missing_config(tmp_
                    '[run]\nstore = "s"\n')
     r = runner.invoke(app, ["serve", str(cfg)])
     assert r.exit_code == 2 and "[model] path = 'no-model' does not exist" in r.output
+
+
+def test_the_health_check_period_reaches_the_deployment():
+    """How soon Ray Serve finds a dead replica (and starts another): its default, or the config's."""
+    from l2s_data.serve.app import deployment_options
+
+    assert deployment_options(parse_serve_config(_minimal()))["health_check_period_s"] == 10.0
+    assert deployment_options(parse_serve_config(_minimal(health_check_period_s=1.5)))["health_check_period_s"] == 1.5
