@@ -126,3 +126,20 @@ def test_the_job_script_runs_the_same_evaluation(world, tmp_path, capsys):
     assert job.main([str(cfg), "--workers", "2"]) == 0 and "computed 0 of" in capsys.readouterr().out
     assert job.main([str(cfg), "--address", "127.0.0.1:1"]) == 2  # an address needs --workers N
     assert "--workers N" in capsys.readouterr().err
+
+
+def test_report_eval_with_no_plots_writes_the_tables_without_pngs(world, tmp_path):
+    from l2s_data.evaluate.run import Evaluation
+
+    from .conftest import eval_config
+
+    root, ckpt, adapter = world
+    Evaluation(eval_config(root, ckpt, steering={"methods": ["none", "mean-s"], "alphas": [1.0]}, data={"limit": 4},
+                           run={"name": "cli-no-plots"}), adapter=adapter).run()
+    out = tmp_path / "report"
+    rep = runner.invoke(app, ["report", "eval", "cli-no-plots", "--store", str(root / "store"), "--out", str(out),
+                              "--no-plots"])
+    assert rep.exit_code == 0, rep.output
+    assert (out / "report.md").is_file() and (out / "results.json").is_file() and not list(out.glob("*.png"))
+    assert "(written without plots)" in (out / "report.md").read_text()
+    assert "(0 plots)" in " ".join(rep.output.split())
