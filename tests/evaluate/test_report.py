@@ -216,7 +216,7 @@ def test_plots_drawn_one_after_another_on_one_figure_are_the_pixels_of_a_fresh_f
     from l2s_data.evaluate.plots import AlphaPlots, plot_metric_vs_alpha
 
     res = _results_with_quality()
-    names = ["desired_rate", "quality", "ed_score", "refusal_rate"]
+    names = ["desired_rate", "quality", "refusal_rate"]   # a share's y range before and after quality's
     assert set(names) <= set(res.metric_names)
     reused = AlphaPlots(res)
     for n in names:
