@@ -45,8 +45,8 @@ class AlphaPlots:
     on one reused figure; every metric is computed once, for all plots."""
 
     #: fixed margins (fractions of the 6.4 x 4.0 inch figure): the y label is a metric name, the
-    #: tick labels a few characters, the title one line
-    MARGINS = {"left": 0.1, "right": 0.97, "bottom": 0.12, "top": 0.92}
+    #: y tick labels up to 6 characters (a quality of 1-10 ticks at "3.075"), the title one line
+    MARGINS = {"left": 0.125, "right": 0.97, "bottom": 0.12, "top": 0.92}
 
     def __init__(self, res: Results, *, part: str = "test") -> None:
         self.res, self.part = res, part
@@ -55,6 +55,11 @@ class AlphaPlots:
         self._ax = self._fig.subplots()
         self._fig.subplots_adjust(**self.MARGINS)
         self._ax.grid(alpha=0.3)
+
+    @property
+    def figure(self):
+        """The matplotlib figure the plots are drawn on (its last plot)."""
+        return self._fig
 
     def _reset(self) -> None:
         """Remove the previous plot's lines and legend; keep the axes, ticks and grid."""

@@ -229,3 +229,27 @@ def test_plots_drawn_one_after_another_on_one_figure_are_the_pixels_of_a_fresh_f
     # and they differ from one metric to the next (the comparison could fail)
     first, second = (np.asarray(Image.open(tmp_path / f"reused_{n}.png")) for n in names[:2])
     assert not np.array_equal(first, second)
+
+
+def test_no_text_of_an_alpha_plot_overlaps_another_or_leaves_the_figure(tmp_path):
+    # The margins are fixed, not measured per plot: the longest tick labels (a quality mean)
+    # and metric names must still fit.
+    from l2s_data.evaluate.plots import AlphaPlots
+
+    res = _results_with_quality()
+    plots = AlphaPlots(res)
+    for name in ("desired_rate", "quality"):
+        plots.plot(name, tmp_path / f"{name}.png")
+        fig = plots.figure
+        ax = fig.axes[0]
+        r = fig.canvas.get_renderer()
+        ticks = [t.get_window_extent(r) for t in ax.get_yticklabels() if t.get_text()
+                 and ax.get_ylim()[0] <= t.get_position()[1] <= ax.get_ylim()[1]]
+        xticks = [t.get_window_extent(r) for t in ax.get_xticklabels() if t.get_text()
+                  and ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
+        ylabel, xlabel, title = (t.get_window_extent(r) for t in (ax.yaxis.label, ax.xaxis.label, ax.title))
+        assert ticks and xticks, name
+        assert all(not ylabel.overlaps(t) for t in ticks), (name, ylabel, [t.x0 for t in ticks])
+        assert all(not xlabel.overlaps(t) for t in xticks), name
+        for box in (ylabel, xlabel, title, *ticks, *xticks):
+            assert 0 <= box.x0 and box.x1 <= fig.bbox.width and 0 <= box.y0 and box.y1 <= fig.bbox.height, (name, box)
