@@ -5,6 +5,7 @@
     python jobs/evaluate.py l2s_data/evaluate/configs/tiny-llava.toml --workers 2    # local Ray
     python jobs/evaluate.py CONFIG --workers 8 --address auto                       # on a cluster
     python jobs/evaluate.py l2s_data/evaluate/configs/tiny-llava.toml --report demo-out/report-eval
+    python jobs/evaluate.py CONFIG --report DIR --no-plots                          # tables only
 
 The same as ``l2s evaluate CONFIG [--workers N] [--address ADDR]`` (then ``l2s report eval
 RUN``), and the entry point that ``l2s submit evaluate`` runs on a cluster through the Ray Jobs
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="plan only: the run id and the missing rows")
     add_ray_options(ap, "unit")
     ap.add_argument("--report", type=Path, default=None, help="write the report into this folder afterwards")
+    ap.add_argument("--no-plots", action="store_true", help="with --report: the tables without the PNG plots")
     args = ap.parse_args(argv)
 
     def body() -> None:
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             print(note)
         print(f"computed {r.computed_rows} of {r.plan.total_rows} rows in {r.seconds:.1f} s")
         if args.report is not None:
-            files = write_report(ev.store, ev.run_id, args.report)
+            files = write_report(ev.store, ev.run_id, args.report, plots=not args.no_plots)
             print(f"report: {files.markdown}")
 
     return run(body)

@@ -74,6 +74,8 @@ def report_eval(
     store: Optional[str] = typer.Option(None, "--store", help="Store URL. Default: $L2S_STORE or ./store."),
     select: Optional[str] = typer.Option(None, "--select", help="Metric that picks alpha per method on the "
                                          "validation part (default: accuracy for POPE, desired_rate for safety)."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Draw the PNG plots (--no-plots: the same "
+                               "tables, tests and results.json without them, in less time)."),
 ) -> None:
     """Write report.md and report.html of an evaluation run, with plots.
 
@@ -83,7 +85,8 @@ def report_eval(
     from l2s_data.store import Store
 
     try:
-        files = write_report(Store.open(store or os.environ.get("L2S_STORE", "store")), run_id, out, select=select)
+        files = write_report(Store.open(store or os.environ.get("L2S_STORE", "store")), run_id, out, select=select,
+                             plots=plots)
     except L2SError as err:
         fail(err, code=2)
     from l2s_data.evaluate.identity import describe_identity

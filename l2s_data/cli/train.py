@@ -104,12 +104,14 @@ def report_train_cmd(
     run_id: str = typer.Argument(..., help="A run id from the runs table."),
     out: Path = typer.Option(..., "--out", help="Folder for report.md and its PNG plots."),
     store: Optional[str] = typer.Option(None, "--store", "-s", help=_STORE_HELP),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Draw the PNG plots (--no-plots: the same "
+                               "tables without them; the projection's rows and predictor are not read)."),
 ) -> None:
     """Report one training run: learning curves, cosine per category, predicted vs P2S (PCA)."""
     from l2s_data.train.report import report_train
 
     try:
-        path = report_train(_store(store), run_id, out)
+        path = report_train(_store(store), run_id, out, plots=plots)
     except L2SError as exc:
         fail(exc)
     say(f"wrote {path}")

@@ -36,7 +36,7 @@ import numpy as np
 
 from l2s_data.evaluate.identity import describe_identity, model_identity
 from l2s_data.evaluate.metrics import pope_parse, reference_f1
-from l2s_data.evaluate.plots import has_data, plot_group_bars, plot_metric_vs_alpha
+from l2s_data.evaluate.plots import AlphaPlots, has_data, plot_group_bars
 from l2s_data.evaluate.protocols import EvalStore
 from l2s_data.evaluate.results import METRICS, Results, fmt_value, load_results, method_label, table_rows
 from l2s_data.evaluate.stats import LEVEL, N_BOOT, bootstrap_ratios, mcnemar, percentile_interval
@@ -219,8 +219,10 @@ def _stat_rows(res: Results, chosen: dict[str, float | None], names: list[str], 
 
 
 def write_report(store: EvalStore, run_id: str, out_dir: str | os.PathLike, *, select: str | None = None,
-                 n_boot: int = N_BOOT) -> ReportFiles:
-    """Write the report of evaluation run ``run_id`` into ``out_dir`` (made if absent)."""
+                 n_boot: int = N_BOOT, plots: bool = True) -> ReportFiles:
+    """Write the report of evaluation run ``run_id`` into ``out_dir`` (made if absent); with
+    ``plots=False`` (``l2s report eval --no-plots``) the same report and results.json without
+    the PNGs (about 0.1 s each)."""
     res: Results = load_results(store, run_id)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -235,15 +237,18 @@ def write_report(store: EvalStore, run_id: str, out_dir: str | os.PathLike, *, s
     tests = paired_tests(res, chosen)
     identity = model_identity(store, run_id, res.config)
     count = lambda rows, name: metric_n(res, rows, name)  # noqa: E731
-    plots = [plot_metric_vs_alpha(res, n, out / f"alpha_{n}.png") for n in names if has_data(res, n, count)]
+    drawn: list[Path] = []
+    if plots:
+        alpha_plots = AlphaPlots(res)
+        drawn = [alpha_plots.plot(n, out / f"alpha_{n}.png") for n in names if has_data(res, n, count)]
     key, bar_metric = ("subset", "accuracy") if res.task == "pope" else ("category", "desired_rate")
     groups = res.by_group(chosen, key, bar_metric)
     groups = {g: v for g, v in groups.items()  # a group none of whose cells has a response is left out
               if any(count(res.select_rows(method=m, alpha=chosen[m], part="test", key=key, value=g), bar_metric)
                      for m in res.methods)}
-    bars = plot_group_bars(groups, bar_metric, key, out / f"by_{key}.png") if groups else None
+    bars = plot_group_bars(groups, bar_metric, key, out / f"by_{key}.png") if groups and plots else None
     if bars is not None:
-        plots.append(bars)
+        drawn.append(bars)
 
     cfg, parts = res.config, res.parts()
     select_name = select or ("accuracy" if res.task == "pope" else "desired_rate")
@@ -277,7 +282,7 @@ def write_report(store: EvalStore, run_id: str, out_dir: str | os.PathLike, *, s
                                    f"by_{key}": _clean(groups), f"tables_by_{key}": per_group},
                                   indent=1, sort_keys=True) + "\n")
 
-    alpha_plots = [p for p in plots if p is not bars]
+    alpha_files = [p for p in drawn if p is not bars]
     warnings = [w for w in (identity.get("warning"), None if parts["validation"] or all(
         len(res.alphas(m)) < 2 for m in res.methods) else
         "No evaluated sample is in the validation part ([data] validation_fraction): alpha was chosen on the test "
@@ -296,9 +301,11 @@ def write_report(store: EvalStore, run_id: str, out_dir: str | os.PathLike, *, s
     md += ["| " + " | ".join(test_header) + " |", "|" + "---|" * len(test_header)]
     md += ["| " + " | ".join(r) + " |" for r in test_rows] + [""]
     md += ["", "## Metrics against alpha", ""]
-    md += [f"![{p.stem}]({p.name})" for p in alpha_plots] or ["(no metric has a value to plot)"]
+    no_plots = "(written without plots)"
+    md += [f"![{p.stem}]({p.name})" for p in alpha_files] or [no_plots if not plots else "(no metric has a value to plot)"]
     md += ["", f"## {bar_metric} per {key}", ""]
-    md += [f"![{bars.stem}]({bars.name})", ""] if bars is not None else ["(no group has a value: no plot)", ""]
+    md += ([f"![{bars.stem}]({bars.name})", ""] if bars is not None else
+           [no_plots if not plots else "(no group has a value: no plot)", ""])
     md += ["| " + " | ".join(group_header) + " |", "|" + "---|" * len(group_header)]
     md += ["| " + " | ".join(r) + " |" for r in group_rows] + [""]
     for g, t in per_group_md.items():
@@ -321,7 +328,7 @@ def write_report(store: EvalStore, run_id: str, out_dir: str | os.PathLike, *, s
     h += ["</ul>", "<h2>Paired tests (test part, chosen alphas)</h2>",
           f"<p>Per sample: {e(outcome_name)}; exact McNemar test.</p>", *_html_table(test_header, test_rows)]
     h += ["<h2>Metrics against alpha</h2>"]
-    h += [f"<img src='{e(p.name)}' alt='{e(p.stem)}'>" for p in alpha_plots]
+    h += [f"<img src='{e(p.name)}' alt='{e(p.stem)}'>" for p in alpha_files]
     h += [f"<h2>{e(bar_metric)} per {e(key)}</h2>"]
     if bars is not None:
         h += [f"<img src='{e(bars.name)}' alt='{e(bars.stem)}'>"]
@@ -331,4 +338,4 @@ def write_report(store: EvalStore, run_id: str, out_dir: str | os.PathLike, *, s
     h += ["</body></html>"]
     page = out / "report.html"
     page.write_text("\n".join(h) + "\n")
-    return ReportFiles(out, markdown, page, results, tuple(plots), chosen, header, rows, ns, identity, tests)
+    return ReportFiles(out, markdown, page, results, tuple(drawn), chosen, header, rows, ns, identity, tests)

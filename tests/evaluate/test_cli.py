@@ -119,10 +119,28 @@ def test_the_job_script_runs_the_same_evaluation(world, tmp_path, capsys):
     spec.loader.exec_module(job)
     cfg = tmp_path / "job.toml"
     cfg.write_text(_toml(root, ckpt, name="job", methods='["none", "p2s"]', alphas="[2.0]"))
-    assert job.main([str(cfg), "--report", str(tmp_path / "rep")]) == 0
+    assert job.main([str(cfg), "--report", str(tmp_path / "rep"), "--no-plots"]) == 0   # plots: tested above
     out = capsys.readouterr().out
     assert "resolved config:" in out and "run id: job" in out and (tmp_path / "rep" / "report.md").is_file()
+    assert not list((tmp_path / "rep").glob("*.png"))
     # every row is committed: --workers 2 plans nothing and starts no Ray actor
     assert job.main([str(cfg), "--workers", "2"]) == 0 and "computed 0 of" in capsys.readouterr().out
     assert job.main([str(cfg), "--address", "127.0.0.1:1"]) == 2  # an address needs --workers N
     assert "--workers N" in capsys.readouterr().err
+
+
+def test_report_eval_with_no_plots_writes_the_tables_without_pngs(world, tmp_path):
+    from l2s_data.evaluate.run import Evaluation
+
+    from .conftest import eval_config
+
+    root, ckpt, adapter = world
+    Evaluation(eval_config(root, ckpt, steering={"methods": ["none", "mean-s"], "alphas": [1.0]}, data={"limit": 4},
+                           run={"name": "cli-no-plots"}), adapter=adapter).run()
+    out = tmp_path / "report"
+    rep = runner.invoke(app, ["report", "eval", "cli-no-plots", "--store", str(root / "store"), "--out", str(out),
+                              "--no-plots"])
+    assert rep.exit_code == 0, rep.output
+    assert (out / "report.md").is_file() and (out / "results.json").is_file() and not list(out.glob("*.png"))
+    assert "(written without plots)" in (out / "report.md").read_text()
+    assert "(0 plots)" in " ".join(rep.output.split())

@@ -19,15 +19,18 @@ from .conftest import L_PRIME, L_STAR, eval_config
 
 
 class RecordingAdapter:
-    """The real tiny adapter, with every ``generate`` call's keyword arguments recorded."""
+    """The real tiny adapter, with every ``generate`` call's keyword arguments recorded as they
+    came. It generates at most ``max_tokens`` of the asked ``max_new_tokens`` (the presets ask
+    for 100 to 200; the tests read the recorded settings, not the responses)."""
 
-    def __init__(self, adapter):
+    def __init__(self, adapter, *, max_tokens: int = 2):
         self._adapter = adapter
+        self.max_tokens = max_tokens
         self.calls: list[dict] = []
 
     def generate(self, items, **kw):
-        self.calls.append(kw)
-        return self._adapter.generate(items, **kw)
+        self.calls.append(dict(kw))
+        return self._adapter.generate(items, **{**kw, "max_new_tokens": min(kw["max_new_tokens"], self.max_tokens)})
 
     def __getattr__(self, name):
         return getattr(self._adapter, name)

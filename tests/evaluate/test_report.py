@@ -142,7 +142,9 @@ def test_a_report_of_a_tiny_random_model_says_so_first_and_shows_n_intervals_and
     from l2s_data.evaluate.stats import mcnemar
 
     store, run = safety_run
-    files = write_report(store, run, tmp_path / "out", n_boot=200)
+    files = write_report(store, run, tmp_path / "out", n_boot=200, plots=False)  # the first test checks them
+    assert files.plots == () and not list((tmp_path / "out").glob("*.png"))
+    assert "(written without plots)" in files.markdown.read_text() and "<img" not in files.html.read_text()
     assert files.identity["tiny"] and files.identity["weights"] == "random" and files.identity["fingerprint"]
     md = files.markdown.read_text()
     assert md.index("tiny checkpoint (random weights") < md.index("## Methods")
@@ -186,3 +188,68 @@ def test_no_plot_is_written_for_a_metric_without_a_response(world, tmp_path):
     row = files.rows[0]
     assert row[files.header.index("ed_score")] == "0.000"     # 0 with n = 0, never NaN
     assert "0.000 (n=0)" in files.markdown.read_text()
+
+
+def _results_with_quality():
+    """A safety run's rows built by hand: two steered and two unsteered methods, a judge's quality."""
+    from l2s_data.evaluate.results import Results
+
+    rows = []
+    for m, alphas in (("none", [None]), ("prompt-only", [None]), ("mean-s", [0.0, 2.0, 8.0]), ("l2s", [0.0, 2.0, 8.0])):
+        for a in alphas:
+            for i in range(24):
+                desired = (i + len(m) + int(a or 0)) % 3 == 0
+                scores = {"refusal": desired, "deferral": not desired, "desired": desired, "quality": 1 + (i * 7 + int(a or 0)) % 5}
+                rows.append({"method": m, "alpha": a, "sample_id": f"s{i:02d}", "response": "r", "dataset": "d",
+                             "scores_json": json.dumps(scores), "subset": None, "question_id": f"q{i}",
+                             "category": ["01-Illegal_Activitiy", "10-Legal_Opinion"][i % 2],
+                             "label": ["refuse", "defer"][i % 2]})
+    return Results("by-hand", {"data": {"task": "safety", "validation_fraction": 0.5}}, rows)
+
+
+def test_plots_drawn_one_after_another_on_one_figure_are_the_pixels_of_a_fresh_figure(tmp_path):
+    # A report draws every metric-against-alpha plot on one reused figure: nothing of a plot
+    # (lines, legend, colours, a share's fixed y range) may show in the next one.
+    import numpy as np
+    from PIL import Image
+
+    from l2s_data.evaluate.plots import AlphaPlots, plot_metric_vs_alpha
+
+    res = _results_with_quality()
+    names = ["desired_rate", "quality", "refusal_rate"]   # a share's y range before and after quality's
+    assert set(names) <= set(res.metric_names)
+    reused = AlphaPlots(res)
+    for n in names:
+        reused.plot(n, tmp_path / f"reused_{n}.png")
+        plot_metric_vs_alpha(res, n, tmp_path / f"fresh_{n}.png")
+    for n in names:
+        a, b = (np.asarray(Image.open(tmp_path / f"{k}_{n}.png").convert("RGBA")) for k in ("reused", "fresh"))
+        assert a.shape == b.shape == (400, 640, 4)
+        assert np.array_equal(a, b), n
+    # and they differ from one metric to the next (the comparison could fail)
+    first, second = (np.asarray(Image.open(tmp_path / f"reused_{n}.png")) for n in names[:2])
+    assert not np.array_equal(first, second)
+
+
+def test_no_text_of_an_alpha_plot_overlaps_another_or_leaves_the_figure(tmp_path):
+    # The margins are fixed, not measured per plot: the longest tick labels (a quality mean)
+    # and metric names must still fit.
+    from l2s_data.evaluate.plots import AlphaPlots
+
+    res = _results_with_quality()
+    plots = AlphaPlots(res)
+    for name in ("desired_rate", "quality"):
+        plots.plot(name, tmp_path / f"{name}.png")
+        fig = plots.figure
+        ax = fig.axes[0]
+        r = fig.canvas.get_renderer()
+        ticks = [t.get_window_extent(r) for t in ax.get_yticklabels() if t.get_text()
+                 and ax.get_ylim()[0] <= t.get_position()[1] <= ax.get_ylim()[1]]
+        xticks = [t.get_window_extent(r) for t in ax.get_xticklabels() if t.get_text()
+                  and ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
+        ylabel, xlabel, title = (t.get_window_extent(r) for t in (ax.yaxis.label, ax.xaxis.label, ax.title))
+        assert ticks and xticks, name
+        assert all(not ylabel.overlaps(t) for t in ticks), (name, ylabel, [t.x0 for t in ticks])
+        assert all(not xlabel.overlaps(t) for t in xticks), name
+        for box in (ylabel, xlabel, title, *ticks, *xticks):
+            assert 0 <= box.x0 and box.x1 <= fig.bbox.width and 0 <= box.y0 and box.y1 <= fig.bbox.height, (name, box)

@@ -126,3 +126,15 @@ def test_the_shipped_tiny_config_names_the_demo_stores_recipes_and_trains_on_it(
                                  "trainer": cfg.trainer.model_copy(update={"epochs": 3})})
     r = train(cfg, save=False)
     assert np.isfinite(r.metrics["val_cosine"]) and r.metrics["val_rows"] > 0
+
+
+def test_report_train_with_no_plots_writes_the_tables_without_pngs(planted, planted_mod, tmp_path):
+    from l2s_data.train import parse_train_config, train
+
+    res = train(parse_train_config(planted_mod.train_config(planted.url, tmp_path / "runs", trainer={"epochs": 2})))
+    out = tmp_path / "report"
+    r = CliRunner().invoke(app, ["report", "train", res.run_id, "--out", str(out), "--store", str(planted.url),
+                                 "--no-plots"])
+    assert r.exit_code == 0, r.output
+    text = (out / "report.md").read_text()
+    assert not list(out.glob("*.png")) and "(written without plots)" in text and "| val_cosine |" in text

@@ -88,8 +88,10 @@ def test_a_validation_selection_on_test_rows_is_refused_unless_the_config_says_s
     assert json.loads(row["config_json"][0].as_py())["split"]["validate_on_test"] is True
     from l2s_data.train.report import report_train
 
-    text = report_train(Store.open(planted.url), res.run_id, tmp_path / "report").read_text()
+    # the report's text is what is checked here (tests/train/test_from_extraction.py checks its plots)
+    text = report_train(Store.open(planted.url), res.run_id, tmp_path / "report", plots=False).read_text()
     assert f"{len(planted.rows('test'))} of them are test rows" in text
+    assert not list((tmp_path / "report").glob("*.png")) and "(written without plots)" in text
 
 
 def test_the_selection_criterion_is_constant_across_epochs_for_identical_predictions(planted, cfg_of):

@@ -27,7 +27,8 @@ def cfg_of(planted, planted_mod, tmp_path):
 
 
 def test_the_predictor_recovers_a_planted_nonlinear_map_on_held_out_rows(planted, cfg_of):
-    res = train(cfg_of(split={"val_where": "split = 'test'", "validate_on_test": True}))
+    # 40 epochs reach a held-out cosine of 0.970 (60: 0.974; 20: 0.966), well above 0.95
+    res = train(cfg_of(split={"val_where": "split = 'test'", "validate_on_test": True}, trainer={"epochs": 40}))
     assert res.metrics["val_rows"] == len(planted.rows("test"))
     assert res.metrics["val_cosine"] > 0.95
     assert res.metrics["val_cosine"] > res.metrics["mean_s_cosine"] and res.metrics["gain_cosine"] > 0
@@ -66,7 +67,8 @@ def test_a_selection_that_fits_in_memory_is_read_once(planted, cfg_of, tmp_path)
 
 
 def test_a_streamed_training_reads_the_store_every_epoch_and_also_learns(cfg_of):
-    res = train(cfg_of(in_memory=False, trainer={"epochs": 40}), save=False)
+    # 25 epochs, each read from the store, reach a cosine of 0.961 (40: 0.964; 15: 0.943)
+    res = train(cfg_of(in_memory=False, trainer={"epochs": 25}), save=False)
     assert res.metrics["val_cosine"] > 0.9
 
 
