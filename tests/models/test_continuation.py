@@ -91,25 +91,25 @@ def test_the_pos_neg_forward_sees_the_forced_completion_ids_then_exactly_the_gen
 ):
     adapter = tiny_adapter(family)
     items, prompts, gens = sampled(family)
-    lengths = set()
-    for seed in SEEDS:
-        gen = gens[seed]
-        lengths |= {len(g) for rows in gen.values() for g in rows}
-        extended = [ContrastiveItem(it.image, it.query, it.suffix, it.positive, it.negative,
-                                    positive_continuation=gen["positive"][i], negative_continuation=gen["negative"][i])
-                    for i, it in enumerate(items)]
-        seen = _SeenIds(adapter)
-        try:
-            out = adapter.capture_contrastive(extended, input_layers=[], input_positions=[], pair_layers=[1],
-                                              pair_positions=["completion_mean"], prefix_sharing=prefix_sharing)
-        finally:
-            seen.close()
-        assert out[("pos", "completion_mean", 1)].shape[0] == len(items)
-        got = seen.sequences(len(items), shared=prefix_sharing)
+    lengths = {len(g) for seed in SEEDS for rows in gens[seed].values() for g in rows}
+    # Every draw's pair in one capture (items of all seeds side by side, padded together).
+    extended = [ContrastiveItem(it.image, it.query, it.suffix, it.positive, it.negative,
+                                positive_continuation=gens[seed]["positive"][i],
+                                negative_continuation=gens[seed]["negative"][i])
+                for seed in SEEDS for i, it in enumerate(items)]
+    seen = _SeenIds(adapter)
+    try:
+        out = adapter.capture_contrastive(extended, input_layers=[], input_positions=[], pair_layers=[1],
+                                          pair_positions=["completion_mean"], prefix_sharing=prefix_sharing)
+    finally:
+        seen.close()
+    assert out[("pos", "completion_mean", 1)].shape[0] == len(extended)
+    got = seen.sequences(len(extended), shared=prefix_sharing)
+    for k, seed in enumerate(SEEDS):
         for i in range(len(items)):
             for side in ("positive", "negative"):
-                want = tuple(prompts[side][i]) + gen[side][i]
-                assert want in got[i], (seed, i, side)
+                want = tuple(prompts[side][i]) + gens[seed][side][i]
+                assert want in got[k * len(items) + i], (seed, i, side)
     assert {NEW - 1, NEW} <= lengths  # both include_last settings ran
 
 
