@@ -77,6 +77,9 @@ def _parse_one(query: str, con: duckdb.DuckDBPyConnection) -> duckdb.Statement:
 
 _PARSER_LOCK = threading.Lock()
 _PARSER: tuple[int, duckdb.DuckDBPyConnection] | None = None
+#: A parent's parser connection in a forked child: kept, never closed or dropped (destroying a
+#: copy of a DuckDB database joins worker threads the child does not have, and hangs).
+_INHERITED: list[duckdb.DuckDBPyConnection] = []
 
 
 def _parser() -> duckdb.DuckDBPyConnection:
@@ -85,7 +88,9 @@ def _parser() -> duckdb.DuckDBPyConnection:
     every `Store.sql` paid once more for its check before the catalog's own (measured)."""
     global _PARSER
     if _PARSER is None or _PARSER[0] != os.getpid():
-        con = duckdb.connect(":memory:")
+        if _PARSER is not None:
+            _INHERITED.append(_PARSER[1])
+        con = duckdb.connect(":memory:", config={"threads": 1})  # parsing needs no worker thread
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         _PARSER = (os.getpid(), con)
