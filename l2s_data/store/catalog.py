@@ -34,7 +34,8 @@ import pyarrow as pa
 from l2s_data.errors import StoreError
 from l2s_data.store import catalog_pool
 from l2s_data.store.connection import Locked, build, register_manifests
-from l2s_data.store.limits import SQLLimits, resolve_limits
+from l2s_data.store.contract import PART_TABLES
+from l2s_data.store.limits import SQLLimits, parse_size, resolve_limits
 from l2s_data.store.sandbox import bind_params, parse_one, where_expression
 from l2s_data.store.sql_errors import classify, leaves_connection_sound, timed_out
 
@@ -87,6 +88,19 @@ class _Statement:
 # --- the catalog ------------------------------------------------------------------------
 
 
+def key_of(tables: Tables, snapshot: Snapshot, limits: SQLLimits) -> catalog_pool.CatalogKey:
+    """What a catalog over ``snapshot`` with ``limits`` exposes (one listing of each table)."""
+    backend = tables.backend
+    return catalog_pool.CatalogKey(
+        store=(backend.url, backend.fs),
+        parts=tuple((name, tables.stamped_files(name)) for name in PART_TABLES),
+        manifests=tuple((i.name, i.sha256) for i in snapshot.live),
+        excluded=tuple(sorted(snapshot.excluded)),
+        memory_bytes=parse_size(limits.memory_limit),
+        spill_bytes=None if limits.spill is None else parse_size(limits.spill),
+    )
+
+
 class Catalog:
     """A locked DuckDB connection over one snapshot of a store. Use as a context manager."""
 
@@ -99,7 +113,7 @@ class Catalog:
         self.tables = tables
         self.snapshot = snapshot
         self.limits = resolve_limits(limits, overrides)
-        self._key = catalog_pool.key_of(tables, snapshot, self.limits)
+        self._key = key_of(tables, snapshot, self.limits)
         self._pid = os.getpid()
         self._running: threading.Thread | None = None
         self._streams = 0  # streams opened and not yet closed

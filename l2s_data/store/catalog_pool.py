@@ -4,7 +4,7 @@ Building a :class:`~l2s_data.store.catalog.Catalog` costs tens of milliseconds, 
 ``duckdb.connect`` (a new database instance), and ``Store.sql`` builds one per statement. This
 process therefore keeps a few idle, locked catalogs and hands one to a caller whose catalog
 would be built exactly the same. A catalog is found again only by its :class:`CatalogKey`,
-computed afresh for every catalog asked for:
+computed afresh for every catalog asked for (``catalog.key_of``):
 
 - the store: its URL and filesystem;
 - each table's committed parts, by name, size, modification time and (on a local disk) inode:
@@ -37,16 +37,9 @@ import atexit
 import os
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from l2s_data.store.contract import PART_TABLES
-from l2s_data.store.limits import SQLLimits, parse_size
-
-if TYPE_CHECKING:
-    from l2s_data.store.snapshot import Snapshot
-    from l2s_data.store.tables import Tables
-
-__all__ = ["CatalogKey", "PoolStats", "MAX_IDLE", "key_of", "take", "give", "discard", "clear", "stats", "keep"]
+__all__ = ["CatalogKey", "PoolStats", "MAX_IDLE", "take", "give", "discard", "clear", "stats", "keep"]
 
 #: Idle catalogs kept per process.
 MAX_IDLE = 4
@@ -66,19 +59,6 @@ class CatalogKey:
     def files(self, table: str) -> list[str]:
         """The committed parts of ``table`` this key names (what the catalog registers)."""
         return [f for name, stamped in self.parts if name == table for f, _ in stamped]
-
-
-def key_of(tables: Tables, snapshot: Snapshot, limits: SQLLimits) -> CatalogKey:
-    """The key of the catalog over ``snapshot`` with ``limits``, from one listing of each table."""
-    backend = tables.backend
-    return CatalogKey(
-        store=(backend.url, backend.fs),
-        parts=tuple((name, tables.stamped_files(name)) for name in PART_TABLES),
-        manifests=tuple((i.name, i.sha256) for i in snapshot.live),
-        excluded=tuple(sorted(snapshot.excluded)),
-        memory_bytes=parse_size(limits.memory_limit),
-        spill_bytes=None if limits.spill is None else parse_size(limits.spill),
-    )
 
 
 class _Closable(Protocol):

@@ -21,9 +21,11 @@ from __future__ import annotations
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import duckdb
+import pyarrow as pa
+import pyarrow.dataset as pads
 
 from l2s_data.schemas import TABLES, catalog_sql
 from l2s_data.store.catalog_pool import CatalogKey
@@ -31,10 +33,20 @@ from l2s_data.store.limits import SQLLimits, parse_size
 
 if TYPE_CHECKING:
     from l2s_data.store._backend import Backend
-    from l2s_data.store.snapshot import Snapshot
     from l2s_data.store.tables import Tables
 
 __all__ = ["Locked", "build", "register_manifests"]
+
+
+class Snapshot(Protocol):
+    """What a connection reads of a ``snapshot.Snapshot`` (a layer above this one)."""
+
+    files: tuple[str, ...]
+    excluded: frozenset[str]
+
+    def excluded_table(self) -> pa.Table: ...
+
+    def visible_dataset(self) -> pads.Dataset: ...
 
 
 @dataclass
