@@ -15,7 +15,7 @@ import duckdb
 import pytest
 
 from l2s_data.errors import SQLRefusedError, SQLTimeoutError, StoreError
-from l2s_data.store import Store, catalog_pool
+from l2s_data.store import Store, catalog_pool, sandbox
 
 from .conftest import sample_ids, tables, write_shard
 
@@ -266,3 +266,13 @@ def test_a_forked_child_builds_its_own_catalog(filled):
     c = Counted()
     assert _n(filled) == 4
     assert c.built == 1
+
+
+def test_a_statement_checked_once_is_not_parsed_again_and_a_refusal_is_never_kept(filled):
+    q = "SELECT count(*) AS n FROM samples WHERE sample_id > ?"
+    assert sandbox.parse_one(q) is sandbox.parse_one(q)
+    bad = "SELECT * FROM read_parquet('x.parquet')"
+    for _ in range(2):
+        with pytest.raises(SQLRefusedError):
+            filled.sql(bad)
+    assert bad not in sandbox._ACCEPTED and q in sandbox._ACCEPTED
