@@ -27,8 +27,11 @@ had its raw connection handed out (``Catalog.con``): those are closed instead.
 
 Memory: at most :data:`MAX_IDLE` idle catalogs per process, least recently used closed first.
 An idle catalog holds an in-memory DuckDB with views and lazily scanned datasets, no rows, and
-DuckDB's worker thread. A forked child (Ray, multiprocessing) starts with an empty pool and never
-touches its parent's connections; :func:`clear` closes every idle catalog.
+DuckDB's worker thread: about 5 MB of RSS each on a small store (measured: four idle, +18.5 MB).
+
+Fork: idle catalogs are closed just before this process forks (a DuckDB database cannot be
+destroyed in a forked child), so a child (multiprocessing, a loader's workers) starts with an
+empty pool and never touches its parent's connections. :func:`clear` closes every idle one.
 """
 
 from __future__ import annotations
