@@ -4,6 +4,7 @@
     python benchmarks/catalog.py --rows 100000        # one size
     python benchmarks/catalog.py --scale 100000 1000000 10000000 --commits 10000
                                                       # one store grown as an extraction writes it
+    python benchmarks/catalog.py --repeated 20        # one small query, again and again
 
 Each store is built through the writer (10,000 samples, rows / 10,000 keys, shards of 256
 samples; D = 8 so that manifests, not arrays, dominate), once loose (one manifest per shard)
@@ -194,6 +195,41 @@ def _commit_cost(commits: int) -> None:
               f"the last {span:,} ({last / first:.2f}x)")
 
 
+def repeated(calls: int, repeats: int) -> None:
+    """Per-call cost of ``store.sql`` run again on an unchanged small store (its catalog reused),
+    against the baseline of the same statement on a catalog built for it and closed after it
+    (as ``store.sql`` did for every statement before reuse), best of ``repeats`` rounds."""
+    from l2s_data.store import Store, catalog_pool
+
+    q = "SELECT split, count(*) AS n FROM memberships JOIN manifests USING (sample_id) WHERE layer = ? GROUP BY ALL"
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store.open(Path(tmp) / "store", create=True)
+        ids = [f"{i:032x}" for i in range(64)]
+        _put_tables(store, ids)
+        rid = store.put_recipe({"bench": "repeated"}, name="bench")
+        for k in range(4):
+            with store.shard_writer(f"r-{k}", rid, ids[16 * k:16 * (k + 1)]) as w:
+                for layer in (1, 2):
+                    w.write("p2s", "completion_last", layer, np.ones((16, 8), np.float32), "float32")
+
+        def fresh() -> None:
+            catalog_pool.clear()  # closes the idle catalog: the next statement builds its own
+            store.sql(q, params=[1])
+
+        def per_call(fn) -> float:
+            rounds = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                rounds.append((time.perf_counter() - t) / calls)
+            return min(rounds)
+
+        a, b = per_call(lambda: store.sql(q, params=[1])), per_call(fresh)
+        print(f"store.sql, unchanged store (reused catalog): {a * 1e3:.1f} ms/call; a catalog built per "
+              f"statement: {b * 1e3:.1f} ms/call ({b / a:.1f}x); best of {repeats} x {calls} calls")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="*", default=[100_000, 1_000_000, 3_000_000])
@@ -203,7 +239,12 @@ def main() -> None:
                          "(e.g. 100000 1000000 10000000), printing write rate, catalog opening and queries")
     ap.add_argument("--commits", type=int, default=0, metavar="N",
                     help="with --scale: also time a commit at 10 and at N loose manifests")
+    ap.add_argument("--repeated", type=int, default=0, metavar="CALLS",
+                    help="time one small query run CALLS times in a row on an unchanged store")
     args = ap.parse_args()
+    if args.repeated:
+        repeated(args.repeated, args.repeats)
+        return
     if args.scale:
         scale(sorted(args.scale), args.repeats, args.commits)
         return

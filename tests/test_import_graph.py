@@ -24,7 +24,7 @@ STORE = ROOT / "store"
 #: Store modules that hold the on-disk and connection machinery: only the store imports them.
 STORE_INTERNALS = {"_backend", "_chunks", "_zarr_write", "manifests", "leases", "tables", "snapshot", "writer",
                    "attempts", "compaction", "layout", "rounds", "export",
-                   "loader", "ops", "store"}
+                   "loader", "ops", "store", "connection", "catalog_pool"}
 #: Names of ``store.catalog`` that open a connection (its pure parsing helpers may be used).
 CATALOG_CONNECTIONS = {"Catalog", "export_catalog", "RowStream"}
 #: The one function outside the store that splices a (checked) ``where`` fragment into SQL.

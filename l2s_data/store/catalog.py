@@ -1,16 +1,7 @@
 """The SQL catalog: a sandboxed, in-memory DuckDB over the store's committed tables.
 
-Each :class:`Catalog` opens a fresh in-memory connection, registers the committed Parquet parts
-as pyarrow datasets (read through fsspec, never through DuckDB extensions) and the snapshot's
-manifest rows (on a local disk, read by DuckDB's own Parquet reader from exactly the snapshot's
-files, the only paths it may open), creates the views of ``schemas/catalog.sql``, sets its
-resource limits (:class:`SQLLimits`), and only then locks it down::
-
-    SET allowed_paths = [the snapshot's manifest files]   -- local stores
-    SET memory_limit = ...               -- a share of RAM by default
-    SET temp_directory = ''              -- no spilling, unless asked, then a private folder
-    SET enable_external_access = false   -- no file reads, COPY, ATTACH, INSTALL/LOAD
-    SET lock_configuration = true        -- and no SET to turn any of it back on
+Each :class:`Catalog` runs statements on a locked, in-memory DuckDB connection over one
+snapshot (``connection``: its views, limits and lock, and the only files it may open).
 
 On top of that lock, each statement is parsed first and anything but a single read-only query
 is refused with :class:`SQLRefusedError`, so nothing a user types reaches the store's files.
@@ -19,14 +10,18 @@ Every statement runs on a worker thread while the calling thread waits for it. T
 stays free to enforce the statement's time limit and to see Ctrl-C (DuckDB does not return to
 Python while it computes); either one interrupts the statement with ``con.interrupt()``.
 
+``Store.sql`` and ``Store.catalog`` reuse a catalog built earlier in this process when nothing
+it reflects has changed (``catalog_pool``: keyed by the store, every table part, the snapshot's
+manifest files and the limits); such a catalog is the same locked connection, reached only
+after the same checks. ``Catalog(...)`` itself always builds a fresh one.
+
 Fragments that the library splices into its own queries (the loader's ``where=``) are parsed
 by DuckDB as one expression and applied as a relation filter: see :meth:`Catalog.select_sample_ids`.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -36,10 +31,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import duckdb
 import pyarrow as pa
 
-from l2s_data.errors import L2SError, SQLMemoryError, SQLTimeoutError, StoreError
-from l2s_data.schemas import TABLES, catalog_sql
+from l2s_data.errors import StoreError
+from l2s_data.store import catalog_pool
+from l2s_data.store.connection import Locked, build, register_manifests
+from l2s_data.store.contract import PART_TABLES
 from l2s_data.store.limits import SQLLimits, parse_size, resolve_limits
-from l2s_data.store.sandbox import VIEWS, bind_params, parse_one, refuse, where_expression
+from l2s_data.store.sandbox import bind_params, parse_one, where_expression
+from l2s_data.store.sql_errors import classify, leaves_connection_sound, timed_out
 
 if TYPE_CHECKING:
     from l2s_data.store.snapshot import Snapshot
@@ -90,75 +88,54 @@ class _Statement:
 # --- the catalog ------------------------------------------------------------------------
 
 
+def key_of(tables: Tables, snapshot: Snapshot, limits: SQLLimits) -> catalog_pool.CatalogKey:
+    """What a catalog over ``snapshot`` with ``limits`` exposes (one listing of each table)."""
+    backend = tables.backend
+    return catalog_pool.CatalogKey(
+        store=(backend.url, backend.fs),
+        parts=tuple((name, tables.stamped_files(name)) for name in PART_TABLES),
+        manifests=tuple((i.name, i.sha256) for i in snapshot.live),
+        excluded=tuple(sorted(snapshot.excluded)),
+        memory_bytes=parse_size(limits.memory_limit),
+        spill_bytes=None if limits.spill is None else parse_size(limits.spill),
+    )
+
+
 class Catalog:
     """A locked DuckDB connection over one snapshot of a store. Use as a context manager."""
 
-    def __init__(self, tables: Tables, snapshot: Snapshot, *, limits: SQLLimits | None = None, **overrides: Any):
+    def __init__(self, tables: Tables, snapshot: Snapshot, *, limits: SQLLimits | None = None, reuse: bool = False,
+                 **overrides: Any):
         """``limits``, or the defaults, with any field of :class:`SQLLimits` overridden by name
-        (``Catalog(t, s, timeout_s=5)``); an unknown name is refused."""
+        (``Catalog(t, s, timeout_s=5)``); an unknown name is refused. ``reuse``: take an idle
+        connection built for exactly this from ``catalog_pool`` if there is one, and give it
+        back there on :meth:`close` if it is still sound."""
         self.tables = tables
         self.snapshot = snapshot
         self.limits = resolve_limits(limits, overrides)
-        self.con = duckdb.connect(":memory:")
-        self._spill_dir: str | None = None
-        self._readable: frozenset[str] = frozenset()
+        self._key = key_of(tables, snapshot, self.limits)
+        self._pid = os.getpid()
         self._running: threading.Thread | None = None
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
+        self._streams = 0  # streams opened and not yet closed
+        #: whether close() may give the connection back to the pool; never with a spill folder,
+        #: which is removed on close (SQLLimits.spill)
+        self._reuse = self._sound = reuse and self.limits.spill is None
+        self._db: Locked | None = catalog_pool.take(self._key) if reuse else None
+        if self._db is None:
+            self._db = build(tables, snapshot, self.limits, self._key)
 
-    def _build(self) -> None:
-        con = self.con
-        con.execute("SET threads TO 2")
-        backend = self.tables.backend
-        if backend.is_local and self.snapshot.files:
-            # DuckDB reads the snapshot's manifest files itself, and only those very files:
-            # nothing else, in the store or outside it, once external access is off.
-            self._readable = frozenset(backend.path(f) for f in self.snapshot.files)
-            con.execute("SET allowed_paths = ?", [sorted(self._readable)])
-        for name in TABLES:
-            if name == "manifests":  # scanned lazily, live rows only (the view filters too)
-                self._register_manifests()
-            else:
-                con.register(f"_{name}", self.tables.dataset(name))
-        for stmt in con.extract_statements(catalog_sql()):
-            con.execute(stmt)
-        self._apply_limits()
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """The locked connection itself, for trusted code that runs statements below the check.
+        What it runs is not checked, so a catalog whose connection was handed out is closed,
+        never reused."""
+        self._sound = False
+        return self._live()
 
-    def _register_manifests(self) -> None:
-        """``_manifests``: the live rows of the snapshot's files, ``_excluded``: the attempts
-        whose rows do not count. On a local disk DuckDB's own Parquet reader scans the files
-        (parallel, reading only the columns and row groups a statement needs); elsewhere a
-        pyarrow dataset read through fsspec."""
-        con, snap, backend = self.con, self.snapshot, self.tables.backend
-        con.register("_excluded", snap.excluded_table())
-        con.unregister("_manifests")
-        paths = [backend.path(f) for f in snap.files]
-        if not (backend.is_local and paths and set(paths) <= self._readable):
-            # Elsewhere, or files that a compaction wrote since the catalog was locked (its
-            # readable paths are fixed then): the same rows through a pyarrow dataset.
-            con.register("_manifests", snap.visible_dataset())
-            return
-        rel = con.read_parquet(paths)
-        if snap.excluded:  # an anti join keeps exactly the left side's columns
-            rel = rel.join(con.table("_excluded"), "attempt", how="anti")
-        rel.create_view("_manifests", replace=True)
-
-    def _apply_limits(self) -> None:
-        """Memory and spilling; must run before the configuration is locked."""
-        con = self.con
-        con.execute(f"SET memory_limit = '{parse_size(self.limits.memory_limit)}B'")
-        if self.limits.spill is None:
-            # An in-memory DuckDB spills into ./.tmp of the working directory by default.
-            con.execute("SET temp_directory = ''")
-        else:
-            self._spill_dir = tempfile.mkdtemp(prefix="l2s-sql-spill-")
-            con.execute("SET temp_directory = ?", [self._spill_dir])  # a parameter: no quoting
-            con.execute(f"SET max_temp_directory_size = '{parse_size(self.limits.spill)}B'")
+    def _live(self) -> duckdb.DuckDBPyConnection:
+        if self._db is None:
+            raise StoreError("this catalog is closed; open another one (`store.catalog()`).")
+        return self._db.con
 
     def __enter__(self) -> Catalog:
         return self
@@ -167,19 +144,30 @@ class Catalog:
         self.close()
 
     def close(self) -> None:
+        """Close the connection, or give it back to the pool (a ``reuse`` catalog still sound).
+        Either way this catalog runs no further statement."""
+        db = self._db
+        if db is None:
+            return
         if self._running is not None and self._running.is_alive():
             # A statement that ignored its interrupt still uses the connection: closing it under
             # that thread is unsafe, so leave both to the process's exit.
             return
-        self.con.close()
-        if self._spill_dir is not None:
-            shutil.rmtree(self._spill_dir, ignore_errors=True)
-            self._spill_dir = None
+        self._db = None
+        if self._pid != os.getpid():
+            catalog_pool.keep(db)  # the parent's: closing or dropping it here would hang
+            return
+        if self._reuse and self._sound and not self._streams:
+            catalog_pool.give(self._key, db)
+            return
+        if self._reuse:
+            catalog_pool.discard()
+        db.close()
 
     # -- statements ------------------------------------------------------------------------
     def statement(self, query: str) -> duckdb.Statement:
         """Parse ``query``; SQLRefusedError unless it is exactly one read-only SELECT."""
-        return parse_one(query, self.con)
+        return parse_one(query, self._live())
 
     def query(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None, *, timeout_s: float | None = _DEFAULT,
               on_wait: Callable[[float], None] | None = None) -> pa.Table:
@@ -190,7 +178,7 @@ class Catalog:
         """
         st = self.statement(query)
         run = self._start(query, timeout_s, on_wait)
-        return self._call(run, lambda: self.con.sql(st.query, params=bind_params(params)).to_arrow_table())
+        return self._call(run, lambda: self._live().sql(st.query, params=bind_params(params)).to_arrow_table())
 
     def head(self, query: str, max_rows: int, *, timeout_s: float | None = _DEFAULT,
              on_wait: Callable[[float], None] | None = None) -> QueryHead:
@@ -221,7 +209,8 @@ class Catalog:
         """
         st = self.statement(query)
         run = self._start(query, timeout_s, on_wait)
-        reader = self._call(run, lambda: self.con.sql(st.query).to_arrow_reader(batch_rows))
+        reader = self._call(run, lambda: self._live().sql(st.query).to_arrow_reader(batch_rows))
+        self._streams += 1
         return RowStream(self, run, reader)
 
     def select_sample_ids(self, where: str, *, timeout_s: float | None = _DEFAULT) -> list[str]:
@@ -235,7 +224,7 @@ class Catalog:
         run = self._start(where, timeout_s, None, kind="WHERE fragment")
 
         def select() -> list[str]:
-            base = self.con.sql("SELECT * FROM memberships LEFT JOIN samples USING (sample_id)")
+            base = self._live().sql("SELECT * FROM memberships LEFT JOIN samples USING (sample_id)")
             try:
                 rel = base.filter(expr)
             except duckdb.BinderException as exc:
@@ -244,7 +233,7 @@ class Catalog:
                     f"columns of memberships joined with samples: {', '.join(base.columns)}."
                 ) from exc
             rel = rel.project("sample_id").distinct().order("sample_id")
-            parse_one(rel.sql_query(), self.con)  # what runs is one SELECT, whatever `where` held
+            parse_one(rel.sql_query(), self._live())  # what runs is one SELECT, whatever `where` held
             return rel.to_arrow_table()["sample_id"].to_pylist()
 
         return self._call(run, select)
@@ -263,8 +252,10 @@ class Catalog:
         The calling thread waits on an event in short slices: Ctrl-C reaches it there, and past
         the deadline it interrupts the statement. Errors come back classified by their type. A
         ``restartable`` call that failed because a compaction removed a manifest file under it
-        runs once more over the files that replaced it.
+        runs once more over the files that replaced it. A statement that was interrupted, or
+        failed in a way that may leave the connection unusable, keeps it from being reused.
         """
+        self._live()  # StoreError once closed
         if self._running is not None and self._running.is_alive():
             raise StoreError(
                 "this catalog still runs an interrupted statement that has not stopped; "
@@ -284,29 +275,33 @@ class Catalog:
         worker = threading.Thread(target=work, name="l2s-sql", daemon=True)
         self._running = worker
         worker.start()
-        timed_out = False
+        timed_out_now = False
         try:
             while not done.wait(_WAIT_SLICE_S if run.deadline is None
                                 else max(0.0, min(_WAIT_SLICE_S, run.deadline - time.monotonic()))):
                 if run.deadline is not None and time.monotonic() >= run.deadline:
-                    timed_out = True
+                    timed_out_now = True
                     self._stop(done)
                     break
                 if run.on_wait is not None:
                     run.on_wait(time.monotonic() - run.started)
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C, or an on_wait that raised
+            self._sound = False
             self._stop(done)
             raise
         if "error" not in box:
             if "value" in box:
                 return box["value"]  # finished just as the deadline passed
-            raise _timed_out(run)  # never stopped: the statement still holds the connection
+            self._sound = False
+            raise timed_out(run.query, run.kind, run.timeout_s)  # never stopped: it still holds the connection
         exc = box["error"]
-        if timed_out:
-            raise _timed_out(run) from exc
+        if timed_out_now or not leaves_connection_sound(exc):
+            self._sound = False
+        if timed_out_now:
+            raise timed_out(run.query, run.kind, run.timeout_s) from exc
         if restartable and isinstance(exc, duckdb.Error) and self._follow_compaction():
             return self._call(run, fn, restartable=False)
-        err = _classify(exc, run)
+        err = classify(exc, run.query, run.kind)
         if err is exc:
             raise exc
         raise err from exc
@@ -317,13 +312,14 @@ class Catalog:
         backend = self.tables.backend
         if all(backend.exists(f) for f in self.snapshot.files):
             return False  # the statement failed for another reason
+        self._sound = False  # its manifests are no longer what its key names
         self.snapshot.follow()  # StoreError if the snapshot's rows were deleted meanwhile
-        self._register_manifests()
+        register_manifests(self._db, self.snapshot, backend)
         return True
 
     def _stop(self, done: threading.Event) -> None:
         """Interrupt the running statement and wait a little for it to stop."""
-        self.con.interrupt()
+        self._live().interrupt()
         done.wait(_STOP_GRACE_S)
 
 
@@ -344,7 +340,10 @@ class RowStream:
 
     def close(self) -> None:
         """Let go of the result, so that the catalog can run its next statement."""
-        self._reader.close()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+            self._catalog._streams -= 1
 
     def __enter__(self) -> RowStream:
         return self
@@ -358,43 +357,3 @@ def _next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
         return reader.read_next_batch()
     except StopIteration:
         return None
-
-
-def _timed_out(run: _Statement) -> SQLTimeoutError:
-    return SQLTimeoutError(
-        f"SQL stopped after its time limit of {run.timeout_s:g} s. {_shown(run)}. Narrow it (a "
-        "WHERE, a LIMIT, fewer joins), or allow it more time with `l2s sql --timeout SECONDS` or "
-        "`SQLLimits(timeout_s=...)` (0: no limit)."
-    )
-
-
-def _shown(run: _Statement) -> str:
-    q = run.query
-    return f"{run.kind}: {q if len(q) <= 200 else q[:200] + '...'!r}"
-
-
-def _classify(exc: BaseException, run: _Statement) -> BaseException:
-    """The library error for what DuckDB (or the Arrow stream over it) raised, by its type."""
-    if isinstance(exc, L2SError):
-        return exc
-    if isinstance(exc, duckdb.PermissionException):
-        return refuse(run.query, f"needs access outside the catalog: {exc}")
-    if isinstance(exc, duckdb.OutOfMemoryException):
-        return SQLMemoryError(
-            f"SQL needs more memory than the catalog's limit: {exc}. {_shown(run)}. Narrow it, "
-            "raise the limit (`l2s sql --memory-limit 80%`, or `SQLLimits(memory_limit=...)`), or "
-            "let it spill to disk (`--spill 20GB`, or `SQLLimits(spill=...)`)."
-        )
-    if isinstance(exc, duckdb.ParserException):
-        return StoreError(f"SQL does not parse: {exc}. {_shown(run)}")
-    if isinstance(exc, (duckdb.CatalogException, duckdb.BinderException)):
-        return StoreError(
-            f"SQL failed: {exc}. {_shown(run)}. The catalog's views are {', '.join(VIEWS)}; list "
-            "a view's columns with `SELECT * FROM <view> LIMIT 0`."
-        )
-    if isinstance(exc, duckdb.Error):
-        return StoreError(f"SQL failed: {exc}. {_shown(run)}")
-    if isinstance(exc, OSError):
-        # Arrow's stream interface carries an error raised mid-stream without DuckDB's type.
-        return StoreError(f"SQL failed while its rows streamed: {exc}. {_shown(run)}")
-    return exc

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -55,10 +56,28 @@ def parse_one(query: str, con: duckdb.DuckDBPyConnection | None = None) -> duckd
     ``con`` the parse runs on this process's parser connection (see :func:`_parser`)."""
     if not isinstance(query, str) or not query.strip():
         raise refuse(str(query), "empty query")
+    with _ACCEPTED_LOCK:
+        if (st := _ACCEPTED.get(query)) is not None:
+            _ACCEPTED.move_to_end(query)
+            return st
     if con is not None:
-        return _parse_one(query, con)
-    with _PARSER_LOCK:
-        return _parse_one(query, _parser())
+        st = _parse_one(query, con)
+    else:
+        with _PARSER_LOCK:
+            st = _parse_one(query, _parser())
+    with _ACCEPTED_LOCK:
+        _ACCEPTED[query] = st
+        while len(_ACCEPTED) > _ACCEPTED_MAX:
+            _ACCEPTED.popitem(last=False)
+    return st
+
+
+#: Texts that passed the check, with their statement. The verdict depends on the text alone
+#: (DuckDB's parser and syntax tree, on any connection), so a statement run again is not checked
+#: again: the check costs ~2-3 ms, and `Store.sql` makes it twice. Only accepted texts are kept.
+_ACCEPTED: OrderedDict[str, duckdb.Statement] = OrderedDict()
+_ACCEPTED_MAX = 256
+_ACCEPTED_LOCK = threading.Lock()
 
 
 def _parse_one(query: str, con: duckdb.DuckDBPyConnection) -> duckdb.Statement:
@@ -77,6 +96,9 @@ def _parse_one(query: str, con: duckdb.DuckDBPyConnection) -> duckdb.Statement:
 
 _PARSER_LOCK = threading.Lock()
 _PARSER: tuple[int, duckdb.DuckDBPyConnection] | None = None
+#: A parent's parser connection in a forked child: kept, never closed or dropped (destroying a
+#: copy of a DuckDB database joins worker threads the child does not have, and hangs).
+_INHERITED: list[duckdb.DuckDBPyConnection] = []
 
 
 def _parser() -> duckdb.DuckDBPyConnection:
@@ -85,7 +107,9 @@ def _parser() -> duckdb.DuckDBPyConnection:
     every `Store.sql` paid once more for its check before the catalog's own (measured)."""
     global _PARSER
     if _PARSER is None or _PARSER[0] != os.getpid():
-        con = duckdb.connect(":memory:")
+        if _PARSER is not None:
+            _INHERITED.append(_PARSER[1])
+        con = duckdb.connect(":memory:", config={"threads": 1})  # parsing needs no worker thread
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         _PARSER = (os.getpid(), con)

@@ -203,12 +203,14 @@ class Store:
         so values are never quoted into the text: ``store.sql("SELECT * FROM recipes WHERE
         name = ?", params=["tiny"])``."""
         parse_one(query)  # refuse before paying for a snapshot and a catalog
-        with Catalog(self._tables, snapshot or self.snapshot(), **limits) as cat:
+        with self.catalog(snapshot=snapshot, **limits) as cat:
             return cat.query(query, params)
 
-    def catalog(self, *, snapshot: Snapshot | None = None, **limits: Any):
-        """A sandboxed catalog over one snapshot (a context manager; see ``catalog.Catalog``)."""
-        return Catalog(self._tables, snapshot or self.snapshot(), **limits)
+    def catalog(self, *, snapshot: Snapshot | None = None, **limits: Any) -> Catalog:
+        """A sandboxed catalog over one snapshot (a context manager; see ``catalog.Catalog``).
+        Its connection is reused from an earlier catalog of this process over exactly the same
+        committed files and limits, if one is idle (``catalog_pool``), and built otherwise."""
+        return Catalog(self._tables, snapshot or self.snapshot(), reuse=True, **limits)
 
     # -- read / stream ---------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:

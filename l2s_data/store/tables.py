@@ -14,6 +14,7 @@ create wins, as a shard's manifest does; rows of batches cut differently still o
 from __future__ import annotations
 
 import json
+import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,9 @@ from l2s_data.store.contract import (
 
 __all__ = ["StoredRecipe", "Tables"]
 
+
+#: What tells two versions of one part apart, of what a filesystem's detailed listing gives.
+_STAMP = ("size", "mtime", "ino", "ETag", "LastModified", "etag", "updated")
 
 #: Tables whose parts are named by the key column's values (see the module docstring).
 _KEYED = {"evaluations": "evaluation_id"}
@@ -67,6 +71,27 @@ class Tables:
         folder = self._check(name)
         return [f"{folder}/{n}" for n in self.backend.listdir(folder) if n.endswith(".parquet")]
 
+    def stamped_files(self, name: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+        """:meth:`files`, each with what tells one version of it from another: its size and
+        modification time, and its inode on a local disk (or its ETag on an object store).
+        Parts are write-once, but a recipe part that a delete removed and a later registration
+        created again has the same name and other bytes. One listing, as :meth:`files`."""
+        folder = self._check(name)
+        base = self.backend.path(folder)
+        try:
+            try:
+                found = self.backend.fs.ls(base, detail=True, refresh=True)
+            except TypeError:  # filesystems without a refresh keyword
+                found = self.backend.fs.ls(base, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return ()
+        out = []
+        for e in found:
+            n = posixpath.basename(e["name"].rstrip("/"))
+            if n.endswith(".parquet") and not n.startswith(".") and e.get("type") == "file":
+                out.append((f"{folder}/{n}", tuple(e.get(k) for k in _STAMP)))
+        return tuple(sorted(out))
+
     def put(self, name: str, table: pa.Table, *, part: str | None = None) -> str:
         """Commit ``table`` (already conformed) as one part; returns its path."""
         rel = f"{self._check(name)}/{part or content_hash(table)}.parquet"
@@ -92,9 +117,10 @@ class Tables:
         rel = f"{name}/k-{sha256_hex(chr(10).join(sorted(keys)))}.parquet"
         return self.backend.put_if_absent(rel, parquet_bytes(t))
 
-    def dataset(self, name: str) -> pads.Dataset:
-        """A lazily scanned pyarrow dataset over the committed parts of one table."""
-        files = [self.backend.path(f) for f in self.files(name)]
+    def dataset(self, name: str, files: Sequence[str] | None = None) -> pads.Dataset:
+        """A lazily scanned pyarrow dataset over the committed parts of one table (``files``:
+        over those parts, as :meth:`files` names them)."""
+        files = [self.backend.path(f) for f in (self.files(name) if files is None else files)]
         return pads.dataset(files, schema=TABLES[name], format="parquet", filesystem=self.backend.fs)
 
     def read(self, name: str) -> pa.Table:
