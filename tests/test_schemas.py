@@ -44,7 +44,7 @@ def _zarr_json(tmp: Path) -> dict:
 
 def _catalog_views(tmp: Path) -> dict:
     from l2s_data.store import Store
-    from l2s_data.store.catalog import VIEWS
+    from l2s_data.store.sandbox import VIEWS
 
     store = Store.open(tmp / "views", create=True)
     out = {}
