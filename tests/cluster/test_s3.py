@@ -12,8 +12,6 @@ import uuid
 import numpy as np
 import pytest
 
-from l2s_data.extract import Extraction, parse_config
-from l2s_data.extract.distributed import run_extraction
 from l2s_data.store import Key, Store
 
 N = 13
@@ -27,6 +25,8 @@ def _url() -> str:
 def test_an_extraction_on_ray_into_s3_is_read_back_by_sql_and_a_loader_epoch(s3_endpoint, ray_address,
                                                                              tiny_checkpoint, tmp_path):
     from l2s_data.datasets import make_synthetic
+    from l2s_data.extract import Extraction, parse_config
+    from l2s_data.extract.distributed import run_extraction
 
     make_synthetic("synthetic-safety", tmp_path / "data", n=N)
     url = _url()
@@ -83,6 +83,8 @@ def test_two_processes_racing_to_commit_one_shard_on_s3_leave_exactly_one_winner
     store = Store.open(url, create=True)
     rid = store.put_recipe({"race": 1})
     shards = [f"s-race-{i}" for i in range(3)]
+    # spawn: each contender a fresh interpreter (s3fs's event loop does not survive a fork),
+    # which imports this module for _race: it imports the store only, not torch
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(2), ctx.Queue()
     procs = [ctx.Process(target=_race, args=(url, rid, {s: float(10 * i + v) for i, s in enumerate(shards)},
