@@ -16,7 +16,9 @@ loose files pile up and every snapshot reads one header per file, so they are fo
   tombstone into one part: what an extraction run does at its end, or a cron job.
 
 Both keep the protocol's invariants (see ``README.md``): a part is created before any file it
-folds is removed; it records each folded file by name and sha256 (``replaces``); it carries
+folds is removed; it records by name and sha256 (``replaces``) each file it folds and each file
+an earlier, interrupted compaction replaced, and removes exactly those, so a crash between two
+removals leaves every remaining one superseded by the new part itself; it carries
 only the commit that counts of each shard (the rows of deleted and losing attempts are dropped),
 with its original ``committed_at``, so the same commit keeps counting; a step never folds a
 tombstone, which thus keeps hiding rows in parts it did not rewrite. Only a lease holder
@@ -127,7 +129,8 @@ def _tier_to_merge(snap: Snapshot, fanout: int, step_rows: int) -> list[Manifest
 
 def _fold(backend: Backend, snap: Snapshot, folded: Sequence[ManifestInfo]) -> str:
     """Create one part holding the counting rows of ``folded`` (files of ``snap``), then remove
-    every file of ``snap`` that is folded or already superseded. Returns the part's name."""
+    every file of ``snap`` that is folded or already superseded (the files the part replaces).
+    Returns the part's name."""
     names = {i.name for i in folded}
     live = [i for i in snap.live if i.name in names]
     # Held as dictionaries and written in key order a row group at a time: the rows in memory
@@ -140,7 +143,12 @@ def _fold(backend: Backend, snap: Snapshot, folded: Sequence[ManifestInfo]) -> s
     shards = {s: a for i in live for s, a in i.shards.items() if counts(i, s)}
     stamps = {s: t for i in live for s, t in i.committed_at.items() if counts(i, s)}
     byts = {s: b for i in live for s, b in i.bytes.items() if counts(i, s)}
-    replaces = {i.name: i.sha256 for i in folded}
+    # The part names by content every file this fold removes: the folded ones, and those an
+    # earlier compaction replaced but did not get to remove (it died). Removing that earlier
+    # part un-hides what it replaced, and the tombstones folded here stop hiding anything the
+    # moment this part exists; a file this part does not name would count again.
+    gone = superseded(snap.infos)
+    replaces = {i.name: i.sha256 for i in (*folded, *(i for i in snap.infos if gone(i)))}
     name = manifest_name("compacted", sha256_hex("\n".join(f"{n} {h}" for n, h in sorted(replaces.items()))))
     replaces.pop(name, None)
     data = encode_manifest(rows, kind="compacted", shards=shards, bytes_=byts, committed_at=stamps,
@@ -149,9 +157,10 @@ def _fold(backend: Backend, snap: Snapshot, folded: Sequence[ManifestInfo]) -> s
         raise StoreError(f"store {backend.url}: {name} exists and folds other files; nothing was removed. "
                          f"Run `l2s store verify`.")
     # Remove the folded files (their rows are in the new part) and those an earlier compaction
-    # replaced. Each was read by name and content under the lease: only a lease holder removes a
-    # manifest, so the name still holds that content (a writer only creates absent names).
-    gone = superseded(snap.infos)
-    for n in sorted((names | {i.name for i in snap.infos if gone(i)}) - {name}):
+    # replaced: exactly the files the part replaces, so a crash between two removals leaves each
+    # remaining one superseded by the part itself. Each was read by name and content under the
+    # lease: only a lease holder removes a manifest, so the name still holds that content (a
+    # writer only creates absent names).
+    for n in sorted(replaces):
         backend.remove(n)
     return name

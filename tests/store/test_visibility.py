@@ -5,7 +5,10 @@ Reproduced against the previous store: after compact then delete, re-extracting 
 committed nothing ("committed first by another run") because the writer's own check (``commit_of``) found the shard
 in the compacted file without applying the tombstone; a delete that died after its tombstone,
 then a compaction, then the shard written again gave ``won=True`` with 0 rows visible, and the
-next compaction removed the new manifest (the compaction had recorded the reused file name).
+next compaction removed the new manifest (the compaction had recorded the reused file name);
+a compaction that died after creating its part, then a delete, then a second compaction that
+died part-way made the deleted shard visible again (the second part did not name the manifest
+the first part replaced, and removed that first part).
 """
 
 from __future__ import annotations
@@ -75,6 +78,64 @@ def expire_leases_now(store: Store) -> None:
     for name in store.admin.backend.listdir("leases"):
         if name.endswith(".json"):
             store.admin.backend.put_if_absent(f"leases/{name[:-5]}.released", b"")
+
+
+def _compact_dies_at(store: Store, at: int) -> None:
+    with Crashing(store, at) as c:
+        store.admin.compact(min_files=1)
+    assert c.dead
+    expire_leases_now(store)
+
+
+def _nothing_of(store: Store, shard: str) -> None:
+    """``shard`` counts nowhere: snapshot, the writer's own check, SQL (view and raw rows)."""
+    assert store.snapshot().shards == {}
+    assert not committed(store, shard)
+    for view in ("manifests", "_manifests"):
+        assert store.sql(f"SELECT count(*) AS n FROM {view}")["n"][0].as_py() == 0
+
+
+def test_a_deleted_shard_stays_deleted_when_compactions_die_before_and_after_the_delete(store):
+    """The protocol machine's case: a compaction dies after creating its part, leaving the
+    folded manifest behind (replaced by that part); the recipe is deleted; a second compaction
+    folds the first part and the tombstone into a new part, removes them, and dies before it
+    removes the old manifest. Before, the new part named only the files it folded, so with the
+    first part gone nothing hid the old manifest, and the deleted shard counted again."""
+    rid = store.put_recipe({"r": "a"}, name="a")
+    _write(store, "a-0", rid, 0)
+    _compact_dies_at(store, 3)  # lease, part, then dies removing manifests/a-0.parquet
+    names = store.admin.backend.listdir("manifests")
+    assert "a-0.parquet" in names and any(n.startswith("_compacted-") for n in names)
+    store.admin.delete_recipe(rid, force=True)
+    _nothing_of(store, "a-0")
+    _compact_dies_at(store, 4)  # lease, part, first part removed, dies removing the tombstone
+    _nothing_of(store, "a-0")
+    store.admin.compact(min_files=1)
+    store.admin.gc(grace_s=0)
+    _nothing_of(store, "a-0")
+    assert store.admin.verify() == []
+
+
+@pytest.mark.parametrize("second", [2, 3, 4, 5, 6, 7])
+def test_a_compaction_dying_at_any_removal_never_brings_back_what_an_earlier_one_replaced(store, second):
+    """The same sequence beside a shard of another recipe that must stay visible throughout, the
+    second compaction dying at each of its steps: creating its part, each of its four removals
+    (first part, tombstone, then the two manifests the first part replaced), releasing the lease."""
+    rid = store.put_recipe({"r": "a"}, name="a")
+    keep = store.put_recipe({"r": "b"}, name="b")
+    _write(store, "a-0", rid, 0)
+    _, ids, want = _write(store, "b-0", keep, 1)
+    _compact_dies_at(store, 3)  # both loose manifests stay behind, replaced
+    store.admin.delete_recipe(rid, force=True)
+    with Crashing(store, second):
+        store.admin.compact(min_files=1)
+    expire_leases_now(store)
+    assert store.snapshot().shards.keys() == {"b-0"}
+    assert not committed(store, "a-0") and committed(store, "b-0")
+    _visible(store, "b-0", keep, ids, want)
+    store.admin.compact(min_files=1)
+    assert store.snapshot().shards.keys() == {"b-0"}
+    assert store.admin.verify() == []
 
 
 def test_a_rewrite_blocked_by_a_dead_manifest_settles_it_and_wins(store):
