@@ -12,26 +12,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
-
 from l2s_data.evaluate.methods import get_method
 from l2s_data.evaluate.results import Results
+from l2s_data.figures import agg_figure
 
 __all__ = ["AlphaPlots", "has_data", "plot_metric_vs_alpha", "plot_group_bars"]
-
-# matplotlib is imported when a plot is drawn: importing it costs about a second, and the
-# library's other users (extraction, training, the CLI's other commands) never draw.
-
-
-def _figure(**kw: Any):
-    """A figure on its own Agg canvas: not registered with pyplot, freed with its last reference."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(**kw)
-    FigureCanvasAgg(fig)
-    return fig
-
 
 def has_data(res: Results, metric: str, count, *, part: str = "test") -> bool:
     """Whether ``metric`` is computed from at least one response (``count(rows, metric)``) for
@@ -51,7 +36,7 @@ class AlphaPlots:
     def __init__(self, res: Results, *, part: str = "test") -> None:
         self.res, self.part = res, part
         self._values = res.metrics(part=part)                     # {(method, alpha): {metric: value}}
-        self._fig = _figure(figsize=(6.4, 4.0), dpi=100)
+        self._fig = agg_figure(figsize=(6.4, 4.0), dpi=100)
         self._ax = self._fig.subplots()
         self._fig.subplots_adjust(**self.MARGINS)
         self._ax.grid(alpha=0.3)
@@ -104,7 +89,7 @@ def plot_group_bars(groups: dict[str, dict[str, float]], metric: str, key: str, 
     """Grouped bars: ``metric`` per ``key`` value (category or subset), one bar per method."""
     names = list(groups)
     methods = list(next(iter(groups.values()))) if groups else []
-    fig = _figure(figsize=(max(6.4, 0.9 * len(names) + 2), 4.2), dpi=100)
+    fig = agg_figure(figsize=(max(6.4, 0.9 * len(names) + 2), 4.2), dpi=100)
     ax = fig.subplots()
     width = 0.8 / max(1, len(methods))
     for j, m in enumerate(methods):

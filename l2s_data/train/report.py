@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from l2s_data.errors import PredictorMismatchError, RunNotFoundError
+from l2s_data.figures import agg_figure
 from l2s_data.steer.predictor import load_predictor
 from l2s_data.steer.selection import query
 from l2s_data.train.config import parse_train_config
@@ -22,17 +23,6 @@ from l2s_data.train.data import load_data
 from l2s_data.train.evaluate import predict
 
 __all__ = ["get_run", "sweep_runs", "report_train", "report_sweep"]
-
-
-def _figure(**kw: Any):
-    """A figure on its own Agg canvas: no pyplot (its import costs about a second, and it keeps
-    every figure until closed), freed with its last reference."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(**kw)
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def get_run(store, run_id: str) -> dict[str, Any]:
@@ -89,7 +79,7 @@ def _projection(store, run: dict[str, Any], path: Path) -> str:
     n = len(val)
     from matplotlib import colormaps
 
-    fig = _figure(figsize=(7, 5.5))
+    fig = agg_figure(figsize=(7, 5.5))
     ax = fig.subplots()
     cats = sorted({str(c) for c in val.categories})
     cmap = colormaps["tab20"].resampled(max(len(cats), 1))
@@ -122,7 +112,7 @@ def _validation_line(config: dict, final: dict) -> str:
 
 
 def _learning_curves(hist: list[dict[str, Any]], final: dict[str, Any], path: Path) -> None:
-    fig = _figure(figsize=(10, 4))
+    fig = agg_figure(figsize=(10, 4))
     a1, a2 = fig.subplots(1, 2)
     ep = [h["epoch"] for h in hist]
     a1.plot(ep, [h["train_loss"] for h in hist], label="train loss")
@@ -140,7 +130,7 @@ def _learning_curves(hist: list[dict[str, Any]], final: dict[str, Any], path: Pa
 
 def _category_bars(per: dict[str, dict[str, float]], path: Path) -> None:
     cats = sorted(per)
-    fig = _figure(figsize=(max(6, 0.6 * len(cats)), 4))
+    fig = agg_figure(figsize=(max(6, 0.6 * len(cats)), 4))
     ax = fig.subplots()
     x = np.arange(len(cats))
     ax.bar(x - 0.2, [per[c]["cosine"] for c in cats], 0.4, label="predictor")
@@ -221,7 +211,7 @@ def report_sweep(store, sweep_id: str, out_dir: str | Path, *, metric: str = "va
                      + f" | {vals[i]:.5g} |")
     lines.append("")
     for k, v in knobs.items():
-        fig = _figure(figsize=(5, 3.5))
+        fig = agg_figure(figsize=(5, 3.5))
         ax = fig.subplots()
         numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
         levels = sorted(set(v), key=lambda x: (str(type(x)), x))
