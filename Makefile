@@ -22,8 +22,8 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/l2s demo
 
-# Two pytest workers (one per core); the `slow` tests (Ray, subprocesses, servers) run as one
-# group on one worker, so the session starts one Ray head and one S3 server.
+# Two pytest workers (one per core); the tests on the session's Ray head run as one group on one
+# worker, so the session starts one Ray head (tests/conftest.py, SLOW_FIXTURES).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests
 

@@ -41,7 +41,11 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 #: Session fixtures that start processes or run for most of a minute, and the pytest-xdist group
 #: of the tests that use them (each group runs on one worker, which builds its fixtures once). A
 #: test that uses one (directly or through another fixture) must carry ``@pytest.mark.slow``.
-SLOW_FIXTURES = {"ray_address": "processes", "s3_endpoint": "processes", "demo": "demo", "demo_copy": "demo"}
+SLOW_FIXTURES = {"ray_address": "processes", "s3_endpoint": "s3", "demo": "demo", "demo_copy": "demo"}
+#: A test that uses fixtures of both groups joins the first: the Ray group holds the session's
+#: longest chain, so the S3-only tests may run beside it, on a worker with its own S3 server
+#: (a second one costs about a second; the Ray head is what must start once).
+NESTED_GROUPS = {("processes", "s3"): "processes"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's worker hook, which reads xdist_group into node ids
@@ -53,11 +57,13 @@ def pytest_collection_modifyitems(config, items):
             f"these tests use a slow session fixture ({', '.join(SLOW_FIXTURES)}) but are not marked "
             f"@pytest.mark.slow, so `make test-fast` would run them: " + ", ".join(unmarked))
     # Under pytest-xdist (`make test`: -n 2 --dist loadgroup) the tests of one group run on one
-    # worker, so the session's Ray head and S3 server ("processes") and the demo ("demo") are each
-    # built once; the other tests go to whichever worker is free.
+    # worker, so the session's Ray head ("processes") and the demo ("demo") are each built once;
+    # the other tests go to whichever worker is free.
     if config.pluginmanager.hasplugin("xdist"):
         for item in items:
             groups = {SLOW_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in SLOW_FIXTURES}
+            if (joined := NESTED_GROUPS.get(tuple(sorted(groups)))) is not None:
+                groups = {joined}
             if len(groups) > 1:
                 raise pytest.UsageError(f"{item.nodeid} uses session fixtures of two xdist groups {sorted(groups)}: "
                                         f"they are built on different workers")
@@ -160,8 +166,9 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _stop_processes(pids: list[int], timeout: float = 30.0) -> None:
-    """SIGTERM then SIGKILL exactly ``pids`` (and their descendants, found before stopping)."""
+def _stop_processes(pids: list[int], timeout: float = 30.0, *, grace: bool = True) -> None:
+    """SIGTERM then SIGKILL exactly ``pids`` (and their descendants, found before stopping);
+    ``grace=False`` sends SIGKILL at once."""
     import psutil
 
     procs: dict[int, psutil.Process] = {}
@@ -176,12 +183,14 @@ def _stop_processes(pids: list[int], timeout: float = 30.0) -> None:
                 procs[c.pid] = c
         except psutil.NoSuchProcess:
             pass
-    for p in procs.values():
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(list(procs.values()), timeout=timeout)
+    alive = list(procs.values())
+    if grace:
+        for p in alive:
+            try:
+                p.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(alive, timeout=timeout)
     for p in alive:
         try:
             p.kill()
@@ -278,10 +287,11 @@ def ray_address():
         from ray.experimental import internal_kv
 
         internal_kv._internal_kv_reset()  # noqa: SLF001 - the only handle Ray gives on that client
-        # Some of the head's processes outlive a SIGTERM (the session's stop waited the full 30 s
-        # before the kill, measured): after 5 s they are killed; nothing of theirs is kept.
-        _stop_processes([head.pid] + _processes_under(temp), timeout=5.0)
-        _stop_processes(_processes_under(temp), timeout=5.0)  # workers whose parent had already exited
+        # The head's core processes (`ray start --block`, GCS, raylet, dashboard, monitors) outlive
+        # a SIGTERM for good (measured: still there 12 s later, where the rest had gone in 2 s),
+        # and nothing of the head is kept (its folder goes next): killed at once.
+        _stop_processes([head.pid] + _processes_under(temp), timeout=5.0, grace=False)
+        _stop_processes(_processes_under(temp), timeout=5.0, grace=False)  # workers whose parent had already exited
         shutil.rmtree(temp, ignore_errors=True)
         for k, v in saved.items():
             if v is None:
