@@ -138,6 +138,10 @@ class Engine:
                                     code="context_length_exceeded", param="max_tokens")
         return n
 
+    def text_pieces(self) -> "TextPieces":
+        """A fresh decoder of one streamed response's tokens into text pieces."""
+        return TextPieces(self.adapter.processor.tokenizer)
+
     # --- a batch -------------------------------------------------------------------------
 
     def run_batch(self, reqs: Sequence[ChatRequest]) -> list[Generated | ServeRequestError]:
