@@ -147,7 +147,7 @@ def test_behaviors_import_nothing_from_the_store():
 #: The library's floors, bottom first (DESIGN.md section 3): a module imports only from lower floors.
 FLOORS = (
     {"errors", "schemas"},
-    {"configfile", "actors", "submit", "figures"},
+    {"configfile", "actors", "submit", "figures", "memo"},
     {"models", "datasets", "behaviors", "store"},
     {"extract", "steer"},
     {"train", "evaluate"},

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from l2s_data.errors import InputError, PositionError
+from l2s_data.memo import Memo
 from l2s_data.models.types import POSITIONS, ChatInput
 
 if TYPE_CHECKING:  # families brings in transformers; the encodings need only its Vision type
@@ -82,48 +82,29 @@ def messages_for(item: ChatInput, *, with_completion: bool = True) -> list[dict]
     return messages
 
 
-class _Memo:
-    """The last :data:`_MEMO_SIZE` rendered texts and tokenizations of one processor.
-
-    Rendering (the processor's Jinja chat template) and tokenizing with offsets cost ~0.5 ms
-    each, several per item, and the same texts come back often: a pair's positive and negative
-    share their prompt and user turn, a question asked of many images shares its text. Both are
-    pure functions of the processor and the text, which the key holds (with the template and
-    the vocabulary's size, should either be changed in place)."""
-
-    def __init__(self) -> None:
-        self._data: OrderedDict[tuple, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple, make: Callable[[], Any]) -> Any:
-        with self._lock:
-            if key in self._data:
-                self._data.move_to_end(key)
-                return self._data[key]
-        value = make()  # outside the lock; an error is raised, never kept
-        with self._lock:
-            self._data[key] = value
-            while len(self._data) > _MEMO_SIZE:
-                self._data.popitem(last=False)
-        return value
-
-
 #: Entries kept per processor (a prompt's ids and offsets: a few KB).
 _MEMO_SIZE = 2048
 _MEMOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _MEMOS_LOCK = threading.Lock()
 
 
-def _memo(processor) -> _Memo:
+def _memo(processor) -> Memo:
+    """The last :data:`_MEMO_SIZE` rendered texts and tokenizations of ``processor``.
+
+    Rendering (the processor's Jinja chat template) and tokenizing with offsets cost ~0.5 ms
+    each, several per item, and the same texts come back often: a pair's positive and negative
+    share their prompt and user turn, a question asked of many images shares its text. Both are
+    pure functions of the processor and the text, which the key holds (with the template and
+    the vocabulary's size, should either be changed in place)."""
     with _MEMOS_LOCK:
         memo = _MEMOS.get(processor)
         if memo is None:
-            memo = _MEMOS[processor] = _Memo()
+            memo = _MEMOS[processor] = Memo(_MEMO_SIZE)
         return memo
 
 
 def render(processor, messages: list[dict], **kwargs) -> str:
-    """``messages`` rendered by the processor's chat template (remembered: see :class:`_Memo`)."""
+    """``messages`` rendered by the processor's chat template (remembered: see :func:`_memo`)."""
     key = ("render", getattr(processor, "chat_template", None), repr(messages), tuple(sorted(kwargs.items())))
     return _memo(processor).get(key, lambda: processor.apply_chat_template(messages, tokenize=False, **kwargs))
 

@@ -11,13 +11,13 @@ import json
 import os
 import re
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import duckdb
 
 from l2s_data.errors import SQLRefusedError, StoreError
+from l2s_data.memo import Memo
 
 __all__ = ["VIEWS", "FIX", "bind_params", "refuse", "parse_one", "check_where", "where_expression"]
 
@@ -56,28 +56,20 @@ def parse_one(query: str, con: duckdb.DuckDBPyConnection | None = None) -> duckd
     ``con`` the parse runs on this process's parser connection (see :func:`_parser`)."""
     if not isinstance(query, str) or not query.strip():
         raise refuse(str(query), "empty query")
-    with _ACCEPTED_LOCK:
-        if (st := _ACCEPTED.get(query)) is not None:
-            _ACCEPTED.move_to_end(query)
-            return st
     if con is not None:
-        st = _parse_one(query, con)
-    else:
+        return _ACCEPTED.get(query, lambda: _parse_one(query, con))
+
+    def parse() -> duckdb.Statement:
         with _PARSER_LOCK:
-            st = _parse_one(query, _parser())
-    with _ACCEPTED_LOCK:
-        _ACCEPTED[query] = st
-        while len(_ACCEPTED) > _ACCEPTED_MAX:
-            _ACCEPTED.popitem(last=False)
-    return st
+            return _parse_one(query, _parser())
+
+    return _ACCEPTED.get(query, parse)
 
 
 #: Texts that passed the check, with their statement. The verdict depends on the text alone
 #: (DuckDB's parser and syntax tree, on any connection), so a statement run again is not checked
 #: again: the check costs ~2-3 ms, and `Store.sql` makes it twice. Only accepted texts are kept.
-_ACCEPTED: OrderedDict[str, duckdb.Statement] = OrderedDict()
-_ACCEPTED_MAX = 256
-_ACCEPTED_LOCK = threading.Lock()
+_ACCEPTED = Memo(256)
 
 
 def _parse_one(query: str, con: duckdb.DuckDBPyConnection) -> duckdb.Statement:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import posixpath
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +25,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from l2s_data.errors import KeyNotFoundError, SchemaMismatchError
+from l2s_data.memo import Memo
 from l2s_data.schemas import RECIPES, TABLES
 from l2s_data.store._backend import Backend
 from l2s_data.store.contract import (
@@ -47,49 +46,16 @@ _VERSIONED = frozenset(_STAMP) - {"size"}
 _KEYED = {"evaluations": "evaluation_id"}
 
 
-class _ReadParts:
-    """Parts already read and conformed, by store, part and stamp, least recently used first.
-
-    A part is written once, and one created again (a recipe registered after its delete, a keyed
-    evaluations part after its run's delete) has another stamp: a stamp names one version of
-    its bytes. A stamp with no versioned field (a filesystem that lists sizes only) is never
-    kept. Without this, every shard writer parsed every recipe part twice (about 0.8 ms each).
-    """
-
-    def __init__(self, max_bytes: int = 64 << 20):
-        self.max_bytes = max_bytes
-        self._tables: OrderedDict[tuple, pa.Table] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def key(url: str, rel: str, stamp: tuple[Any, ...]) -> tuple | None:
-        versioned = any(v is not None for k, v in zip(_STAMP, stamp) if k in _VERSIONED)
-        return (url, rel, stamp) if versioned else None
-
-    def get(self, key: tuple | None) -> pa.Table | None:
-        if key is None:
-            return None
-        with self._lock:
-            t = self._tables.get(key)
-            if t is not None:
-                self._tables.move_to_end(key)
-            return t
-
-    def put(self, key: tuple | None, table: pa.Table) -> None:
-        if key is None or table.nbytes > self.max_bytes // 8:
-            return
-        with self._lock:
-            if key in self._tables:
-                return
-            self._tables[key] = table
-            self._bytes += table.nbytes
-            while self._bytes > self.max_bytes:
-                _, old = self._tables.popitem(last=False)
-                self._bytes -= old.nbytes
+#: Parts already read and conformed, by store, part and stamp. A part is written once, and one
+#: created again (a recipe registered after its delete, a keyed evaluations part after its run's
+#: delete) has another stamp: a stamp names one version of its bytes. A stamp with no versioned
+#: field (a filesystem that lists sizes only) is never kept. Without this, every shard writer
+#: parsed every recipe part twice (about 0.8 ms each).
+_READ_PARTS = Memo(max_weight=64 << 20, weight=lambda t: t.nbytes)
 
 
-_READ_PARTS = _ReadParts()
+def _versioned(stamp: tuple[Any, ...]) -> bool:
+    return any(v is not None for k, v in zip(_STAMP, stamp) if k in _VERSIONED)
 
 
 def _recipe_part(rid: str, name: str | None) -> str:
@@ -178,19 +144,20 @@ class Tables:
         before, in this process, and not created again since, is not read again)."""
         parts = []
         for f, stamp in self.stamped_files(name):
-            key = _ReadParts.key(self.backend.url, f, stamp)
-            t = _READ_PARTS.get(key)
-            if t is None:
-                try:
-                    raw = pq.read_table(pa.BufferReader(self.backend.read_bytes(f)))
-                except FileNotFoundError:
-                    continue  # removed meanwhile (a recipe deleted)
-                # conform, not check_exact: a part written before a nullable column was added reads
-                # with that column null (format-1 stores' runs, after `l2s store migrate`).
-                t = conform(raw.replace_schema_metadata(None), TABLES[name], what=f"{name} part {f}")
-                _READ_PARTS.put(key, t)
-            parts.append(t)
+            try:
+                if _versioned(stamp):
+                    parts.append(_READ_PARTS.get((self.backend.url, f, stamp), lambda f=f: self._read_part(name, f)))
+                else:
+                    parts.append(self._read_part(name, f))
+            except FileNotFoundError:
+                continue  # removed meanwhile (a recipe deleted)
         return pa.concat_tables(parts) if parts else TABLES[name].empty_table()
+
+    def _read_part(self, name: str, rel: str) -> pa.Table:
+        raw = pq.read_table(pa.BufferReader(self.backend.read_bytes(rel)))
+        # conform, not check_exact: a part written before a nullable column was added reads with
+        # that column null (format-1 stores' runs, after `l2s store migrate`).
+        return conform(raw.replace_schema_metadata(None), TABLES[name], what=f"{name} part {rel}")
 
     # -- recipes ---------------------------------------------------------------------------------
     def put_recipe(self, spec: Mapping[str, Any], *, name: str | None = None) -> str:
