@@ -69,6 +69,13 @@ def pytest_collection_modifyitems(config, items):
                                         f"they are built on different workers")
             if groups:
                 item.add_marker(pytest.mark.xdist_group(groups.pop()))
+        # The groups go out first (the scheduler orders them by size), then single tests in this
+        # order. Modules with a slow test outside the groups (a subprocess, a retraced training)
+        # come first, whole, so that the run ends on short tests that even out the two workers,
+        # not on a 15 s test started last.
+        long = {item.path for item in items
+                if item.get_closest_marker("slow") is not None and item.get_closest_marker("xdist_group") is None}
+        items.sort(key=lambda item: item.path not in long)
 
 
 def pytest_configure(config):
