@@ -300,8 +300,8 @@ def ray_address():
         # The head's core processes (`ray start --block`, GCS, raylet, dashboard, monitors) outlive
         # a SIGTERM for good (measured: still there 12 s later, where the rest had gone in 2 s),
         # and nothing of the head is kept (its folder goes next): killed at once.
-        _stop_processes([head.pid] + _processes_under(temp), timeout=5.0, grace=False)
-        _stop_processes(_processes_under(temp), timeout=5.0, grace=False)  # workers whose parent had already exited
+        _stop_processes([head.pid] + _processes_under(temp), grace=False)
+        _stop_processes(_processes_under(temp), grace=False)  # workers whose parent had already exited
         shutil.rmtree(temp, ignore_errors=True)
         for k, v in saved.items():
             if v is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+
 from l2s_data.evaluate.methods import get_method
 from l2s_data.evaluate.results import Results
 from l2s_data.figures import agg_figure

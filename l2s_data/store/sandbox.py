@@ -56,10 +56,10 @@ def parse_one(query: str, con: duckdb.DuckDBPyConnection | None = None) -> duckd
     ``con`` the parse runs on this process's parser connection (see :func:`_parser`)."""
     if not isinstance(query, str) or not query.strip():
         raise refuse(str(query), "empty query")
-    if con is not None:
-        return _ACCEPTED.get(query, lambda: _parse_one(query, con))
 
     def parse() -> duckdb.Statement:
+        if con is not None:
+            return _parse_one(query, con)
         with _PARSER_LOCK:
             return _parse_one(query, _parser())
 
