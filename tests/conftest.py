@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+# torch is imported by the fixtures that use it, not at the top: pytest-xdist's controller loads
+# this file as well, runs no test, and spent about 2 CPU-seconds importing torch (measured).
 
 #: Session fixtures that start processes or run for most of a minute, and the pytest-xdist group
 #: of the tests that use them (each group runs on one worker, which builds its fixtures once). A
@@ -139,8 +139,17 @@ def planted(tmp_path_factory, planted_mod):
     return planted_mod.build(tmp_path_factory.mktemp("planted") / "store")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _torch_threads():
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 @pytest.fixture(autouse=True)
-def _seed_everything():
+def _seed_everything(_torch_threads):
+    import torch
+
     random.seed(0)
     np.random.seed(0)
     if torch.cuda.is_available():
