@@ -8,6 +8,11 @@ evaluation computes it by an unsteered prefill, as the server does for every req
 from __future__ import annotations
 
 import base64
+import contextlib
+import importlib.util
+import io
+import json
+import shlex
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +23,7 @@ import pytest
 L_STAR, L_PRIME = 1, 3
 N = 40  # 8 of them in the test split
 ALPHA = 4.0
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -89,29 +95,68 @@ def data_url(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
 
+def config_toml(d: dict[str, dict[str, Any]]) -> str:
+    """A config dict of sections as TOML (JSON scalars and lists are TOML)."""
+    lines = []
+    for section, values in d.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class SubmittedJob:
+    argv: list[str]       # the entrypoint that `l2s submit serve --dry-run` printed
+    code: int             # its exit code, run here
+    output: str           # what it printed
+
+
 @dataclass
 class Served:
     base_url: str         # http://127.0.0.1:PORT/v1
     cfg: Any              # the ServeConfig
     world: World
     app_name: str
+    job: SubmittedJob     # the job that deployed it
 
 
 @pytest.fixture(scope="session")
-def served(serve_world, ray_address):
-    """The application on the session's Ray head, on a free loopback port. Its replicas, the
-    Serve controller and the proxy end with the session's head, which is killed by PID right
-    after (Ray Serve's own shutdown first waited 2.4 s for a graceful stop, measured)."""
+def served(serve_world, ray_address, tmp_path_factory):
+    """The application on the session's Ray head, on a free loopback port, deployed as a cluster
+    deploys it: by the job that `l2s submit serve` builds (`python jobs/serve.py CONFIG --address
+    auto --host 127.0.0.1 --port PORT`), run here in this process. The job deploys, prints where
+    the application answers and ends; the application keeps serving (tests/serve/test_submit.py
+    checks the job). Its replicas, the Serve controller and the proxy end with the session's
+    head, which is killed by PID right after (Ray Serve's own shutdown first waited 2.4 s for a
+    graceful stop, measured)."""
     import ray
+    from typer.testing import CliRunner
 
-    from l2s_data.serve import deploy, parse_serve_config
+    from l2s_data.cli import app
+    from l2s_data.serve import parse_serve_config
 
-    cfg = parse_serve_config(serve_config_dict(serve_world), source="(test)")
-    svc = deploy(cfg, address=ray_address, port=free_port())
+    raw = serve_config_dict(serve_world)
+    cfg = tmp_path_factory.mktemp("served") / "serve.toml"
+    cfg.write_text(config_toml(raw))
+    built = CliRunner().invoke(app, ["submit", "serve", str(cfg), "--host", "127.0.0.1", "--port", str(free_port()),
+                                     "--dry-run"])
+    assert built.exit_code == 0, built.output
+    argv = shlex.split(built.output.split("entrypoint: ")[1].splitlines()[0])
+    spec = importlib.util.spec_from_file_location("serve_job", ROOT / argv[1])
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    connected_before = ray.is_initialized()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = job.main(argv[2:])
+    assert code == 0, out.getvalue()
+    serving = next(ln for ln in out.getvalue().splitlines() if ln.startswith("serving "))
+    url = serving.split(" at ", 1)[1].split(" (application ", 1)[0]
     try:
-        yield Served(svc.url, cfg, serve_world, svc.name)
+        yield Served(url, parse_serve_config(raw, source="(test)"), serve_world, raw["serve"]["name"],
+                     SubmittedJob(argv, code, out.getvalue()))
     finally:
-        if ray.is_initialized() and svc.connected_here:
+        if ray.is_initialized() and not connected_before:
             ray.shutdown()
 
 

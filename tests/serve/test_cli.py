@@ -4,7 +4,6 @@ at the address it prints, deleted on Ctrl-C (the first application keeps serving
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import re
 import signal
@@ -16,17 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import serve_config_dict
+from .conftest import config_toml, serve_config_dict
 
 pytestmark = pytest.mark.slow
-
-
-def _toml(d: dict) -> str:
-    lines = []
-    for section, values in d.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]  # JSON scalars and lists are TOML
-    return "\n".join(lines) + "\n"
 
 
 def _signal_a_thread_other_than_main(pid: int, sig: int) -> str:
@@ -51,7 +42,7 @@ def test_l2s_serve_answers_where_it_says_and_stops_its_application_on_ctrl_c(ser
 
     port = int(served.base_url.rsplit(":", 1)[1].split("/")[0])
     cfg = tmp_path / "serve.toml"
-    cfg.write_text(_toml(serve_config_dict(served.world, name="l2s-cli", route_prefix="/cli", model_name="cli")))
+    cfg.write_text(config_toml(serve_config_dict(served.world, name="l2s-cli", route_prefix="/cli", model_name="cli")))
     l2s = Path(sys.executable).parent / "l2s"
     proc = subprocess.Popen([str(l2s), "serve", str(cfg), "--address", ray_address, "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

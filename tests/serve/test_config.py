@@ -85,6 +85,18 @@ def test_the_cli_mounts_serve_and_submit_serve_and_refuses_a_missing_config(tmp_
     assert r.exit_code == 2 and "[model] path = 'no-model' does not exist" in r.output
 
 
+def test_submit_serve_builds_a_job_whose_proxy_listens_on_every_interface_unless_told(tmp_path):
+    """`l2s submit serve` is for a cluster: without --host its job's proxy listens on 0.0.0.0, where
+    the cluster's clients reach it (`l2s serve` and the config default to loopback)."""
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text('[model]\npath = "m"\n[data]\npath = "d"\n[steering]\nlayer = 1\nmethods = ["none"]\n'
+                   '[run]\nstore = "s"\n')
+    built = CliRunner().invoke(app, ["submit", "serve", str(cfg), "--port", "8123", "--dry-run"])
+    assert built.exit_code == 0, built.output
+    entry = built.output.split("entrypoint: ")[1].splitlines()[0]
+    assert entry == f"python jobs/serve.py {cfg} --address auto --host 0.0.0.0 --port 8123"
+
+
 def test_the_health_check_period_reaches_the_deployment():
     """How soon Ray Serve finds a dead replica (and starts another): its default, or the config's."""
     from l2s_data.serve.app import deployment_options
