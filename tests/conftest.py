@@ -28,11 +28,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 import atexit
+import contextlib
 import gc
+import importlib.util
 import io
+import json
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -371,6 +376,44 @@ def s3_endpoint():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# --- a job as `l2s submit` builds it, run here -------------------------------------------------
+
+@dataclass
+class SubmittedJob:
+    argv: list[str]            # the entrypoint that `l2s submit KIND ... --dry-run` printed
+    runtime_env: dict[str, Any]
+    code: int                  # the job's exit code, run here
+    output: str                # what it printed
+
+
+@pytest.fixture(scope="session")
+def run_submitted():
+    """``run_submitted(kind, *args) -> SubmittedJob``: the job that `l2s submit KIND ARGS --dry-run`
+    builds, run in this process as a cluster runs it (its script's ``main`` on the entrypoint's
+    arguments, on the cluster RAY_ADDRESS names). The Jobs API itself is tested end to end once,
+    in tests/extract/test_ray_submit.py."""
+    from typer.testing import CliRunner
+
+    from l2s_data.cli import app
+
+    root = Path(__file__).resolve().parents[1]
+
+    def run(kind: str, *args: object) -> SubmittedJob:
+        built = CliRunner().invoke(app, ["submit", kind, *map(str, args), "--dry-run"])
+        assert built.exit_code == 0, built.output
+        argv = shlex.split(built.output.split("entrypoint: ")[1].splitlines()[0])
+        env = json.loads(built.output.split("runtime_env: ")[1].splitlines()[0])
+        spec = importlib.util.spec_from_file_location(f"{kind}_job", root / argv[1])
+        job = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(job)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = job.main(argv[2:])
+        return SubmittedJob(argv, env, code, out.getvalue())
+
+    return run
 
 
 # --- the demo, run once per session -----------------------------------------------------------

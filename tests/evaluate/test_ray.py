@@ -3,9 +3,6 @@ the job that `l2s submit evaluate` builds: the tiny LLaVA, greedy, one torch thr
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import shlex
 from pathlib import Path
 
 import pytest
@@ -60,23 +57,18 @@ def test_address_without_workers_is_refused_with_the_fix(world, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_job_that_submit_evaluate_builds_commits_its_rows_to_the_store(ray_address, world, tmp_path, capsys):
+def test_the_job_that_submit_evaluate_builds_commits_its_rows_to_the_store(ray_address, world, tmp_path,
+                                                                          run_submitted):
     """`l2s submit evaluate` builds `python jobs/evaluate.py CONFIG --workers 1 ...`; run as the
-    cluster runs it (here on the session's head, through RAY_ADDRESS). The Jobs API itself is
-    tested end to end once, in tests/extract/test_ray_submit.py."""
+    cluster runs it (here on the session's head, through RAY_ADDRESS)."""
     root, ckpt, _ = world
     cfg = tmp_path / "eval.toml"
     cfg.write_text(_toml(root, ckpt, "submitted"))
-    res = CliRunner().invoke(app, ["submit", "evaluate", str(cfg), "--workers", "1", "--dry-run"])
-    assert res.exit_code == 0, res.output
-    argv = shlex.split(res.output.split("entrypoint: ")[1].splitlines()[0])
-    assert argv[:2] == ["python", "jobs/evaluate.py"] and argv[argv.index("--workers") + 1] == "1"
-    assert json.loads(res.output.split("runtime_env: ")[1].splitlines()[0])["working_dir"] == str(ROOT)
-    spec = importlib.util.spec_from_file_location("evaluate_job", ROOT / argv[1])
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    assert job.main(argv[2:]) == 0
-    assert "worker pid" in capsys.readouterr().out
+    job = run_submitted("evaluate", cfg, "--workers", "1")
+    assert job.argv[:2] == ["python", "jobs/evaluate.py"] and job.argv[job.argv.index("--workers") + 1] == "1"
+    assert job.runtime_env["working_dir"] == str(ROOT)
+    assert job.code == 0, job.output
+    assert "worker pid" in job.output
     n = len(Evaluation(_config(root, ckpt)).infos)
     rows = _rows(Store.open(root / "store"), "submitted")
     assert sorted({(m, a) for m, a, _, _ in rows}, key=str) == [("none", None), ("p2s", 2.0)]

@@ -8,11 +8,7 @@ evaluation computes it by an unsteered prefill, as the server does for every req
 from __future__ import annotations
 
 import base64
-import contextlib
-import importlib.util
-import io
 import json
-import shlex
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +19,6 @@ import pytest
 L_STAR, L_PRIME = 1, 3
 N = 40  # 8 of them in the test split
 ALPHA = 4.0
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -105,23 +100,16 @@ def config_toml(d: dict[str, dict[str, Any]]) -> str:
 
 
 @dataclass
-class SubmittedJob:
-    argv: list[str]       # the entrypoint that `l2s submit serve --dry-run` printed
-    code: int             # its exit code, run here
-    output: str           # what it printed
-
-
-@dataclass
 class Served:
     base_url: str         # http://127.0.0.1:PORT/v1
     cfg: Any              # the ServeConfig
     world: World
     app_name: str
-    job: SubmittedJob     # the job that deployed it
+    job: Any              # the SubmittedJob that deployed it (see tests/conftest.py)
 
 
 @pytest.fixture(scope="session")
-def served(serve_world, ray_address, tmp_path_factory):
+def served(serve_world, ray_address, run_submitted, tmp_path_factory):
     """The application on the session's Ray head, on a free loopback port, deployed as a cluster
     deploys it: by the job that `l2s submit serve` builds (`python jobs/serve.py CONFIG --address
     auto --host 127.0.0.1 --port PORT`), run here in this process. The job deploys, prints where
@@ -130,31 +118,19 @@ def served(serve_world, ray_address, tmp_path_factory):
     head, which is killed by PID right after (Ray Serve's own shutdown first waited 2.4 s for a
     graceful stop, measured)."""
     import ray
-    from typer.testing import CliRunner
 
-    from l2s_data.cli import app
     from l2s_data.serve import parse_serve_config
 
     raw = serve_config_dict(serve_world)
     cfg = tmp_path_factory.mktemp("served") / "serve.toml"
     cfg.write_text(config_toml(raw))
-    built = CliRunner().invoke(app, ["submit", "serve", str(cfg), "--host", "127.0.0.1", "--port", str(free_port()),
-                                     "--dry-run"])
-    assert built.exit_code == 0, built.output
-    argv = shlex.split(built.output.split("entrypoint: ")[1].splitlines()[0])
-    spec = importlib.util.spec_from_file_location("serve_job", ROOT / argv[1])
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
     connected_before = ray.is_initialized()
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = job.main(argv[2:])
-    assert code == 0, out.getvalue()
-    serving = next(ln for ln in out.getvalue().splitlines() if ln.startswith("serving "))
+    job = run_submitted("serve", cfg, "--host", "127.0.0.1", "--port", free_port())
+    assert job.code == 0, job.output
+    serving = next(ln for ln in job.output.splitlines() if ln.startswith("serving "))
     url = serving.split(" at ", 1)[1].split(" (application ", 1)[0]
     try:
-        yield Served(url, parse_serve_config(raw, source="(test)"), serve_world, raw["serve"]["name"],
-                     SubmittedJob(argv, code, out.getvalue()))
+        yield Served(url, parse_serve_config(raw, source="(test)"), serve_world, raw["serve"]["name"], job)
     finally:
         if ray.is_initialized() and not connected_before:
             ray.shutdown()

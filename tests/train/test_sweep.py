@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import io
 import json
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,9 +14,6 @@ from l2s_data.cli import app
 from l2s_data.errors import ConfigError
 from l2s_data.store import Store
 from l2s_data.train.sweep import draw_trials, parse_sweep_config
-
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def _sweep(planted, planted_mod, tmp_path, params, **sweep):
     base = planted_mod.train_config(planted.url, tmp_path / "runs", trainer={"epochs": 6, "hidden_size": 16})
@@ -44,7 +37,7 @@ class GridSweep:
 
 
 @pytest.fixture(scope="module")
-def grid(planted, planted_mod, tmp_path_factory, ray_address) -> GridSweep:
+def grid(planted, planted_mod, tmp_path_factory, ray_address, run_submitted) -> GridSweep:
     """The module's one grid sweep (input.layer x lr: four trials), run as a cluster runs the job
     that `l2s submit sweep` builds (`python jobs/train.py SWEEP.toml --sweep`): here in this
     process, on the session's Ray head (RAY_ADDRESS). The Jobs API itself is tested end to end
@@ -55,16 +48,9 @@ def grid(planted, planted_mod, tmp_path_factory, ray_address) -> GridSweep:
     cfg = tmp / "sweep.toml"
     cfg.write_text("\n".join(['name = "planted-sweep"', *_toml(base, "base"), "[sweep]", "max_concurrent = 1",
                               "[sweep.params]", '"input.layer" = [0, 1]', '"trainer.lr" = [1e-3, 3e-3]']) + "\n")
-    built = CliRunner().invoke(app, ["submit", "sweep", str(cfg), "--dry-run"])
-    assert built.exit_code == 0, built.output
-    argv = shlex.split(built.output.split("entrypoint: ")[1].splitlines()[0])
-    spec = importlib.util.spec_from_file_location("train_job", ROOT / argv[1])
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert job.main(argv[2:]) == 0
-    return GridSweep(tmp, argv, SimpleNamespace(**json.loads(out.getvalue().strip().splitlines()[-1])))
+    job = run_submitted("sweep", cfg)
+    assert job.code == 0, job.output
+    return GridSweep(tmp, job.argv, SimpleNamespace(**json.loads(job.output.strip().splitlines()[-1])))
 
 
 @pytest.mark.slow
