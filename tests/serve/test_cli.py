@@ -85,8 +85,11 @@ def test_l2s_serve_answers_where_it_says_and_stops_its_application_on_ctrl_c(ser
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
-    assert lines[-1].strip() == "stopped", "".join(lines)
-    assert any(ln.startswith("SIGINT: deleting application 'l2s-cli'") for ln in lines), "".join(lines)
+    # Ray's log lines reach the same pipe from another stream, and one may still lack its newline
+    # when `l2s serve` prints (seen: "... 200 128.4msSIGINT: deleting ..."): look for the text.
+    out = "".join(lines)
+    assert out.rstrip().endswith("stopped"), out
+    assert "SIGINT: deleting application 'l2s-cli'" in out, out
     assert "l2s-cli" not in serve.status().applications
     # the session's application was left alone
     assert httpx.get(f"{served.base_url}/models", timeout=60).status_code == 200
