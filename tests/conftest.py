@@ -115,6 +115,14 @@ def pytest_collection_modifyitems(config, items):
         items.sort(key=lambda item: item.path not in long)
 
 
+def pytest_collection_finish(session):
+    # Collection imported torch, transformers and every test module: millions of objects that live
+    # until the end. Each full cycle collection walked them all again; frozen, the collector skips
+    # them (a worker's full collections in the fast tier: 2.2-2.8 s before, 1.3-1.9 s after, timed
+    # with gc.callbacks).
+    gc.freeze()
+
+
 def pytest_configure(config):
     # pytest 9.2 keeps node ids where pytest-xdist 3.8 cannot tag them with their xdist_group, so
     # `--dist loadgroup` would silently build every session fixture (Ray head, demo) on each worker.
