@@ -314,8 +314,11 @@ def ray_address():
     # This interpreter (not the `ray` script, whose shebang may name another environment), and
     # its bin folder first on PATH: a submitted job's `python` is the cluster's, i.e. this one.
     # TMPDIR: what the head's processes leave in a temporary folder when killed (multiprocessing's
-    # pymp-* folders) goes with the head's folder.
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", TMPDIR=temp)
+    # pymp-* folders) goes with the head's folder. No workers started ahead of the first driver's
+    # tasks: the tests run actors with their own environment, which cannot use them, and the two
+    # it started stayed idle through a whole run (~1 CPU-s each to start, then polling).
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", TMPDIR=temp,
+               RAY_prestart_worker_first_driver="0")
     cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
            f"--temp-dir={temp}", "--num-cpus=4", "--num-gpus=0", "--object-store-memory=100000000",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
