@@ -371,11 +371,10 @@ def ray_address():
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory):
+def s3_endpoint():
     """A moto S3 server on loopback; AWS_* variables point every S3 client at it.
 
-    Yields the endpoint URL. The bucket ``l2s-test`` exists. Stopped by PID at the end; its
-    temporary files (it leaves a multiprocessing folder when stopped) go to this session's tmp.
+    Yields the endpoint URL. The bucket ``l2s-test`` exists. Stopped by PID at the end.
     """
     import subprocess
     import sys
@@ -384,8 +383,7 @@ def s3_endpoint(tmp_path_factory):
     port = _free_port()
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
                                             "AWS_DEFAULT_REGION")}
-    env = dict(os.environ, TMPDIR=str(tmp_path_factory.mktemp("moto")))
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
