@@ -33,11 +33,12 @@ def _scratch_in_memory(shm: str = "/dev/shm", need: int = 4 << 30) -> None:
     """Keep the suite's scratch (pytest's tmp_path, Ray's session folder, every tempfile) in memory.
 
     The suite creates and removes tens of thousands of small files (chunks, manifests, catalogs,
-    logs). On an ext4 disk a fifth of the fast tier's CPU time went to the kernel, most of it
-    allocating inodes (``find_inode_bit``, ``recently_deleted`` in ``perf``); on a tmpfs the
-    kernel's share halved (sys 23-27 s -> 10-12 s of the fast tier). Used only when nobody chose
-    a TMPDIR and ``shm`` is a writable folder with ``need`` bytes free; pytest-xdist's workers and
-    every process the tests start inherit the choice through the environment.
+    logs). On an ext4 disk the kernel took a fifth of the fast tier's CPU time, its largest part
+    in ext4's inode allocation (``find_get_block_common``, ``recently_deleted``, ``find_inode_bit``
+    in ``perf``); on a tmpfs the fast tier's system time halved (23-27 s -> 10-12 s). Used only
+    when nobody chose a TMPDIR and ``shm`` is a writable folder with ``need`` bytes free (a full
+    run's peak use: 34 MiB); pytest-xdist's workers and every process the tests start inherit the
+    choice through the environment.
     """
     if "TMPDIR" in os.environ or not os.path.isdir(shm) or os.path.islink(shm) or not os.access(shm, os.W_OK | os.X_OK):
         return
