@@ -3,7 +3,8 @@
 ``tiny_checkpoint(family) -> Path`` builds each family's tiny checkpoint once per session
 (default seed and sizes); ``tiny_adapter(family) -> ModelAdapter`` loads it once (float32,
 CPU, eager attention). ``demo`` runs `l2s demo` once per session; ``demo_copy`` gives a test
-that writes its own copy of it. ``run_submitted`` runs the job that `l2s submit` builds, here.
+that writes its own copy of it. ``run_submitted`` runs the job that `l2s submit` builds, here;
+``config_toml`` writes a config of sections as TOML.
 torch runs single-threaded in the test session (see below).
 
 A test that starts a process (Ray, a subprocess, a server) is marked ``@pytest.mark.slow``;
@@ -413,6 +414,21 @@ def s3_endpoint():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def config_toml():
+    """``config_toml(sections) -> str``: a config of ``{section: {key: value}}`` as TOML, for the
+    tests that hand a stage a config file (JSON scalars and lists are TOML)."""
+
+    def write(sections: dict[str, dict[str, Any]]) -> str:
+        lines = []
+        for section, values in sections.items():
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+        return "\n".join(lines) + "\n"
+
+    return write
 
 
 # --- a job as `l2s submit` builds it, run here -------------------------------------------------

@@ -141,13 +141,14 @@ def test_an_actor_killed_mid_run_is_restarted_and_nothing_is_lost_or_duplicated(
 
 @pytest.mark.slow
 def test_a_killed_driver_leaves_committed_shards_and_the_rerun_computes_only_the_rest(ray_address, tiny_checkpoint,
-                                                                                      tiny_adapter, data_dir, tmp_path):
+                                                                                      tiny_adapter, data_dir, tmp_path,
+                                                                                      config_toml):
     import psutil
 
     store = tmp_path / "store"
     raw = _raw(tiny_checkpoint("llava"), data_dir, store, shard_size=1, layers=[0])
     cfg_path = tmp_path / "extract.toml"
-    cfg_path.write_text(_toml(raw))
+    cfg_path.write_text(config_toml(raw))
     # One actor: the pool hands it one shard at a time, so when the driver dies at most one
     # shard is in flight and most of the 13 are left.
     driver = subprocess.Popen([sys.executable, str(REPO / "jobs" / "extract.py"), str(cfg_path), "--workers", "1",
@@ -181,7 +182,7 @@ def test_a_killed_driver_leaves_committed_shards_and_the_rerun_computes_only_the
 
 @pytest.mark.slow
 def test_a_shard_failing_on_every_attempt_ends_the_run_with_its_name_and_keeps_the_others(
-        ray_address, tiny_checkpoint, tiny_adapter, data_dir, tmp_path):
+        ray_address, tiny_checkpoint, tiny_adapter, data_dir, tmp_path, config_toml):
     from typer.testing import CliRunner
 
     from l2s_data.cli import app
@@ -197,7 +198,7 @@ def test_a_shard_failing_on_every_attempt_ends_the_run_with_its_name_and_keeps_t
     (tmp_path / "store" / "shards").mkdir(parents=True, exist_ok=True)
     (tmp_path / "store" / "shards" / blocked).write_text("in the way")
     cfg = tmp_path / "extract.toml"
-    cfg.write_text(_toml(raw))
+    cfg.write_text(config_toml(raw))
 
     res = CliRunner().invoke(app, ["extract", str(cfg), "--workers", "1", "--address", ray_address,
                                    "--max-retries", "1"])
@@ -275,15 +276,3 @@ def test_more_workers_than_the_cluster_can_place_is_refused_before_any_actor_sta
     with pytest.raises(ConfigError, match=r"--workers 9 needs 9 CPU\(s\).*cluster has 4; pass --workers 4"):
         run_extraction(ex, workers=9, address=ray_address)
     assert set(Store.open(tmp_path / "store").snapshot().shards) == set()
-
-
-def _toml(d: dict) -> str:
-    """A tiny TOML writer for the flat two-level configs of these tests."""
-    import json
-
-    lines = []
-    for section, values in d.items():
-        lines.append(f"[{section}]")
-        for k, v in values.items():
-            lines.append(f"{k} = {json.dumps(v)}")
-    return "\n".join(lines) + "\n"

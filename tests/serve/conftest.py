@@ -8,7 +8,6 @@ evaluation computes it by an unsteered prefill, as the server does for every req
 from __future__ import annotations
 
 import base64
-import json
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,15 +89,6 @@ def data_url(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
 
-def config_toml(d: dict[str, dict[str, Any]]) -> str:
-    """A config dict of sections as TOML (JSON scalars and lists are TOML)."""
-    lines = []
-    for section, values in d.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
-    return "\n".join(lines) + "\n"
-
-
 @dataclass
 class Served:
     base_url: str         # http://127.0.0.1:PORT/v1
@@ -109,7 +99,7 @@ class Served:
 
 
 @pytest.fixture(scope="session")
-def served(serve_world, ray_address, run_submitted, tmp_path_factory):
+def served(serve_world, ray_address, run_submitted, config_toml, tmp_path_factory):
     """The application on the session's Ray head, on a free loopback port, deployed as a cluster
     deploys it: by the job that `l2s submit serve` builds (`python jobs/serve.py CONFIG --address
     auto --host 127.0.0.1 --port PORT`), run here in this process. The job deploys, prints where

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import config_toml, serve_config_dict
+from .conftest import serve_config_dict
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,8 @@ def _signal_a_thread_other_than_main(pid: int, sig: int) -> str:
     raise AssertionError(f"every thread of {pid} but its main one blocks signal {sig}")
 
 
-def test_l2s_serve_answers_where_it_says_and_stops_its_application_on_ctrl_c(served, ray_address, tmp_path):
+def test_l2s_serve_answers_where_it_says_and_stops_its_application_on_ctrl_c(served, ray_address, config_toml,
+                                                                             tmp_path):
     from ray import serve
 
     port = int(served.base_url.rsplit(":", 1)[1].split("/")[0])
